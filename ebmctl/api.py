@@ -1,0 +1,45 @@
+"""The public API: everything a plugin may import from ebmctl, in one place.
+
+Built-in plugins import only these names (a test enforces it). Anything else is internal.
+"""
+
+from ebmctl.artifacts import (
+    Artifact,
+    atomic_path,
+    atomic_write_json,
+    load_artifact,
+    save_artifact,
+)
+from ebmctl.attacks.base import Attack, AttackOutcome
+from ebmctl.attacks.pgd import IterativeAttack
+from ebmctl.attacks.threat import ascent_step, project, random_start
+from ebmctl.data_utils import (
+    IMAGE_EXTENSIONS,
+    load_image_folder,
+    make_bundle,
+    split_indices,
+)
+from ebmctl.defense import Defense, EnergyModel, TaskModel, adapt_images, average_outputs
+from ebmctl.errors import (
+    ArtifactError,
+    ConfigError,
+    EbmctlError,
+    InputError,
+    NotAvailableError,
+    NumericalError,
+    PluginError,
+)
+from ebmctl.hookspecs import hookimpl
+from ebmctl.profiles import Config
+from ebmctl.protocols import DataRequest, DatasetBundle, DatasetSpec, ModelSpec, Split, Task
+from ebmctl.seeds import derive_seed, make_generator
+
+__all__ = [
+    "Artifact", "ArtifactError", "Attack", "AttackOutcome", "Config", "ConfigError",
+    "DataRequest", "DatasetBundle", "DatasetSpec", "Defense", "EbmctlError", "EnergyModel",
+    "IMAGE_EXTENSIONS", "InputError", "IterativeAttack", "ModelSpec", "NotAvailableError",
+    "NumericalError", "PluginError", "Split", "Task", "TaskModel", "adapt_images",
+    "ascent_step", "atomic_path", "atomic_write_json", "average_outputs", "derive_seed",
+    "hookimpl", "load_artifact", "load_image_folder", "make_bundle", "make_generator",
+    "project", "random_start", "save_artifact", "split_indices",
+]

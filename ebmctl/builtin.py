@@ -1,0 +1,35 @@
+"""Core built-in plugin: EBM architectures, the attacks and the bundled profiles.
+
+It uses the same hooks a third-party plugin would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ebmctl.attacks.pgd import FGSM, PGD, BPDAEOT
+from ebmctl.hookspecs import hookimpl
+from ebmctl.nn.ebm import lightweight_ebm
+from ebmctl.protocols import ModelSpec
+
+
+@hookimpl
+def ebmctl_register_models(register):
+    register(ModelSpec("lightweight", "ebm", lightweight_ebm,
+                       "thesis lightweight ConvNet EBM (<700K params at 32x32x3)"))
+
+
+@hookimpl
+def ebmctl_register_attacks(register):
+    for cls in (BPDAEOT, PGD, FGSM):
+        register(cls)
+
+
+@hookimpl
+def ebmctl_profile_dirs():
+    try:
+        import ebmctl_profiles
+
+        return [Path(ebmctl_profiles.__file__).parent]
+    except ImportError:  # running from a source tree without installation
+        return [Path(__file__).resolve().parent.parent / "profiles"]

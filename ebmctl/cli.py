@@ -1,0 +1,96 @@
+"""The ebmctl command line: a thin typer app. Errors become one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+import typer
+
+from ebmctl import __version__
+from ebmctl.commands import attack, info, purify, quickstart, train
+from ebmctl.commands.common import GLOBAL
+from ebmctl.commands.pending import register_pending
+from ebmctl.errors import EbmctlError
+
+app = typer.Typer(name="ebmctl", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="Energy-based model defenses for image models, and honest attacks on them.")
+
+
+@app.callback()
+def main_options(
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="profile name or path"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="section.key=value"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="run seed"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    version: bool = typer.Option(False, "--version", help="print the version and exit"),
+):
+    """Global options apply to every command (a command's own options take precedence)."""
+    if version:
+        print(f"ebmctl {__version__}")
+        raise typer.Exit(0)
+    GLOBAL.update(profile=profile, set=set_ or [], device=device, seed=seed, debug=debug)
+    from ebmctl.plugins import warn_failures
+
+    warn_failures()
+
+
+app.add_typer(train.app, name="train")
+app.add_typer(info.profiles_app, name="profiles")
+app.command("purify")(purify.purify_cmd)
+app.command("attack")(attack.attack_cmd)
+app.command("quickstart")(quickstart.quickstart_cmd)
+app.command("plugins")(info.plugins_cmd)
+app.command("inspect")(info.inspect_cmd)
+
+#: Commands that later issues add register themselves here by name.
+AVAILABLE: set[str] = set()
+register_pending(app, AVAILABLE)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; never lets a traceback escape unless --debug."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    GLOBAL.update(profile=None, set=[], device=None, seed=None, debug=debug)
+    try:
+        rv = app(args=argv, prog_name="ebmctl", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except EbmctlError as exc:
+        if debug:
+            raise
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.ClickException as exc:
+        exc.show(file=sys.stderr)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("Aborted.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("Error: out of memory; lower langevin.chunk_size or attack.batch_size",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # an internal bug: one line, traceback only with --debug
+        if debug:
+            raise
+        msg = " ".join(str(exc).split())[:300]
+        print(f"Error: internal error ({type(exc).__name__}: {msg}); rerun with --debug for the "
+              "traceback", file=sys.stderr)
+        return 1
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

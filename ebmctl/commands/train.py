@@ -1,0 +1,67 @@
+"""`ebmctl train`: EBMs (convergent learning) and task models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.console import info
+
+app = typer.Typer(help="Train EBMs and task models.", no_args_is_help=True)
+
+ResumeOpt = typer.Option("--resume", help="continue from the run's checkpoint")
+
+
+def default_out(cfg, what: str) -> Path:
+    return Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-{what}.safetensors"
+
+
+@app.command("ebm")
+def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+                  seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                  steps: int = typer.Option(None, "--steps", help="override train.steps")):
+    """Train an EBM by convergent learning (SPEC §1.4): persistent noise bank, Adam then SGD."""
+    from ebmctl.context import load_dataset, setup_device
+    from ebmctl.training.ebm import train_ebm
+
+    cfg = make_config(profile, (set_ or []) + ([f"train.steps={steps}"] if steps is not None else []),
+                      device, seed)
+    dev = setup_device(cfg)
+    bundle = load_dataset(cfg)
+    path = train_ebm(cfg, bundle, out or default_out(cfg, "ebm"), dev, resume)
+    info(f"wrote {path}")
+
+
+def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: str | None):
+    from ebmctl.context import get_task, load_dataset, setup_device
+    from ebmctl.errors import ConfigError
+    from ebmctl.training.task_model import train_task_model
+
+    cfg = make_config(profile, (set_ or []) + ([f"model.epochs={epochs}"] if epochs is not None else []),
+                      device, seed)
+    task = get_task(cfg)
+    if kind_check and task.model_kind != kind_check:
+        raise ConfigError(f"task {task.name!r} trains a {task.model_kind!r}, not a {kind_check!r}; "
+                          "use `ebmctl train model`")
+    dev = setup_device(cfg)
+    bundle = load_dataset(cfg)
+    path = train_task_model(cfg, bundle, task, out or default_out(cfg, task.model_kind), dev, resume)
+    info(f"wrote {path}")
+
+
+@app.command("classifier")
+def train_classifier_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+                         seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                         epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
+    """Train the classifier of the classification task."""
+    _train_task(profile, set_, device, seed, out, resume, epochs, "classifier")
+
+
+@app.command("model")
+def train_model_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+                    seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                    epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
+    """Train the task model of whichever task the profile names (task.name)."""
+    _train_task(profile, set_, device, seed, out, resume, epochs, None)

@@ -1,0 +1,59 @@
+"""Resolve what a command needs from a config: device, task, dataset, environment record."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+from ebmctl import __version__
+from ebmctl.device import resolve_device, set_threads
+from ebmctl.errors import EbmctlError, InputError
+from ebmctl.plugins import get_registries
+from ebmctl.profiles import Config
+from ebmctl.protocols import DataRequest, DatasetBundle, Task
+
+
+def setup_device(cfg: Config) -> torch.device:
+    set_threads(cfg["run.threads"])
+    return resolve_device(cfg["run.device"])
+
+
+def get_task(cfg: Config) -> Task:
+    return get_registries().tasks.get(cfg["task.name"])
+
+
+def data_request(cfg: Config) -> DataRequest:
+    return DataRequest(root=cfg["data.root"], image_size=cfg["data.image_size"],
+                       channels=cfg["data.channels"], val_fraction=cfg["data.val_fraction"],
+                       test_fraction=cfg["data.test_fraction"], split_seed=cfg["data.split_seed"],
+                       max_train=cfg["data.max_train"], allow_pickle=cfg["data.allow_pickle"],
+                       options=cfg.section("data"))
+
+
+_cache: dict[str, DatasetBundle] = {}
+
+
+def load_dataset(cfg: Config) -> DatasetBundle:
+    spec = get_registries().datasets.get(cfg["data.dataset"])
+    req = data_request(cfg)
+    key = repr((spec.name, req))
+    if key not in _cache:
+        try:
+            bundle = spec.load(req)
+        except EbmctlError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot load dataset {spec.name!r}: {exc}") from None
+        _cache.clear()
+        _cache[key] = bundle
+    return _cache[key]
+
+
+def environment(cfg: Config, device: torch.device) -> dict:
+    return {
+        "ebmctl": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
+        "platform": platform.platform(), "device": str(device),
+        "threads": torch.get_num_threads(), "seed": cfg["run.seed"],
+    }

@@ -1,0 +1,391 @@
+"""TOML run profiles: schema defaults < profile file < ``--set`` overrides.
+
+Every key is declared in a schema (core keys here, plugin keys through the
+``ebmctl_profile_schema`` hook); an unknown key or a bad value is a ConfigError naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ebmctl.errors import ConfigError
+from ebmctl.registry import did_you_mean
+from ebmctl.units import parse_fraction
+
+
+@dataclass
+class Key:
+    kind: str  # int, float, fraction, str, bool, int_list, float_list, str_list
+    default: Any
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+
+class Schema:
+    def __init__(self) -> None:
+        self.keys: dict[str, Key] = {}
+
+    def add(self, name: str, kind: str, default: Any, help: str = "", *, minimum=None,
+            maximum=None, choices=None) -> None:
+        if "." not in name:
+            raise ConfigError(f"profile key {name!r} must be 'section.key'")
+        if kind not in _PARSERS:
+            raise ConfigError(f"profile key {name!r} has unknown kind {kind!r}")
+        self.keys[name] = Key(kind, default, help, minimum, maximum,
+                              tuple(choices) if choices else None)
+
+    def coerce(self, name: str, value: Any) -> Any:
+        if name not in self.keys:
+            raise ConfigError(f"unknown profile key {name!r}{did_you_mean(name, list(self.keys))}")
+        key = self.keys[name]
+        try:
+            out = _PARSERS[key.kind](value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            raise ConfigError(
+                f"bad value {value!r} for profile key {name!r}: expected {key.kind}"
+            ) from None
+        for item in out if isinstance(out, list) else [out]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"bad value {value!r} for profile key {name!r}: not finite")
+            if key.minimum is not None and isinstance(item, (int, float)) and item < key.minimum:
+                raise ConfigError(
+                    f"bad value {value!r} for profile key {name!r}: must be >= {key.minimum}")
+            if key.maximum is not None and isinstance(item, (int, float)) and item > key.maximum:
+                raise ConfigError(
+                    f"bad value {value!r} for profile key {name!r}: must be <= {key.maximum}")
+            if key.choices is not None and item not in key.choices:
+                raise ConfigError(
+                    f"bad value {value!r} for profile key {name!r}: "
+                    f"choose from {', '.join(key.choices)}")
+        return out
+
+
+def _parse_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(v, str) and v.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(v)
+
+
+def _parse_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(v)
+        return int(v)
+    return int(str(v).strip())
+
+
+def _parse_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    return float(v)
+
+
+def _parse_str(v: Any) -> str:
+    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+        raise ValueError(v)
+    return str(v)
+
+
+def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], list]:
+    def parser(v: Any) -> list:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                v = json.loads(text)
+            else:
+                v = [p for p in text.split(",") if p.strip()]
+        if not isinstance(v, (list, tuple)):
+            v = [v]
+        return [parse(item) for item in v]
+
+    return parser
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "int": _parse_int,
+    "float": _parse_float,
+    "fraction": parse_fraction,
+    "str": _parse_str,
+    "bool": _parse_bool,
+    "int_list": _list_of(_parse_int),
+    "float_list": _list_of(_parse_float),
+    "str_list": _list_of(_parse_str),
+}
+
+
+def core_schema() -> Schema:
+    s = Schema()
+    a = s.add
+    # run
+    a("run.seed", "int", 0, "base seed; every random draw is derived from it", minimum=0)
+    a("run.device", "str", "auto", "auto | cpu | cuda | cuda:N")
+    a("run.threads", "int", 0, "CPU threads (0 = torch default)", minimum=0)
+    a("run.out_dir", "str", "runs", "where commands write artifacts and reports")
+    # data
+    a("data.dataset", "str", "digits", "dataset name (see `ebmctl plugins`)")
+    a("data.root", "str", "", "local root folder of the dataset (never downloaded)")
+    a("data.image_size", "int", 0, "resize images to this size (0 = native)", minimum=0)
+    a("data.channels", "int", 0, "convert to this many channels (0 = native)", minimum=0,
+      maximum=4)
+    a("data.val_fraction", "float", 0.1, "validation share of the training data", minimum=0,
+      maximum=0.9)
+    a("data.test_fraction", "float", 0.2, "test share where a set has no test split",
+      minimum=0, maximum=0.9)
+    a("data.split_seed", "int", 0, "seed of the deterministic split", minimum=0)
+    a("data.max_train", "int", 0, "cap on training images (0 = all)", minimum=0)
+    a("data.allow_pickle", "bool", False,
+      "opt in to reading CIFAR python batches (pickles can run code)")
+    # task + task model
+    a("task.name", "str", "classification", "task plugin")
+    a("task.dice_mode", "str", "foreground", "segmentation Dice aggregation")
+    a("task.dice_ratio_threshold", "float", 0.5, "segmentation broken iff Dice ratio below",
+      minimum=0, maximum=1)
+    a("model.arch", "str", "small-cnn", "task model architecture")
+    a("model.width", "int", 32, "base width of the task model", minimum=1)
+    a("model.depth", "int", 28, "depth (WRN)", minimum=1)
+    a("model.widen_factor", "int", 10, "widen factor (WRN)", minimum=1)
+    a("model.dropout", "float", 0.0, "dropout", minimum=0, maximum=1)
+    a("model.epochs", "int", 30, "task model training epochs", minimum=0)
+    a("model.batch_size", "int", 128, "task model batch size", minimum=1)
+    a("model.optimizer", "str", "adam", "adam | sgd", choices=("adam", "sgd"))
+    a("model.lr", "float", 1e-3, "task model learning rate", minimum=0)
+    a("model.momentum", "float", 0.9, "SGD momentum", minimum=0, maximum=1)
+    a("model.weight_decay", "float", 0.0, "weight decay", minimum=0)
+    a("model.lr_milestones", "float_list", [], "fractions of training where lr drops 10x")
+    a("model.augment", "bool", False, "random crop (pad 4) + horizontal flip")
+    a("model.flip", "bool", True, "horizontal flip in augmentation")
+    # ebm
+    a("ebm.arch", "str", "lightweight", "EBM architecture")
+    a("ebm.channels", "int", 32, "base channels n_f", minimum=1)
+    a("ebm.activation", "str", "leaky_relu", "leaky_relu | silu | softplus | elu")
+    a("ebm.leak", "float", 0.05, "LeakyReLU slope", minimum=0, maximum=1)
+    # langevin
+    a("langevin.tau", "float", 0.01, "Langevin step size τ (internal [-1,1] units)", minimum=0)
+    a("langevin.temperature", "float", 5e-5, "temperature T: drift τ²/(2T)", minimum=1e-12)
+    a("langevin.precision", "str", "fp32", "fp32 | bf16 | auto",
+      choices=("fp32", "bf16", "fp16", "auto"))
+    a("langevin.channels_last", "bool", False, "channels_last memory format")
+    a("langevin.chunk_size", "int", 2048, "max images per sampler batch", minimum=1)
+    a("langevin.compile", "bool", False, "torch.compile the Langevin step")
+    # train (EBM)
+    a("train.steps", "int", 150000, "parameter updates J", minimum=0)
+    a("train.mcmc_steps", "int", 100, "Langevin steps K per update", minimum=1)
+    a("train.batch_size", "int", 100, "positives / negatives per update", minimum=1)
+    a("train.bank_size", "int", 0, "persistent bank size (0 = training-set size)", minimum=0)
+    a("train.bank_init", "str", "uniform", "uniform | gaussian | data",
+      choices=("uniform", "gaussian", "data"))
+    a("train.data_noise", "float", 0.02, "τ_data", minimum=0)
+    a("train.lr_adam", "float", 1e-4, "Adam learning rate", minimum=0)
+    a("train.lr_sgd", "float", 5e-5, "SGD learning rate after the switch", minimum=0)
+    a("train.sgd_switch_step", "int", 50000, "update at which Adam becomes SGD (0 = never)",
+      minimum=0)
+    a("train.adam_beta1", "float", 0.9, "Adam β1", minimum=0, maximum=1)
+    a("train.adam_beta2", "float", 0.999, "Adam β2", minimum=0, maximum=1)
+    a("train.checkpoint_every", "int", 1000, "updates between checkpoints", minimum=1)
+    a("train.log_every", "int", 50, "updates between log lines", minimum=1)
+    a("train.longrun_steps", "int", 0, "Langevin steps of the final long-run check (0 = skip)",
+      minimum=0)
+    # defense
+    a("defense.steps", "int", 1500, "K_def purification steps", minimum=0)
+    a("defense.eot_reps", "int", 150, "H_def replicates", minimum=1)
+    a("defense.average", "str", "logits", "logits | softmax | logsoftmax",
+      choices=("logits", "softmax", "logsoftmax"))
+    a("defense.clamp", "bool", False, "clamp purified images to the valid range")
+    # attack
+    a("attack.method", "str", "bpda-eot", "attack for the defended model")
+    a("attack.undefended_method", "str", "pgd", "attack for the undefended model")
+    a("attack.norm", "str", "linf", "linf | l2", choices=("linf", "l2"))
+    a("attack.eps", "fraction", 8 / 255, "radius in [0,1] pixel units", minimum=0, maximum=1)
+    a("attack.eps_l2", "fraction", 0.5, "l2 radius used when attack.norm = l2", minimum=0)
+    a("attack.step_size", "fraction", 2 / 255, "α in [0,1] pixel units", minimum=0, maximum=1)
+    a("attack.steps", "int", 50, "PGD steps N", minimum=0)
+    a("attack.eot_reps", "int", 15, "H_adv replicates", minimum=1)
+    a("attack.restarts", "int", 5, "random restarts", minimum=1)
+    a("attack.n_images", "int", 100, "test images to attack", minimum=1)
+    a("attack.batch_size", "int", 50, "images attacked together", minimum=1)
+    a("attack.seeds", "int_list", [0], "attack seeds (each a full evaluation)")
+    a("attack.random_start", "bool", True, "random start in the ε-ball")
+    # output
+    a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
+      minimum=0)
+    return s
+
+
+@dataclass
+class Config:
+    """A resolved profile: flat ``section.key`` values plus where each came from."""
+
+    values: dict[str, Any]
+    provenance: dict[str, str] = field(default_factory=dict)
+    name: str = "defaults"
+    schema: Schema | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            choices = list(self.values)
+            raise ConfigError(f"unknown profile key {key!r}{did_you_mean(key, choices)}") from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def section(self, name: str) -> dict[str, Any]:
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "override") -> "Config":
+        new = Config(dict(self.values), dict(self.provenance), self.name, self.schema)
+        for k, v in overrides.items():
+            new.values[k] = self.schema.coerce(k, v) if self.schema else v
+            new.provenance[k] = source
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        nested: dict[str, Any] = {}
+        for k, v in sorted(self.values.items()):
+            sec, key = k.split(".", 1)
+            nested.setdefault(sec, {})[key] = copy.deepcopy(v)
+        return nested
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, schema: Schema) -> "Config":
+        cfg = build_config(schema, {}, [], name="artifact")
+        data = json.loads(text)
+        flat = _flatten(data)
+        # Keys from plugins that are not loaded now are kept as they are.
+        for k, v in flat.items():
+            cfg.values[k] = schema.coerce(k, v) if k in schema.keys else v
+            cfg.provenance[k] = "artifact"
+        return cfg
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def read_profile_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"profile file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read profile {path}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed TOML in profile {path}: {exc}") from None
+
+
+def profile_dirs() -> list[Path]:
+    from ebmctl.plugins import get_registries
+
+    return get_registries().profile_dirs
+
+
+def available_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in profile_dirs():
+        for p in sorted(Path(d).glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def find_profile(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists() or "/" in name_or_path:
+        if not p.exists():
+            raise ConfigError(f"profile file not found: {p}")
+        return p
+    profiles = available_profiles()
+    if name_or_path not in profiles:
+        raise ConfigError(f"unknown profile {name_or_path!r}{did_you_mean(name_or_path, list(profiles))}")
+    return profiles[name_or_path]
+
+
+def _load_profile_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"profile {path} extends itself")
+    data = read_profile_file(path)
+    base: dict[str, Any] = {}
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"profile {path}: 'extends' must be a profile name")
+        base = _load_profile_chain(find_profile(parent), seen + (path.resolve(),))
+    data.pop("description", None)
+    flat = _flatten(data)
+    for k in flat:
+        if "." not in k:
+            raise ConfigError(f"profile {path}: top-level key {k!r} must be inside a [section]")
+    base.update(flat)
+    return base
+
+
+def profile_description(path: Path) -> str:
+    data = read_profile_file(path)
+    return str(data.get("description", ""))
+
+
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build_config(schema: Schema, profile_values: dict[str, Any], set_items: list[str],
+                 name: str = "defaults") -> Config:
+    values: dict[str, Any] = {}
+    prov: dict[str, str] = {}
+    for k, key in schema.keys.items():
+        values[k] = copy.deepcopy(key.default)
+        prov[k] = "default"
+    for k, v in profile_values.items():
+        values[k] = schema.coerce(k, v)
+        prov[k] = f"profile {name}"
+    for k, v in parse_set_options(set_items).items():
+        values[k] = schema.coerce(k, v)
+        prov[k] = "--set"
+    return Config(values, prov, name, schema)
+
+
+def resolve(profile: str | None, set_items: list[str] | None = None) -> Config:
+    """Resolve a profile name or path plus ``--set`` items against the full schema."""
+    from ebmctl.plugins import get_registries
+
+    schema = get_registries().schema
+    if profile:
+        path = find_profile(profile)
+        values = _load_profile_chain(path)
+        name = path.stem
+    else:
+        values, name = {}, "defaults"
+    return build_config(schema, values, set_items or [], name=name)

@@ -1,0 +1,125 @@
+"""Data types of the plugin contract: datasets, models, tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ebmctl.errors import InputError
+
+
+@dataclass
+class Split:
+    """Images (float [N,C,H,W] in [0,1]) and targets (labels [N] or masks [N,H,W])."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index) -> "Split":
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass
+class DataRequest:
+    root: str = ""
+    image_size: int = 0
+    channels: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    max_train: int = 0
+    allow_pickle: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetBundle:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.x.shape[-1])
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise InputError(f"unknown split {name!r}; choose from train, val, test")
+        return getattr(self, name)
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    load: Callable[[DataRequest], DatasetBundle]
+    task: str = "classification"
+    description: str = ""
+    needs_root: bool = False
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    kind: str  # ebm, classifier, segmenter, generator, fixer, hat-ebm, ...
+    build: Callable[..., nn.Module]
+    description: str = ""
+
+
+class Task:
+    """A task pairs a dataset's targets with a model kind, its losses and its success rule.
+
+    Attacks and the defense call only these methods; they never test the task's name.
+    ``outputs`` are the model's raw outputs (logits); EOT averages them over replicates.
+    """
+
+    name: str = ""
+    model_kind: str = "classifier"
+    default_dataset: str = ""
+    default_arch: str = ""
+    metric_name: str = "accuracy"
+    description: str = ""
+
+    def model_args(self, config, bundle: DatasetBundle) -> tuple[str, dict[str, Any]]:
+        """Return (architecture name, JSON-able arguments) of the task model to train."""
+        raise NotImplementedError
+
+    def train_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Scalar loss minimised when training the task model."""
+        raise NotImplementedError
+
+    def attack_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example loss [B] an attacker maximises."""
+        return self.train_loss_per_example(outputs, targets)
+
+    def train_loss_per_example(self, outputs, targets) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-example quality [B] (1/0 correctness, Dice, ...)."""
+        raise NotImplementedError
+
+    def natural_ok(self, clean_score: torch.Tensor) -> torch.Tensor:
+        """Bool [B]: the clean example counts as handled correctly."""
+        return clean_score > 0.5
+
+    def robust_ok(self, adv_score: torch.Tensor, clean_score: torch.Tensor) -> torch.Tensor:
+        """Bool [B]: the attacked example is still handled correctly (not broken)."""
+        return adv_score > 0.5
+
+    def augment(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, config):
+        """Training-time augmentation of a batch (default: none)."""
+        return x, y

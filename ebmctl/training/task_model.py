@@ -1,0 +1,109 @@
+"""Train the task model (classifier, segmenter, ...) with the task's own loss."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
+from ebmctl.console import info, progress_bar
+from ebmctl.defense import TaskModel
+from ebmctl.errors import ConfigError, NumericalError
+from ebmctl.plugins import get_registries
+from ebmctl.profiles import Config
+from ebmctl.protocols import DatasetBundle, Task
+from ebmctl.seeds import make_generator
+from ebmctl.training.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
+
+
+def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.Tensor,
+                        device, batch: int = 500) -> float:
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = model(x[i:i + batch].to(device))
+            scores.append(task.score(out, y[i:i + batch].to(device)).float().cpu())
+    return torch.cat(scores).mean().item() if scores else float("nan")
+
+
+def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
+                     device: torch.device, resume: bool = False) -> Path:
+    out = Path(out)
+    ckpt_file = checkpoint_path(out)
+    arch, args = task.model_args(cfg, bundle)
+    spec = get_registries().models.get(arch)
+    if spec.kind != task.model_kind:
+        raise ConfigError(f"model.arch {arch!r} is a {spec.kind!r}; task {task.name!r} needs a "
+                          f"{task.model_kind!r}")
+    net = spec.build(**args)
+    model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels, task.model_kind,
+                      task.name).to(device)
+    epochs, bs = cfg["model.epochs"], cfg["model.batch_size"]
+    if cfg["model.optimizer"] == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=cfg["model.lr"], momentum=cfg["model.momentum"],
+                              weight_decay=cfg["model.weight_decay"], nesterov=True)
+    else:
+        opt = torch.optim.Adam(net.parameters(), lr=cfg["model.lr"],
+                               weight_decay=cfg["model.weight_decay"])
+    x, y = bundle.train.x, bundle.train.y
+    n = len(x)
+    steps_per_epoch = max(1, (n + bs - 1) // bs)
+    total = epochs * steps_per_epoch
+    milestones = [int(f * total) for f in cfg["model.lr_milestones"]]
+    start_epoch, history = 0, []
+    if resume and ckpt_file.exists():
+        ck = load_checkpoint(ckpt_file, task.model_kind)
+        net.load_state_dict(ck["model"])
+        restore_optimizer(opt, ck)
+        start_epoch, history = ck["step"], ck["state"].get("history", [])
+        info(f"resumed from {ckpt_file} at epoch {start_epoch}")
+    seed = cfg["run.seed"]
+    t0 = time.time()
+    with progress_bar(total - start_epoch * steps_per_epoch, f"train {task.model_kind}") as bar:
+        for epoch in range(start_epoch, epochs):
+            gen = make_generator("cpu", seed, "task-train", epoch)
+            perm = torch.randperm(n, generator=gen)
+            model.train()
+            losses = []
+            for i in range(steps_per_epoch):
+                it = epoch * steps_per_epoch + i
+                lr = cfg["model.lr"] * (0.1 ** sum(it >= m for m in milestones))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                idx = perm[i * bs:(i + 1) * bs]
+                xb, yb = task.augment(x[idx], y[idx], gen, cfg)
+                loss = task.train_loss(model(xb.to(device)), yb.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if not torch.isfinite(loss):
+                    raise NumericalError(f"task-model loss became non-finite in epoch {epoch + 1}")
+                opt.step()
+                losses.append(loss.item())
+                bar.advance(1, f"loss {loss.item():.3f}")
+            val = evaluate_task_model(model, task, bundle.val.x, bundle.val.y, device)
+            history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
+                            f"val_{task.metric_name}": val, "seconds": round(time.time() - t0, 1)})
+            if epoch + 1 < epochs:
+                save_checkpoint(ckpt_file, target=task.model_kind, step=epoch + 1, model=net,
+                                optimizer=opt, state={"history": history}, config=cfg,
+                                arch=arch, arch_args=args)
+    test = evaluate_task_model(model, task, bundle.test.x, bundle.test.y, device)
+    data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
+            "num_classes": bundle.num_classes, "class_names": bundle.class_names,
+            "dataset": cfg["data.dataset"]}
+    extra = {"history": history, f"test_{task.metric_name}": test}
+    save_artifact(out, model_tensors(net), kind=task.model_kind, arch=arch, arch_args=args,
+                  task=task.name, data=data, config=cfg, step=epochs, extra=extra)
+    atomic_write_json(out.with_suffix(".log.json"), {"history": history, "test": test,
+                                                     "config": cfg.to_dict()})
+    ckpt_file.unlink(missing_ok=True)
+    info(f"{task.model_kind} test {task.metric_name}: {test:.4f}")
+    return out

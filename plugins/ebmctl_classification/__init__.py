@@ -1,0 +1,29 @@
+"""Built-in plugin: the classification task, its datasets and classifier architectures.
+
+It imports only ``ebmctl.api``, like any third-party plugin.
+"""
+
+from __future__ import annotations
+
+from ebmctl.api import ModelSpec, hookimpl
+from ebmctl_classification.datasets import DATASETS
+from ebmctl_classification.models import resnet9, small_cnn, wide_resnet
+from ebmctl_classification.task import ClassificationTask
+
+
+@hookimpl
+def ebmctl_register_tasks(register):
+    register(ClassificationTask())
+
+
+@hookimpl
+def ebmctl_register_datasets(register):
+    for spec in DATASETS:
+        register(spec)
+
+
+@hookimpl
+def ebmctl_register_models(register):
+    register(ModelSpec("small-cnn", "classifier", small_cnn, "small CNN for quick runs"))
+    register(ModelSpec("resnet9", "classifier", resnet9, "ResNet-9 with a width parameter"))
+    register(ModelSpec("wrn", "classifier", wide_resnet, "WideResNet (WRN-28-10 by default)"))

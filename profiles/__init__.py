@@ -1,0 +1,1 @@
+"""Bundled ebmctl run profiles (TOML files in this folder)."""
