@@ -11,7 +11,7 @@ from ebmctl.console import info
 
 app = typer.Typer(help="Train EBMs and task models.", no_args_is_help=True)
 
-ResumeOpt = typer.Option("--resume", help="continue from the run's checkpoint")
+ResumeOpt = typer.Option(False, "--resume", help="continue from the run's checkpoint")
 
 
 def default_out(cfg, what: str) -> Path:
