@@ -10,6 +10,7 @@ from pathlib import Path
 from ebmctl.attacks.pgd import FGSM, PGD, BPDAEOT
 from ebmctl.hookspecs import hookimpl
 from ebmctl.nn.ebm import lightweight_ebm
+from ebmctl.nn.sngan import encoder, fixer_resnet, sngan_ebm, sngan_generator
 from ebmctl.protocols import ModelSpec
 
 
@@ -17,6 +18,14 @@ from ebmctl.protocols import ModelSpec
 def ebmctl_register_models(register):
     register(ModelSpec("lightweight", "ebm", lightweight_ebm,
                        "thesis lightweight ConvNet EBM (<700K params at 32x32x3)"))
+    register(ModelSpec("sngan-ebm", "ebm", sngan_ebm,
+                       "SNGAN ResNet discriminator EBM, spectral norm optional (SPEC 1.6.3)"))
+    register(ModelSpec("sngan-generator", "generator", sngan_generator,
+                       "SNGAN ResNet generator, latent -> image in [-1,1] (SPEC 1.6.3)"))
+    register(ModelSpec("fixer-resnet", "fixer", fixer_resnet,
+                       "same-resolution residual image-to-image net (SPEC 6.2)"))
+    register(ModelSpec("encoder", "encoder", encoder,
+                       "conv encoder, latent on the sphere of radius sqrt(m) (SPEC 7.7)"))
 
 
 @hookimpl

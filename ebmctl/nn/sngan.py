@@ -1,0 +1,260 @@
+"""SNGAN-style networks (SPEC §1.6.3, §6.2, §7.7): the discriminator EBM, the generator, the
+same-resolution residual image-to-image net used by the fixer, and a convolutional encoder.
+
+Every constructor takes JSON-able keyword arguments only, so artifacts rebuild them from
+``ebmctl.arch_args``. Spectral normalisation uses ``torch.nn.utils.parametrizations``: its
+state lives in ordinary ``state_dict`` entries (``...parametrizations.weight.original``, ``_u``,
+``_v``), so it round-trips through safetensors artifacts without pickle.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from ebmctl.nn.ebm import ACTIVATIONS, make_activation
+
+SNGAN_ACTIVATIONS = ("relu", *ACTIVATIONS)
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU()
+    if name not in SNGAN_ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(SNGAN_ACTIVATIONS)}")
+    return make_activation(name)
+
+
+def _sn(module: nn.Module, enabled: bool) -> nn.Module:
+    return _spectral_norm(module) if enabled else module
+
+
+def _n_resamples(image_size: int, base: int = 4) -> int:
+    """How many ×2 resamplings link a ``base``×``base`` map to ``image_size`` (a power-of-two
+    multiple of ``base``)."""
+    if image_size < base or image_size % base:
+        raise ValueError(f"image_size {image_size} must be a multiple of {base} and at least {base}")
+    ratio = image_size // base
+    n = int(round(math.log2(ratio)))
+    if 2 ** n != ratio:
+        raise ValueError(f"image_size {image_size} must be {base}·2^n (e.g. 32, 64, 128)")
+    return n
+
+
+class FixedBatchNorm2d(nn.Module):
+    """Batch norm with its statistics fixed to mean 0, variance 1 (SPEC §1.6.3, Hat EBM §6.5.3):
+    a per-channel affine map, so each sample's output depends on that sample only."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def _bn(channels: int, fixed: bool) -> nn.Module:
+    return FixedBatchNorm2d(channels) if fixed else nn.BatchNorm2d(channels)
+
+
+# --- generator ---------------------------------------------------------------------------
+
+class GenBlock(nn.Module):
+    """BN-ReLU-upsample-conv3×3-BN-ReLU-conv3×3, plus an upsample-conv1×1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, upsample: bool = True, bn_fixed: bool = False):
+        super().__init__()
+        self.upsample = upsample
+        self.bn1, self.bn2 = _bn(cin, bn_fixed), _bn(cout, bn_fixed)
+        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.shortcut = nn.Conv2d(cin, cout, 1) if (cin != cout or upsample) else nn.Identity()
+
+    def _up(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2, mode="nearest") if self.upsample else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self._up(F.relu(self.bn1(x))))
+        h = self.conv2(F.relu(self.bn2(h)))
+        return h + self.shortcut(self._up(x))
+
+
+class SNGANGenerator(nn.Module):
+    """SNGAN ResNet generator: z [B, latent_dim] → Linear → 4×4×width → n upsampling GenBlocks →
+    BN-ReLU-conv3×3 → tanh, images in [-1, 1]. At 32×32 with width 256 this is the SNGAN
+    CIFAR-10 layout (about 4.3M parameters)."""
+
+    def __init__(self, latent_dim: int = 128, image_size: int = 32, channels: int = 3,
+                 width: int = 256, bn_fixed: bool = False):
+        super().__init__()
+        self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
+        self.width = width
+        self.fc = nn.Linear(latent_dim, 4 * 4 * width)
+        self.blocks = nn.Sequential(*[GenBlock(width, width, True, bn_fixed)
+                                      for _ in range(_n_resamples(image_size))])
+        self.bn = _bn(width, bn_fixed)
+        self.out = nn.Conv2d(width, channels, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z.flatten(1)).view(z.shape[0], self.width, 4, 4)
+        h = self.blocks(h)
+        return torch.tanh(self.out(F.relu(self.bn(h))))
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.randn((n, self.latent_dim), generator=generator, device=device)
+
+
+# --- discriminator EBM --------------------------------------------------------------------
+
+class DiscStem(nn.Module):
+    """SNGAN 'optimized' first block: conv3×3 → act → conv3×3 → avg-pool, shortcut
+    avg-pool → conv1×1 (no activation before the first conv: the input is an image)."""
+
+    def __init__(self, cin: int, cout: int, sn: bool, act: str):
+        super().__init__()
+        self.conv1 = _sn(nn.Conv2d(cin, cout, 3, 1, 1), sn)
+        self.conv2 = _sn(nn.Conv2d(cout, cout, 3, 1, 1), sn)
+        self.shortcut = _sn(nn.Conv2d(cin, cout, 1), sn)
+        self.act = _activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.avg_pool2d(self.conv2(self.act(self.conv1(x))), 2)
+        return h + self.shortcut(F.avg_pool2d(x, 2))
+
+
+class DiscBlock(nn.Module):
+    """act → conv3×3 → act → conv3×3 (→ avg-pool), shortcut conv1×1 (→ avg-pool) when the
+    block downsamples or changes width, identity otherwise."""
+
+    def __init__(self, cin: int, cout: int, downsample: bool, sn: bool, act: str):
+        super().__init__()
+        self.downsample = downsample
+        self.conv1 = _sn(nn.Conv2d(cin, cout, 3, 1, 1), sn)
+        self.conv2 = _sn(nn.Conv2d(cout, cout, 3, 1, 1), sn)
+        self.shortcut = (_sn(nn.Conv2d(cin, cout, 1), sn) if (downsample or cin != cout)
+                         else nn.Identity())
+        self.act1, self.act2 = _activation(act), _activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(self.act2(self.conv1(self.act1(x))))
+        s = self.shortcut(x)
+        if self.downsample:
+            h, s = F.avg_pool2d(h, 2), F.avg_pool2d(s, 2)
+        return h + s
+
+
+class SNGANDiscriminatorEBM(nn.Module):
+    """SNGAN ResNet discriminator as an EBM (SPEC §1.6.3): stem block, one downsampling
+    ResBlock, two non-downsampling ResBlocks, activation, global pool, Linear(width→1, no bias).
+    Output: energy U(x) [B], lower = more likely. ``spectral_norm=False`` gives the Hat EBM's
+    hat network. ``pool`` is ``"sum"`` (SNGAN) or ``"mean"`` (SPEC text); with ``"sum"`` the
+    energy scales with the feature-map area. At width 256 and 32×32 it has ≈4.20M parameters.
+    """
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 128,
+                 spectral_norm: bool = True, activation: str = "relu", pool: str = "sum"):
+        super().__init__()
+        if pool not in ("sum", "mean"):
+            raise ValueError(f"pool must be 'sum' or 'mean', got {pool!r}")
+        if image_size < 4:
+            raise ValueError(f"image_size {image_size} is too small (needs at least 4)")
+        self.pool = pool
+        self.stem = DiscStem(in_channels, width, spectral_norm, activation)
+        self.blocks = nn.Sequential(
+            DiscBlock(width, width, True, spectral_norm, activation),
+            DiscBlock(width, width, False, spectral_norm, activation),
+            DiscBlock(width, width, False, spectral_norm, activation),
+        )
+        self.act = _activation(activation)
+        self.head = _sn(nn.Linear(width, 1, bias=False), spectral_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.blocks(self.stem(x)))
+        h = h.sum(dim=(2, 3)) if self.pool == "sum" else h.mean(dim=(2, 3))
+        return self.head(h).squeeze(1)
+
+
+# --- fixer: same-resolution image-to-image net (SPEC §6.2) ---------------------------------
+
+class ResBlock(nn.Module):
+    """BN-ReLU-conv3×3-BN-ReLU-conv3×3 + identity: an SNGAN generator block without upsampling."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(width), nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(width, width, 3, 1, 1)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.relu(self.bn1(x)))
+        return x + self.conv2(F.relu(self.bn2(h)))
+
+
+class ImageToImageResNet(nn.Module):
+    """conv stem → ``n_blocks`` ResBlocks → BN-ReLU-conv3×3 → tanh. Input and output are images
+    of the same size in [-1, 1]; works at any resolution (fully convolutional)."""
+
+    def __init__(self, channels: int = 3, width: int = 64, n_blocks: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(channels, width, 3, 1, 1)
+        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(n_blocks)])
+        self.bn = nn.BatchNorm2d(width)
+        self.out = nn.Conv2d(width, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.stem(x))
+        return torch.tanh(self.out(F.relu(self.bn(h))))
+
+
+# --- encoder (autoencoder inference net, SPEC §7.7) ---------------------------------------
+
+def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
+    """z ← √m · z / ‖z‖₂ per row (m = latent size), the retrofit latent constraint (SPEC §7.7)."""
+    flat = z.flatten(1)
+    m = flat.shape[1]
+    return (math.sqrt(m) * flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-8)).view_as(z)
+
+
+class Encoder(nn.Module):
+    """Inference net: conv3×3 stem, stride-2 conv blocks down to 4×4 (width doubling, capped at
+    8×width), Linear → latent [B, latent_dim]; ``sphere=True`` projects onto the sphere of
+    radius √latent_dim so latents match the scale of N(0, I) draws for the decoder."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, latent_dim: int = 128,
+                 width: int = 64, sphere: bool = True):
+        super().__init__()
+        self.sphere = sphere
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1), nn.LeakyReLU(0.2)]
+        w = width
+        for _ in range(_n_resamples(image_size)):
+            nw = min(w * 2, width * 8)
+            layers += [nn.Conv2d(w, nw, 4, 2, 1), nn.BatchNorm2d(nw), nn.LeakyReLU(0.2)]
+            w = nw
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(w * 4 * 4, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc(self.features(x).flatten(1))
+        return project_to_sphere(z) if self.sphere else z
+
+
+def sngan_generator(**kw) -> SNGANGenerator:
+    return SNGANGenerator(**kw)
+
+
+def sngan_ebm(**kw) -> SNGANDiscriminatorEBM:
+    return SNGANDiscriminatorEBM(**kw)
+
+
+def fixer_resnet(**kw) -> ImageToImageResNet:
+    return ImageToImageResNet(**kw)
+
+
+def encoder(**kw) -> Encoder:
+    return Encoder(**kw)
