@@ -21,7 +21,7 @@ def setup_device(cfg: Config) -> torch.device:
 
 
 def get_task(cfg: Config) -> Task:
-    return get_registries().tasks.get(cfg["task.name"])
+    return get_registries().tasks.get(cfg["task.name"]).configured(cfg)
 
 
 def data_request(cfg: Config) -> DataRequest:

@@ -22,6 +22,15 @@ from ebmctl.units import to_internal, to_public
 TASK_MODEL_KINDS = ("classifier", "segmenter")
 
 
+def task_model_kinds() -> tuple[str, ...]:
+    """The built-in task model kinds plus the model kind of every registered task (plugins)."""
+    from ebmctl.plugins import get_registries
+
+    tasks = get_registries().tasks
+    extra = sorted({tasks.get(n).model_kind for n in tasks} - set(TASK_MODEL_KINDS))
+    return TASK_MODEL_KINDS + tuple(extra)
+
+
 def adapt_images(x: torch.Tensor, size: int | tuple[int, int], channels: int) -> torch.Tensor:
     """Resize to ``size`` (int: square; 0: keep) with bilinear interpolation (antialiased when
     shrinking) and convert channels (gray↔RGB, RGBA→RGB; 0: keep)."""
@@ -101,7 +110,7 @@ class TaskModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> "TaskModel":
-        net, art = load_model(path, TASK_MODEL_KINDS)
+        net, art = load_model(path, task_model_kinds())
         data = art.data
         model = cls(net, data.get("range", "[-1,1]"), int(data.get("image_size", 0)),
                     int(data.get("channels", 0)), art.kind, art.meta.get("ebmctl.task", ""))

@@ -93,6 +93,15 @@ class Task:
     metric_name: str = "accuracy"
     description: str = ""
 
+    def configured(self, config) -> "Task":
+        """Return the task to use for a run with this resolved profile (default: ``self``).
+
+        The registered instance is shared by every run; a task whose losses or success rule
+        read profile keys (thresholds, modes) returns a configured copy here instead of
+        mutating itself. Commands call it once per run (``ebmctl.context.get_task``).
+        """
+        return self
+
     def model_args(self, config, bundle: DatasetBundle) -> tuple[str, dict[str, Any]]:
         """Return (architecture name, JSON-able arguments) of the task model to train."""
         raise NotImplementedError
