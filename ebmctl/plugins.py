@@ -130,10 +130,22 @@ def _collect(pm, infos, failures) -> Registries:
             infos[_plugin].registered.setdefault("profile keys", []).append(name)
 
         _call_plugin_hook(impl, dict(add=add), failures, infos)
+    dirs_by_plugin: dict[str, list[Path]] = {}
     for impl in pm.hook.ebmctl_profile_dirs.get_hookimpls():
         result = _call_plugin_hook(impl, {}, failures, infos)
-        for d in result or []:
-            reg.profile_dirs.append(Path(d))
+        dirs_by_plugin[impl.plugin_name] = [Path(d) for d in result or []]
+    # A plugin that failed in any hook is left out whole: a half-registered plugin (say, a task
+    # without its dataset) would fail later with a confusing error far from the cause.
+    failed = {name for name, info in infos.items() if info.error is not None}
+    for name in failed:
+        for registry in (reg.tasks, reg.datasets, reg.models, reg.attacks):
+            registry.drop_plugin(name)
+        for key in infos[name].registered.get("profile keys", []):
+            reg.schema.keys.pop(key, None)
+        infos[name].registered = {}
+    for name, dirs in dirs_by_plugin.items():
+        if name not in failed:
+            reg.profile_dirs.extend(dirs)
     return reg
 
 
@@ -141,7 +153,8 @@ def _call_plugin_hook(impl, kwargs, failures, infos):
     try:
         return impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
     except EbmctlError as exc:
-        msg = f"plugin {impl.plugin_name!r}: {exc.message}"
+        prefix = f"plugin {impl.plugin_name!r}"
+        msg = exc.message if exc.message.startswith(prefix) else f"{prefix}: {exc.message}"
     except Exception as exc:
         msg = f"plugin {impl.plugin_name!r} failed in {impl.function.__name__}: " \
               f"{type(exc).__name__}: {exc}"

@@ -46,6 +46,13 @@ class Registry(Generic[T]):
                 f"unknown {self.what} {name!r}{did_you_mean(name, list(self._items))}"
             ) from None
 
+    def drop_plugin(self, plugin: str) -> list[str]:
+        """Remove everything ``plugin`` registered (a plugin that failed is left out whole)."""
+        names = self.by_plugin(plugin)
+        for n in names:
+            del self._items[n], self._owners[n]
+        return names
+
     def owner(self, name: str) -> str:
         return self._owners[name]
 
