@@ -1,0 +1,122 @@
+"""`ebmctl lyapunov`: the sampler's dynamics (SPEC §8): Lyapunov exponent vs η, and with
+``--checks`` the forgetting curves of clean vs adversarial starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+
+
+def lyapunov_cmd(
+    ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact (default: shipped)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m",
+                                         help="task model for --checks (agreement, attacks)"),
+    checks: bool = typer.Option(False, "--checks",
+                                help="also run the memorylessness checks (needs --model)"),
+    exponent: bool = typer.Option(True, "--exponent/--no-exponent",
+                                  help="run Benettin's method over lyapunov.etas"),
+    etas: Optional[str] = typer.Option(None, "--etas", help="η grid, e.g. 0.01,0.1,1,10"),
+    n_images: Optional[int] = typer.Option(None, "--n-images", help="lyapunov.n_images"),
+    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
+    out: OutOpt = None,
+):
+    """Maximal Lyapunov exponent of the Langevin map T_η (Benettin, common noise) vs η, and
+    (--checks) how purification forgets an adversarial start. Writes JSON + PNG."""
+    from ebmctl.artifacts import atomic_write_json
+    from ebmctl.console import info, out_console, progress_bar
+    from ebmctl.context import environment, get_task, load_dataset, setup_device
+    from ebmctl.defense import EnergyModel, TaskModel
+    from ebmctl.errors import ConfigError
+    from ebmctl.evaluate.plots import save_grid
+    from ebmctl import lyapunov as ly
+    from ebmctl.shipped import default_ebm
+
+    extra = []
+    if etas:
+        extra.append(f"lyapunov.etas={etas}")
+    if n_images is not None:
+        extra.append(f"lyapunov.n_images={n_images}")
+    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    if not exponent and not checks:
+        raise ConfigError("nothing to do: --no-exponent without --checks")
+    if checks and model is None:
+        raise ConfigError("--checks needs a task model (--model FILE) for the attack and the "
+                          "agreement curves")
+    if out is not None and out.suffix.lower() != ".json":
+        raise ConfigError(f"--out must be a .json file, got {out}")
+    ly.exponent_settings(cfg).validate()
+    dev = setup_device(cfg)
+    energy = EnergyModel.load(ebm or default_ebm(), dev)
+    task = get_task(cfg) if checks else None
+    task_model = TaskModel.load(model, dev) if checks else None
+    if task_model is not None and task_model.task and task_model.task != task.name:
+        raise ConfigError(f"{model} is a model for task {task_model.task!r}, but the profile's "
+                          f"task.name is {task.name!r}")
+    bundle = load_dataset(cfg)
+    data = bundle.split(cfg["lyapunov.split"])
+    if len(data) == 0:
+        raise ConfigError(f"the {cfg['lyapunov.split']} split of {bundle.name!r} is empty")
+    out = out or Path(cfg["run.out_dir"]) / "lyapunov.json"
+    title = f"{Path(energy.path).name} on {bundle.name}"
+    common = {"command": "lyapunov", "ebm": energy.path, "dataset": bundle.name,
+              "split": cfg["lyapunov.split"], "environment": environment(cfg, dev),
+              "config": cfg.to_dict()}
+    written = []
+    if exponent:
+        x01 = data.x[:cfg["lyapunov.n_images"]].to(dev)
+        report, samples = ly.exponent_report(cfg, energy, x01, progress_factory=progress_bar)
+        report = {**common, **report}
+        atomic_write_json(out, report)
+        ly.plot_exponents(out.with_suffix(".png"), report, title)
+        grid = samples[:, :min(8, samples.shape[1])]
+        save_grid(grid.reshape(-1, *grid.shape[2:]), out.with_name(out.stem + ".samples.png"),
+                  nrow=grid.shape[1])
+        written += [out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png")]
+        _print_exponents(out_console(), report)
+    if checks:
+        n = min(cfg["lyapunov.memory_images"], len(data))
+        mem = ly.memory_report(cfg, energy, task, task_model, data.x[:n].to(dev),
+                               data.y[:n].to(dev), dev, progress_factory=progress_bar)
+        mem = {**common, "model": str(model), **mem}
+        mem_out = out.with_name(out.stem + ".memory.json")
+        atomic_write_json(mem_out, mem)
+        ly.plot_memory(mem_out.with_suffix(".png"), mem, title)
+        written += [mem_out, mem_out.with_suffix(".png")]
+        _print_memory(out_console(), mem)
+    info("wrote " + ", ".join(str(p) for p in written))
+
+
+def _print_exponents(console, report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"max Lyapunov exponent per step (d0={report['separation']:g}, "
+                        f"{report['n_images']} images x {len(report['seeds'])} seeds)")
+    for col in ("eta", "mean", "std", "se", "> 0"):
+        table.add_column(col)
+    for r in report["per_eta"]:
+        table.add_row(f"{r['eta']:.4g}", f"{r['mean']:.3e}", f"{r['std']:.2e}", f"{r['se']:.2e}",
+                      "yes" if r["positive"] else "")
+    console.print(table)
+    zc = report["zero_crossing"]
+    console.print(f"zero crossing: {'none on the grid' if zc is None else f'eta = {zc:.3g}'}; "
+                  f"eta* (first > {report['zero_tol_se']:g} SE): {report['eta_star']}")
+
+
+def _print_memory(console, mem: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"forgetting curves ({mem['n_images']} images, attack "
+                        f"{mem['attack']['attack']} on the {mem['attack']['target']})")
+    for col in ("k", "dist common", "dist indep", "dist clean copies", "memory",
+                "agree common", "agree indep", "score clean", "score adv"):
+        table.add_column(col)
+    for r in mem["curves"]:
+        table.add_row(str(r["k"]), f"{r['dist_common']:.3f}", f"{r['dist_independent']:.3f}",
+                      f"{r['dist_clean_copies']:.3f}", f"{r['memory']:.3f}",
+                      f"{r['agree_common']:.3f}", f"{r['agree_independent']:.3f}",
+                      f"{r['score_clean']:.3f}", f"{r['score_adv']:.3f}")
+    console.print(table)
