@@ -10,6 +10,7 @@ import typer
 
 from ebmctl import __version__
 from ebmctl.commands import attack, info, purify, quickstart, train
+from ebmctl.commands import lyapunov as lyapunov_command
 from ebmctl.commands.common import GLOBAL
 from ebmctl.commands.pending import register_pending
 from ebmctl.errors import EbmctlError
@@ -45,9 +46,10 @@ app.command("attack")(attack.attack_cmd)
 app.command("quickstart")(quickstart.quickstart_cmd)
 app.command("plugins")(info.plugins_cmd)
 app.command("inspect")(info.inspect_cmd)
+app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
 
 #: Commands that later issues add register themselves here by name.
-AVAILABLE: set[str] = set()
+AVAILABLE: set[str] = {"lyapunov"}
 register_pending(app, AVAILABLE)
 
 
