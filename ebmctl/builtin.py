@@ -14,6 +14,7 @@ from ebmctl.nn.sngan import encoder, fixer_resnet, sngan_ebm, sngan_generator
 from ebmctl.protocols import ModelSpec
 
 
+from ebmctl.nn.hat import hat_ebm
 @hookimpl
 def ebmctl_register_models(register):
     register(ModelSpec("lightweight", "ebm", lightweight_ebm,
@@ -30,6 +31,8 @@ def ebmctl_register_models(register):
 
 @hookimpl
 def ebmctl_register_attacks(register):
+    register(ModelSpec("hat-ebm", "hat-ebm", hat_ebm,
+                       "Hat EBM: hat network H over generator G, U(Y,Z) = H(G(Z)+Y) (SPEC 7)"))
     for cls in (BPDAEOT, PGD, FGSM):
         register(cls)
 

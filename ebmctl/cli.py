@@ -11,6 +11,8 @@ import typer
 from ebmctl import __version__
 from ebmctl.commands import attack, info, purify, quickstart, train
 from ebmctl.commands import lyapunov as lyapunov_command
+from ebmctl.commands import ood as ood_command
+from ebmctl.commands import synthesize as synthesize_command
 from ebmctl.commands.common import GLOBAL
 from ebmctl.commands.pending import register_pending
 from ebmctl.errors import EbmctlError
@@ -47,9 +49,11 @@ app.command("quickstart")(quickstart.quickstart_cmd)
 app.command("plugins")(info.plugins_cmd)
 app.command("inspect")(info.inspect_cmd)
 app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
+app.command("synthesize")(synthesize_command.synthesize_cmd)
+app.command("ood")(ood_command.ood_cmd)
 
 #: Commands that later issues add register themselves here by name.
-AVAILABLE: set[str] = {"lyapunov"}
+AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov"}
 register_pending(app, AVAILABLE)
 
 

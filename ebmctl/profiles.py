@@ -222,6 +222,38 @@ def core_schema() -> Schema:
     # output
     a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
       minimum=0)
+    # hat ebm, synthesize, ood (SPEC §7)
+    a("hat.mode", "str", "conditional", "conditional (Z fixed, Y sampled) | joint (Y and Z)",
+      choices=("conditional", "joint"))
+    a("hat.arch", "str", "sngan-ebm", "hat network H (an EBM architecture; no spectral norm)")
+    a("hat.width", "int", 128, "width of the hat network", minimum=1)
+    a("hat.generator_arch", "str", "sngan-generator", "generator G architecture")
+    a("hat.generator_width", "int", 256, "width of the generator", minimum=1)
+    a("hat.latent_dim", "int", 128, "latent size m of G", minimum=1)
+    a("hat.generator", "str", "", "pretrained generator artifact (refinement/retrofit); "
+      "empty = train G from scratch in tandem")
+    a("hat.train_generator", "bool", True, "train G from the historical bank (Alg. 5)")
+    a("hat.eps_y", "float", 1e-4, "Langevin ε of the residual image Y", minimum=0)
+    a("hat.eps_z", "float", 5e-3, "Langevin ε of the latent Z (joint mode)", minimum=0)
+    a("hat.bank_size", "int", 10000, "historical (X, Z) bank size", minimum=1)
+    a("hat.lr_generator", "float", 1e-4, "generator Adam learning rate", minimum=0)
+    a("hat.grad_clip", "float", 0.0, "hat gradient-norm clip (0 = off)", minimum=0)
+    a("hat.lr_decay_step", "int", 0, "divide both learning rates by 10 from this update "
+      "(0 = never)", minimum=0)
+    a("hat.gen_loss_scale", "float", 1000.0, "generator loss = scale · MSE (the 1/(2η²))",
+      minimum=0)
+    a("hat.residual", "bool", True, "sample the residual Y (false: the §7.8 ablation)")
+    a("hat.residual_prior", "float", 0.0, "τ_res of the optional prior τ_res·‖Y‖²", minimum=0)
+    a("synth.n", "int", 64, "images to sample", minimum=1)
+    a("synth.steps", "int", 0, "Langevin steps (0 = the model's training K)", minimum=0)
+    a("synth.init", "str", "noise", "plain EBM chains start from noise | data",
+      choices=("noise", "data"))
+    a("ood.n_images", "int", 1000, "images per dataset scored", minimum=1)
+    a("ood.sets", "str_list", ["uniform-noise"], "out-of-distribution datasets "
+      "(NAME or NAME=ROOT)")
+    a("quality.fid_features", "str", "", "local feature network for FID (safetensors "
+      "Inception-v3 state dict); empty = proxy score only")
+    a("quality.n_reference", "int", 1000, "real images in the quality reference set", minimum=2)
     # lyapunov (SPEC §8)
     a("lyapunov.etas", "float_list",
       [round(10 ** (-2 + 3 * i / 12), 6) for i in range(13)],

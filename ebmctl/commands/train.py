@@ -65,3 +65,29 @@ def train_model_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Dev
                     epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the task model of whichever task the profile names (task.name)."""
     _train_task(profile, set_, device, seed, out, resume, epochs, None)
+
+
+@app.command("hat")
+def train_hat_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+                  seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                  steps: int = typer.Option(None, "--steps", help="override train.steps"),
+                  mode: str = typer.Option(None, "--mode", help="override hat.mode: "
+                                           "conditional | joint"),
+                  generator: Path = typer.Option(None, "--generator", help="pretrained generator "
+                                                 "artifact (hat.generator); kept frozen unless "
+                                                 "hat.train_generator = true")):
+    """Train a Hat EBM (SPEC §7.5): hat network H over generator G, tandem training of G from a
+    historical bank, or H alone around a pretrained G (refinement / retrofit)."""
+    from ebmctl.context import load_dataset, setup_device
+    from ebmctl.training.hat import train_hat
+
+    extra = [f"train.steps={steps}"] if steps is not None else []
+    if mode is not None:
+        extra.append(f"hat.mode={mode}")
+    if generator is not None:
+        extra += [f"hat.generator={generator}", "hat.train_generator=false"]
+    cfg = make_config(profile, extra + (set_ or []), device, seed)
+    dev = setup_device(cfg)
+    bundle = load_dataset(cfg)
+    path = train_hat(cfg, bundle, out or default_out(cfg, "hat-ebm"), dev, resume)
+    info(f"wrote {path}")

@@ -111,6 +111,80 @@ def load_svhn_bundle(req: DataRequest):
                        info={"root": str(root), "layout": "torchvision SVHN .mat"})
 
 
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal",
+                         "shirt", "sneaker", "bag", "ankle boot"]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format; ``.gz`` or raw): magic 0x0000TTNN with type TT and NN
+    dimensions, big-endian uint32 sizes, then the data."""
+    import gzip
+
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise InputError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise InputError(f"{path} is not an IDX file (bad header)")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    count = int(np.prod(shape))
+    if len(raw) - header != count * dtype.itemsize:
+        raise InputError(f"{path} is truncated or corrupt: header says {shape}, "
+                         f"{len(raw) - header} data bytes")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
+
+
+def _idx_pair(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def find(stem: str) -> Path | None:
+        for name in (stem, stem + ".gz"):
+            if (root / name).is_file():
+                return root / name
+        return None
+
+    images, labels = find(f"{prefix}-images-idx3-ubyte"), find(f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        return None
+    x, y = read_idx(images), read_idx(labels)
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise InputError(f"{images.name} / {labels.name} do not hold matching images and labels")
+    return (torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1),
+            torch.from_numpy(y.astype(np.int64)))
+
+
+def load_idx_bundle(req: DataRequest, name: str = "fashion-mnist", default_root: str = ""):
+    """MNIST-format IDX files (train-* and t10k-*) in a local folder; t10k is the test split."""
+    if not req.root and default_root:
+        req = DataRequest(**{**req.__dict__, "root": default_root})
+    root = _require_root(req, name)
+    train = _idx_pair(root, "train")
+    if train is None:
+        raise InputError(f"{root} has no train-images-idx3-ubyte[.gz] / "
+                         "train-labels-idx1-ubyte[.gz]")
+    names = FASHION_MNIST_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+    return make_bundle(name, *train, req, 10, names, test=_idx_pair(root, "t10k"),
+                       info={"root": str(root), "layout": "IDX"})
+
+
+def load_noise_bundle(req: DataRequest, kind: str = "uniform", count: int = 5000):
+    """Synthetic noise images (an OOD set): uniform in [0,1], or Gaussian N(0.5, 0.25²) clipped
+    to [0,1]. Size and channels follow the request (default 32×32 RGB); fixed by split_seed."""
+    size, ch = req.image_size or 32, req.channels or 3
+    g = torch.Generator().manual_seed(req.split_seed + (0 if kind == "uniform" else 1))
+    if kind == "uniform":
+        x = torch.rand((count, ch, size, size), generator=g)
+    else:
+        x = (0.5 + 0.25 * torch.randn((count, ch, size, size), generator=g)).clamp(0, 1)
+    return make_bundle(f"{kind}-noise", x, torch.zeros(count, dtype=torch.long), req, 1,
+                       ["noise"], info={"source": f"synthetic {kind} noise"})
+
+
 DATASETS = [
     DatasetSpec("digits", load_digits_bundle, "classification",
                 "scikit-learn's 8x8 handwritten digits (embedded, no download)"),
@@ -122,4 +196,13 @@ DATASETS = [
                 "CIFAR-100 from an ImageFolder root or (opt-in) python batches", needs_root=True),
     DatasetSpec("svhn", load_svhn_bundle, "classification",
                 "SVHN from torchvision's .mat files in a local root", needs_root=True),
+    DatasetSpec("fashion-mnist", lambda r: load_idx_bundle(r, "fashion-mnist", FASHION_MNIST_ROOT),
+                "classification", "Fashion-MNIST IDX files (default root: Debian's "
+                "dataset-fashion-mnist package)"),
+    DatasetSpec("mnist", lambda r: load_idx_bundle(r, "mnist"), "classification",
+                "MNIST IDX files in a local root", needs_root=True),
+    DatasetSpec("uniform-noise", lambda r: load_noise_bundle(r, "uniform"), "classification",
+                "synthetic uniform-noise images (an OOD set)"),
+    DatasetSpec("gaussian-noise", lambda r: load_noise_bundle(r, "gaussian"), "classification",
+                "synthetic Gaussian-noise images (an OOD set)"),
 ]
