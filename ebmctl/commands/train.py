@@ -21,16 +21,26 @@ def default_out(cfg, what: str) -> Path:
 @app.command("ebm")
 def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                   seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                  steps: int = typer.Option(None, "--steps", help="override train.steps")):
-    """Train an EBM by convergent learning (SPEC §1.4): persistent noise bank, Adam then SGD."""
+                  steps: int = typer.Option(None, "--steps", help="override train.steps"),
+                  recipe: str = typer.Option(None, "--recipe",
+                                             help="override train.recipe: convergent | midrun")):
+    """Train an EBM: convergent learning (SPEC §1.4, persistent noise bank, Adam then SGD) or
+    mid-run learning (SPEC §4, rejuvenated bank, annealed Adam) per train.recipe."""
     from ebmctl.context import load_dataset, setup_device
+    from ebmctl.errors import ConfigError
     from ebmctl.training.ebm import train_ebm
+    from ebmctl.training.midrun import RECIPES, train_midrun
 
-    cfg = make_config(profile, (set_ or []) + ([f"train.steps={steps}"] if steps is not None else []),
-                      device, seed)
+    extra = ([f"train.steps={steps}"] if steps is not None else []) + (
+        [f"train.recipe={recipe}"] if recipe is not None else [])
+    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    trainers = {"convergent": train_ebm, "midrun": train_midrun}
+    if cfg["train.recipe"] not in trainers:
+        raise ConfigError(f"unknown train.recipe {cfg['train.recipe']!r}; choose from "
+                          f"{', '.join(RECIPES)}")
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_ebm(cfg, bundle, out or default_out(cfg, "ebm"), dev, resume)
+    path = trainers[cfg["train.recipe"]](cfg, bundle, out or default_out(cfg, "ebm"), dev, resume)
     info(f"wrote {path}")
 
 
@@ -57,6 +67,18 @@ def train_classifier_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device
                          epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the classifier of the classification task."""
     _train_task(profile, set_, device, seed, out, resume, epochs, "classifier")
+
+
+@app.command("segmenter")
+def train_segmenter_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+                        seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                        epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
+    """Train the segmenter of the segmentation task (task.name = segmentation unless the profile
+    names another task that trains a segmenter)."""
+    cfg_sets = list(set_ or [])
+    if make_config(profile, cfg_sets, device, seed).provenance.get("task.name") == "default":
+        cfg_sets.append("task.name=segmentation")
+    _train_task(profile, cfg_sets, device, seed, out, resume, epochs, "segmenter")
 
 
 @app.command("model")

@@ -37,6 +37,10 @@ def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
     spec = get_registries().models.get(arch)
     if spec.kind != "ebm":
         raise ConfigError(f"ebm.arch {arch!r} is a {spec.kind!r} architecture, not an EBM")
+    if arch == "sngan-ebm":
+        from ebmctl.training.midrun import ebm_arch_args as any_ebm_args
+
+        return any_ebm_args(cfg, bundle)
     return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
                   "channels": cfg["ebm.channels"], "activation": cfg["ebm.activation"],
                   "leak": cfg["ebm.leak"]}
