@@ -280,6 +280,32 @@ def core_schema() -> Schema:
     a("lyapunov.attack", "str", "pgd", "attack that makes the adversarial images")
     a("lyapunov.attack_defended", "bool", False,
       "attack the EBM-defended model (e.g. bpda-eot) instead of the bare task model")
+    # midrun (SPEC §4), SNGAN EBM options, training health, autoencoder (SPEC §7.7)
+    a("train.recipe", "str", "convergent", "EBM training recipe: convergent (SPEC §1.4) | "
+      "midrun (SPEC §4)")
+    a("train.target_horizon", "int", 2000, "K_def the mid-run chains should stay realistic for",
+      minimum=1)
+    a("train.rejuv_prob", "float", 0.0, "rejuvenation probability per update (0 = K/K_def)",
+      minimum=0, maximum=1)
+    a("train.rejuv_source", "str", "data", "where rejuvenated states come from: data | generator",
+      choices=("data", "generator"))
+    a("train.rejuv_generator", "str", "", "frozen generator artifact for rejuvenation")
+    a("train.lr_drops", "int_list", [], "updates at which the mid-run Adam lr is multiplied by "
+      "train.lr_drop_factor (SPEC §4.4: [50000, 75000, 100000, 125000])")
+    a("train.lr_drop_factor", "float", 0.1, "lr factor at each of train.lr_drops", minimum=0,
+      maximum=1)
+    a("train.health_chains", "int", 64, "held-out images the final long-run check starts from",
+      minimum=1)
+    a("ebm.spectral_norm", "bool", True, "spectral normalisation in the SNGAN EBM")
+    a("ebm.pool", "str", "sum", "SNGAN EBM global pooling: sum | mean", choices=("sum", "mean"))
+    a("autoencoder.latent_dim", "int", 128, "latent size m (projected to the sphere of radius √m)",
+      minimum=1)
+    a("autoencoder.width", "int", 64, "decoder (SNGAN generator) width", minimum=1)
+    a("autoencoder.encoder_width", "int", 32, "encoder base width", minimum=1)
+    a("autoencoder.steps", "int", 2000, "autoencoder updates", minimum=0)
+    a("autoencoder.batch_size", "int", 64, "autoencoder batch size", minimum=1)
+    a("autoencoder.lr", "float", 2e-4, "autoencoder Adam learning rate", minimum=0)
+    a("autoencoder.mse_scale", "float", 1000.0, "loss = scale · MSE (SPEC §7.7)", minimum=0)
     return s
 
 
