@@ -54,6 +54,7 @@ def installed_example(tmp_path_factory):
         _forget_plugin()
 
 
+@pytest.mark.slow  # a fresh interpreter pays torch's import (~5-20 s); in-process is below
 def test_installed_plugin_is_listed_in_a_fresh_process(installed_example, tmp_path):
     exe = Path(sys.executable).parent / "ebmctl"
     # run outside the repository so the example can only come from the installed package
@@ -81,6 +82,10 @@ def test_guide_smoke_commands_run_as_written(installed_example, tmp_path, monkey
         assert r.exit_code == 0, f"{' '.join(cmd)}\n{r.output[-3000:]}"
         outputs[cmd[1]] = r.stdout
     assert DIST in outputs["plugins"]
+    rows = {p["plugin"]: p for p in json.loads(run_cli(["plugins", "--json"]).stdout)["plugins"]}
+    assert (rows["example"]["distribution"], rows["example"]["version"]) == (DIST, "0.1.0")
+    assert rows["example"]["registered"]["tasks"] == ["multilabel"]
+    assert rows["example"]["error"] is None
     report = json.loads((tmp_path / "runs/smoke/attack.json").read_text())
     assert (report["task"], report["metric"], report["dataset"]) == ("multilabel", "F1",
                                                                      "digit-mosaic")
