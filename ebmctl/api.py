@@ -20,6 +20,7 @@ from ebmctl.data_utils import (
     split_indices,
 )
 from ebmctl.defense import Defense, EnergyModel, TaskModel, adapt_images, average_outputs
+from ebmctl.evaluate.plots import save_grid, save_image01
 from ebmctl.errors import (
     ArtifactError,
     ConfigError,
@@ -41,5 +42,6 @@ __all__ = [
     "NumericalError", "PluginError", "Split", "Task", "TaskModel", "adapt_images",
     "ascent_step", "atomic_path", "atomic_write_json", "average_outputs", "derive_seed",
     "hookimpl", "load_artifact", "load_image_folder", "make_bundle", "make_generator",
-    "project", "random_start", "save_artifact", "split_indices",
+    "project", "random_start", "save_artifact", "save_grid", "save_image01",
+    "split_indices",
 ]

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ebmctl.attacks.apgd import APGD, APGDDLR
+from ebmctl.attacks.engine import FullGradientEOT, SmoothedGradientEOT
 from ebmctl.attacks.pgd import FGSM, PGD, BPDAEOT
+from ebmctl.attacks.square import Square
+from ebmctl.attacks.transfer import Transfer
 from ebmctl.hookspecs import hookimpl
 from ebmctl.nn.ebm import lightweight_ebm
+from ebmctl.nn.hat import hat_ebm
 from ebmctl.nn.sngan import encoder, fixer_resnet, sngan_ebm, sngan_generator
 from ebmctl.protocols import ModelSpec
 
 
-from ebmctl.nn.hat import hat_ebm
 @hookimpl
 def ebmctl_register_models(register):
     register(ModelSpec("lightweight", "ebm", lightweight_ebm,
@@ -27,13 +31,14 @@ def ebmctl_register_models(register):
                        "same-resolution residual image-to-image net (SPEC 6.2)"))
     register(ModelSpec("encoder", "encoder", encoder,
                        "conv encoder, latent on the sphere of radius sqrt(m) (SPEC 7.7)"))
+    register(ModelSpec("hat-ebm", "hat-ebm", hat_ebm,
+                       "Hat EBM: hat network H over generator G, U(Y,Z) = H(G(Z)+Y) (SPEC 7)"))
 
 
 @hookimpl
 def ebmctl_register_attacks(register):
-    register(ModelSpec("hat-ebm", "hat-ebm", hat_ebm,
-                       "Hat EBM: hat network H over generator G, U(Y,Z) = H(G(Z)+Y) (SPEC 7)"))
-    for cls in (BPDAEOT, PGD, FGSM):
+    for cls in (BPDAEOT, PGD, FGSM, FullGradientEOT, SmoothedGradientEOT, APGD, APGDDLR,
+                Transfer, Square):
         register(cls)
 
 

@@ -10,6 +10,7 @@ import typer
 
 from ebmctl import __version__
 from ebmctl.commands import attack, info, purify, quickstart, train
+from ebmctl.commands import fix as fix_command
 from ebmctl.commands import lyapunov as lyapunov_command
 from ebmctl.commands import ood as ood_command
 from ebmctl.commands import synthesize as synthesize_command
@@ -48,12 +49,13 @@ app.command("attack")(attack.attack_cmd)
 app.command("quickstart")(quickstart.quickstart_cmd)
 app.command("plugins")(info.plugins_cmd)
 app.command("inspect")(info.inspect_cmd)
+app.add_typer(fix_command.app, name="fix")
 app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
 app.command("synthesize")(synthesize_command.synthesize_cmd)
 app.command("ood")(ood_command.ood_cmd)
 
 #: Commands that later issues add register themselves here by name.
-AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov"}
+AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov", "fix"}
 register_pending(app, AVAILABLE)
 
 

@@ -24,6 +24,19 @@ def get_task(cfg: Config) -> Task:
     return get_registries().tasks.get(cfg["task.name"]).configured(cfg)
 
 
+def with_task_defaults(cfg: Config) -> Config:
+    """Keys still at their schema default take the task's default dataset and architecture,
+    so ``--set task.name=segmentation`` alone gives a runnable segmentation config."""
+    tasks = get_registries().tasks
+    if cfg["task.name"] not in tasks:
+        return cfg
+    task = tasks.get(cfg["task.name"])
+    defaults = {"data.dataset": task.default_dataset, "model.arch": task.default_arch}
+    changes = {k: v for k, v in defaults.items()
+               if v and cfg.provenance.get(k) == "default" and cfg[k] != v}
+    return cfg.with_overrides(changes, f"task {task.name} default") if changes else cfg
+
+
 def data_request(cfg: Config) -> DataRequest:
     return DataRequest(root=cfg["data.root"], image_size=cfg["data.image_size"],
                        channels=cfg["data.channels"], val_fraction=cfg["data.val_fraction"],

@@ -26,6 +26,7 @@ from ebmctl.registry import Registry
 BUILTINS = [
     ("core", "ebmctl.builtin"),
     ("classification", "ebmctl_classification"),
+    ("segmentation", "ebmctl_segmentation"),
 ]
 
 

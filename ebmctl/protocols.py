@@ -132,3 +132,18 @@ class Task:
     def augment(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, config):
         """Training-time augmentation of a batch (default: none)."""
         return x, y
+
+    def prepare_model(self, net: nn.Module, config) -> None:
+        """Initialise a freshly built task model before training (e.g. load local pretrained
+        encoder weights). Not called when an artifact is rebuilt. Default: nothing."""
+
+    def evaluation_extras(self, x: torch.Tensor, y: torch.Tensor, runs: dict[str, dict],
+                          out, key: tuple) -> dict[str, Any]:
+        """Task-specific figures for an `ebmctl attack` report (default: none).
+
+        ``runs`` maps a run label (undefended, defended) to ``{"defense", "x_adv", "result"}``
+        (``result``: the run's summary for its last seed). May return ``results`` (label →
+        dict merged into that run's results), ``files`` (paths written), ``table``
+        (``title``, ``columns``, ``rows`` printed by the CLI) and any other JSON-able keys,
+        stored in the report under ``task_report``."""
+        return {}

@@ -13,20 +13,33 @@ from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOp
 def attack_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="task model artifact"),
     ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact for the defense"),
-    method: Optional[str] = typer.Option(None, "--method", help="attack on the defended model"),
+    method: Optional[str] = typer.Option(None, "--method", help="attack(s) on the defended model, "
+                                         "comma-separated (see `ebmctl plugins`)"),
+    task: Optional[str] = typer.Option(None, "--task", help="task plugin (task.name), e.g. "
+                                       "segmentation"),
     norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2"),
     eps: Optional[str] = typer.Option(None, "--eps", help="radius in [0,1] units, e.g. 8/255"),
     n_images: Optional[int] = typer.Option(None, "--n-images", help="test images"),
     undefended_only: bool = typer.Option(False, "--undefended-only"),
     defended_only: bool = typer.Option(False, "--defended-only"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="attack seeds, e.g. 0,1,2 "
+                                        "(mean ± std over them)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted evaluation "
+                                "from its per-image results"),
+    save_adversarials: bool = typer.Option(False, "--save-adversarials",
+                                           help="write the adversarial images (.adv.safetensors)"),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="KEY=V1,V2,...: one defended "
+                                        "evaluation per value, e.g. defense.steps=0,10,100,300"),
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     out: OutOpt = None,
 ):
-    """Attack the undefended model (PGD) and the EBM-defended one (BPDA+EOT), report JSON + PNG."""
+    """Attack the undefended model (PGD) and the EBM-defended one (BPDA+EOT, or the attacks in
+    --method / attack.methods), with sanity checks; report JSON + PNG."""
     from ebmctl.console import info, out_console
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError
-    from ebmctl.evaluate.report import format_table, run_evaluation
+    from ebmctl.evaluate.report import format_table, run_evaluation, run_sweep
+    from ebmctl.profiles import parse_set_options
 
     extra = []
     if norm:
@@ -36,19 +49,45 @@ def attack_cmd(
         extra.append(f"{key}={eps}")
     if n_images:
         extra.append(f"attack.n_images={n_images}")
-    if method:
-        extra.append(f"attack.method={method}")
+    if seeds:
+        extra.append(f"attack.seeds={seeds}")
+    if task:
+        extra.append(f"task.name={task}")
     cfg = make_config(profile, (set_ or []) + extra, device, seed)
     if undefended_only and defended_only:
         raise ConfigError("--undefended-only and --defended-only exclude each other")
     defended = not undefended_only
+    if ebm is None and cfg.get("defense.ebm"):
+        ebm = Path(cfg["defense.ebm"])
     if defended and ebm is None:
         raise ConfigError("give --ebm FILE for the defended evaluation (or --undefended-only)")
     dev = setup_device(cfg)
+    from rich.table import Table
+
+    if sweep:
+        (key, raw), = parse_set_options([sweep]).items()
+        values = [cfg.schema.coerce(key, v) if cfg.schema else v
+                  for v in raw.split(",") if v.strip()]
+        if undefended_only:
+            raise ConfigError("--sweep evaluates the defended model; drop --undefended-only")
+        out = out or Path(cfg["run.out_dir"]) / "attack-sweep.json"
+        rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume)
+        table = Table(title=f"sweep over {key}: {rep['n_images']} test images, seeds "
+                            f"{rep['seeds']}")
+        for col in (key, "strongest attack", f"natural {rep['metric']}",
+                    f"adversarial {rep['metric']}"):
+            table.add_column(col)
+        for r in rep["rows"]:
+            table.add_row(str(r["value"]), r["attack"],
+                          f"{r['natural']:.3f} ± {r['natural_std']:.3f}",
+                          f"{r['adversarial']:.3f} ± {r['adversarial_std']:.3f}")
+        out_console().print(table)
+        info(f"wrote {out} and {out.with_suffix('.png')}")
+        return
     out = out or Path(cfg["run.out_dir"]) / "attack-report.json"
     report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
-                            defended=defended)
-    from rich.table import Table
+                            defended=defended, method=method, resume=resume,
+                            save_adversarials=save_adversarials)
 
     table = Table(title=f"{report['dataset']} ({report['n_images']} test images), "
                         f"{report['threat']['norm']} eps={report['threat']['eps']:.4g}")
@@ -57,4 +96,16 @@ def attack_cmd(
     for row in format_table(report):
         table.add_row(*row)
     out_console().print(table)
+    task_table = report.get("task_report", {}).get("table")
+    if task_table:
+        extra_table = Table(title=task_table["title"])
+        for col in task_table["columns"]:
+            extra_table.add_column(col)
+        for row in task_table["rows"]:
+            extra_table.add_row(*row)
+        out_console().print(extra_table)
+    sanity = report.get("sanity")
+    if sanity:
+        for c in sanity["checks"]:
+            info(f"sanity {'ok' if c['pass'] else 'FAILED'}: {c['check']}")
     info(f"wrote {out} and {out.with_suffix('.png')}")

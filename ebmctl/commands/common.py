@@ -29,4 +29,6 @@ def make_config(profile: str | None, sets: list[str] | None, device: str | None 
         items.append(f"run.device={dev}")
     if sd is not None:
         items.append(f"run.seed={sd}")
-    return resolve(profile or GLOBAL["profile"], items)
+    from ebmctl.context import with_task_defaults
+
+    return with_task_defaults(resolve(profile or GLOBAL["profile"], items))

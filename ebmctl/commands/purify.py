@@ -17,9 +17,12 @@ def purify_cmd(
     replicates: int = typer.Option(1, "--replicates", "-H", min=1, help="purified copies per image"),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="folder for outputs "
                                            "(default: next to each input)"),
+    fixer: Optional[Path] = typer.Option(None, "--fixer", help="fixer artifact applied after "
+                                         "purification (`ebmctl fix train`)"),
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
 ):
-    """Run K Langevin steps of an EBM on each image and write purified PNGs."""
+    """Run K Langevin steps of an EBM on each image and write purified PNGs (with --fixer:
+    purified then fixed, written as <name>.fixed.png)."""
     from ebmctl.console import info
     from ebmctl.context import setup_device
     from ebmctl.defense import EnergyModel
@@ -35,6 +38,11 @@ def purify_cmd(
     k = cfg["defense.steps"] if steps is None else steps
     dev = setup_device(cfg)
     energy = EnergyModel.load(ebm or default_ebm(), dev)
+    fixer_net = None
+    if fixer is not None:
+        from ebmctl.fixing import load_fixer
+
+        fixer_net = load_fixer(fixer, dev)
     # Read everything first so that a bad file fails before any output is written.
     loaded = [(p, read_image01(p, energy.channels)) for p in images]
     precision = resolve_precision(cfg["langevin.precision"], dev)
@@ -56,9 +64,14 @@ def purify_cmd(
         out = energy.purify01(x, k, (cfg["run.seed"], "purify", str(path), i), precision=precision,
                               chunk_size=cfg["langevin.chunk_size"], clamp=cfg["defense.clamp"],
                               native=True)
+        if fixer_net is not None:
+            from ebmctl.fixing import fix_images
+
+            out = fix_images(fixer_net, out)
         folder = out_dir or path.parent
         for r in range(replicates):
-            suffix = ".purified.png" if replicates == 1 else f".purified-{r:03d}.png"
+            stem = ".fixed" if fixer_net is not None else ".purified"
+            suffix = f"{stem}.png" if replicates == 1 else f"{stem}-{r:03d}.png"
             target = Path(folder) / (path.stem + suffix)
             save_image01(out[r], target)
             info(f"wrote {target}")

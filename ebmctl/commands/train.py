@@ -81,6 +81,24 @@ def train_segmenter_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device:
     _train_task(profile, cfg_sets, device, seed, out, resume, epochs, "segmenter")
 
 
+@app.command("autoencoder")
+def train_autoencoder_cmd(profile: ProfileOpt = None, set_: SetOpt = None,
+                          device: DeviceOpt = None, seed: SeedOpt = None, out: OutOpt = None,
+                          steps: int = typer.Option(None, "--steps",
+                                                    help="override autoencoder.steps")):
+    """Train an encoder + SNGAN-style decoder with MSE (SPEC §7.7); the decoder is saved as a
+    generator artifact for mid-run rejuvenation and the retrofit Hat EBM."""
+    from ebmctl.context import load_dataset, setup_device
+    from ebmctl.training.autoencoder import train_autoencoder
+
+    cfg = make_config(profile, (set_ or []) + (
+        [f"autoencoder.steps={steps}"] if steps is not None else []), device, seed)
+    dev = setup_device(cfg)
+    bundle = load_dataset(cfg)
+    path = train_autoencoder(cfg, bundle, out or default_out(cfg, "generator"), dev)
+    info(f"wrote {path}")
+
+
 @app.command("model")
 def train_model_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                     seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,

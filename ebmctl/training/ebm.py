@@ -22,7 +22,7 @@ from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
-from ebmctl.seeds import make_generator
+from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -74,8 +74,10 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     ckpt_file = checkpoint_path(out)
     log_file = out.with_suffix(".log.json")
     arch, args = ebm_arch_args(cfg, bundle)
-    net = get_registries().models.get(arch).build(**args).to(device)
     seed = cfg["run.seed"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "ebm-init"))  # initial weights depend on the seed only
+        net = get_registries().models.get(arch).build(**args).to(device)
     data = to_internal(bundle.train.x).to(device)
     shape = tuple(data.shape[1:])
     bank_size = cfg["train.bank_size"] or len(data)

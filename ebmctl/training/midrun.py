@@ -24,6 +24,7 @@ from ebmctl.console import info, progress_bar
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
+from ebmctl.nn.sngan import project_to_sphere
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
@@ -84,6 +85,7 @@ def generator_source(path: str | Path, shape: tuple, device) -> RejuvenationSour
     latent = int(art.arch_args.get("latent_dim", getattr(net, "latent_dim", 0)) or 0)
     if latent <= 0:
         raise ConfigError(f"{path}: generator artifact does not record its latent_dim")
+    sphere = art.extra.get("latent_prior") == "sphere"
     with torch.no_grad():
         probe = net(torch.zeros(1, latent, device=device))
     if tuple(probe.shape[1:]) != tuple(shape):
@@ -92,6 +94,8 @@ def generator_source(path: str | Path, shape: tuple, device) -> RejuvenationSour
 
     def draw(n: int, gen: torch.Generator) -> torch.Tensor:
         z = torch.randn((n, latent), generator=gen, device=device)
+        if sphere:  # an autoencoder decoder was trained on latents on the sphere of radius √m
+            z = project_to_sphere(z)
         with torch.no_grad():
             return net(z).float()
 

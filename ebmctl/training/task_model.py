@@ -14,7 +14,7 @@ from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle, Task
-from ebmctl.seeds import make_generator
+from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -43,7 +43,10 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     if spec.kind != task.model_kind:
         raise ConfigError(f"model.arch {arch!r} is a {spec.kind!r}; task {task.name!r} needs a "
                           f"{task.model_kind!r}")
-    net = spec.build(**args)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg["run.seed"], "task-init"))  # seed-only initial weights
+        net = spec.build(**args)
+    task.prepare_model(net, cfg)
     model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels, task.model_kind,
                       task.name).to(device)
     epochs, bs = cfg["model.epochs"], cfg["model.batch_size"]

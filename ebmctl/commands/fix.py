@@ -1,0 +1,84 @@
+"""`ebmctl fix`: train the fixer network (SPEC §6) and apply it to image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+
+app = typer.Typer(help="Train and apply the fixer that restores purified images (SPEC §6).",
+                  no_args_is_help=True)
+
+
+@app.command("train")
+def fix_train_cmd(
+    ebm: Path = typer.Option(..., "--ebm", help="EBM artifact whose purification the fixer "
+                             "learns to undo (frozen)"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="task model artifact: the "
+                                         "perceptual-loss network when fix.feature_net = "
+                                         "classifier, and validation accuracy"),
+    stage1_epochs: Optional[int] = typer.Option(None, "--stage1-epochs",
+                                                help="override fix.stage1_epochs (MSE)"),
+    stage2_epochs: Optional[int] = typer.Option(None, "--stage2-epochs",
+                                                help="override fix.stage2_epochs (perceptual)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run's checkpoint"),
+    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
+    out: OutOpt = None,
+):
+    """Train a fixer with the EBM frozen: MSE stage, then perceptual stage with early stopping."""
+    from ebmctl.console import info
+    from ebmctl.context import get_task, load_dataset, setup_device
+    from ebmctl.defense import EnergyModel, TaskModel
+    from ebmctl.errors import ConfigError
+    from ebmctl.fixing import FixerRun, train_fixer
+
+    extra = []
+    if stage1_epochs is not None:
+        extra.append(f"fix.stage1_epochs={stage1_epochs}")
+    if stage2_epochs is not None:
+        extra.append(f"fix.stage2_epochs={stage2_epochs}")
+    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    dev = setup_device(cfg)
+    energy = EnergyModel.load(ebm, dev)
+    task = get_task(cfg)
+    task_model = TaskModel.load(model, dev) if model else None
+    if task_model is not None and task_model.task and task_model.task != task.name:
+        raise ConfigError(f"{model} is a model for task {task_model.task!r}, but the profile's "
+                          f"task.name is {task.name!r}")
+    bundle = load_dataset(cfg)
+    out = out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors"
+    path = train_fixer(cfg, FixerRun(energy, bundle, task if task_model else None, task_model),
+                       out, dev, resume)
+    info(f"wrote {path}")
+
+
+@app.command("apply")
+def fix_apply_cmd(
+    images: list[Path] = typer.Argument(..., help="image files (already purified) to fix"),
+    fixer: Path = typer.Option(..., "--fixer", help="fixer artifact"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="folder for outputs "
+                                           "(default: next to each input)"),
+    device: DeviceOpt = None,
+):
+    """Apply a fixer to image files and write <name>.fixed.png (use `purify --fixer` to purify
+    and fix in one go)."""
+    from ebmctl.console import info
+    from ebmctl.context import setup_device
+    from ebmctl.evaluate.plots import save_image01
+    from ebmctl.fixing import fix_images, load_fixer
+    from ebmctl.images import read_image01
+
+    cfg = make_config(None, [], device, None)
+    dev = setup_device(cfg)
+    net = load_fixer(fixer, dev)
+    channels = net.channels or 3
+    # Read everything first so that a bad file fails before any output is written.
+    loaded = [(p, read_image01(p, channels)) for p in images]
+    for path, img in loaded:
+        fixed = fix_images(net, img.unsqueeze(0).to(dev))[0]
+        target = Path(out_dir or path.parent) / (path.stem + ".fixed.png")
+        save_image01(fixed, target)
+        info(f"wrote {target}")
