@@ -87,6 +87,26 @@ _CONVERT_HINT = ("convert torchvision's vgg16 .pth once with: python -c \"import
                  "weights_only=True), 'vgg16.safetensors')\"")
 
 
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+def vgg16_features(n_layers: int) -> nn.Sequential:
+    """The first ``n_layers`` modules of torchvision's ``vgg16().features`` (same indices, so
+    its state-dict keys load), built without the unused deeper layers or the classifier."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in _VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            # Not in place: captured activations must not be overwritten by later layers.
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
+            cin = v
+        if len(layers) >= n_layers:
+            break
+    return nn.Sequential(*layers[:n_layers])
+
+
 class VGGFeatures(nn.Module):
     """Frozen VGG-16 activations at named ReLU layers, loaded from a local safetensors file in
     torchvision's state-dict format (``features.N.weight`` ...). Never downloads."""
@@ -95,7 +115,6 @@ class VGGFeatures(nn.Module):
         super().__init__()
         from safetensors import SafetensorError
         from safetensors.torch import load_file
-        from torchvision.models import vgg16
 
         unknown = [name for name in layers if name not in VGG16_LAYERS]
         if unknown or not layers:
@@ -115,10 +134,7 @@ class VGGFeatures(nn.Module):
         except (SafetensorError, OSError, ValueError, RuntimeError):
             raise ArtifactError(f"{path} is not a safetensors file; {_CONVERT_HINT}") from None
         self.index = [VGG16_LAYERS[name] for name in layers]
-        features = vgg16(weights=None).features[: max(self.index) + 1]
-        for m in features:
-            if isinstance(m, nn.ReLU):
-                m.inplace = False  # captured activations must not be overwritten
+        features = vgg16_features(max(self.index) + 1)
         own = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         expected = features.state_dict()
         missing = sorted(set(expected) - set(own))
