@@ -43,6 +43,7 @@ def test_classifier_features_are_penultimate():
     assert feats.shape == (4, 5) and (feats >= 0).all()  # after the ReLU, before the head
 
 
+@pytest.mark.slow
 def test_inception_loader_rejects_bad_files(tmp_path):
     from ebmctl.api import ArtifactError, InputError
     from safetensors.torch import save_file
