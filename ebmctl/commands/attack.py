@@ -13,6 +13,8 @@ from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOp
 def attack_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="task model artifact"),
     ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact for the defense"),
+    fixer: Optional[Path] = typer.Option(None, "--fixer", help="fixer artifact: also evaluate "
+                                         "purification + fixer (`ebmctl fix train`)"),
     method: Optional[str] = typer.Option(None, "--method", help="attack(s) on the defended model, "
                                          "comma-separated (see `ebmctl plugins`)"),
     task: Optional[str] = typer.Option(None, "--task", help="task plugin (task.name), e.g. "
@@ -56,6 +58,8 @@ def attack_cmd(
     cfg = make_config(profile, (set_ or []) + extra, device, seed)
     if undefended_only and defended_only:
         raise ConfigError("--undefended-only and --defended-only exclude each other")
+    if fixer is not None and undefended_only:
+        raise ConfigError("--fixer is part of the defense; drop --undefended-only")
     defended = not undefended_only
     if ebm is None and cfg.get("defense.ebm"):
         ebm = Path(cfg["defense.ebm"])
@@ -87,7 +91,7 @@ def attack_cmd(
     out = out or Path(cfg["run.out_dir"]) / "attack-report.json"
     report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
                             defended=defended, method=method, resume=resume,
-                            save_adversarials=save_adversarials)
+                            save_adversarials=save_adversarials, fixer_path=fixer)
 
     table = Table(title=f"{report['dataset']} ({report['n_images']} test images), "
                         f"{report['threat']['norm']} eps={report['threat']['eps']:.4g}")

@@ -45,13 +45,14 @@ def make_attack(cfg: Config, method: str, defended: bool):
                random_start=cfg["attack.random_start"], config=cfg)
 
 
-def build_defense(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device) -> Defense:
+def build_defense(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device,
+                  fixer: torch.nn.Module | None = None) -> Defense:
     return CountingDefense(model, ebm, steps=cfg["defense.steps"] if ebm else 0,
                    reps=cfg["defense.eot_reps"] if ebm else 1, average=cfg["defense.average"],
                    clamp=cfg["defense.clamp"],
                    precision=resolve_precision(cfg["langevin.precision"], device),
                    chunk_size=cfg["langevin.chunk_size"],
-                   channels_last=cfg["langevin.channels_last"])
+                   channels_last=cfg["langevin.channels_last"], fixer=fixer)
 
 
 def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
@@ -142,7 +143,10 @@ def sanity_checks(cfg: Config, task, model: TaskModel, x: torch.Tensor, y: torch
 def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
                    out: Path, *, undefended: bool = True, defended: bool = True,
                    method: str | None = None, resume: bool = False,
-                   save_adversarials: bool = False, sanity: bool | None = None) -> dict:
+                   save_adversarials: bool = False, sanity: bool | None = None,
+                   fixer_path: Path | None = None) -> dict:
+    """``fixer_path`` adds a "defended+fixer" run (purification then the fixer, SPEC §6) next
+    to "defended", with the same attacks and seeds, so the report compares the two."""
     task = get_task(cfg)
     model = TaskModel.load(model_path, device)
     if model.task and model.task != task.name:
@@ -159,6 +163,12 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
     if defended:
         runs.append(("defended", build_defense(cfg, model, ebm, device),
                      [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
+    if defended and fixer_path is not None:
+        from ebmctl.fixing import load_fixer
+
+        runs.append(("defended+fixer",
+                     build_defense(cfg, model, ebm, device, fixer=load_fixer(fixer_path, device)),
+                     [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     seeds = cfg["attack.seeds"] or [cfg["run.seed"]]
     out = Path(out)
     parts_dir = out.with_name(out.stem + ".parts")
@@ -174,7 +184,8 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
                    "units": "[0,1] pixels"},
         "defense": {"steps": cfg["defense.steps"], "eot_reps": cfg["defense.eot_reps"],
                     "attack_eot_reps": cfg["attack.eot_reps"], "average": cfg["defense.average"],
-                    "ebm": str(ebm_path) if (defended and ebm_path) else None},
+                    "ebm": str(ebm_path) if (defended and ebm_path) else None,
+                    "fixer": str(fixer_path) if (defended and fixer_path) else None},
         "model": str(model_path), "results": {}, "environment": environment(cfg, device),
         "config": cfg.to_dict(),
     }
