@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--split", default="val", choices=("val", "test"))
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="docs/shipped")
+    ap.add_argument("--save-heldout", default="", help="also save the first 32 held-out images "
+                    "(uint8) and labels here, for tests/test_shipped.py")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,6 +49,12 @@ def main() -> None:
     bundle = load_dataset(cfg)
     split = bundle.split(args.split)
     x, y = split.x[:args.n].to(dev), split.y[:args.n].to(dev)
+    if args.save_heldout:
+        from safetensors.torch import save_file
+
+        save_file({"x": (x[:32] * 255).round().to(torch.uint8).contiguous(),
+                   "y": y[:32].contiguous()}, args.save_heldout,
+                  metadata={"source": f"cifar10 {args.split} split, profile {ebm_art.config.get('data')}"})
     energy = EnergyModel.load(args.ebm, dev)
     clf = TaskModel.load(args.classifier, dev).eval()
     t0 = time.time()

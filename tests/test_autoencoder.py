@@ -1,5 +1,6 @@
 """`ebmctl train autoencoder` (SPEC §7.7) and its decoder as a rejuvenation generator."""
 
+import pytest
 import torch
 
 from ebmctl.artifacts import build_model, load_artifact
@@ -9,6 +10,7 @@ from ebmctl.training.autoencoder import encoder_path, reconstruction_mse, train_
 from ebmctl.training.midrun import generator_source, rejuvenate
 
 
+@pytest.mark.slow
 def test_autoencoder_learns_and_decoder_rejuvenates(tmp_path):
     bundle = tiny_bundle(n=60, channels=1, size=8)
     cfg = resolve(None, ["autoencoder.steps=60", "autoencoder.latent_dim=8",
