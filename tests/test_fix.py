@@ -103,6 +103,7 @@ def test_stage2_early_stopping_keeps_best(tmp_path, bundle):
                                                              rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(tmp_path, bundle):
     cfg = _cfg("fix.stage1_epochs=2", "fix.stage2_epochs=1", "fix.repurify_every=1")
     full = train_fixer(cfg, _run(bundle), tmp_path / "full.safetensors", CPU)
