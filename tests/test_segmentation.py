@@ -163,7 +163,8 @@ def test_maskfolder_layout_reads_255_masks_as_binary(tmp_path):
 
     rng = np.random.default_rng(0)
     for i in range(10):
-        m = np.zeros((12, 12)); m[2:6, 3:9] = 255
+        m = np.zeros((12, 12))
+        m[2:6, 3:9] = 255
         _write_pair(tmp_path, f"im{i}", rng.integers(0, 255, (12, 12, 3), dtype=np.uint8), m)
     cfg = resolve(None, ["task.name=segmentation", "data.dataset=maskfolder",
                          f"data.root={tmp_path}", "data.image_size=8"])
@@ -194,7 +195,9 @@ def test_pets_layout(tmp_path):
     names = [f"cat_{i}" for i in range(6)]
     for n in names:
         Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(root / "images" / f"{n}.jpg")
-        tri = np.full((20, 30), 2, np.uint8); tri[5:15, 5:20] = 1; tri[5, 5:20] = 3
+        tri = np.full((20, 30), 2, np.uint8)
+        tri[5:15, 5:20] = 1
+        tri[5, 5:20] = 3
         Image.fromarray(tri).save(root / "annotations" / "trimaps" / f"{n}.png")
     (root / "annotations" / "trainval.txt").write_text(
         "".join(f"{n} 1 1 1\n" for n in names[:4]))

@@ -1,0 +1,63 @@
+"""Built-in plugin: the segmentation task (SPEC §5.2), its datasets and segmenters.
+
+It imports only ``ebmctl.api``, like any third-party plugin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ebmctl.api import ModelSpec, hookimpl
+from ebmctl_segmentation.datasets import DATASETS, TRIMAP_MODES
+from ebmctl_segmentation.models import SMP_ARCHS, smp_builder, unet_lite
+from ebmctl_segmentation.task import ATTACK_LOSSES, SegmentationTask
+
+
+@hookimpl
+def ebmctl_register_tasks(register):
+    register(SegmentationTask())
+
+
+@hookimpl
+def ebmctl_register_datasets(register):
+    for spec in DATASETS:
+        register(spec)
+
+
+@hookimpl
+def ebmctl_register_models(register):
+    register(ModelSpec("unet-lite", "segmenter", unet_lite,
+                       "small U-Net (width model.width, segmentation.depth poolings)"))
+    for name, smp_name in SMP_ARCHS.items():
+        register(ModelSpec(name, "segmenter", smp_builder(name),
+                           f"segmentation-models-pytorch {smp_name} (segmentation.encoder; "
+                           "never downloads weights)"))
+
+
+@hookimpl
+def ebmctl_profile_schema(add):
+    # segmentation
+    add("segmentation.attack_loss", "str", "ce",
+        "loss the attacker maximises: per-pixel cross-entropy, soft Dice, or both",
+        choices=ATTACK_LOSSES)
+    add("segmentation.depth", "int", 3, "poolings of the unet-lite segmenter", minimum=1,
+        maximum=6)
+    add("segmentation.encoder", "str", "resnet34", "smp encoder (built with encoder_weights=None)")
+    add("segmentation.encoder_depth", "int", 5, "smp encoder stages", minimum=3, maximum=5)
+    add("segmentation.decoder_channels", "int_list", [],
+        "smp decoder widths, one per encoder stage (empty = smp default)")
+    add("segmentation.encoder_weights", "str", "",
+        "local .safetensors file of encoder weights to start from (never downloaded)")
+    add("segmentation.panels", "int", 8, "PNG panels written by `ebmctl attack`", minimum=0)
+    add("data.synthetic_images", "int", 600, "images of the synthetic shapes dataset", minimum=12)
+    add("data.synthetic_classes", "str", "binary",
+        "shapes masks: binary (shape vs background) or shape (one class per shape)",
+        choices=("binary", "shape"))
+    add("data.trimap", "str", "pet+border", "Oxford-IIIT Pet trimap to mask",
+        choices=TRIMAP_MODES)
+    add("data.max_per_split", "int", 0, "cap on Pet images read per split (0 = all)", minimum=0)
+
+
+@hookimpl
+def ebmctl_profile_dirs():
+    return [Path(__file__).resolve().parent / "profiles"]

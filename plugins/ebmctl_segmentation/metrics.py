@@ -1,0 +1,82 @@
+"""Segmentation metrics: per-image Dice (SPEC §5.2, Eq. 4.2), dataset mIoU, the Dice-ratio rule.
+
+Masks are integer label maps [B,H,W] (0 = background); predictions are label maps too (the
+argmax of the per-pixel logits).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: The thesis' ε in Dice = 2TP / (2TP + FP + FN + ε): keeps 0/0 (both masks empty) at 0.
+DICE_EPS = 1e-9
+DICE_MODES = ("foreground", "mean")
+
+
+def _counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor]:
+    """Per-image TP, FP, FN [B] of boolean maps [B,H,W]."""
+    p, t = pred.flatten(1), target.flatten(1)
+    tp = (p & t).sum(1).double()
+    fp = (p & ~t).sum(1).double()
+    fn = (~p & t).sum(1).double()
+    return tp, fp, fn
+
+
+def dice_binary(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image Dice [B] of boolean maps: 2TP / (2TP + FP + FN + 1e-9)."""
+    tp, fp, fn = _counts(pred.bool(), target.bool())
+    return (2 * tp / (2 * tp + fp + fn + DICE_EPS)).float()
+
+
+def dice_score(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+               mode: str = "foreground") -> torch.Tensor:
+    """Per-image Dice [B] of label maps.
+
+    ``foreground``: every non-background class counts as foreground (for a binary mask this is
+    the pet/object class, the spec default). ``mean``: the mean over the foreground classes that
+    occur in the prediction or the mask of that image (an image where neither has any
+    foreground scores 0, like the foreground mode).
+    """
+    if mode == "foreground":
+        return dice_binary(pred > 0, target > 0)
+    if mode != "mean":
+        raise ValueError(f"unknown Dice mode {mode!r}; choose from {', '.join(DICE_MODES)}")
+    total = torch.zeros(pred.shape[0], dtype=torch.float64, device=pred.device)
+    present = torch.zeros_like(total)
+    for c in range(1, max(2, num_classes)):
+        p, t = pred == c, target == c
+        here = (p.flatten(1).any(1) | t.flatten(1).any(1)).double()
+        total += dice_binary(p, t).double() * here
+        present += here
+    return (total / present.clamp_min(1)).float()
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pixel confusion counts [C,C] (rows: mask class, columns: predicted class)."""
+    k = max(2, num_classes)
+    idx = target.flatten().long() * k + pred.flatten().long()
+    return torch.bincount(idx.cpu(), minlength=k * k).view(k, k)
+
+
+def mean_iou(confusion: torch.Tensor) -> float:
+    """Mean IoU over the classes that occur in the masks or the predictions."""
+    conf = confusion.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    seen = union > 0
+    if not seen.any():
+        return float("nan")
+    return (tp[seen] / union[seen]).mean().item()
+
+
+def dice_ratio_ok(adv_dice: torch.Tensor, clean_dice: torch.Tensor,
+                  threshold: float = 0.5) -> torch.Tensor:
+    """SPEC §5.2, Eq. 4.3: not broken while Dice(x̂) / Dice(x) >= threshold.
+
+    Images whose clean Dice is 0 have no ratio; they are never counted as correct here (the
+    report leaves them out of the fraction and counts them separately).
+    """
+    clean = clean_dice.double()
+    ratio = adv_dice.double() / clean.clamp_min(DICE_EPS)
+    return (clean > 0) & (ratio >= threshold)

@@ -1,0 +1,106 @@
+"""The segmentation task: per-pixel cross-entropy, per-image Dice, broken = Dice ratio < 0.5.
+
+SPEC §5.2: the defended prediction averages the segmenter's per-pixel logits over replicates
+(the core Defense does that for any output shape); an attacked image is broken when
+Dice(attacked) / Dice(clean) falls below ``task.dice_ratio_threshold``, where the clean Dice is
+measured through the same pipeline (purified when defended).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ebmctl.api import ConfigError, Task
+from ebmctl_segmentation.metrics import DICE_MODES, dice_ratio_ok, dice_score
+
+ATTACK_LOSSES = ("ce", "dice", "ce+dice")
+
+
+def soft_dice_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-image 1 − soft Dice [B] of the foreground probability (1 − p(background))."""
+    fg = 1.0 - outputs.float().softmax(1)[:, 0]
+    t = (targets > 0).float()
+    inter = (fg * t).flatten(1).sum(1)
+    denom = fg.flatten(1).sum(1) + t.flatten(1).sum(1)
+    return 1.0 - 2.0 * inter / (denom + 1.0)
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    model_kind = "segmenter"
+    default_dataset = "shapes"
+    default_arch = "unet-lite"
+    metric_name = "dice"
+    panels = 8
+    description = ("semantic segmentation: per-pixel cross-entropy, per-image Dice, "
+                   "broken = Dice ratio below task.dice_ratio_threshold")
+
+    def __init__(self, dice_mode: str = "foreground", threshold: float = 0.5,
+                 attack_loss: str = "ce"):
+        self.dice_mode, self.threshold, self.attack_loss_name = dice_mode, threshold, attack_loss
+
+    def configured(self, config) -> "SegmentationTask":
+        mode = config["task.dice_mode"]
+        if mode not in DICE_MODES:
+            raise ConfigError(f"bad value {mode!r} for profile key 'task.dice_mode': "
+                              f"choose from {', '.join(DICE_MODES)}")
+        task = copy.copy(self)
+        task.dice_mode, task.threshold = mode, float(config["task.dice_ratio_threshold"])
+        task.attack_loss_name = config["segmentation.attack_loss"]
+        task.panels = config["segmentation.panels"]
+        return task
+
+    # --- model -------------------------------------------------------------------------------
+    def model_args(self, config, bundle):
+        from ebmctl_segmentation.models import segmenter_args
+
+        return segmenter_args(config, bundle)
+
+    def prepare_model(self, net, config) -> None:
+        from ebmctl_segmentation.models import load_encoder_weights
+
+        load_encoder_weights(net, config["segmentation.encoder_weights"])
+
+    # --- losses ------------------------------------------------------------------------------
+    def train_loss(self, outputs, targets):
+        return F.cross_entropy(outputs, targets.long())
+
+    def train_loss_per_example(self, outputs, targets):
+        return F.cross_entropy(outputs, targets.long(), reduction="none").flatten(1).mean(1)
+
+    def attack_loss(self, outputs, targets):
+        """Per-image loss [B] the attacker maximises (``segmentation.attack_loss``)."""
+        if self.attack_loss_name == "ce":
+            return self.train_loss_per_example(outputs, targets)
+        if self.attack_loss_name == "dice":
+            return soft_dice_loss(outputs, targets)
+        return self.train_loss_per_example(outputs, targets) + soft_dice_loss(outputs, targets)
+
+    # --- scores and the success rule ---------------------------------------------------------
+    def score(self, outputs, targets):
+        return dice_score(outputs.argmax(1), targets, outputs.shape[1], self.dice_mode)
+
+    def natural_ok(self, clean_score):
+        # An image whose clean Dice is 0 has no Dice ratio; it is left out (and counted).
+        return clean_score > 0
+
+    def robust_ok(self, adv_score, clean_score):
+        return dice_ratio_ok(adv_score, clean_score, self.threshold)
+
+    def augment(self, x, y, generator, config):
+        # Only horizontal flips: crops and shifts would need the mask moved with the image.
+        if not (config["model.augment"] and config["model.flip"]):
+            return x, y
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        x, y = x.clone(), y.clone()
+        x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+        return x, y
+
+    # --- report ------------------------------------------------------------------------------
+    def evaluation_extras(self, x, y, runs, out, key):
+        from ebmctl_segmentation.report import segmentation_extras
+
+        return segmentation_extras(self, x, y, runs, out, key)
