@@ -65,8 +65,19 @@ def load_dataset(cfg: Config) -> DatasetBundle:
 
 
 def environment(cfg: Config, device: torch.device) -> dict:
+    """What a report needs to be reproduced: versions (ebmctl, libraries, plugins), the device
+    and the seeds. Reports store the resolved profile next to it under "config"."""
+    import numpy
+    import safetensors
+
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
+    plugins = {n: p.version for n, p in get_registries().plugins.items() if p.error is None}
     return {
         "ebmctl": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-        "platform": platform.platform(), "device": str(device),
+        "numpy": numpy.__version__, "safetensors": safetensors.__version__,
+        "platform": platform.platform(), "device": str(device), "device_name": name or "",
         "threads": torch.get_num_threads(), "seed": cfg["run.seed"],
+        "attack_seeds": list(cfg.get("attack.seeds") or [cfg["run.seed"]]),
+        "plugins": plugins,
     }

@@ -40,8 +40,9 @@ def read_image01(path: str | Path, channels: int) -> torch.Tensor:
                 im = Image.fromarray(np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8), "L")
                 mode = "L"
             if mode != target:
-                if mode not in ("L", "RGB") or channels == 1:
-                    info(f"note: {p.name}: {mode} image converted to {target}")
+                # Every conversion is announced, even the lossless gray -> RGB one, so a user
+                # who fed the wrong file sees it.
+                info(f"note: {p.name}: {mode} image converted to {target}")
                 if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
                     im = im.convert("RGBA")
                     bg = Image.new("RGBA", im.size, (255, 255, 255, 255))

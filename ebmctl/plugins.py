@@ -83,7 +83,14 @@ def _new_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[st
         return pm, infos, failures
     only = {s.strip() for s in os.environ.get("EBMCTL_LOAD_PLUGINS", "").split(",") if s.strip()}
     builtin_modules = {m for _, m in BUILTINS}
-    for ep in md.entry_points(group="ebmctl"):
+    eps = list(md.entry_points(group="ebmctl"))
+    # A name that matches nothing is a typo that would otherwise load nothing silently.
+    unknown = sorted(only - {ep.name for ep in eps} - {n for n, _ in BUILTINS})
+    if unknown:
+        installed = sorted({ep.name for ep in eps})
+        raise PluginError(f"EBMCTL_LOAD_PLUGINS names {', '.join(map(repr, unknown))}, which is "
+                          f"not an installed plugin (installed: {', '.join(installed) or 'none'})")
+    for ep in eps:
         if ep.value.split(":")[0] in builtin_modules:
             continue
         if only and ep.name not in only:

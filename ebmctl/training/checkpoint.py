@@ -11,9 +11,10 @@ from ebmctl.artifacts import (
     load_artifact,
     optimizer_from_tensors,
     optimizer_to_tensors,
+    read_header,
     save_artifact,
 )
-from ebmctl.errors import ArtifactError
+from ebmctl.errors import ArtifactError, EbmctlError, NumericalError
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -25,6 +26,10 @@ def save_checkpoint(path: Path, *, target: str, step: int, model: torch.nn.Modul
                     tensors: dict[str, torch.Tensor] | None = None, state: dict | None = None,
                     config=None, arch: str = "", arch_args: dict | None = None) -> None:
     all_t = {f"model.{k}": v for k, v in model.state_dict().items()}
+    bad = [k for k, v in all_t.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # never replace the last good checkpoint with a diverged model
+        raise numerical_stop(f"model tensor {bad[0][6:]!r} became NaN/Inf before update {step}",
+                             path)
     opt_meta = None
     if optimizer is not None:
         ot, opt_meta = optimizer_to_tensors(optimizer)
@@ -56,3 +61,24 @@ def load_checkpoint(path: Path, target: str) -> dict[str, Any]:
 def restore_optimizer(opt: torch.optim.Optimizer, ckpt: dict) -> None:
     if ckpt["opt_meta"]:
         optimizer_from_tensors(opt, ckpt["opt_tensors"], ckpt["opt_meta"])
+
+
+def numerical_stop(what: str, ckpt_file: Path) -> NumericalError:
+    """The error a training loop raises on NaN/Inf: says what diverged and which checkpoint
+    (untouched, since checkpoints are only written from finite models) a --resume continues from."""
+    step = None
+    if Path(ckpt_file).exists():
+        try:
+            step = read_header(ckpt_file)[0].get("ebmctl.step")
+        except EbmctlError:
+            step = None
+    if step is not None:
+        where = (f"the last good checkpoint {ckpt_file} (step {step}) is kept; lower the "
+                 "learning rate or langevin.tau and rerun with --resume")
+    else:
+        where = "no checkpoint was written yet; lower the learning rate or langevin.tau"
+    return NumericalError(f"training stopped: {what}; {where}")
+
+
+def grads_finite(model: torch.nn.Module) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())

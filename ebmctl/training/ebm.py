@@ -25,7 +25,9 @@ from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
     checkpoint_path,
+    grads_finite,
     load_checkpoint,
+    numerical_stop,
     restore_optimizer,
     save_checkpoint,
 )
@@ -115,16 +117,19 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
             pos = data[pos_idx] + cfg["train.data_noise"] * torch.randn(
                 (batch, *shape), generator=gen, device=device)
             bank_idx = torch.randperm(bank_size, generator=gen, device=device)[:batch]
-            neg = langevin(net, bank[bank_idx], k_mcmc, settings, gen)
+            try:
+                neg = langevin(net, bank[bank_idx], k_mcmc, settings, gen)
+            except NumericalError as exc:
+                raise numerical_stop(f"{exc.message} (update {step})", ckpt_file) from None
             bank[bank_idx] = neg
             net.train()
             e_pos, e_neg = net(pos).mean(), net(neg).mean()
             loss = e_pos - e_neg
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if not math.isfinite(loss.item()):
-                raise NumericalError(f"EBM loss became {loss.item()} at update {step}; the last "
-                                     f"good checkpoint is {ckpt_file}")
+            if not math.isfinite(loss.item()) or not grads_finite(net):
+                raise numerical_stop(f"EBM loss or gradient became NaN/Inf (loss {loss.item()}) "
+                                     f"at update {step}", ckpt_file)
             opt.step()
             if (step + 1) % cfg["train.log_every"] == 0 or step + 1 == steps:
                 _, g = energy_and_grad(net, neg, "fp32")

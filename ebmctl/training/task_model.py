@@ -10,14 +10,16 @@ import torch
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.defense import TaskModel
-from ebmctl.errors import ConfigError, NumericalError
+from ebmctl.errors import ConfigError
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle, Task
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
     checkpoint_path,
+    grads_finite,
     load_checkpoint,
+    numerical_stop,
     restore_optimizer,
     save_checkpoint,
 )
@@ -86,8 +88,9 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                 loss = task.train_loss(model(xb.to(device)), yb.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if not torch.isfinite(loss):
-                    raise NumericalError(f"task-model loss became non-finite in epoch {epoch + 1}")
+                if not torch.isfinite(loss) or not grads_finite(net):
+                    raise numerical_stop(f"task-model loss or gradient became NaN/Inf in epoch "
+                                         f"{epoch + 1}", ckpt_file)
                 opt.step()
                 losses.append(loss.item())
                 bar.advance(1, f"loss {loss.item():.3f}")
