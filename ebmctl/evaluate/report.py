@@ -288,7 +288,8 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
                      "seconds": r["seconds"], "image_steps": r["image_steps"]})
     report = {"command": "attack --sweep", "key": key, "values": [r["value"] for r in rows],
               "metric": rep["metric"], "n_images": rep["n_images"], "seeds": rep["seeds"],
-              "threat": rep["threat"], "rows": rows, "config": cfg.to_dict()}
+              "threat": rep["threat"], "rows": rows, "config": cfg.to_dict(),
+              "environment": environment(cfg, device)}
     atomic_write_json(out, report)
     xs = [float(r["value"]) for r in rows]
     positive = all(v > 0 for v in xs)

@@ -154,7 +154,10 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
                   task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
                   config=cfg, step=steps, extra=extra)
-    atomic_write_json(log_file, {"history": history, "extra": extra, "config": cfg.to_dict()})
+    from ebmctl.context import environment
+
+    atomic_write_json(log_file, {"history": history, "extra": extra, "config": cfg.to_dict(),
+                                 "environment": environment(cfg, device)})
     if history:
         save_curves(out.with_suffix(".gap.png"),
                     {"energy gap": ([h["step"] for h in history], [h["energy_gap"] for h in history])},

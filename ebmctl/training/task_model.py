@@ -108,8 +108,11 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     extra = {"history": history, f"test_{task.metric_name}": test}
     save_artifact(out, model_tensors(net), kind=task.model_kind, arch=arch, arch_args=args,
                   task=task.name, data=data, config=cfg, step=epochs, extra=extra)
+    from ebmctl.context import environment
+
     atomic_write_json(out.with_suffix(".log.json"), {"history": history, "test": test,
-                                                     "config": cfg.to_dict()})
+                                                     "config": cfg.to_dict(),
+                                                     "environment": environment(cfg, device)})
     ckpt_file.unlink(missing_ok=True)
     info(f"{task.model_kind} test {task.metric_name}: {test:.4f}")
     return out
