@@ -426,8 +426,11 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
     save_artifact(out, model_tensors(fixer.net), kind="fixer", arch=arch, arch_args=args,
                   task=cfg["task.name"], data=data, config=cfg, step=len(history) - 1,
                   extra={**extra, "history": history})
+    from ebmctl.context import environment
+
     atomic_write_json(out.with_suffix(".log.json"), {"history": history, **extra,
-                                                     "config": cfg.to_dict()})
+                                                     "config": cfg.to_dict(),
+                                                     "environment": environment(cfg, device)})
     _write_plots(out, history, fixer, val_x, val_hat, device)
     ckpt_file.unlink(missing_ok=True)
     if acc:

@@ -222,3 +222,14 @@ def test_nan_in_the_sampler_is_a_numerical_error():
     with pytest.raises(NumericalError, match="NaN"):
         langevin(Exploding(), torch.rand(2, 1, 4, 4), 3, LangevinSettings(0.01, 1.0, 1.0),
                  torch.Generator().manual_seed(0))
+
+
+def test_synthesize_and_training_reports_record_environment_and_profile(tmp_path):
+    valid = save_valid(tmp_path / "artifacts")
+    r = run_cli(["--seed", "11", "synthesize", "--model", valid["ebm"], "--n", "2", "--steps",
+                 "1", "--out-dir", tmp_path / "synth", "--set", "run.threads=1"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "synth" / "report.json").read_text())
+    assert report["environment"]["seed"] == 11 == report["config"]["run"]["seed"]
+    for key in ("ebmctl", "torch", "python", "numpy", "safetensors", "device", "plugins"):
+        assert key in report["environment"], key

@@ -94,8 +94,11 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
                   extra={"latent_prior": "sphere", "val_mse": val_mse})
     save_artifact(out, model_tensors(dec), kind="generator", arch="sngan-generator",
                   arch_args=dec_args, data=data_meta, config=cfg, step=steps, extra=extra)
+    from ebmctl.context import environment
+
     atomic_write_json(out.with_suffix(".log.json"), {"history": history, "extra": extra,
-                                                     "config": cfg.to_dict()})
+                                                     "config": cfg.to_dict(),
+                                                     "environment": environment(cfg, device)})
     if history:
         save_curves(out.with_suffix(".mse.png"),
                     {"train MSE": ([h["step"] for h in history], [h["train_mse"] for h in history])},

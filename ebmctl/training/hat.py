@@ -246,8 +246,11 @@ def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
                  "dataset": cfg["data.dataset"]}
     save_artifact(out, model_tensors(net), kind="hat-ebm", arch="hat-ebm", arch_args=arch_args,
                   task=cfg["task.name"], data=data_meta, config=cfg, step=steps, extra=extra)
+    from ebmctl.context import environment
+
     atomic_write_json(out.with_suffix(".log.json"),
-                      {"history": history, "extra": extra, "config": cfg.to_dict()})
+                      {"history": history, "extra": extra, "config": cfg.to_dict(),
+                       "environment": environment(cfg, device)})
     if history:
         xs = [h["step"] for h in history]
         save_curves(out.with_suffix(".gap.png"),

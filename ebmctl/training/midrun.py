@@ -252,8 +252,11 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
                                                "channels": bundle.channels,
                                                "dataset": cfg["data.dataset"]},
                   config=cfg, step=steps, extra=extra)
+    from ebmctl.context import environment
+
     atomic_write_json(out.with_suffix(".log.json"),
-                      {"history": history, "extra": extra, "config": cfg.to_dict()})
+                      {"history": history, "extra": extra, "config": cfg.to_dict(),
+                       "environment": environment(cfg, device)})
     if history:
         xs = [h["step"] for h in history]
         save_curves(out.with_suffix(".gap.png"),
