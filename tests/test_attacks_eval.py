@@ -1,0 +1,174 @@
+"""The evaluation runner: reports, sanity checks, resume, adversarial export, plugins, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ebmctl.api import Attack, AttackOutcome, hookimpl
+from ebmctl.artifacts import model_tensors, save_artifact
+from ebmctl.evaluate import attack_eval
+from ebmctl.evaluate.attack_eval import worst_case_curve
+from ebmctl.evaluate.report import run_evaluation
+from ebmctl.nn.ebm import LightweightEBM
+from ebmctl.plugins import get_registries
+from ebmctl.profiles import resolve
+from ebmctl.testing import plugin_registered, run_cli
+from ebmctl_classification.models import SmallCNN
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """An (untrained) digits classifier and EBM saved as real artifacts."""
+    d = tmp_path_factory.mktemp("art")
+    torch.manual_seed(0)  # test-only weight init
+    clf = SmallCNN(1, 10, 8, 8)
+    clf_path = save_artifact(d / "clf.safetensors", model_tensors(clf), kind="classifier",
+                             arch="small-cnn", task="classification",
+                             arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
+                                        "image_size": 8},
+                             data={"range": "[-1,1]", "image_size": 8, "channels": 1})
+    ebm = LightweightEBM(1, 8, 8)
+    ebm_path = save_artifact(d / "ebm.safetensors", model_tensors(ebm), kind="ebm",
+                             arch="lightweight",
+                             arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
+                             data={"range": "[-1,1]", "image_size": 8, "channels": 1},
+                             extra={"tau": 0.01, "temperature": 5e-5})
+    return clf_path, ebm_path
+
+
+SETS = ["attack.n_images=8", "attack.batch_size=4", "attack.steps=2", "attack.eot_reps=2",
+        "attack.restarts=2", "defense.steps=3", "defense.eot_reps=2", "attack.seeds=0,1",
+        "attack.sanity_images=4", "run.device=cpu", "langevin.precision=fp32"]
+
+
+def _strip(obj):
+    """Drop timing and bookkeeping that legitimately differ between runs."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items()
+                if k not in ("seconds", "chunks_reused", "environment")}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_report_has_seeds_curves_per_image_outcomes_and_sanity(artifacts, tmp_path):
+    clf, ebm = artifacts
+    cfg = resolve("quick", SETS)
+    out = tmp_path / "r.json"
+    rep = run_evaluation(cfg, clf, ebm, torch.device("cpu"), out, method="bpda-eot,transfer",
+                         save_adversarials=True)
+    on_disk = json.loads(out.read_text())
+    assert on_disk["results"]["defended"]["attack"] in ("bpda-eot", "transfer")
+    d = rep["results"]["defended"]
+    assert set(d["attacks"]) == {"bpda-eot", "transfer"}
+    assert d["adversarial"] == min(a["adversarial_mean"] for a in d["attacks"].values())
+    a = d["attacks"]["bpda-eot"]
+    assert len(a["per_seed"]) == 2 and len(a["accuracy_curve"]) == 3
+    assert a["image_steps"] > 0 and len(a["per_seed"][0]["per_image"]) == 8
+    assert a["accuracy_curve"][-1] == pytest.approx(a["adversarial_mean"])
+    names = [c["check"] for c in rep["sanity"]["checks"]]
+    assert len(names) == 3 and all("pass" in c for c in rep["sanity"]["checks"])
+    assert out.with_suffix(".png").exists()
+    from safetensors.torch import load_file
+
+    adv = load_file(str(out.with_suffix(".adv.safetensors")))
+    assert adv["defended.bpda-eot.seed1"].shape == (8, 1, 8, 8)
+    assert not out.with_name("r.parts").exists()
+
+
+def test_resume_after_an_interruption_gives_the_same_report(artifacts, tmp_path, monkeypatch):
+    clf, ebm = artifacts
+    cfg = resolve("quick", SETS + ["attack.sanity=false"])
+    dev = torch.device("cpu")
+    full = run_evaluation(cfg, clf, ebm, dev, tmp_path / "full.json")
+
+    real_save, saved = attack_eval._save_part, []
+
+    def flaky_save(path, outcome, meta):
+        if len(saved) == 3:
+            raise KeyboardInterrupt
+        saved.append(path)
+        real_save(path, outcome, meta)
+
+    monkeypatch.setattr(attack_eval, "_save_part", flaky_save)
+    out = tmp_path / "cut.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(cfg, clf, ebm, dev, out)
+    assert not out.exists() and len(list(tmp_path.glob("cut.parts/*"))) == 3
+    monkeypatch.setattr(attack_eval, "_save_part", real_save)
+    resumed = run_evaluation(cfg, clf, ebm, dev, out, resume=True)
+    reused = sum(s["chunks_reused"] for r in resumed["results"].values()
+                 for a in r["attacks"].values() for s in a["per_seed"])
+    assert reused == 3
+    assert _strip(resumed) == _strip(full)
+
+
+class Noise(Attack):
+    """A third-party attack: uniform noise in the ε-ball, evaluated once with H_def."""
+
+    name = "plugin-noise"
+    description = "random noise (test plugin)"
+
+    def run(self, defense, task, x, y, key, progress=None):
+        from ebmctl.api import make_generator
+
+        clean = task.score(defense.predict(x, self.verify_reps, (*key, "nat")), y)
+        g = make_generator(x.device, *key, "noise")
+        xa = (x + self.eps * (torch.rand(x.shape, generator=g) * 2 - 1)).clamp(0, 1)
+        adv = task.score(defense.predict(xa, self.verify_reps, (*key, "adv")), y)
+        nat_ok, rob_ok = clean > 0.5, (clean > 0.5) & (adv > 0.5)
+        return AttackOutcome(nat_ok, rob_ok, clean, xa, rob_ok.view(1, 1, -1).expand(
+            1, self.steps + 1, -1).clone())
+
+
+class NoisePlugin:
+    @hookimpl
+    def ebmctl_register_attacks(self, register):
+        register(Noise)
+
+
+def test_a_third_party_attack_plugin_is_picked_up(artifacts, tmp_path):
+    clf, ebm = artifacts
+    with plugin_registered(NoisePlugin(), "noise-plugin"):
+        assert get_registries().attacks.get("plugin-noise") is Noise
+        out = tmp_path / "p.json"
+        res = run_cli(["attack", "--profile", "quick", "-m", clf, "--ebm", ebm, "--method",
+                       "plugin-noise", "-o", out] + sum((["--set", s] for s in SETS), []))
+        assert res.exit_code == 0, res.output
+        rep = json.loads(out.read_text())
+        assert "plugin-noise" in rep["results"]["defended"]["attacks"]
+
+
+def test_cli_bad_inputs_fail_in_one_line(artifacts, tmp_path):
+    clf, ebm = artifacts
+    for args in (["--method", "nope"], ["--sweep", "defense.steps"],
+                 ["--sweep", "attack.nokey=1,2"], ["--undefended-only", "--sweep",
+                                                   "defense.steps=1"]):
+        res = run_cli(["attack", "--profile", "quick", "-m", clf, "--ebm", ebm, "-o",
+                       tmp_path / "x.json"] + args)
+        assert res.exit_code != 0
+        assert res.stderr.startswith("Error:") and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_worst_case_curve_combines_restarts():
+    nat = torch.tensor([True, True, True, False])
+    ok = torch.ones(2, 3, 4, dtype=torch.bool)
+    ok[:, :, 3] = False
+    ok[0, 2:, 0] = False  # image 0 broken at step 2 of restart 0 (stays broken in restart 1)
+    ok[1, 0:, 0] = False
+    ok[1, 1:, 1] = False  # image 1 broken at step 1 of restart 1
+    curve = worst_case_curve(nat, ok)
+    assert curve.tolist() == [0.75, 0.5, 0.25]
