@@ -134,7 +134,9 @@ def test_checks_with_a_lightweight_ebm_and_classifier(tmp_path):
     mem = json.loads(out.with_name("ly.memory.json").read_text())
     assert [r["k"] for r in mem["curves"]] == [0, 2, 5]
     first = mem["curves"][0]
-    assert first["memory"] == pytest.approx(1.0) and first["dist_clean_copies"] == 0.0
+    # an untrained classifier may leave every image unbroken (then x_adv = x, gap 0)
+    assert first["memory"] == pytest.approx(1.0 if mem["start_gap"] > 0 else 0.0)
+    assert first["dist_clean_copies"] == 0.0
     assert first["dist_common"] == pytest.approx(mem["start_gap"], rel=1e-5)
     assert mem["energy_gap"]["noise"]["mean"] != mem["energy_gap"]["natural"]["mean"]
     assert out.with_name("ly.memory.png").stat().st_size > 0
