@@ -218,7 +218,9 @@ def purify_differentiable(defense: Defense, x01: torch.Tensor, key: tuple, *,
     if ebm is not None and defense.steps > 0:
         in_size, in_ch = tuple(x01.shape[-2:]), x01.shape[1]
         z = to_internal(adapt_images(x01, ebm.image_size, ebm.channels))
-        settings = ebm.settings(defense.precision)
+        # fp32 throughout: the recomputed segments take second derivatives, which reduced
+        # precision would make inconsistent with the forward chain
+        settings = ebm.settings("fp32")
         z = langevin_differentiable(ebm.net, z, defense.steps, settings, key=key,
                                     backward_net=backward_net, segment=segment)
         # forward once, recomputed with a graph once on the backward pass
