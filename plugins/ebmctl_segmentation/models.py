@@ -149,7 +149,8 @@ def load_encoder_weights(net: nn.Module, path: str) -> None:
     except Exception as exc:
         raise InputError(f"cannot read encoder weights {p}: {exc}") from None
     state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()}
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    # nn.Module's own loader: smp encoders override load_state_dict and return nothing.
+    missing, unexpected = nn.Module.load_state_dict(encoder, state, strict=False)
     if unexpected or len(missing) == len(encoder.state_dict()):
         raise InputError(f"{p} does not match the encoder (unexpected keys {unexpected[:3]}, "
                          f"{len(missing)} missing)")
