@@ -42,7 +42,10 @@ def make_bundle(name: str, x: torch.Tensor, y: torch.Tensor, request: DataReques
     tr, va, te = split_indices(len(x), request.val_fraction, test_frac, request.split_seed,
                                stratify)
     if request.max_train and len(tr) > request.max_train:
-        tr = tr[:request.max_train]
+        # A seeded random subset: the indices are sorted, so a plain prefix of a class-ordered
+        # set (an ImageFolder) would keep only the first few classes.
+        keep = np.random.default_rng([request.split_seed, 1]).permutation(len(tr))
+        tr = np.sort(tr[keep[:request.max_train]])
     train, val = Split(x[tr], y[tr]), Split(x[va], y[va])
     test_split = Split(*test) if test is not None else Split(x[te], y[te])
 
