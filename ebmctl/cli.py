@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ebmctl.openmp_policy  # noqa: F401  (before torch: OpenMP workers wait passively)
 import sys
 from typing import Optional
 
@@ -14,6 +15,7 @@ from ebmctl.commands import fix as fix_command
 from ebmctl.commands import lyapunov as lyapunov_command
 from ebmctl.commands import ood as ood_command
 from ebmctl.commands import synthesize as synthesize_command
+from ebmctl.commands import bench as bench_command
 from ebmctl.commands.common import GLOBAL
 from ebmctl.commands.pending import register_pending
 from ebmctl.errors import EbmctlError
@@ -53,9 +55,10 @@ app.add_typer(fix_command.app, name="fix")
 app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
 app.command("synthesize")(synthesize_command.synthesize_cmd)
 app.command("ood")(ood_command.ood_cmd)
+app.command("bench")(bench_command.bench_cmd)
 
 #: Commands that later issues add register themselves here by name.
-AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov", "fix"}
+AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov", "fix", "bench"}
 register_pending(app, AVAILABLE)
 
 

@@ -6,6 +6,7 @@ Update (SPEC §0.4):  X ← X − (τ²/(2T))·∇U_net(X) + η·τ·Z.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -14,6 +15,13 @@ from torch import nn
 
 from ebmctl.device import autocast
 from ebmctl.errors import NumericalError
+
+#: Process-wide default for ``LangevinSettings.compile = None``; commands set it from the
+#: profile key ``langevin.compile`` (see :func:`set_compile_default`).
+_COMPILE_DEFAULT = False
+#: One compiled wrapper per network (compiling is the expensive part; reuse it across calls).
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_COMPILE_FAILED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -36,10 +44,56 @@ class LangevinSettings:
     eta: float = 1.0
     precision: str = "fp32"
     channels_last: bool = False
+    #: torch.compile the energy network (forward + input-gradient backward); None = the
+    #: process default. Pays on GPUs; on CPUs compiling costs minutes (bench/README.md).
+    compile: bool | None = None
 
     @property
     def drift(self) -> float:
         return self.tau ** 2 / (2.0 * self.temperature)
+
+    @property
+    def use_compile(self) -> bool:
+        return _COMPILE_DEFAULT if self.compile is None else bool(self.compile)
+
+
+def set_compile_default(flag: bool) -> None:
+    """Set what ``LangevinSettings(compile=None)`` means in this process (profile key
+    ``langevin.compile``)."""
+    global _COMPILE_DEFAULT
+    _COMPILE_DEFAULT = bool(flag)
+
+
+def sampling_net(net: nn.Module, use_compile: bool) -> nn.Module:
+    """The network the sampler calls: ``net`` itself, or its cached ``torch.compile`` wrapper.
+
+    The wrapper shares ``net``'s parameters, so freezing and training stay visible to it.
+    """
+    if not use_compile or net in _COMPILE_FAILED:
+        return net
+    wrapped = _COMPILED.get(net)
+    if wrapped is None:
+        wrapped = torch.compile(net, dynamic=False)
+        _COMPILED[net] = wrapped
+    return wrapped
+
+
+def _compiled_energy_and_grad(net: nn.Module, x: torch.Tensor, precision: str
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """energy_and_grad through the compiled wrapper; a network the compiler rejects (no C++
+    compiler, unsupported op) falls back to eager once and for all, with one warning."""
+    try:
+        return energy_and_grad(sampling_net(net, True), x, precision)
+    except Exception as exc:  # compilation errors surface on the first call
+        if net in _COMPILE_FAILED or isinstance(exc, NumericalError):
+            raise
+        import warnings
+
+        warnings.warn(f"torch.compile failed for the sampler ({type(exc).__name__}); "
+                      "running eagerly", RuntimeWarning, stacklevel=2)
+        _COMPILE_FAILED.add(net)
+        _COMPILED.pop(net, None)
+        return energy_and_grad(net, x, precision)
 
 
 def energy_and_grad(net: nn.Module, x: torch.Tensor, precision: str = "fp32",
@@ -67,9 +121,10 @@ def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSett
     x = x.detach().float()
     if settings.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    step_grad = _compiled_energy_and_grad if settings.use_compile else energy_and_grad
     with frozen(net):
         for k in range(steps):
-            _, grad = energy_and_grad(net, x, settings.precision)
+            _, grad = step_grad(net, x, settings.precision)
             z = noise(k) if noise is not None else torch.randn(
                 x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = x - drift * grad + scale * z

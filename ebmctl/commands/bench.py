@@ -1,0 +1,95 @@
+"""`ebmctl bench`: image-steps/s of the tuned Langevin sampler vs the naive reference loop (same
+run, interleaved), attack-step throughput and peak memory on the current device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+
+
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    from ebmctl.errors import ConfigError
+
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{name} must list positive integers, got {text!r}")
+    return values
+
+
+def bench_cmd(
+    batch: str = typer.Option("100,1500", "--batch", "-b", help="sampler batch sizes"),
+    steps: int = typer.Option(0, "--steps", "-k", help="Langevin steps per timing "
+                              "(0: 50 on CUDA, 3 on CPU)"),
+    repeats: int = typer.Option(3, "--repeats", help="interleaved rounds per measurement"),
+    image_size: int = typer.Option(32, "--image-size", help="EBM input size (32: CIFAR-10)"),
+    channels: int = typer.Option(3, "--channels", help="EBM input channels"),
+    width: int = typer.Option(32, "--width", help="lightweight EBM base width n_f"),
+    all_variants: bool = typer.Option(False, "--all-variants",
+                                      help="also time each precision/layout/compile variant"),
+    attack: bool = typer.Option(True, "--attack/--no-attack",
+                                help="time BPDA+EOT and full-gradient attack steps"),
+    attack_steps: int = typer.Option(0, "--attack-steps", help="K of the attack benches "
+                                     "(0: 1500 on CUDA, 20 on CPU)"),
+    child_naive: bool = typer.Option(True, "--child-naive/--no-child-naive",
+                                     help="CPU: also time the naive loop in a fresh process "
+                                     "with OpenMP's default settings"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
+    out: OutOpt = None,
+):
+    """Measure the sampler (tuned vs naive image-steps/s), attack steps/s and peak memory.
+
+    Writes the JSON report (and a PNG of image-steps/s vs batch) to --out when given."""
+    from ebmctl.artifacts import atomic_write_json
+    from ebmctl.bench import BenchPlan, format_table, run_bench
+    from ebmctl.console import info, progress_bar
+    from ebmctl.context import setup_device
+    from ebmctl.errors import ConfigError
+    from ebmctl.evaluate.plots import save_curves
+
+    for name, value in (("--steps", steps), ("--attack-steps", attack_steps)):
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0")
+    for name, value in (("--repeats", repeats), ("--image-size", image_size),
+                        ("--channels", channels), ("--width", width)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1")
+    if image_size < 4:
+        raise ConfigError("--image-size must be >= 4 for the lightweight EBM")
+    if out is not None and out.suffix.lower() != ".json":
+        raise ConfigError(f"--out must be a .json file, got {out}")
+    plan = BenchPlan(batches=_int_list(batch, "--batch"), image_size=image_size,
+                     channels=channels, width=width, steps=steps, repeats=repeats,
+                     all_variants=all_variants, attack=attack, attack_steps=attack_steps,
+                     child_naive=child_naive)
+    cfg = make_config(profile, set_, device, seed)
+    dev = setup_device(cfg)
+    with progress_bar(len(plan.batches) + int(attack), f"bench on {dev}", quiet=as_json) as bar:
+        report = run_bench(plan, dev, progress=lambda: bar.advance(1))
+    if out is not None:
+        atomic_write_json(out, report)
+        rows = report["sampler"]
+        curves = {"naive": ([r["batch"] for r in rows], [r["naive_image_steps_per_s"] for r in rows])}
+        for name in rows[0]["variants"]:
+            curves[name] = ([r["batch"] for r in rows],
+                            [r["variants"][name]["image_steps_per_s"] for r in rows])
+        if any("naive_default_openmp_image_steps_per_s" in r for r in rows):
+            curves["naive, default OpenMP process"] = (
+                [r["batch"] for r in rows],
+                [r.get("naive_default_openmp_image_steps_per_s", 0) for r in rows])
+        save_curves(Path(out).with_suffix(".png"), curves, "batch", "image-steps/s",
+                    f"Langevin throughput on {dev} ({image_size}x{image_size}x{channels})",
+                    logx=True)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+    if out is not None:
+        info(f"wrote {out} and {Path(out).with_suffix('.png')}")
