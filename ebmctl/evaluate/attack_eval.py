@@ -74,6 +74,12 @@ def evaluate_attack(attack: Attack, defense: Defense, task: Task, x: torch.Tenso
                     label: str, progress: Callable[[int], None] | None = None,
                     parts_dir: Path | None = None, fingerprint: str = "",
                     resume: bool = False) -> dict:
+    from ebmctl.distributed import current, evaluate_attack_sharded
+
+    if current().active:  # under torchrun: chunks spread over the ranks, results merged
+        return evaluate_attack_sharded(attack, defense, task, x, y, seed=seed,
+                                       batch_size=batch_size, device=device, label=label,
+                                       ctx=current(), progress=progress)
     outcomes: list[AttackOutcome] = []
     seconds, image_steps, reused = 0.0, 0, 0
     for start in range(0, len(x), batch_size):

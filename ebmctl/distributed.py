@@ -1,0 +1,170 @@
+"""Multi-process runs launched by ``torchrun`` (torch.distributed; gloo on CPU, NCCL on CUDA).
+
+Evaluation is sharded over images by *chunk*: chunk i covers images [i·b, (i+1)·b) and every
+random draw of an attack on it is keyed by (seed, label, chunk start) (see
+:mod:`ebmctl.evaluate.attack_eval`), so which process runs a chunk does not matter. Rank r runs
+chunks r, r+W, r+2W, ...; the per-chunk outcomes are gathered and summarised in chunk order, so
+the merged report equals a single-process run with the same seeds and chunk size.
+
+``python -m ebmctl.distributed ARGS`` runs ``ebmctl ARGS`` in each launched process; while it
+runs, :func:`current` is the launch's context and ``ebmctl attack`` shards its chunks. Only
+rank 0 prints; all ranks hold the same merged results and write the same report atomically.
+
+One node, two processes::
+
+    torchrun --standalone --nproc_per_node 2 -m ebmctl.distributed attack --profile quick ...
+
+Several nodes (run on each node; node_rank 0..N-1; HOST:PORT reachable from all)::
+
+    torchrun --nnodes N --node_rank R --nproc_per_node G --rdzv_backend c10d \\
+             --rdzv_endpoint HOST:29500 -m ebmctl.distributed attack --profile quick ...
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_CURRENT = DistContext()
+
+
+def current() -> DistContext:
+    """The context of the running ``python -m ebmctl.distributed`` launch (single otherwise)."""
+    return _CURRENT
+
+
+def env_context() -> DistContext:
+    """The process' place in a torchrun launch (rank 0 of 1 outside torchrun)."""
+    return DistContext(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                       int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(device_type: str = "cpu") -> DistContext:
+    """Join the process group torchrun set up (no-op for a single process). CUDA ranks use
+    NCCL and the GPU of their local rank; CPU ranks use gloo."""
+    ctx = env_context()
+    if not ctx.active:
+        return ctx
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(ctx.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistContext(ctx.rank, ctx.world_size, ctx.local_rank, backend)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_device(ctx: DistContext, device: torch.device) -> torch.device:
+    """Each CUDA rank gets its own GPU; CPU ranks share the CPU."""
+    if device.type == "cuda" and ctx.active:
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def my_chunks(n_items: int, chunk: int, ctx: DistContext) -> list[int]:
+    """Start indices of the chunks this rank runs (round-robin, so ranks get similar work)."""
+    starts = list(range(0, n_items, chunk))
+    return starts[ctx.rank::ctx.world_size]
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank (in-memory exchange between the
+    launched processes; nothing is read from files)."""
+    if not ctx.active:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def run_chunks(fn: Callable[[int], Any], n_items: int, chunk: int, ctx: DistContext
+               ) -> list[Any]:
+    """``fn(start)`` for every chunk, spread over the ranks; results in chunk order on all ranks."""
+    mine = {s: fn(s) for s in my_chunks(n_items, chunk, ctx)}
+    merged: dict[int, Any] = {}
+    for part in gather_objects(mine, ctx):
+        merged.update(part)
+    return [merged[s] for s in range(0, n_items, chunk)]
+
+
+def evaluate_attack_sharded(attack, defense, task, x: torch.Tensor, y: torch.Tensor, *,
+                            seed: int, batch_size: int, device: torch.device, label: str,
+                            ctx: DistContext, progress: Callable[[int], None] | None = None
+                            ) -> dict:
+    """:func:`ebmctl.evaluate.attack_eval.evaluate_attack` over the ranks: same chunks, same
+    keys, one merged summary (``seconds`` and ``image_steps`` are totals over the ranks)."""
+    from ebmctl.evaluate.attack_eval import summarise
+
+    def one_chunk(start: int) -> dict:
+        xb = x[start:start + batch_size].to(device)
+        yb = y[start:start + batch_size].to(device)
+        before = getattr(defense, "image_steps", 0)
+        t0 = time.time()
+        outcome = attack.run(defense, task, xb, yb, (seed, label, start), progress)
+        return {"outcome": outcome, "seconds": time.time() - t0,
+                "image_steps": getattr(defense, "image_steps", 0) - before}
+
+    parts = run_chunks(one_chunk, len(x), batch_size, ctx)
+    res = summarise([p["outcome"] for p in parts])
+    res.update(seconds=round(sum(p["seconds"] for p in parts), 2),
+               image_steps=sum(p["image_steps"] for p in parts), chunks_reused=0,
+               world_size=ctx.world_size)
+    return res
+
+
+def main(argv: list[str]) -> int:
+    """Join the torchrun launch, run ``ebmctl argv`` (rank 0's console only), leave the group."""
+    import contextlib
+    import sys
+
+    global _CURRENT
+    import ebmctl.openmp_policy  # noqa: F401
+    from ebmctl.cli import run
+
+    wants_cpu = any(a in ("cpu", "--device=cpu", "run.device=cpu") for a in argv)
+    ctx = init("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
+    _CURRENT = ctx
+    try:
+        if ctx.is_main:
+            return run(argv)
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                contextlib.redirect_stderr(null):
+            code = run(argv)
+        if code:
+            print(f"rank {ctx.rank}: ebmctl exited with {code}", file=sys.stderr)
+        return code
+    finally:
+        _CURRENT = DistContext()
+        shutdown()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
