@@ -48,7 +48,9 @@ def main() -> None:
                                         if k.startswith("data.")}, "ebm artifact")
     bundle = load_dataset(cfg)
     split = bundle.split(args.split)
-    x, y = split.x[:args.n].to(dev), split.y[:args.n].to(dev)
+    # A seeded random subset: the split is sorted by class, so a prefix would be all airplanes.
+    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:args.n]
+    x, y = split.x[pick].to(dev), split.y[pick].to(dev)
     if args.save_heldout:
         from safetensors.torch import save_file
 

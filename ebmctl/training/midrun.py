@@ -168,6 +168,7 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
     bank = source.draw(bank_size, make_generator(device, seed, "midrun-bank-init")).to(device)
     start, history = 0, []
     counts = {"rejuvenated": 0, "updated": 0}
+    elapsed = 0.0  # training seconds of earlier (resumed-from) processes
     if resume and ckpt_file.exists():
         ck = load_checkpoint(ckpt_file, "ebm-midrun")
         net.load_state_dict(ck["model"])
@@ -176,12 +177,13 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
         start = ck["step"]
         history = ck["state"].get("history", [])
         counts = ck["state"].get("counts", counts)
+        elapsed = float(ck["state"].get("seconds", 0.0))
         info(f"resumed from {ckpt_file} at update {start}")
     elif resume:
         info(f"no checkpoint at {ckpt_file}; starting from scratch")
     every, log_every = cfg["train.checkpoint_every"], cfg["train.log_every"]
     grid_every = cfg["output.grid_every"] or every
-    t0 = time.time()
+    t0 = time.time() - elapsed
     window = {"rejuvenated": 0, "updated": 0}
     with progress_bar(steps - start, f"train ebm midrun ({out.name})") as bar:
         for step in range(start, steps):
@@ -224,7 +226,8 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
             if (step + 1) % every == 0 and step + 1 < steps:
                 save_checkpoint(ckpt_file, target="ebm-midrun", step=step + 1, model=net,
                                 optimizer=opt, tensors={"bank": bank},
-                                state={"history": history, "counts": counts},
+                                state={"history": history, "counts": counts,
+                                       "seconds": time.time() - t0},
                                 config=cfg, arch=arch, arch_args=args)
             if (step + 1) % grid_every == 0 or step + 1 == steps:
                 save_grid(to_public(bank[:64]),
@@ -241,7 +244,9 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
     }
     long_steps = cfg["train.longrun_steps"] or 10 * k_mcmc
     held_out = bundle.val if len(bundle.val) else bundle.train
-    starts = to_internal(held_out.x[:cfg["train.health_chains"]]).to(device)
+    # A seeded random subset: splits are sorted, so a prefix would be one or two classes.
+    pick = torch.randperm(len(held_out), generator=make_generator("cpu", seed, "health-pick"))
+    starts = to_internal(held_out.x[pick[:cfg["train.health_chains"]]]).to(device)
     health = longrun_health(net, starts, k_mcmc, long_steps, settings,
                             make_generator(device, seed, "health"), out)
     extra["health"] = health
