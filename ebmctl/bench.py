@@ -60,8 +60,9 @@ def tuned_settings(device: torch.device, precision: str = "auto", channels_last:
                    temperature: float = TEMPERATURE) -> LangevinSettings:
     """The sampler settings chosen per device: bf16 autocast where the hardware has it (CUDA, CPUs
     with AMX/AVX512-bf16), channels_last and torch.compile on CUDA. On a CPU without native bf16,
-    fp32 (bf16 is emulated there and ran ~10× slower in our measurements) and no compile (the
-    inductor compile took minutes on 2 shared cores)."""
+    fp32 (bf16 is emulated there and ran ~10× slower in our measurements), no compile (the
+    inductor compile took 208 s on 2 shared cores and the compiled step was not faster), and
+    cache-sized gradient blocks (``block_rows`` None = by image size)."""
     cuda = device.type == "cuda"
     return LangevinSettings(tau, temperature, 1.0, resolve_precision(precision, device),
                             cuda if channels_last is None else channels_last,
@@ -70,9 +71,10 @@ def tuned_settings(device: torch.device, precision: str = "auto", channels_last:
 
 def sampler_variants(device: torch.device) -> dict[str, LangevinSettings]:
     """Named settings to compare with ``--all-variants`` (the tuned one is ``tuned``)."""
-    out = {"fp32-frozen": LangevinSettings(TAU, TEMPERATURE, compile=False),
+    out = {"fp32-frozen-whole-batch": LangevinSettings(TAU, TEMPERATURE, compile=False,
+                                                       block_rows=0),
            "fp32-channels_last": LangevinSettings(TAU, TEMPERATURE, channels_last=True,
-                                                  compile=False)}
+                                                  compile=False, block_rows=0)}
     if device.type == "cuda" or cpu_has_native_bf16():
         out["bf16-channels_last"] = LangevinSettings(TAU, TEMPERATURE, precision="bf16",
                                                      channels_last=True, compile=False)
@@ -274,19 +276,47 @@ def _small_defense(device: torch.device, image_size: int, channels: int, width: 
                    channels_last=settings.channels_last)
 
 
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _proc_status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
 def _peak_memory_reset(device: torch.device) -> int:
+    """Start a peak-memory window; returns the baseline in bytes."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
+    if _reset_rss_peak():
+        return (_proc_status_kib("VmRSS") or 0) * 1024
     return _rss_peak_bytes()
 
 
 def _rss_peak_bytes() -> int:
+    hwm = _proc_status_kib("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
 def _peak_memory_mb(device: torch.device, base: int) -> float:
+    """Peak in the window: the CUDA allocator's peak, or on CPU the peak RSS above the RSS at
+    the window's start (the growth the measured work caused)."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     return round(max(0, _rss_peak_bytes() - base) / 2 ** 20, 1)
@@ -300,7 +330,7 @@ def attack_bench(device: torch.device, *, mode: str = "bpda", n_images: int = 8,
 
     ``mode="full"`` differentiates through the K-step chain with segment checkpointing
     (√K segments by default); the peak is then what the checkpointing bounds. On CUDA the peak
-    is the allocator's; on CPU it is the growth of the process' peak RSS (run it first)."""
+    is the allocator's; on CPU (Linux) the peak RSS above the RSS before the timed steps."""
     from ebmctl.attacks.chain import auto_segment, eot_gradient, margin_loss
 
     settings = tuned_settings(device)
@@ -328,7 +358,7 @@ def attack_bench(device: torch.device, *, mode: str = "bpda", n_images: int = 8,
            "langevin_image_steps_per_s": round(rows * steps * (2 if mode != "bpda" else 1) / sec, 1),
            "peak_memory_mb": peak,
            "peak_memory_kind": "cuda allocator peak" if device.type == "cuda"
-           else "growth of process peak RSS"}
+           else "peak RSS growth during the attack steps"}
     if mode != "bpda":
         out.update(segment=seg, stored_states_mb=round(state_mb, 2))
     return out

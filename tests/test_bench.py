@@ -37,7 +37,7 @@ def test_sampler_bench_reports_throughput_ratios_and_step_agreement():
     row = bench.sampler_bench(torch.device("cpu"), 6, steps=1, repeats=2,
                               variants=bench.sampler_variants(torch.device("cpu")), **TINY)
     assert row["batch"] == 6 and row["naive_image_steps_per_s"] > 0
-    assert {"tuned", "fp32-frozen", "fp32-channels_last"} <= set(row["variants"])
+    assert {"tuned", "fp32-frozen-whole-batch", "fp32-channels_last"} <= set(row["variants"])
     for v in row["variants"].values():
         assert v["image_steps_per_s"] > 0 and v["speedup"] > 0 and v["cpu_speedup"] > 0
         assert v["drift_cosine_min"] > 0.9999  # fp32 variants: the same drift

@@ -142,3 +142,25 @@ def test_openmp_policy_is_passive_unless_the_user_chose(user_value, expected):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == [expected, str(user_value is None)]
+
+
+def test_cpu_gradient_blocks_give_the_whole_batch_result():
+    net = lightweight_net(8, 1, 8, torch.device("cpu"))
+    x0 = torch.rand(40, 1, 8, 8) * 2 - 1
+    blocked = LangevinSettings(TAU, TEMP, compile=False, block_rows=16)  # blocks of 16, 16, 8
+    whole = LangevinSettings(TAU, TEMP, compile=False, block_rows=0)
+    assert sampling.cpu_block_rows(x0, net, blocked) == 16
+    assert sampling.cpu_block_rows(x0, net, whole) == 0
+    a = langevin(net, x0, 3, blocked, torch.Generator().manual_seed(4))
+    b = langevin(net, x0, 3, whole, torch.Generator().manual_seed(4))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_cpu_blocks_follow_image_size_and_skip_coupled_rows():
+    s = LangevinSettings(TAU, TEMP)
+    net = lightweight_net(8, 1, 8, torch.device("cpu"))
+    assert sampling.cpu_block_rows(torch.zeros(1500, 3, 32, 32), net, s) == 64
+    assert sampling.cpu_block_rows(torch.zeros(800, 1, 8, 8), net, s) == 0  # fits one block
+    bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert sampling.cpu_block_rows(torch.zeros(1500, 3, 32, 32), bn.train(), s) == 0
+    assert sampling.cpu_block_rows(torch.zeros(1500, 3, 32, 32), bn.eval(), s) == 64
