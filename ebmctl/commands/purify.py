@@ -35,9 +35,18 @@ def purify_cmd(
     cfg = make_config(profile, set_, device, seed)
     if steps is not None and steps < 0:
         raise ConfigError("--steps must be >= 0")
-    k = cfg["defense.steps"] if steps is None else steps
     dev = setup_device(cfg)
     energy = EnergyModel.load(ebm or default_ebm(), dev)
+    k = cfg["defense.steps"] if steps is None else steps
+    if steps is None and cfg.provenance.get("defense.steps") == "default":
+        # An EBM is only trained to stay realistic for its own horizon: use the K_def its
+        # training profile recorded rather than the thesis default of 1500.
+        from ebmctl.artifacts import load_artifact
+
+        recorded = load_artifact(energy.path, "ebm").config.get("defense", {}).get("steps")
+        if isinstance(recorded, int) and recorded >= 0:
+            k = recorded
+    info(f"purifying with K = {k} Langevin steps of {energy.path}")
     fixer_net = None
     if fixer is not None:
         from ebmctl.fixing import load_fixer
