@@ -82,3 +82,22 @@ def numerical_stop(what: str, ckpt_file: Path) -> NumericalError:
 
 def grads_finite(model: torch.nn.Module) -> bool:
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+def finish_energy_run(out: Path, ckpt_file: Path, history: list[dict], extra: dict, config,
+                      device, energy_label: str, title: str) -> None:
+    """End of an energy-model run: JSON log (with environment), energy-gap curve, and the
+    checkpoint removed now that the artifact is written."""
+    from ebmctl.artifacts import atomic_write_json
+    from ebmctl.context import environment
+    from ebmctl.evaluate.plots import save_curves
+
+    atomic_write_json(out.with_suffix(".log.json"),
+                      {"history": history, "extra": extra, "config": config.to_dict(),
+                       "environment": environment(config, device)})
+    if history:
+        save_curves(out.with_suffix(".gap.png"),
+                    {"energy gap": ([h["step"] for h in history],
+                                    [h["energy_gap"] for h in history])},
+                    "update", f"mean {energy_label}(x+) - mean {energy_label}(x-)", title)
+    ckpt_file.unlink(missing_ok=True)

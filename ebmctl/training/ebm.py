@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
+from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.evaluate.plots import save_curves, save_grid
+from ebmctl.evaluate.plots import save_grid
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
+    finish_energy_run,
     checkpoint_path,
     grads_finite,
     load_checkpoint,
@@ -74,7 +75,6 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
               resume: bool = False) -> Path:
     out = Path(out)
     ckpt_file = checkpoint_path(out)
-    log_file = out.with_suffix(".log.json")
     arch, args = ebm_arch_args(cfg, bundle)
     seed = cfg["run.seed"]
     with torch.random.fork_rng(devices=[]):
@@ -154,15 +154,7 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
                   task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
                   config=cfg, step=steps, extra=extra)
-    from ebmctl.context import environment
-
-    atomic_write_json(log_file, {"history": history, "extra": extra, "config": cfg.to_dict(),
-                                 "environment": environment(cfg, device)})
-    if history:
-        save_curves(out.with_suffix(".gap.png"),
-                    {"energy gap": ([h["step"] for h in history], [h["energy_gap"] for h in history])},
-                    "update", "mean U(x+) - mean U(x-)", "EBM training")
-    ckpt_file.unlink(missing_ok=True)
+    finish_energy_run(out, ckpt_file, history, extra, cfg, device, "U", "EBM training")
     return out
 
 

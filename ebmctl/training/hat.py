@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from ebmctl.artifacts import (
-    atomic_write_json,
     load_model,
     model_tensors,
     optimizer_from_tensors,
@@ -31,14 +30,16 @@ from ebmctl.artifacts import (
 )
 from ebmctl.console import info, progress_bar
 from ebmctl.errors import ArtifactError, ConfigError, NumericalError
-from ebmctl.evaluate.plots import save_curves, save_grid
+from ebmctl.evaluate.plots import save_grid
 from ebmctl.hat import HatSettings, hat_langevin, initial_state
 from ebmctl.nn.hat import HatEBM
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
 from ebmctl.seeds import derive_seed, make_generator
+from ebmctl.training.ebm import ebm_data_meta
 from ebmctl.training.checkpoint import (
+    finish_energy_run,
     checkpoint_path,
     load_checkpoint,
     restore_optimizer,
@@ -242,19 +243,8 @@ def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
              "generator_source": str(cfg["hat.generator"] or "trained from scratch"),
              "training": {"updates": steps, "seconds": round(time.time() - t0, 1),
                           "final": history[-1] if history else {}}}
-    data_meta = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
-                 "dataset": cfg["data.dataset"]}
     save_artifact(out, model_tensors(net), kind="hat-ebm", arch="hat-ebm", arch_args=arch_args,
-                  task=cfg["task.name"], data=data_meta, config=cfg, step=steps, extra=extra)
-    from ebmctl.context import environment
-
-    atomic_write_json(out.with_suffix(".log.json"),
-                      {"history": history, "extra": extra, "config": cfg.to_dict(),
-                       "environment": environment(cfg, device)})
-    if history:
-        xs = [h["step"] for h in history]
-        save_curves(out.with_suffix(".gap.png"),
-                    {"energy gap": (xs, [h["energy_gap"] for h in history])},
-                    "update", "mean H(x+) - mean H(x-)", "Hat EBM training")
-    ckpt_file.unlink(missing_ok=True)
+                  task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
+                  config=cfg, step=steps, extra=extra)
+    finish_energy_run(out, ckpt_file, history, extra, cfg, device, "H", "Hat EBM training")
     return out

@@ -19,18 +19,20 @@ from typing import Callable
 
 import torch
 
-from ebmctl.artifacts import atomic_write_json, load_model, model_tensors, save_artifact
+from ebmctl.artifacts import load_model, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.evaluate.plots import save_curves, save_grid
+from ebmctl.evaluate.plots import save_grid
 from ebmctl.nn.sngan import project_to_sphere
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import make_generator
+from ebmctl.training.ebm import ebm_data_meta
 from ebmctl.training.checkpoint import (
+    finish_energy_run,
     checkpoint_path,
     load_checkpoint,
     restore_optimizer,
@@ -253,19 +255,7 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
     if not health["convergent"]:
         info("warning: learning looks non-convergent: " + "; ".join(health["reasons"]))
     save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
-                  task=cfg["task.name"], data={"range": "[-1,1]", "image_size": bundle.image_size,
-                                               "channels": bundle.channels,
-                                               "dataset": cfg["data.dataset"]},
+                  task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
                   config=cfg, step=steps, extra=extra)
-    from ebmctl.context import environment
-
-    atomic_write_json(out.with_suffix(".log.json"),
-                      {"history": history, "extra": extra, "config": cfg.to_dict(),
-                       "environment": environment(cfg, device)})
-    if history:
-        xs = [h["step"] for h in history]
-        save_curves(out.with_suffix(".gap.png"),
-                    {"energy gap": (xs, [h["energy_gap"] for h in history])},
-                    "update", "mean U(x+) - mean U(x-)", "mid-run EBM training")
-    ckpt_file.unlink(missing_ok=True)
+    finish_energy_run(out, ckpt_file, history, extra, cfg, device, "U", "mid-run EBM training")
     return out
