@@ -7,17 +7,31 @@ chunks r, r+W, r+2W, ...; the per-chunk outcomes are gathered and summarised in 
 the merged report equals a single-process run with the same seeds and chunk size.
 
 ``python -m ebmctl.distributed ARGS`` runs ``ebmctl ARGS`` in each launched process; while it
-runs, :func:`current` is the launch's context and ``ebmctl attack`` shards its chunks. Only
-rank 0 prints; all ranks hold the same merged results and write the same report atomically.
+runs, :func:`current` is the launch's context, ``ebmctl attack`` shards its chunks and
+``ebmctl train ebm`` its bank. Only rank 0 prints; all ranks of an evaluation hold the same
+merged results and write the same report atomically.
+
+Convergent EBM training (``ebmctl train ebm``) runs data-parallel: with W processes the
+persistent bank is split into W contiguous shards (``train.shards``; 1, the default, means one
+per process, any other value must equal W), rank r keeps only shard r, draws its batch/W
+positives and its chains with generators keyed (seed, update, r), runs Langevin on them, and the
+network is wrapped in DistributedDataParallel, so the averaged gradient is that of the mean of
+the W shard losses. One process with ``train.shards = W`` runs the W shards in turn and reaches
+the same weights (:func:`ebmctl.training.ebm.train_ebm`). Rank 0 writes the artifact, grids, log
+and checkpoints; checkpoints gather every shard of the bank, so ``--resume`` continues exactly.
 
 One node, two processes::
 
     torchrun --standalone --nproc_per_node 2 -m ebmctl.distributed attack --profile quick ...
+    torchrun --standalone --nproc_per_node 2 -m ebmctl.distributed train ebm --profile quick
 
-Several nodes (run on each node; node_rank 0..N-1; HOST:PORT reachable from all)::
+Several nodes (run on each node; node_rank 0..N-1; HOST:PORT reachable from all; training
+writes ``--out`` from rank 0, so resuming needs it on a filesystem every node sees)::
 
     torchrun --nnodes N --node_rank R --nproc_per_node G --rdzv_backend c10d \\
              --rdzv_endpoint HOST:29500 -m ebmctl.distributed attack --profile quick ...
+    torchrun --nnodes N --node_rank R --nproc_per_node G --rdzv_backend c10d \\
+             --rdzv_endpoint HOST:29500 -m ebmctl.distributed train ebm --profile quick ...
 """
 
 from __future__ import annotations
@@ -113,6 +127,50 @@ def run_chunks(fn: Callable[[int], Any], n_items: int, chunk: int, ctx: DistCont
     return [merged[s] for s in range(0, n_items, chunk)]
 
 
+def barrier(ctx: DistContext) -> None:
+    if ctx.active:
+        dist.barrier()
+
+
+def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """Element-wise sum of a few numbers over the ranks (the numbers themselves when single)."""
+    if not ctx.active:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_shards(requested: int, ctx: DistContext) -> int:
+    """``train.shards`` for this launch: as given in one process; under torchrun one shard per
+    rank (1, the default, means "as many as processes"; any other count must match)."""
+    if not ctx.active or requested in (1, ctx.world_size):
+        return ctx.world_size if ctx.active else requested
+    from ebmctl.errors import ConfigError
+
+    raise ConfigError(f"train.shards = {requested} but torchrun started {ctx.world_size} "
+                      f"processes; launch {requested} processes or set "
+                      f"train.shards={ctx.world_size}")
+
+
+def shard_bounds(n: int, shards: int, s: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a length-n bank that shard s of ``shards`` holds (contiguous blocks, so
+    the concatenated shards are the bank in its single-process order)."""
+    return s * n // shards, (s + 1) * n // shards
+
+
+def data_parallel(net: torch.nn.Module, ctx: DistContext, device: torch.device
+                  ) -> torch.nn.Module:
+    """``net`` wrapped in DistributedDataParallel under torchrun (gradients averaged over the
+    ranks during backward), ``net`` itself otherwise."""
+    if not ctx.active:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(net, device_ids=ids)
+
+
 def evaluate_attack_sharded(attack, defense, task, x: torch.Tensor, y: torch.Tensor, *,
                             seed: int, batch_size: int, device: torch.device, label: str,
                             ctx: DistContext, progress: Callable[[int], None] | None = None
@@ -167,4 +225,8 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(main(sys.argv[1:]))
+    # run through the imported module: under ``-m`` this file is ``__main__``, a second copy
+    # whose context ebmctl.distributed.current() would never see
+    from ebmctl.distributed import main as _main
+
+    sys.exit(_main(sys.argv[1:]))

@@ -199,6 +199,10 @@ def core_schema() -> Schema:
     a("train.log_every", "int", 50, "updates between log lines", minimum=1)
     a("train.longrun_steps", "int", 0, "Langevin steps of the final long-run check (0 = skip)",
       minimum=0)
+    a("train.shards", "int", 1, "data-parallel shards of convergent EBM training: the bank "
+      "splits into this many contiguous blocks and each update's batch into as many parts, each "
+      "with its own random stream and the loss averaged; under torchrun one shard per process "
+      "(1 = as many as processes); in one process the shards run in turn", minimum=1)
     # defense
     a("defense.steps", "int", 1500, "K_def purification steps", minimum=0)
     a("defense.eot_reps", "int", 150, "H_def replicates", minimum=1)

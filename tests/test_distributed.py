@@ -1,5 +1,6 @@
-"""Sharded evaluation under torchrun (2 CPU processes, gloo) merges into the single-process
-report; chunk assignment and gathering in one process."""
+"""torchrun (2 CPU processes, gloo): sharded evaluation merges into the single-process report,
+and data-parallel EBM training (train.shards, DDP) reaches the weights of the one-process
+emulation; chunk assignment, bank shards and the emulation's resume in one process."""
 
 from __future__ import annotations
 
@@ -47,7 +48,14 @@ def test_sharded_evaluation_in_one_process_equals_evaluate_attack():
     assert w.comparable(sharded) == w.comparable(plain)
 
 
-@pytest.mark.slow  # ~30 s on the loaded 2-core machine: three processes each import torch
+def _torchrun() -> list[str]:
+    exe = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+
+
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND": "Agg"}
+
+
 def test_torchrun_two_gloo_processes_merge_to_the_single_process_report(tmp_path):
     """The acceptance test of issue 10: 2 processes, gloo, CPU; same seeds → same report."""
     sys.path.insert(0, str(HERE))
@@ -55,11 +63,9 @@ def test_torchrun_two_gloo_processes_merge_to_the_single_process_report(tmp_path
         import distributed_worker as w
     finally:
         sys.path.remove(str(HERE))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    cmd = ([torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"])
     out = tmp_path / "merged.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.run(cmd + ["--standalone", "--nproc_per_node", "2",
+    env = {**os.environ, **CHILD_ENV}
+    proc = subprocess.run(_torchrun() + ["--standalone", "--nproc_per_node", "2",
                                  str(HERE / "distributed_worker.py"), str(out)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -75,3 +81,127 @@ def test_main_without_torchrun_is_a_plain_cli_run(monkeypatch, capsys):
     assert D.main(["plugins"]) == 0
     assert "classification" in capsys.readouterr().out
     assert not D.current().active
+
+
+# ---- data-parallel EBM training (train.shards) ----
+
+TINY_EBM = ["train.steps=4", "train.checkpoint_every=2", "train.mcmc_steps=3",
+            "train.batch_size=8", "train.bank_size=16", "ebm.channels=4",
+            "langevin.precision=fp32", "train.log_every=1", "output.grid_every=1000"]
+
+
+@pytest.mark.parametrize("n,shards", [(16, 2), (17, 3), (1500, 4), (5, 5)])
+def test_bank_shards_are_contiguous_disjoint_and_cover_the_bank(n, shards):
+    rows = [list(range(*D.shard_bounds(n, shards, s))) for s in range(shards)]
+    assert [r for part in rows for r in part] == list(range(n))  # in order, no overlap, no gap
+    assert max(map(len, rows)) - min(map(len, rows)) <= 1
+
+
+def test_train_shards_follow_the_launch():
+    from ebmctl.errors import ConfigError
+
+    assert D.train_shards(3, D.DistContext()) == 3  # one process emulates 3 shards
+    assert D.train_shards(1, D.DistContext(0, 4)) == 4  # default: one shard per process
+    assert D.train_shards(4, D.DistContext(1, 4)) == 4
+    with pytest.raises(ConfigError, match="train.shards = 3 but torchrun started 2 processes"):
+        D.train_shards(3, D.DistContext(0, 2))
+
+
+def test_shard_settings_that_cannot_work_are_one_line_errors(tmp_path):
+    import ebmctl.training.ebm as tr
+    from ebmctl.errors import ConfigError
+    from ebmctl.profiles import resolve
+    from ebmctl.testing import run_cli, tiny_bundle
+
+    with pytest.raises(ConfigError, match="divisible"):  # batch 8 does not split 3 ways
+        tr.train_ebm(resolve("quick", TINY_EBM + ["train.shards=3"]), tiny_bundle(n=48),
+                     tmp_path / "x.safetensors", torch.device("cpu"))
+    r = run_cli(["train", "ebm", "--recipe", "midrun", "--set", "train.shards=2",
+                 "--out", str(tmp_path / "m.safetensors")])
+    assert r.exit_code == 2 and "convergent recipe only" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(tmp_path,
+                                                                                 monkeypatch):
+    """train.shards=2 in one process: shard s's chains come from bank block s, the artifact
+    reloads and records the shards, and a crash + --resume (checkpoint holds every shard) ends
+    with the uninterrupted run's weights."""
+    import ebmctl.training.ebm as tr
+    from ebmctl.artifacts import load_artifact
+    from ebmctl.profiles import resolve
+    from ebmctl.seeds import make_generator
+    from ebmctl.testing import tiny_bundle
+
+    torch.set_num_threads(1)
+    bundle = tiny_bundle(n=48)
+    cfg = resolve("quick", TINY_EBM + ["train.shards=2"])
+    real = tr.langevin
+    seen: list[torch.Tensor] = []
+
+    def recording(net, x, *a, **k):
+        seen.append(x.clone())
+        return real(net, x, *a, **k)
+
+    monkeypatch.setattr(tr, "langevin", recording)
+    full = tr.train_ebm(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
+    assert len(seen) == 4 * 2  # one Langevin call per shard and update
+    bank0 = tr.init_bank("uniform", 16, (1, 8, 8), None, make_generator("cpu", 0, "bank-init"))
+    for s, x in enumerate(seen[:2]):  # update 0: chains still at their initial rows
+        rows = [int(torch.nonzero((bank0 == r).flatten(1).all(1))[0]) for r in x]
+        assert len(set(rows)) == 4 and all(8 * s <= i < 8 * (s + 1) for i in rows), (s, rows)
+    art = load_artifact(full)
+    assert art.kind == "ebm" and art.config["train"]["shards"] == 2
+    assert art.extra["training"]["shards"] == 2 and art.extra["training"]["world_size"] == 1
+
+    calls = {"n": 0}
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # update 2, shard 1: after the checkpoint at update 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "langevin", crash)
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_ebm(cfg, bundle, out, torch.device("cpu"))
+    assert not out.exists() and (tmp_path / "resumed.ckpt.safetensors").exists()
+    monkeypatch.setattr(tr, "langevin", real)
+    tr.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
+    a, b = art.tensors, load_artifact(out).tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_gloo_processes_train_the_one_process_shard_emulation(tmp_path):
+    """The training half of issue 10: ``torchrun -m ebmctl.distributed train ebm`` with 2 gloo
+    processes (DDP, one bank shard each, train.shards left at 1 = one per process) gives the
+    weights and training log of ``ebmctl train ebm --set train.shards=2`` in one process."""
+    from ebmctl.artifacts import load_artifact
+    from ebmctl.testing import run_cli
+
+    sets = [a for s in TINY_EBM + ["run.threads=1", "data.max_train=64"] for a in ("--set", s)]
+    args = ["--seed", "3", "train", "ebm", "--device", "cpu", "--profile", "quick", *sets]
+    ddp, emu = tmp_path / "ddp.safetensors", tmp_path / "emu.safetensors"
+    proc = subprocess.run(_torchrun() + ["--standalone", "--nproc_per_node", "2", "-m",
+                                         "ebmctl.distributed", *args, "--out", str(ddp)],
+                          capture_output=True, text=True, env={**os.environ, **CHILD_ENV},
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("wrote ") == 1  # only rank 0 speaks
+    torch.set_num_threads(1)
+    r = run_cli(args + ["--set", "train.shards=2", "--out", str(emu)])
+    assert r.exit_code == 0, r.output
+    a, b = load_artifact(ddp), load_artifact(emu)
+    assert a.config["train"]["shards"] == b.config["train"]["shards"] == 2
+    assert a.extra["training"]["world_size"] == 2 and b.extra["training"]["world_size"] == 1
+    assert a.tensors.keys() == b.tensors.keys()
+    for k in a.tensors:
+        assert torch.allclose(a.tensors[k], b.tensors[k], rtol=0, atol=1e-6), k
+    logs = [json.loads(p.with_suffix(".log.json").read_text())["history"] for p in (ddp, emu)]
+    assert [h["step"] for h in logs[0]] == [1, 2, 3, 4]
+    for h, g in zip(*logs):
+        for key in ("energy_gap", "energy_pos", "energy_neg", "langevin_grad_norm"):
+            assert h[key] == pytest.approx(g[key], abs=1e-6), (h["step"], key)
+    assert not (tmp_path / "ddp.ckpt.safetensors").exists()  # removed once the artifact is written
+    assert (tmp_path / "ddp.samples-000004.png").exists()

@@ -25,7 +25,8 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
                   recipe: str = typer.Option(None, "--recipe",
                                              help="override train.recipe: convergent | midrun")):
     """Train an EBM: convergent learning (SPEC §1.4, persistent noise bank, Adam then SGD) or
-    mid-run learning (SPEC §4, rejuvenated bank, annealed Adam) per train.recipe."""
+    mid-run learning (SPEC §4, rejuvenated bank, annealed Adam) per train.recipe. Convergent
+    training runs data-parallel under ``torchrun -m ebmctl.distributed`` (train.shards)."""
     from ebmctl.context import load_dataset, setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.training.ebm import train_ebm
@@ -38,6 +39,11 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
     if cfg["train.recipe"] not in trainers:
         raise ConfigError(f"unknown train.recipe {cfg['train.recipe']!r}; choose from "
                           f"{', '.join(RECIPES)}")
+    from ebmctl.distributed import current
+
+    if cfg["train.recipe"] != "convergent" and (cfg["train.shards"] > 1 or current().active):
+        raise ConfigError("train.shards and torchrun launches apply to the convergent recipe "
+                          f"only, not {cfg['train.recipe']!r}")
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
     path = trainers[cfg["train.recipe"]](cfg, bundle, out or default_out(cfg, "ebm"), dev, resume)

@@ -73,6 +73,19 @@ def ebm_data_meta(bundle: DatasetBundle, dataset: str) -> dict:
 
 def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
               resume: bool = False) -> Path:
+    """Convergent EBM training. With ``train.shards`` = S > 1 the bank is split into S contiguous
+    blocks and every update's batch into S parts of batch/S; part s draws its data, noise, bank
+    rows and Langevin noise from a generator keyed (seed, update, s) and the loss is the mean of
+    the S part losses. Under torchrun (see :mod:`ebmctl.distributed`) rank r holds shard r of
+    the bank and DistributedDataParallel averages the gradients; one process runs the S parts in
+    turn and reaches the same weights."""
+    from ebmctl import distributed as D
+
+    ctx = D.current()
+    shards = D.train_shards(cfg["train.shards"], ctx)
+    if shards != cfg["train.shards"]:
+        cfg = cfg.with_overrides({"train.shards": shards}, "torchrun world size")
+    device = D.rank_device(ctx, torch.device(device))
     out = Path(out)
     ckpt_file = checkpoint_path(out)
     arch, args = ebm_arch_args(cfg, bundle)
@@ -84,6 +97,12 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     shape = tuple(data.shape[1:])
     bank_size = cfg["train.bank_size"] or len(data)
     steps, k_mcmc, batch = cfg["train.steps"], cfg["train.mcmc_steps"], cfg["train.batch_size"]
+    part = batch // shards
+    if shards > 1 and (batch % shards or bank_size // shards < part):
+        raise ConfigError(f"train.shards = {shards} needs train.batch_size divisible by it and "
+                          f"at least batch_size/shards = {part} bank rows per shard "
+                          f"(batch_size {batch}, bank {bank_size})")
+    mine = [ctx.rank] if ctx.active else list(range(shards))  # the shards this process runs
     settings = LangevinSettings(cfg["langevin.tau"], cfg["langevin.temperature"], 1.0,
                                 "fp32", cfg["langevin.channels_last"])
     from ebmctl.device import resolve_precision
@@ -91,7 +110,7 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     settings.precision = resolve_precision(cfg["langevin.precision"], device)
     start, history = 0, []
     bank = init_bank(cfg["train.bank_init"], bank_size, shape, data.cpu(),
-                     make_generator("cpu", seed, "bank-init")).to(device)
+                     make_generator("cpu", seed, "bank-init"))
     opt = _make_optimizer(net, cfg, 0)
     if resume and ckpt_file.exists():
         ck = load_checkpoint(ckpt_file, "ebm")
@@ -100,11 +119,29 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
         opt = _make_optimizer(net, cfg, start)
         if type(opt).__name__ == (ck["opt_meta"] or {}).get("class"):
             restore_optimizer(opt, ck)
-        bank = ck["tensors"]["bank"].to(device)
+        bank = ck["tensors"]["bank"]
         history = ck["state"].get("history", [])
         info(f"resumed from {ckpt_file} at update {start}")
+        if ck["state"].get("shards", 1) != shards:
+            info(f"the checkpoint was written with train.shards = {ck['state'].get('shards', 1)}"
+                 f"; continuing with {shards} (a different random stream from here on)")
     elif resume:
         info(f"no checkpoint at {ckpt_file}; starting from scratch")
+    if shards == 1:
+        banks = {0: bank.to(device)}
+    else:  # each process keeps only its own shards
+        banks = {s: bank[slice(*D.shard_bounds(bank_size, shards, s))].clone().to(device)
+                 for s in mine}
+    del bank
+    model = D.data_parallel(net, ctx, device)  # what the loss runs through; Langevin uses net
+
+    def whole_bank() -> torch.Tensor:  # all shards, in bank order (collective under torchrun)
+        if shards == 1:
+            return banks[0]
+        parts = D.gather_objects({s: b.cpu() for s, b in banks.items()}, ctx)
+        merged = {s: b for p in parts for s, b in p.items()}
+        return torch.cat([merged[s] for s in range(shards)])
+
     every = cfg["train.checkpoint_every"]
     grid_every = cfg["output.grid_every"] or every
     t0 = time.time()
@@ -112,49 +149,70 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
         for step in range(start, steps):
             if cfg["train.sgd_switch_step"] and step == cfg["train.sgd_switch_step"]:
                 opt = _make_optimizer(net, cfg, step)
-            gen = make_generator(device, seed, "ebm-train", step)
-            pos_idx = torch.randint(0, len(data), (batch,), generator=gen, device=device)
-            pos = data[pos_idx] + cfg["train.data_noise"] * torch.randn(
-                (batch, *shape), generator=gen, device=device)
-            bank_idx = torch.randperm(bank_size, generator=gen, device=device)[:batch]
-            try:
-                neg = langevin(net, bank[bank_idx], k_mcmc, settings, gen)
-            except NumericalError as exc:
-                raise numerical_stop(f"{exc.message} (update {step})", ckpt_file) from None
-            bank[bank_idx] = neg
-            net.train()
-            e_pos, e_neg = net(pos).mean(), net(neg).mean()
-            loss = e_pos - e_neg
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if not math.isfinite(loss.item()) or not grads_finite(net):
-                raise numerical_stop(f"EBM loss or gradient became NaN/Inf (loss {loss.item()}) "
+            totals, negs = [0.0, 0.0, 0.0], []
+            for s in mine:
+                key = ("ebm-train", step) if shards == 1 else ("ebm-train", step, s)
+                gen = make_generator(device, seed, *key)
+                pos_idx = torch.randint(0, len(data), (part,), generator=gen, device=device)
+                pos = data[pos_idx] + cfg["train.data_noise"] * torch.randn(
+                    (part, *shape), generator=gen, device=device)
+                bank_idx = torch.randperm(len(banks[s]), generator=gen, device=device)[:part]
+                try:
+                    neg, failed = langevin(net, banks[s][bank_idx], k_mcmc, settings, gen), ""
+                except NumericalError as exc:
+                    neg, failed = None, exc.message
+                if ctx.active and D.sum_over_ranks([float(bool(failed))], ctx, device)[0]:
+                    failed = failed or "a Langevin chain of another process produced NaN/Inf"
+                if failed:
+                    raise numerical_stop(f"{failed} (update {step})", ckpt_file) from None
+                banks[s][bank_idx] = neg
+                negs.append(neg)
+                model.train()
+                e_pos, e_neg = model(pos).mean(), model(neg).mean()
+                loss = e_pos - e_neg
+                # one process: mean over the shards by accumulation; torchrun: DDP averages
+                (loss / len(mine) if len(mine) > 1 else loss).backward()
+                totals = [t + v.item() for t, v in zip(totals, (loss, e_pos, e_neg))]
+            gap, mean_pos, mean_neg = (t / shards for t in D.sum_over_ranks(totals, ctx, device))
+            if not math.isfinite(gap) or not grads_finite(net):
+                raise numerical_stop(f"EBM loss or gradient became NaN/Inf (loss {gap}) "
                                      f"at update {step}", ckpt_file)
             opt.step()
             if (step + 1) % cfg["train.log_every"] == 0 or step + 1 == steps:
-                _, g = energy_and_grad(net, neg, "fp32")
-                rec = {"step": step + 1, "energy_gap": loss.item(), "energy_pos": e_pos.item(),
-                       "energy_neg": e_neg.item(),
-                       "langevin_grad_norm": g.flatten(1).norm(dim=1).mean().item(),
+                norms = [energy_and_grad(net, neg, "fp32")[1].flatten(1).norm(dim=1).mean().item()
+                         for neg in negs]
+                rec = {"step": step + 1, "energy_gap": gap, "energy_pos": mean_pos,
+                       "energy_neg": mean_neg,
+                       "langevin_grad_norm": D.sum_over_ranks([sum(norms)], ctx, device)[0]
+                       / shards,
                        "optimizer": type(opt).__name__, "seconds": round(time.time() - t0, 2)}
                 history.append(rec)
-            bar.advance(1, f"gap {loss.item():+.3g}")
+            bar.advance(1, f"gap {gap:+.3g}")
             if (step + 1) % every == 0 and step + 1 < steps:
-                save_checkpoint(ckpt_file, target="ebm", step=step + 1, model=net, optimizer=opt,
-                                tensors={"bank": bank}, state={"history": history},
-                                config=cfg, arch=arch, arch_args=args)
-            if (step + 1) % grid_every == 0 or step + 1 == steps:
-                save_grid(to_public(bank[:64]), out.with_name(out.stem + f".samples-{step + 1:06d}.png"))
+                full = whole_bank()
+                if ctx.is_main:
+                    save_checkpoint(ckpt_file, target="ebm", step=step + 1, model=net,
+                                    optimizer=opt, tensors={"bank": full},
+                                    state={"history": history, "shards": shards}, config=cfg,
+                                    arch=arch, arch_args=args)
+            if ctx.is_main and ((step + 1) % grid_every == 0 or step + 1 == steps):
+                save_grid(to_public(banks[0][:64]),
+                          out.with_name(out.stem + f".samples-{step + 1:06d}.png"))
     extra = {"tau": cfg["langevin.tau"], "temperature": cfg["langevin.temperature"],
              "training": {"updates": steps, "seconds": round(time.time() - t0, 1),
                           "final": history[-1] if history else {}}}
-    if cfg["train.longrun_steps"]:
-        extra["longrun"] = longrun_check(net, data, settings, cfg["train.longrun_steps"], seed,
-                                         out, device)
-    save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
-                  task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
-                  config=cfg, step=steps, extra=extra)
-    finish_energy_run(out, ckpt_file, history, extra, cfg, device, "U", "EBM training")
+    if shards > 1:
+        extra["training"].update(shards=shards, world_size=ctx.world_size)
+    if ctx.is_main:
+        if cfg["train.longrun_steps"]:
+            extra["longrun"] = longrun_check(net, data, settings, cfg["train.longrun_steps"],
+                                             seed, out, device)
+        save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
+                      task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
+                      config=cfg, step=steps, extra=extra)
+        finish_energy_run(out, ckpt_file, history, extra, cfg, device, "U", "EBM training")
+    D.barrier(ctx)  # the other ranks return once rank 0 has written the artifact
     return out
 
 
