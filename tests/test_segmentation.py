@@ -103,11 +103,24 @@ def test_attack_losses_rise_when_prediction_worsens():
     mask = maps("0110", "0110")
     good = torch.stack([1 - mask[0].float(), mask[0].float()])[None] * 6 - 3
     bad = -good
-    for loss in ("ce", "dice", "ce+dice"):
+    for loss in ("ce", "dice", "ce+dice", "segpgd"):
         task = get_task(resolve(None, ["task.name=segmentation",
                                        f"segmentation.attack_loss={loss}"]))
         lo, hi = task.attack_loss(good, mask), task.attack_loss(bad, mask)
         assert lo.shape == (1,) and hi.item() > lo.item() + 0.1, loss
+
+
+def test_segpgd_loss_weights_correct_and_wrong_pixels_by_the_wrong_fraction():
+    import torch.nn.functional as F
+    from ebmctl_segmentation.task import segpgd_loss
+
+    mask = maps("0110")  # 1 x 1 x 4
+    logits = torch.tensor([[[[2.0, -1.0, 1.0, 3.0]], [[0.0, 1.0, -2.0, 0.5]]]])  # 1 x 2 x 1 x 4
+    ce = F.cross_entropy(logits, mask.long(), reduction="none").flatten()
+    # predictions 0 1 0 0 against 0 1 1 0: pixel 2 is wrong, λ = 0.5 * 1/4
+    lam = 0.125
+    want = ((1 - lam) * (ce[0] + ce[1] + ce[3]) + lam * ce[2]) / 4
+    assert torch.allclose(segpgd_loss(logits, mask), want.reshape(1))
 
 
 def test_flip_augmentation_moves_mask_with_image():

@@ -38,7 +38,8 @@ def ebmctl_register_models(register):
 def ebmctl_profile_schema(add):
     # segmentation
     add("segmentation.attack_loss", "str", "ce",
-        "loss the attacker maximises: per-pixel cross-entropy, soft Dice, or both",
+        "loss the attacker maximises: per-pixel cross-entropy, soft Dice, both, or SegPGD's "
+        "correct/wrong-pixel split",
         choices=ATTACK_LOSSES)
     add("segmentation.depth", "int", 3, "poolings of the unet-lite segmenter", minimum=1,
         maximum=6)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ebmctl.api import ConfigError, Task
 from ebmctl_segmentation.metrics import DICE_MODES, dice_ratio_ok, dice_score
 
-ATTACK_LOSSES = ("ce", "dice", "ce+dice")
+ATTACK_LOSSES = ("ce", "dice", "ce+dice", "segpgd")
 
 
 def soft_dice_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -26,6 +26,18 @@ def soft_dice_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     inter = (fg * t).flatten(1).sum(1)
     denom = fg.flatten(1).sum(1) + t.flatten(1).sum(1)
     return 1.0 - 2.0 * inter / (denom + 1.0)
+
+
+def segpgd_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-image SegPGD loss [B] (Gu et al., 2022): cross-entropy of the still-correct pixels
+    weighted 1 − λ and of the already-wrong ones λ. SegPGD grows λ with the attack step; the
+    attack loop does not pass the step, so λ is half the fraction of pixels already wrong: the
+    attacker first pushes on correct pixels (where plain CE is dominated by a few wrong,
+    high-loss pixels) and balances as the prediction flips."""
+    ce = F.cross_entropy(outputs, targets.long(), reduction="none").flatten(1)
+    wrong = (outputs.argmax(1) != targets.long()).flatten(1).float()
+    lam = 0.5 * wrong.mean(1, keepdim=True)
+    return ((1 - lam) * (1 - wrong) * ce + lam * wrong * ce).mean(1)
 
 
 class SegmentationTask(Task):
@@ -77,6 +89,8 @@ class SegmentationTask(Task):
             return self.train_loss_per_example(outputs, targets)
         if self.attack_loss_name == "dice":
             return soft_dice_loss(outputs, targets)
+        if self.attack_loss_name == "segpgd":
+            return segpgd_loss(outputs, targets)
         return self.train_loss_per_example(outputs, targets) + soft_dice_loss(outputs, targets)
 
     # --- scores and the success rule ---------------------------------------------------------
