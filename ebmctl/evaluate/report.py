@@ -257,7 +257,7 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
         report["adversarials_file"] = str(adv_path)
     atomic_write_json(out, report)
     save_curves(out.with_suffix(".png"), curves, "attack step",
-                f"robust {task.metric_name} (worst case over restarts, mean over seeds)",
+                f"robust {task.metric_name}\n(worst restart, mean over seeds)",
                 f"{bundle.name}: {cfg['attack.norm']} eps={attack_radius(cfg):.4g}")
     shutil.rmtree(parts_dir, ignore_errors=True)  # the report now holds every per-image result
     return report
