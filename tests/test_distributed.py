@@ -122,8 +122,8 @@ def test_shard_settings_that_cannot_work_are_one_line_errors(tmp_path):
     assert "Traceback" not in r.output
 
 
-def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(tmp_path,
-                                                                                 monkeypatch):
+def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(
+        tmp_path, monkeypatch, crash_on_call):
     """train.shards=2 in one process: shard s's chains come from bank block s, the artifact
     reloads and records the shards, and a crash + --resume (checkpoint holds every shard) ends
     with the uninterrupted run's weights."""
@@ -154,20 +154,13 @@ def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(t
     assert art.kind == "ebm" and art.config["train"]["shards"] == 2
     assert art.extra["training"]["shards"] == 2 and art.extra["training"]["world_size"] == 1
 
-    calls = {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:  # update 2, shard 1: after the checkpoint at update 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "langevin", crash)
+    monkeypatch.setattr(tr, "langevin", real)
+    restore = crash_on_call(tr, "langevin", 6)  # update 2, shard 1: after the checkpoint at 2
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(KeyboardInterrupt):
         tr.train_ebm(cfg, bundle, out, torch.device("cpu"))
     assert not out.exists() and (tmp_path / "resumed.ckpt.safetensors").exists()
-    monkeypatch.setattr(tr, "langevin", real)
+    restore()
     tr.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
     a, b = art.tensors, load_artifact(out).tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -148,7 +148,7 @@ def test_eot_predict_and_replicate_layout(tmp_path):
     assert torch.allclose(out, d.outputs_of(same).mean(0), atol=1e-5)
 
 
-def test_ebm_training_resume_is_exact(tmp_path, monkeypatch):
+def test_ebm_training_resume_is_exact(tmp_path, crash_on_call):
     import ebmctl.training.ebm as tr
     from ebmctl.testing import tiny_bundle
 
@@ -157,21 +157,12 @@ def test_ebm_training_resume_is_exact(tmp_path, monkeypatch):
                             "train.batch_size=8", "train.bank_size=16", "ebm.channels=4",
                             "langevin.precision=fp32", "train.log_every=1"])
     full = tr.train_ebm(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
-    calls = {"n": 0}
-    real = tr.langevin
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "langevin", crash)
+    restore = crash_on_call(tr, "langevin", 4)
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(KeyboardInterrupt):
         tr.train_ebm(cfg, bundle, out, torch.device("cpu"))
     assert not out.exists() and (tmp_path / "resumed.ckpt.safetensors").exists()
-    monkeypatch.setattr(tr, "langevin", real)
+    restore()
     tr.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
     a, b = load_artifact(full), load_artifact(out)
     assert a.tensors.keys() == b.tensors.keys()

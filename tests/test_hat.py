@@ -131,26 +131,17 @@ def test_training_lowers_data_energy_relative_to_samples(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_reproduces_uninterrupted_run(tmp_path, crash_on_call):
     import ebmctl.training.hat as th
 
     bundle = tiny_bundle(n=48, channels=1, size=8)
     cfg = resolve(None, TINY + ["train.steps=4", "train.checkpoint_every=2"])
     full = th.train_hat(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
-    calls = {"n": 0}
-    real = th.generator_update
-
-    def crash_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(th, "generator_update", crash_on_third)
+    restore = crash_on_call(th, "generator_update", 3)
     with pytest.raises(KeyboardInterrupt):
         th.train_hat(cfg, bundle, tmp_path / "part.safetensors", torch.device("cpu"))
     assert (tmp_path / "part.ckpt.safetensors").exists()
-    monkeypatch.setattr(th, "generator_update", real)
+    restore()
     part = th.train_hat(cfg, bundle, tmp_path / "part.safetensors", torch.device("cpu"),
                         resume=True)
     a = HatModel.load(full, torch.device("cpu")).net.state_dict()
