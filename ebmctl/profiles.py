@@ -165,7 +165,14 @@ def core_schema() -> Schema:
     a("model.lr", "float", 1e-3, "task model learning rate", minimum=0)
     a("model.momentum", "float", 0.9, "SGD momentum", minimum=0, maximum=1)
     a("model.weight_decay", "float", 0.0, "weight decay", minimum=0)
-    a("model.lr_milestones", "float_list", [], "fractions of training where lr drops 10x")
+    a("model.lr_milestones", "float_list", [], "fractions of training where lr drops 10x "
+      "(model.lr_schedule = step)")
+    a("model.channels_last", "bool", False, "train the task model in channels_last memory "
+      "format (about 1.7x faster for ResNet-9 on CPU)")
+    a("model.lr_schedule", "str", "step", "step (drops at model.lr_milestones) | onecycle "
+      "(linear warm-up to model.lr, then linear decay to 0)", choices=("step", "onecycle"))
+    a("model.warmup_fraction", "float", 0.25, "fraction of training spent warming up "
+      "(model.lr_schedule = onecycle)", minimum=0, maximum=1)
     a("model.augment", "bool", False, "random crop (pad 4) + horizontal flip")
     a("model.flip", "bool", True, "horizontal flip in augmentation")
     # ebm

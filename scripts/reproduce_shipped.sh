@@ -14,7 +14,19 @@ PY=${PYTHON:-.venv/bin/python}
 "$EB" train ebm --profile cifar10-ebm --set data.root="$DATA" \
     --out "$OUT/cifar10-ebm.safetensors" --resume
 "$PY" bench/shipped_cifar10.py --ebm "$OUT/cifar10-ebm.safetensors" \
-    --classifier "$OUT/cifar10-classifier.safetensors" --n 64 --steps 15,150,300,1500 \
-    --out docs/shipped
+    --classifier "$OUT/cifar10-classifier.safetensors" --n 200 --steps 20,200,1500 \
+    --defense-steps 100 --eot 8 --out docs/shipped
+# Natural and adversarial accuracy on 200 held-out test images (profile cifar10-attack):
+# undefended PGD + APGD-CE (20 steps), defended BPDA+EOT (5 steps, H_adv 2, K_def 100, H_def 8).
+for E in 2 4 8; do
+    "$EB" attack --profile cifar10-attack --set data.root="$DATA" --undefended-only \
+        -m "$OUT/cifar10-classifier.safetensors" --eps "$E/255" \
+        --set attack.steps=20 --set attack.step_size="$E/1020" \
+        --out "$OUT/attack-undefended-eps$E.json" --resume
+    "$EB" attack --profile cifar10-attack --set data.root="$DATA" --defended-only \
+        -m "$OUT/cifar10-classifier.safetensors" --ebm "$OUT/cifar10-ebm.safetensors" \
+        --eps "$E/255" --set attack.step_size="$E/510" \
+        --out "$OUT/attack-defended-eps$E.json" --resume
+done
 # Copy into the package once the numbers in docs/shipped/shipped-eval.json look right:
 #   cp "$OUT"/cifar10-{ebm,classifier}.safetensors ebmctl/weights/

@@ -61,7 +61,12 @@ def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
     n = min(cfg["attack.n_images"], len(data))
     if n == 0:
         raise ConfigError(f"the {split} split of {bundle.name!r} is empty")
-    return bundle, data.x[:n], data.y[:n]
+    if n == len(data):
+        return bundle, data.x, data.y
+    # A seeded random subset in split order: folder datasets are sorted by class, so a prefix of
+    # the split would hold one or two classes only.
+    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return bundle, data.x[pick], data.y[pick]
 
 
 def method_list(cfg: Config, method: str | None, defended: bool) -> list[str]:

@@ -36,6 +36,18 @@ def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.
     return torch.cat(scores).mean().item() if scores else float("nan")
 
 
+def task_lr(cfg: Config, it: int, total: int, milestones: list[int]) -> float:
+    """Learning rate at iteration ``it`` of ``total``: step drops, or a one-cycle triangle
+    (linear warm-up over ``model.warmup_fraction`` of training, then linear decay to 0)."""
+    peak = cfg["model.lr"]
+    if cfg["model.lr_schedule"] == "onecycle":
+        warm = max(1, round(cfg["model.warmup_fraction"] * total))
+        if it < warm:
+            return peak * (it + 1) / warm
+        return peak * max(0.0, (total - it) / max(1, total - warm))
+    return peak * 0.1 ** sum(it >= m for m in milestones)
+
+
 def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                      device: torch.device, resume: bool = False) -> Path:
     out = Path(out)
@@ -51,6 +63,8 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     task.prepare_model(net, cfg)
     model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels, task.model_kind,
                       task.name).to(device)
+    memory_format = torch.channels_last if cfg["model.channels_last"] else torch.contiguous_format
+    net.to(memory_format=memory_format)
     epochs, bs = cfg["model.epochs"], cfg["model.batch_size"]
     if cfg["model.optimizer"] == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=cfg["model.lr"], momentum=cfg["model.momentum"],
@@ -80,12 +94,13 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
             losses = []
             for i in range(steps_per_epoch):
                 it = epoch * steps_per_epoch + i
-                lr = cfg["model.lr"] * (0.1 ** sum(it >= m for m in milestones))
+                lr = task_lr(cfg, it, total, milestones)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 idx = perm[i * bs:(i + 1) * bs]
                 xb, yb = task.augment(x[idx], y[idx], gen, cfg)
-                loss = task.train_loss(model(xb.to(device)), yb.to(device))
+                xb = xb.to(device).contiguous(memory_format=memory_format)
+                loss = task.train_loss(model(xb), yb.to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if not torch.isfinite(loss) or not grads_finite(net):
@@ -101,6 +116,7 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                 save_checkpoint(ckpt_file, target=task.model_kind, step=epoch + 1, model=net,
                                 optimizer=opt, state={"history": history}, config=cfg,
                                 arch=arch, arch_args=args)
+    net.to(memory_format=torch.contiguous_format)  # artifacts store plain contiguous tensors
     test = evaluate_task_model(model, task, bundle.test.x, bundle.test.y, device)
     data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
             "num_classes": bundle.num_classes, "class_names": bundle.class_names,
