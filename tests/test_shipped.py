@@ -62,8 +62,9 @@ def test_purifying_heldout_images_keeps_accuracy():
     with torch.no_grad():
         clean = (clf(x).argmax(1) == y).float().mean().item()
     # The K_def that `ebmctl purify` uses by default (recorded in the EBM's profile).
-    k = int(load_artifact(DEFAULT_EBM).config["defense"]["steps"])
-    assert k >= int(load_artifact(DEFAULT_EBM).config["train"]["mcmc_steps"])
+    recorded = load_artifact(DEFAULT_EBM).config
+    k = int(recorded["defense"]["steps"])
+    assert k >= int(recorded["train"]["mcmc_steps"])
     purified = energy.purify01(x, k, (0, "test-shipped"))
     with torch.no_grad():
         acc = (clf(purified.clamp(0, 1)).argmax(1) == y).float().mean().item()
