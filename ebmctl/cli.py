@@ -25,6 +25,13 @@ app = typer.Typer(name="ebmctl", no_args_is_help=True, add_completion=False,
                   help="Energy-based model defenses for image models, and honest attacks on them.")
 
 
+def _print_version(value: bool) -> None:
+    # Eager, so that `ebmctl --version` needs no command (a group otherwise demands one first).
+    if value:
+        print(f"ebmctl {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main_options(
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="profile name or path"),
@@ -32,12 +39,10 @@ def main_options(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
     seed: Optional[int] = typer.Option(None, "--seed", help="run seed"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
-    version: bool = typer.Option(False, "--version", help="print the version and exit"),
+    version: bool = typer.Option(False, "--version", help="print the version and exit",
+                                 is_eager=True, callback=_print_version),
 ):
     """Global options apply to every command (a command's own options take precedence)."""
-    if version:
-        print(f"ebmctl {__version__}")
-        raise typer.Exit(0)
     GLOBAL.update(profile=profile, set=set_ or [], device=device, seed=seed, debug=debug)
     from ebmctl.plugins import warn_failures
 
@@ -75,12 +80,17 @@ def run(argv: list[str] | None = None) -> int:
             raise
         print(f"Error: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         return exc.exit_code
-    except click.exceptions.ClickException as exc:
-        exc.show(file=sys.stderr)
+    except (click.exceptions.ClickException, typer.TyperException) as exc:
+        # Typer vendors its own copy of click, whose usage errors (a missing option, an unknown
+        # option or command, a bad value) derive from TyperException rather than click's.
+        if hasattr(exc, "show"):
+            exc.show(file=sys.stderr)
+        else:
+            print(f"Error: {exc.format_message()}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         print("Aborted.", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

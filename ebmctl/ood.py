@@ -116,7 +116,7 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
     n = cfg["ood.n_images"]
     specs = [parse_set(s) for s in (sets if sets is not None else cfg["ood.sets"])]
     if not specs:
-        raise InputError("no out-of-distribution sets given (--set-ood NAME or ood.sets)")
+        raise InputError("no out-of-distribution sets given (--ood NAME or ood.sets)")
     fit = {"data.image_size": model.image_size, "data.channels": model.channels}
     # Load everything before scoring so a bad set fails fast.
     in_bundle = load_dataset(cfg.with_overrides({**fit, "data.max_train": n}, "ood"))
