@@ -178,8 +178,17 @@ def core_schema() -> Schema:
     # ebm
     a("ebm.arch", "str", "lightweight", "EBM architecture")
     a("ebm.channels", "int", 32, "base channels n_f", minimum=1)
-    a("ebm.activation", "str", "leaky_relu", "leaky_relu | silu | softplus | elu")
+    a("ebm.activation", "str", "leaky_relu", "leaky_relu (the thesis) | smooth_leaky (MEFA's "
+      "smoothed leaky ReLU, coefficients ebm.smooth_*) | silu | softplus (β = 10) | elu | relu",
+      choices=("leaky_relu", "smooth_leaky", "silu", "softplus", "elu", "relu"))
     a("ebm.leak", "float", 0.05, "LeakyReLU slope", minimum=0, maximum=1)
+    # smooth_leaky: f(x) = a·x + b·√(x² + c) − d (Du, Hill & Cai 2026, MEFA); slopes a+b (x ≫ √c)
+    # and a−b (x ≪ −√c): the defaults give 1.0 and 0.02, and d = b·√c makes f(0) = 0.
+    a("ebm.smooth_linear", "float", 0.51, "smooth_leaky: a, the coefficient of x")
+    a("ebm.smooth_root", "float", 0.49, "smooth_leaky: b, the coefficient of √(x² + c)")
+    a("ebm.smooth_eps", "float", 1e-4, "smooth_leaky: c under the root; the kink is rounded "
+      "over |x| ≲ √c", minimum=1e-12)
+    a("ebm.smooth_offset", "float", 0.0049, "smooth_leaky: d, subtracted (b·√c gives f(0) = 0)")
     # langevin
     a("langevin.tau", "float", 0.01, "Langevin step size τ (internal [-1,1] units)", minimum=0)
     a("langevin.temperature", "float", 5e-5, "temperature T: drift τ²/(2T)", minimum=1e-12)
@@ -223,7 +232,8 @@ def core_schema() -> Schema:
     a("attack.eps", "fraction", 8 / 255, "radius in [0,1] pixel units", minimum=0, maximum=1)
     a("attack.eps_l2", "fraction", 0.5, "l2 radius used when attack.norm = l2", minimum=0)
     a("attack.step_size", "fraction", 2 / 255, "α in [0,1] pixel units", minimum=0, maximum=1)
-    a("attack.steps", "int", 50, "PGD steps N", minimum=0)
+    a("attack.steps", "int", 50, "PGD steps N (a report flags a curve still falling over its "
+      "last 20% of steps as not converged)", minimum=0)
     a("attack.eot_reps", "int", 15, "H_adv replicates", minimum=1)
     a("attack.restarts", "int", 5, "random restarts", minimum=1)
     a("attack.n_images", "int", 100, "test images to attack", minimum=1)
@@ -322,7 +332,13 @@ def core_schema() -> Schema:
       "come from another dataset (e.g. a CIFAR-10 EBM in front of a segmenter)")
     # attack suite (SPEC §3: issue 4)
     a("attack.methods", "str_list", [], "attacks on the defended model, each reported; the "
-      "headline is their minimum (empty = attack.method)")
+      "headline is the per-image worst case over them (empty = attack.method)")
+    a("attack.step_size_l2", "fraction", 0.0, "α of the l2 attacks, in [0,1] pixel units "
+      "(attack.step_size is the linf step); 0 = eps_l2/4", minimum=0)
+    a("attack.loss", "str", "ce", "loss of the gradient attacks: ce (the task's) | margin | dlr",
+      choices=("ce", "margin", "dlr"))
+    a("attack.sanity_tolerance", "float", 0.02, "tolerance of the sanity checks that compare "
+      "two accuracies (fraction of images)", minimum=0, maximum=1)
     a("attack.gradient", "str", "bpda", "how APGD's gradient passes the purifier",
       choices=("bpda", "full", "smooth"))
     a("attack.smooth_temperature", "float", 0.1, "softplus temperature of the smoothed "

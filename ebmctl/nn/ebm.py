@@ -2,21 +2,77 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any, Mapping
+
 from torch import nn
 import torch
 
-ACTIVATIONS = ("leaky_relu", "silu", "softplus", "elu")
+ACTIVATIONS = ("leaky_relu", "smooth_leaky", "silu", "softplus", "elu", "relu")
+
+#: The smoothed leaky ReLU of Du, Hill & Cai (2026, "Memory Efficient Full-gradient Attacks",
+#: arXiv 2605.06357): f(x) = 0.51·x + 0.49·√(x² + 1e-4) − 0.0049.
+MEFA_SMOOTH_LEAKY = {"linear": 0.51, "root": 0.49, "eps": 1e-4, "offset": 0.0049}
 
 
-def make_activation(name: str, leak: float = 0.05) -> nn.Module:
+class SmoothLeakyReLU(nn.Module):
+    """f(x) = a·x + b·√(x² + c) − d, elementwise; any shape in, the same shape out.
+
+    A leaky ReLU with its kink rounded off over |x| ≲ √c: the slope tends to a + b for
+    x ≫ √c and to a − b for x ≪ −√c, and f''(x) = b·c/(x² + c)^{3/2} > 0 everywhere, so the
+    Hessian of an EBM built from it is not zero almost everywhere (unlike LeakyReLU) and the
+    exact gradient through a Langevin chain differs from BPDA. The defaults are MEFA's
+    (a, b, c, d) = (0.51, 0.49, 1e-4, 0.0049): slopes 1.0 and 0.02, and d = b·√c so f(0) = 0.
+
+    A module of its own, not an ``nn.LeakyReLU`` subclass, so the smoothed-backward attack's
+    ``smoothed_copy`` (which swaps out LeakyReLU/ReLU modules) leaves it as it is. The
+    coefficients are plain floats, not buffers: the state dict is the same as a LeakyReLU
+    network's and the artifact's ``arch_args`` carry the coefficients.
+    """
+
+    def __init__(self, linear: float = 0.51, root: float = 0.49, eps: float = 1e-4,
+                 offset: float = 0.0049):
+        super().__init__()
+        if eps <= 0:
+            raise ValueError(f"smooth_leaky eps must be > 0 (got {eps}); eps = 0 is LeakyReLU")
+        self.linear, self.root, self.eps, self.offset = (float(linear), float(root), float(eps),
+                                                         float(offset))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear * x + self.root * torch.sqrt(x * x + self.eps) - self.offset
+
+    def extra_repr(self) -> str:
+        return (f"linear={self.linear}, root={self.root}, eps={self.eps}, offset={self.offset} "
+                f"(slopes {self.linear + self.root:g} / {self.linear - self.root:g}, "
+                f"kink width {math.sqrt(self.eps):.3g})")
+
+
+def smooth_leaky_args(cfg: Mapping[str, Any] | Any) -> dict:
+    """``{"smooth_leaky": {...}}`` from the profile's ``ebm.smooth_*`` keys when
+    ``ebm.activation = "smooth_leaky"``, else ``{}`` (other activations' arch args stay as they
+    were, so their artifacts and checkpoints are unchanged)."""
+    if cfg["ebm.activation"] != "smooth_leaky":
+        return {}
+    return {"smooth_leaky": {k: float(cfg[f"ebm.smooth_{k}"]) for k in MEFA_SMOOTH_LEAKY}}
+
+
+def make_activation(name: str, leak: float = 0.05,
+                    smooth_leaky: Mapping[str, float] | None = None) -> nn.Module:
+    """The activation module ``name``. ``leak`` is LeakyReLU's negative slope; ``smooth_leaky``
+    holds :class:`SmoothLeakyReLU`'s coefficients (default: MEFA's). ``softplus`` is
+    log(1 + e^{10x})/10 (β = 10: a ReLU rounded over |x| ≲ 0.1)."""
     if name == "leaky_relu":
         return nn.LeakyReLU(leak)
+    if name == "smooth_leaky":
+        return SmoothLeakyReLU(**{**MEFA_SMOOTH_LEAKY, **(smooth_leaky or {})})
     if name == "silu":
         return nn.SiLU()
     if name == "softplus":
         return nn.Softplus(beta=10.0)
     if name == "elu":
         return nn.ELU()
+    if name == "relu":
+        return nn.ReLU()
     raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
 
 
@@ -28,19 +84,23 @@ class LightweightEBM(nn.Module):
     """The thesis' lightweight ConvNet EBM (SPEC §1.6.1): conv3×3, then stride-2 conv4×4 layers
     doubling the width, then a final conv whose kernel covers the remaining map. No linear layers
     and no normalisation; on larger inputs the energy is the sum over the output map.
-    At 32×32×3 with ``channels=32`` it has 693,569 parameters.
+    At 32×32×3 with ``channels=32`` it has 693,569 parameters. Input [B, C, H, W] in [-1, 1],
+    output U(x) [B]. ``activation`` is one of :data:`ACTIVATIONS` (the thesis: ``leaky_relu``
+    with ``leak`` 0.05; ``smooth_leaky`` with coefficients ``smooth_leaky`` is MEFA's smooth EBM).
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, channels: int = 32,
-                 activation: str = "leaky_relu", leak: float = 0.05, n_down: int | None = None):
+                 activation: str = "leaky_relu", leak: float = 0.05, n_down: int | None = None,
+                 smooth_leaky: dict | None = None):
         super().__init__()
         if n_down is None:
             n_down = 3 if image_size >= 32 else 2 if image_size >= 8 else 1
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, 1, 1),
-                                   make_activation(activation, leak)]
+                                   make_activation(activation, leak, smooth_leaky)]
         size, width = image_size, channels
         for _ in range(n_down):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1), make_activation(activation, leak)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1),
+                       make_activation(activation, leak, smooth_leaky)]
             width *= 2
             size = _conv_out(size, 4, 2, 1)
         if size < 1:

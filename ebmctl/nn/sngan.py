@@ -18,15 +18,13 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from ebmctl.nn.ebm import ACTIVATIONS, make_activation
 
-SNGAN_ACTIVATIONS = ("relu", *ACTIVATIONS)
+SNGAN_ACTIVATIONS = ACTIVATIONS
 
 
-def _activation(name: str) -> nn.Module:
-    if name == "relu":
-        return nn.ReLU()
+def _activation(name: str, smooth_leaky: dict | None = None) -> nn.Module:
     if name not in SNGAN_ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose from {', '.join(SNGAN_ACTIVATIONS)}")
-    return make_activation(name)
+    return make_activation(name, smooth_leaky=smooth_leaky)
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -116,12 +114,12 @@ class DiscStem(nn.Module):
     """SNGAN 'optimized' first block: conv3×3 → act → conv3×3 → avg-pool, shortcut
     avg-pool → conv1×1 (no activation before the first conv: the input is an image)."""
 
-    def __init__(self, cin: int, cout: int, sn: bool, act: str):
+    def __init__(self, cin: int, cout: int, sn: bool, act: str, smooth_leaky: dict | None = None):
         super().__init__()
         self.conv1 = _sn(nn.Conv2d(cin, cout, 3, 1, 1), sn)
         self.conv2 = _sn(nn.Conv2d(cout, cout, 3, 1, 1), sn)
         self.shortcut = _sn(nn.Conv2d(cin, cout, 1), sn)
-        self.act = _activation(act)
+        self.act = _activation(act, smooth_leaky)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.avg_pool2d(self.conv2(self.act(self.conv1(x))), 2)
@@ -132,14 +130,15 @@ class DiscBlock(nn.Module):
     """act → conv3×3 → act → conv3×3 (→ avg-pool), shortcut conv1×1 (→ avg-pool) when the
     block downsamples or changes width, identity otherwise."""
 
-    def __init__(self, cin: int, cout: int, downsample: bool, sn: bool, act: str):
+    def __init__(self, cin: int, cout: int, downsample: bool, sn: bool, act: str,
+                 smooth_leaky: dict | None = None):
         super().__init__()
         self.downsample = downsample
         self.conv1 = _sn(nn.Conv2d(cin, cout, 3, 1, 1), sn)
         self.conv2 = _sn(nn.Conv2d(cout, cout, 3, 1, 1), sn)
         self.shortcut = (_sn(nn.Conv2d(cin, cout, 1), sn) if (downsample or cin != cout)
                          else nn.Identity())
-        self.act1, self.act2 = _activation(act), _activation(act)
+        self.act1, self.act2 = _activation(act, smooth_leaky), _activation(act, smooth_leaky)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv2(self.act2(self.conv1(self.act1(x))))
@@ -158,20 +157,22 @@ class SNGANDiscriminatorEBM(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 128,
-                 spectral_norm: bool = True, activation: str = "relu", pool: str = "sum"):
+                 spectral_norm: bool = True, activation: str = "relu", pool: str = "sum",
+                 smooth_leaky: dict | None = None):
         super().__init__()
         if pool not in ("sum", "mean"):
             raise ValueError(f"pool must be 'sum' or 'mean', got {pool!r}")
         if image_size < 4:
             raise ValueError(f"image_size {image_size} is too small (needs at least 4)")
         self.pool = pool
-        self.stem = DiscStem(in_channels, width, spectral_norm, activation)
+        sl = smooth_leaky  # coefficients of activation = "smooth_leaky" (see ebmctl.nn.ebm)
+        self.stem = DiscStem(in_channels, width, spectral_norm, activation, sl)
         self.blocks = nn.Sequential(
-            DiscBlock(width, width, True, spectral_norm, activation),
-            DiscBlock(width, width, False, spectral_norm, activation),
-            DiscBlock(width, width, False, spectral_norm, activation),
+            DiscBlock(width, width, True, spectral_norm, activation, sl),
+            DiscBlock(width, width, False, spectral_norm, activation, sl),
+            DiscBlock(width, width, False, spectral_norm, activation, sl),
         )
-        self.act = _activation(activation)
+        self.act = _activation(activation, sl)
         self.head = _sn(nn.Linear(width, 1, bias=False), spectral_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

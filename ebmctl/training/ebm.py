@@ -18,6 +18,7 @@ from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
+from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
@@ -46,7 +47,7 @@ def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
         return any_ebm_args(cfg, bundle)
     return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
                   "channels": cfg["ebm.channels"], "activation": cfg["ebm.activation"],
-                  "leak": cfg["ebm.leak"]}
+                  "leak": cfg["ebm.leak"], **smooth_leaky_args(cfg)}
 
 
 def init_bank(kind: str, n: int, shape: tuple, data: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

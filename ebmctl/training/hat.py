@@ -32,6 +32,7 @@ from ebmctl.console import info, progress_bar
 from ebmctl.errors import ArtifactError, ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
 from ebmctl.hat import HatSettings, hat_langevin, initial_state
+from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.hat import HatEBM
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
@@ -58,7 +59,7 @@ def hat_net_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
     args: dict = {"in_channels": bundle.channels, "image_size": bundle.image_size}
     if arch == "lightweight":
         args.update(channels=cfg["hat.width"], activation=cfg["ebm.activation"],
-                    leak=cfg["ebm.leak"])
+                    leak=cfg["ebm.leak"], **smooth_leaky_args(cfg))
     else:
         args.update(width=cfg["hat.width"], spectral_norm=False)
     return arch, args

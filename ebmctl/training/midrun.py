@@ -24,6 +24,7 @@ from ebmctl.console import info, progress_bar
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
+from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.sngan import project_to_sphere
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
@@ -136,7 +137,8 @@ def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
     if arch == "sngan-ebm":
         return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
                       "width": cfg["ebm.channels"], "spectral_norm": cfg["ebm.spectral_norm"],
-                      "activation": cfg["ebm.activation"], "pool": cfg["ebm.pool"]}
+                      "activation": cfg["ebm.activation"], "pool": cfg["ebm.pool"],
+                      **smooth_leaky_args(cfg)}
     from ebmctl.training.ebm import ebm_arch_args as convergent_args
 
     return convergent_args(cfg, bundle)
