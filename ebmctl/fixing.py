@@ -20,6 +20,7 @@ from torch import nn
 
 from ebmctl.artifacts import atomic_write_json, load_model, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
+from ebmctl.data_utils import pick_subset
 from ebmctl.defense import EnergyModel, TaskModel, adapt_images
 from ebmctl.errors import ArtifactError, ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
@@ -312,12 +313,9 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
     purify_kw = dict(batch=cfg["fix.purify_batch"], precision=precision,
                      chunk_size=cfg["langevin.chunk_size"], clamp=cfg["defense.clamp"],
                      device=device)
-    train_x = bundle.train.x
-    if cfg["fix.max_images"]:
-        train_x = train_x[:cfg["fix.max_images"]]
-    val_x, val_y = bundle.val.x, bundle.val.y
-    if cfg["fix.val_images"]:
-        val_x, val_y = val_x[:cfg["fix.val_images"]], val_y[:cfg["fix.val_images"]]
+    train_x = pick_subset(bundle.train, cfg["fix.max_images"]).x
+    val = pick_subset(bundle.val, cfg["fix.val_images"])
+    val_x, val_y = val.x, val.y
     if len(train_x) == 0 or len(val_x) == 0:
         raise ConfigError(f"dataset {bundle.name!r} needs training and validation images to "
                           "train a fixer (check data.val_fraction)")

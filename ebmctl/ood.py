@@ -106,6 +106,7 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
     from ebmctl.artifacts import atomic_write_json
     from ebmctl.console import progress_bar
     from ebmctl.context import environment, load_dataset
+    from ebmctl.data_utils import pick_subset
     from ebmctl.evaluate.plots import save_histograms
     from ebmctl.hat import HatModel
     from ebmctl.synthesis import config_for_model, load_energy_model
@@ -120,12 +121,13 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
     fit = {"data.image_size": model.image_size, "data.channels": model.channels}
     # Load everything before scoring so a bad set fails fast.
     in_bundle = load_dataset(cfg.with_overrides({**fit, "data.max_train": n}, "ood"))
-    in_x = evaluation_split(in_bundle).x[:n]
+    in_x = pick_subset(evaluation_split(in_bundle), n).x
     ood_x = {}
     for name, root in specs:
         over = {**fit, "data.dataset": name, "data.root": root, "data.max_train": n}
         label = name if name not in ood_x else f"{name}={root}"
-        ood_x[label] = evaluation_split(load_dataset(cfg.with_overrides(over, "ood"))).x[:n]
+        ood_x[label] = pick_subset(evaluation_split(load_dataset(cfg.with_overrides(over, "ood"))),
+                                   n).x
     with progress_bar(1 + len(ood_x), "ood energies") as bar:
         e_in = energies(model.energy01, in_x, device)
         bar.advance(1)

@@ -13,6 +13,7 @@ import torch
 from ebmctl.artifacts import atomic_write_json, read_header
 from ebmctl.console import info
 from ebmctl.context import environment, load_dataset
+from ebmctl.data_utils import pick_subset
 from ebmctl.defense import EnergyModel, TaskModel
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ArtifactError, ConfigError
@@ -125,8 +126,9 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
         extractors["fid_inception"] = inception_features(cfg["quality.fid_features"], device)
     if extractors:
         test = bundle.test if len(bundle.test) else bundle.val
-        ref = test.x[:cfg["quality.n_reference"]]
-        floor = bundle.val.x[:n] if (bundle.test is test and len(bundle.val) >= 2) else None
+        ref = pick_subset(test, cfg["quality.n_reference"]).x
+        floor = (pick_subset(bundle.val, n).x if (bundle.test is test and len(bundle.val) >= 2)
+                 else None)
         report["quality"] = quality_report({k: v.clamp(0, 1) for k, v in sets.items()}, ref,
                                            extractors, device, floor)
         report["quality_note"] = (

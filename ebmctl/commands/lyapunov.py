@@ -29,6 +29,7 @@ def lyapunov_cmd(
     from ebmctl.artifacts import atomic_write_json
     from ebmctl.console import info, out_console, progress_bar
     from ebmctl.context import environment, get_task, load_dataset, setup_device
+    from ebmctl.data_utils import pick_subset
     from ebmctl.defense import EnergyModel, TaskModel
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.plots import save_grid
@@ -67,7 +68,7 @@ def lyapunov_cmd(
               "config": cfg.to_dict()}
     written = []
     if exponent:
-        x01 = data.x[:cfg["lyapunov.n_images"]].to(dev)
+        x01 = pick_subset(data, cfg["lyapunov.n_images"]).x.to(dev)
         report, samples = ly.exponent_report(cfg, energy, x01, progress_factory=progress_bar)
         report = {**common, **report}
         atomic_write_json(out, report)
@@ -78,9 +79,9 @@ def lyapunov_cmd(
         written += [out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png")]
         _print_exponents(out_console(), report)
     if checks:
-        n = min(cfg["lyapunov.memory_images"], len(data))
-        mem = ly.memory_report(cfg, energy, task, task_model, data.x[:n].to(dev),
-                               data.y[:n].to(dev), dev, progress_factory=progress_bar)
+        held = pick_subset(data, cfg["lyapunov.memory_images"])
+        mem = ly.memory_report(cfg, energy, task, task_model, held.x.to(dev), held.y.to(dev), dev,
+                               progress_factory=progress_bar)
         mem = {**common, "model": str(model), **mem}
         mem_out = out.with_name(out.stem + ".memory.json")
         atomic_write_json(mem_out, mem)

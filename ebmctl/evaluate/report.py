@@ -61,12 +61,10 @@ def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
     n = min(cfg["attack.n_images"], len(data))
     if n == 0:
         raise ConfigError(f"the {split} split of {bundle.name!r} is empty")
-    if n == len(data):
-        return bundle, data.x, data.y
-    # A seeded random subset in split order: folder datasets are sorted by class, so a prefix of
-    # the split would hold one or two classes only.
-    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return bundle, data.x[pick], data.y[pick]
+    from ebmctl.data_utils import pick_subset
+
+    held = pick_subset(data, n)
+    return bundle, held.x, held.y
 
 
 def method_list(cfg: Config, method: str | None, defended: bool) -> list[str]:

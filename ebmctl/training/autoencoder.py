@@ -16,6 +16,7 @@ import torch
 
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
+from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.nn.sngan import Encoder, SNGANGenerator, project_to_sphere
@@ -23,6 +24,10 @@ from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
 from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
+
+
+#: Held-out images of the reconstruction figure.
+HELD_OUT_IMAGES = 512
 
 
 def encoder_path(out: Path) -> Path:
@@ -53,7 +58,8 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
     except ValueError as exc:
         raise ConfigError(f"cannot build the autoencoder for {size}x{size} images: {exc}") from None
     data = to_internal(bundle.train.x).to(device)
-    held = to_internal((bundle.val if len(bundle.val) else bundle.test).x[:512]).to(device)
+    held_split = bundle.val if len(bundle.val) else bundle.test
+    held = to_internal(pick_subset(held_split, HELD_OUT_IMAGES).x).to(device)
     steps, batch, scale = (cfg["autoencoder.steps"], cfg["autoencoder.batch_size"],
                            cfg["autoencoder.mse_scale"])
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg["autoencoder.lr"],
