@@ -31,6 +31,7 @@ from ebmctl.errors import (
     PluginError,
 )
 from ebmctl.hookspecs import hookimpl
+from ebmctl.images import announce_image_notes, read_image01, read_label_map
 from ebmctl.profiles import Config
 from ebmctl.protocols import DataRequest, DatasetBundle, DatasetSpec, ModelSpec, Split, Task
 from ebmctl.seeds import derive_seed, make_generator
@@ -44,4 +45,5 @@ __all__ = [
     "hookimpl", "load_artifact", "load_image_folder", "make_bundle", "make_generator",
     "project", "random_start", "save_artifact", "save_grid", "save_image01",
     "split_indices",
+    "announce_image_notes", "read_image01", "read_label_map",
 ]

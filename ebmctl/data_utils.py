@@ -72,8 +72,10 @@ def make_bundle(name: str, x: torch.Tensor, y: torch.Tensor, request: DataReques
 
 
 def load_image_folder(root: str | Path, max_per_class: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Read ``root/<class>/<image>`` into uint8-derived float tensors in [0,1]."""
-    from PIL import Image
+    """Read ``root/<class>/<image>`` into uint8-derived float tensors in [0,1] (through
+    :mod:`ebmctl.images`, like every image reader: first frame, EXIF orientation, 16-bit
+    scaled by mode)."""
+    from ebmctl.images import announce_image_notes, image_array, open_image
 
     root = Path(root)
     if not root.is_dir():
@@ -81,18 +83,16 @@ def load_image_folder(root: str | Path, max_per_class: int = 0) -> tuple[torch.T
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         raise InputError(f"no class folders in {root} (expected root/<class>/<image>)")
-    arrays, labels = [], []
+    arrays, labels, notes = [], [], []
     for ci, c in enumerate(classes):
         files = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if max_per_class:
             files = files[:max_per_class]
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    arrays.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-            except Exception as exc:
-                raise InputError(f"cannot read image {f}: {exc}") from None
+            arrays.append(image_array(open_image(f, notes), 3, f.name, notes))
             labels.append(ci)
+    # RGB files need no conversion; anything else is summarised once per kind.
+    announce_image_notes(notes, root)
     if not arrays:
         raise InputError(f"no images found under {root}")
     shapes = {a.shape for a in arrays}

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmctl.api import IMAGE_EXTENSIONS, DataRequest, DatasetSpec, InputError, make_bundle
+from ebmctl.api import (
+    IMAGE_EXTENSIONS,
+    DataRequest,
+    DatasetSpec,
+    InputError,
+    announce_image_notes,
+    make_bundle,
+    read_image01,
+    read_label_map,
+)
 
 SHAPES = ("disc", "square", "triangle")
 #: Oxford-IIIT Pet trimap values: 1 = pet, 2 = background, 3 = border (undecided).
@@ -90,32 +99,12 @@ def load_shapes_bundle(req: DataRequest):
 
 # --- reading masks ------------------------------------------------------------------------------
 
-def _read_rgb(path: Path, size: int) -> torch.Tensor:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size:
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except Exception as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
-
-
-def _read_mask(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
-                im = im.convert("L")
-            if size:
-                im = im.resize((size, size), Image.NEAREST)  # labels: never interpolate
-            return np.asarray(im).astype(np.int64)
-    except Exception as exc:
-        raise InputError(f"cannot read mask {path}: {exc}") from None
+def _read_pair(img: Path, mask: Path, size: int, notes: list[str]):
+    """An image [3,H,W] in [0,1] and its label map [H,W], read the way every ebmctl reader
+    reads files (first frame, EXIF orientation, 16-bit by mode); the mask keeps its values and
+    turns with its image."""
+    return (read_image01(img, 3, size=size, notes=notes),
+            read_label_map(mask, img, size=size, notes=notes))
 
 
 def _stack(images: list[torch.Tensor], masks: list[np.ndarray], where: Path):
@@ -165,14 +154,16 @@ def load_pets_bundle(req: DataRequest):
     def read(names: list[str]):
         if per_split:
             names = names[:per_split]
-        xs, ys = [], []
+        xs, ys, notes = [], [], []
         for stem in names:
             img = images / f"{stem}.jpg"
             tri = trimaps / f"{stem}.png"
             if not img.exists() or not tri.exists():
                 raise InputError(f"Oxford-IIIT Pet: missing {img.name} or its trimap {tri.name}")
-            xs.append(_read_rgb(img, size))
-            ys.append(trimap_to_mask(_read_mask(tri, size), mode))
+            x, t = _read_pair(img, tri, size, notes)
+            xs.append(x)
+            ys.append(trimap_to_mask(t, mode))
+        announce_image_notes(notes, root)
         if not xs:
             raise InputError(f"no Oxford-IIIT Pet images found under {root}")
         return _stack(xs, ys, root)
@@ -213,10 +204,12 @@ def load_maskfolder_bundle(req: DataRequest):
     size = req.image_size
 
     def read(folder: Path):
-        xs, ys = [], []
+        xs, ys, notes = [], [], []
         for img, mask in _pairs(folder):
-            xs.append(_read_rgb(img, size))
-            ys.append(_read_mask(mask, size))
+            x, m = _read_pair(img, mask, size, notes)
+            xs.append(x)
+            ys.append(m)
+        announce_image_notes(notes, folder)
         return _stack(xs, ys, folder)
 
     train_dir = root / "train" if (root / "train").is_dir() else root
