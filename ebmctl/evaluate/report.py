@@ -81,12 +81,19 @@ def method_list(cfg: Config, method: str | None, defended: bool) -> list[str]:
     return names
 
 
-def _fingerprint(cfg: Config, model_path: Path, ebm_path: Path | None) -> str:
+def _fingerprint(cfg: Config, model_path: Path, ebm_path: Path | None,
+                 fixer_path: Path | None = None) -> str:
+    """What a resumed evaluation must share with the one that wrote its parts: the profile and
+    the contents (not the paths) of every model that shapes the result, so a model rewritten
+    in place is noticed and one moved elsewhere is not."""
+    from ebmctl.artifacts import file_digest
+
     d = cfg.to_dict()
     d.get("run", {}).pop("out_dir", None)
     d.get("run", {}).pop("threads", None)
     d.get("run", {}).pop("device", None)
-    blob = json.dumps({"cfg": d, "model": str(model_path), "ebm": str(ebm_path or "")},
+    models = {"model": model_path, "ebm": ebm_path, "fixer": fixer_path}
+    blob = json.dumps({"cfg": d, **{k: file_digest(p) if p else "" for k, p in models.items()}},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -175,7 +182,8 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
     seeds = cfg["attack.seeds"] or [cfg["run.seed"]]
     out = Path(out)
     parts_dir = out.with_name(out.stem + ".parts")
-    fingerprint = _fingerprint(cfg, model_path, ebm_path if defended else None)
+    fingerprint = _fingerprint(cfg, model_path, ebm_path if defended else None,
+                               fixer_path if defended else None)
     if resume and not parts_dir.exists():
         info(f"--resume: no partial results in {parts_dir}; starting from scratch")
     report: dict = {
