@@ -213,8 +213,8 @@ def core_schema() -> Schema:
     a("train.adam_beta2", "float", 0.999, "Adam β2", minimum=0, maximum=1)
     a("train.checkpoint_every", "int", 1000, "updates between checkpoints", minimum=1)
     a("train.log_every", "int", 50, "updates between log lines", minimum=1)
-    a("train.longrun_steps", "int", 0, "Langevin steps of the final long-run check (0 = skip)",
-      minimum=0)
+    a("train.longrun_steps", "int", 0, "older name of train.health_horizon (used when that "
+      "is 0)", minimum=0)
     a("train.shards", "int", 1, "data-parallel shards of convergent EBM training: the bank "
       "splits into this many contiguous blocks and each update's batch into as many parts, each "
       "with its own random stream and the loss averaged; under torchrun one shard per process "
@@ -315,8 +315,15 @@ def core_schema() -> Schema:
       "train.lr_drop_factor (SPEC §4.4: [50000, 75000, 100000, 125000])")
     a("train.lr_drop_factor", "float", 0.1, "lr factor at each of train.lr_drops", minimum=0,
       maximum=1)
-    a("train.health_chains", "int", 64, "held-out images the final long-run check starts from",
-      minimum=1)
+    a("train.health_chains", "int", 64, "held-out images the end-of-run health check starts "
+      "chains from (0 = skip the check)", minimum=0)
+    a("train.health_horizon", "int", 0, "long-run horizon L (Langevin steps) at which the "
+      "end-of-run health verdict is decided; chains also stop at K and K_def = defense.steps "
+      "(0 = the longest of 10·K, defense.steps and, for the mid-run recipe, "
+      "train.target_horizon)", minimum=0)
+    a("train.health_classifier", "str", "", "classifier artifact for label survival in the "
+      "health check (share of chains keeping their start image's label at K, K_def and L); "
+      "empty = not measured")
     a("ebm.spectral_norm", "bool", True, "spectral normalisation in the SNGAN EBM")
     a("ebm.pool", "str", "sum", "SNGAN EBM global pooling: sum | mean", choices=("sum", "mean"))
     a("autoencoder.latent_dim", "int", 128, "latent size m (projected to the sphere of radius √m)",

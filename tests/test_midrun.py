@@ -102,7 +102,9 @@ def test_midrun_training_logs_rate_and_health(tmp_path):
     assert training["rejuv_source"] == "data"
     assert [h["lr"] for h in training["history"]] == pytest.approx([1e-4, 1e-5, 1e-5])
     health = art.extra["health"]
-    assert health["short"]["steps"] == 4 and health["long"]["steps"] == 40
+    # the verdict is decided at K_def = defense.steps (1500 by default), not at 10·K = 40
+    assert health["short"]["steps"] == 4 and health["long"]["steps"] == 1500
+    assert health["decided_at"] == 1500 and "at 1500 Langevin steps" in health["verdict"]
     assert isinstance(health["convergent"], bool)
     for key in ("short", "long"):
         assert (tmp_path / health[key]["grid"]).exists()

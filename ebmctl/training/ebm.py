@@ -7,7 +7,6 @@ uninterrupted one exactly.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from ebmctl.training.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from ebmctl.training.health import load_health_classifier, run_health_check
 from ebmctl.units import to_internal, to_public
 
 
@@ -90,6 +90,7 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     out = Path(out)
     ckpt_file = checkpoint_path(out)
     arch, args = ebm_arch_args(cfg, bundle)
+    health_model = load_health_classifier(cfg, device) if ctx.is_main else None  # fail early
     seed = cfg["run.seed"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "ebm-init"))  # initial weights depend on the seed only
@@ -206,9 +207,9 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     if shards > 1:
         extra["training"].update(shards=shards, world_size=ctx.world_size)
     if ctx.is_main:
-        if cfg["train.longrun_steps"]:
-            extra["longrun"] = longrun_check(net, data, settings, cfg["train.longrun_steps"],
-                                             seed, out, device)
+        health = run_health_check(net, cfg, bundle, settings, device, out, health_model)
+        if health is not None:
+            extra["health"] = health
         save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
                       task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
                       config=cfg, step=steps, extra=extra)
@@ -216,14 +217,3 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     D.barrier(ctx)  # the other ranks return once rank 0 has written the artifact
     return out
 
-
-def longrun_check(net, data, settings, steps, seed, out: Path, device) -> dict:
-    """Samples after many more steps than training used, from data: do they stay in range?"""
-    gen = make_generator(device, seed, "longrun")
-    x0 = data[torch.randperm(len(data), generator=gen, device=device)[:64]]
-    x = langevin(net, x0, steps, settings, gen)
-    save_grid(to_public(x), out.with_name(out.stem + f".longrun-{steps}.png"))
-    outside = (x.abs() > 1.0).float().mean().item()
-    return {"steps": steps, "fraction_outside_range": round(outside, 4),
-            "mean_abs_change": round((x - x0).abs().mean().item(), 4),
-            "convergent_hint": json.dumps(outside < 0.05)}

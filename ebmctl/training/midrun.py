@@ -39,7 +39,11 @@ from ebmctl.training.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from ebmctl.training.health import longrun_health, parameter_grad_norm
+from ebmctl.training.health import (
+    load_health_classifier,
+    parameter_grad_norm,
+    run_health_check,
+)
 from ebmctl.units import to_internal, to_public
 
 RECIPES = ("convergent", "midrun")
@@ -154,6 +158,7 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
     except ValueError as exc:
         raise ConfigError(f"cannot build EBM {arch!r}: {exc}") from None
     seed = cfg["run.seed"]
+    health_model = load_health_classifier(cfg, device)  # a bad path fails before training
     data = to_internal(bundle.train.x).to(device)
     shape = tuple(data.shape[1:])
     steps, k_mcmc, batch = cfg["train.steps"], cfg["train.mcmc_steps"], cfg["train.batch_size"]
@@ -246,16 +251,9 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
                      "rejuv_rate": counts["rejuvenated"] / max(1, counts["updated"]),
                      "final": history[-1] if history else {}, "history": history},
     }
-    long_steps = cfg["train.longrun_steps"] or 10 * k_mcmc
-    held_out = bundle.val if len(bundle.val) else bundle.train
-    # A seeded random subset: splits are sorted, so a prefix would be one or two classes.
-    pick = torch.randperm(len(held_out), generator=make_generator("cpu", seed, "health-pick"))
-    starts = to_internal(held_out.x[pick[:cfg["train.health_chains"]]]).to(device)
-    health = longrun_health(net, starts, k_mcmc, long_steps, settings,
-                            make_generator(device, seed, "health"), out)
-    extra["health"] = health
-    if not health["convergent"]:
-        info("warning: learning looks non-convergent: " + "; ".join(health["reasons"]))
+    health = run_health_check(net, cfg, bundle, settings, device, out, health_model)
+    if health is not None:
+        extra["health"] = health
     save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
                   task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
                   config=cfg, step=steps, extra=extra)
