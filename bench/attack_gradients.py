@@ -21,9 +21,8 @@ from pathlib import Path
 def one(args) -> dict:
     import torch
 
-    from ebmctl.attacks.chain import eot_gradient
+    from ebmctl.attacks.gradients import eot_gradient
     from ebmctl.defense import Defense, EnergyModel, TaskModel
-    from ebmctl.evaluate.attack_eval import CountingDefense
     from ebmctl.nn.ebm import LightweightEBM
     from ebmctl_classification.models import SmallCNN
     from ebmctl_classification.task import ClassificationTask
@@ -36,7 +35,7 @@ def one(args) -> dict:
                       args.size, args.channels)
     clf = TaskModel(SmallCNN(args.channels, 10, 32, args.size), image_size=args.size,
                     channels=args.channels).to(dev).eval()
-    defense: Defense = CountingDefense(clf, ebm, steps=args.k, reps=args.reps)
+    defense = Defense(clf, ebm, steps=args.k, reps=args.reps)
     g = torch.Generator(device=dev).manual_seed(0)
     images = max(1, args.rows // args.reps)
     x = torch.rand(images, args.channels, args.size, args.size, generator=g, device=dev)

@@ -11,7 +11,7 @@ from ebmctl.artifacts import (
     save_artifact,
 )
 from ebmctl.attacks.base import Attack, AttackOutcome
-from ebmctl.attacks.pgd import IterativeAttack
+from ebmctl.attacks.loop import IterativeAttack, SteppedAttack
 from ebmctl.attacks.threat import ascent_step, project, random_start
 from ebmctl.data_utils import (
     IMAGE_EXTENSIONS,
@@ -40,7 +40,7 @@ __all__ = [
     "Artifact", "ArtifactError", "Attack", "AttackOutcome", "Config", "ConfigError",
     "DataRequest", "DatasetBundle", "DatasetSpec", "Defense", "EbmctlError", "EnergyModel",
     "IMAGE_EXTENSIONS", "InputError", "IterativeAttack", "ModelSpec", "NotAvailableError",
-    "NumericalError", "PluginError", "Split", "Task", "TaskModel", "adapt_images",
+    "NumericalError", "PluginError", "Split", "SteppedAttack", "Task", "TaskModel", "adapt_images",
     "ascent_step", "atomic_path", "atomic_write_json", "average_outputs", "derive_seed",
     "hookimpl", "load_artifact", "load_image_folder", "make_bundle", "make_generator",
     "project", "random_start", "save_artifact", "save_grid", "save_image01",

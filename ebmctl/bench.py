@@ -331,7 +331,8 @@ def attack_bench(device: torch.device, *, mode: str = "bpda", n_images: int = 8,
     ``mode="full"`` differentiates through the K-step chain with segment checkpointing
     (√K segments by default); the peak is then what the checkpointing bounds. On CUDA the peak
     is the allocator's; on CPU (Linux) the peak RSS above the RSS before the timed steps."""
-    from ebmctl.attacks.chain import auto_segment, eot_gradient, margin_loss
+    from ebmctl.attacks.gradients import auto_segment, eot_gradient
+    from ebmctl.attacks.losses import margin_loss
 
     settings = tuned_settings(device)
     defense = _small_defense(device, image_size, channels, width, steps, reps, settings)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ebmctl.attacks.apgd import APGD, APGDDLR
-from ebmctl.attacks.engine import FullGradientEOT, SmoothedGradientEOT
-from ebmctl.attacks.pgd import FGSM, PGD, BPDAEOT
+from ebmctl.attacks.bpda_eot import BPDAEOT
+from ebmctl.attacks.full_eot import FullGradientEOT, SmoothedGradientEOT
+from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
 from ebmctl.hookspecs import hookimpl

@@ -135,10 +135,14 @@ def average_outputs(outputs: torch.Tensor, mode: str = "logits") -> torch.Tensor
 
 
 class Defense:
-    """The EOT defense F̂_H(x) = mean_h f(G(T_h(x))); without an EBM it is the bare model.
+    """The EOT defense F̂_H(x) = mean_h f(φ(T_h(x))) (thesis Eq. 2.5): T_h a K-step Langevin
+    purification with independent noise, φ an optional fixer, f the task model. Without an EBM
+    it is the deterministic model f∘φ.
 
-    ``transform`` is the stochastic purifier (plus an optional fixer); ``model`` the
-    differentiable task network. Attacks combine them as their method requires.
+    :meth:`replicates` is the stochastic, non-differentiable part (the chain, plus clamp);
+    :meth:`outputs_of` the differentiable rest (fixer and task model), so BPDA replaces only
+    the chain. ``image_steps`` counts the Langevin image-steps (rows × K) computed, by this
+    object and by the differentiable chain of :mod:`ebmctl.attacks.gradients`.
     """
 
     def __init__(self, model: TaskModel, ebm: EnergyModel | None = None, *, steps: int = 0,
@@ -148,35 +152,50 @@ class Defense:
         self.model, self.ebm, self.steps, self.reps = model, ebm, steps, reps
         self.average, self.clamp, self.precision = average, clamp, precision
         self.chunk_size, self.channels_last, self.fixer = chunk_size, channels_last, fixer
+        self.image_steps = 0
 
     @property
     def stochastic(self) -> bool:
         return self.ebm is not None and self.steps > 0
 
-    def transform(self, x01: torch.Tensor, key: tuple) -> torch.Tensor:
-        """One purified copy per row (no gradient)."""
+    def count_image_steps(self, n: int) -> None:
+        self.image_steps += int(n)
+
+    def purify(self, x01: torch.Tensor, key: tuple) -> torch.Tensor:
+        """One purified copy [B,...] per row of [0,1] images (no gradient, no fixer)."""
+        if not self.stochastic:
+            return x01
+        self.count_image_steps(int(x01.shape[0]) * int(self.steps))
         with torch.no_grad():
-            out = x01
-            if self.ebm is not None:
-                out = self.ebm.purify01(x01, self.steps, key, precision=self.precision,
-                                        chunk_size=self.chunk_size, clamp=self.clamp,
-                                        channels_last=self.channels_last)
-            if self.fixer is not None:
+            return self.ebm.purify01(x01, self.steps, key, precision=self.precision,
+                                     chunk_size=self.chunk_size, clamp=self.clamp,
+                                     channels_last=self.channels_last)
+
+    def transform(self, x01: torch.Tensor, key: tuple) -> torch.Tensor:
+        """One purified and fixed copy per row (no gradient): what the task model sees."""
+        out = self.purify(x01, key)
+        if self.fixer is not None:
+            with torch.no_grad():
                 out = self.fixer(out)
         return out
 
     def replicates(self, x01: torch.Tensor, reps: int, key: tuple) -> torch.Tensor:
-        """H purified copies [H,B,...]; replica h of image b is row h*B+b of the flat batch."""
-        if not self.stochastic and self.fixer is None:
+        """H purified copies [H,B,...] (chain only; the fixer is applied by
+        :meth:`outputs_of`); replica h of image b is row h*B+b of the flat batch. A
+        deterministic defense gives one copy, the input itself."""
+        if not self.stochastic:
             return x01.detach().unsqueeze(0)
-        n = reps if self.stochastic else 1
-        flat = x01.detach().repeat(n, *([1] * (x01.dim() - 1)))
-        return self.transform(flat, key).view(n, *x01.shape)
+        flat = x01.detach().repeat(reps, *([1] * (x01.dim() - 1)))
+        return self.purify(flat, key).view(reps, *x01.shape)
 
     def outputs_of(self, reps: torch.Tensor) -> torch.Tensor:
-        """Task-model outputs [H,B,...] of replicate images [H,B,...] (differentiable)."""
+        """Task-model outputs [H,B,...] of replicate images [H,B,...], through the fixer if
+        any (differentiable)."""
         h, b = reps.shape[:2]
-        out = self.model(reps.reshape(h * b, *reps.shape[2:]))
+        flat = reps.reshape(h * b, *reps.shape[2:])
+        if self.fixer is not None:
+            flat = self.fixer(flat)
+        out = self.model(flat)
         return out.view(h, b, *out.shape[1:])
 
     def predict(self, x01: torch.Tensor, reps: int | None, key: tuple,

@@ -182,11 +182,11 @@ def evaluate_attack_sharded(attack, defense, task, x: torch.Tensor, y: torch.Ten
     def one_chunk(start: int) -> dict:
         xb = x[start:start + batch_size].to(device)
         yb = y[start:start + batch_size].to(device)
-        before = getattr(defense, "image_steps", 0)
+        before = defense.image_steps
         t0 = time.time()
         outcome = attack.run(defense, task, xb, yb, (seed, label, start), progress)
         return {"outcome": outcome, "seconds": time.time() - t0,
-                "image_steps": getattr(defense, "image_steps", 0) - before}
+                "image_steps": defense.image_steps - before}
 
     parts = run_chunks(one_chunk, len(x), batch_size, ctx)
     res = summarise([p["outcome"] for p in parts])
@@ -194,6 +194,33 @@ def evaluate_attack_sharded(attack, defense, task, x: torch.Tensor, y: torch.Ten
                image_steps=sum(p["image_steps"] for p in parts), chunks_reused=0,
                world_size=ctx.world_size)
     return res
+
+
+#: Global ``ebmctl`` options that take a value (the value is not the command's name).
+_VALUE_OPTIONS = ("--profile", "-p", "--set", "-s", "--device", "--seed")
+
+
+def unsupported_under_torchrun(argv: list[str]) -> str | None:
+    """Why ``ebmctl argv`` cannot run as asked in a launch, or None. ``--resume`` continues
+    ``train ebm`` exactly (rank 0's checkpoints hold every bank shard). The sharded evaluation
+    keeps no per-chunk results, so ``attack --resume`` would silently start again, and the
+    other trainers are not data-parallel: a resume there is refused, never ignored."""
+    words, skip = [], False
+    for a in argv:
+        if skip or a in _VALUE_OPTIONS:
+            skip = not skip
+            continue
+        if not a.startswith("-"):
+            words.append(a)
+    command = " ".join(words[:2] if words[:1] in (["train"], ["fix"]) else words[:1])
+    if not any(a in ("--resume", "--force-resume") for a in argv) or command == "train ebm":
+        return None
+    if command == "attack":
+        return ("`ebmctl attack --resume` does not work under torchrun (the sharded evaluation "
+                "keeps no per-chunk results to resume from); rerun the launch without --resume, "
+                "or run `ebmctl attack --resume` in one process")
+    return (f"--resume under torchrun works for `ebmctl train ebm` only, not `ebmctl {command}`; "
+            f"run `ebmctl {command} --resume` in one process")
 
 
 def main(argv: list[str]) -> int:
@@ -205,6 +232,11 @@ def main(argv: list[str]) -> int:
     import ebmctl.openmp_policy  # noqa: F401
     from ebmctl.cli import run
 
+    refused = unsupported_under_torchrun(argv) if env_context().active else None
+    if refused:  # every rank stops here, before joining the group; rank 0 says why
+        if env_context().is_main:
+            print(f"Error: {refused}", file=sys.stderr)
+        return 2
     wants_cpu = any(a in ("cpu", "--device=cpu", "run.device=cpu") for a in argv)
     ctx = init("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
     _CURRENT = ctx

@@ -8,15 +8,11 @@ import torch
 from torch import nn
 
 from ebmctl.attacks.apgd import APGD, APGDDLR, apgd_checkpoints
-from ebmctl.attacks.chain import (
-    dlr_loss,
-    eot_gradient,
-    langevin_differentiable,
-    margin_loss,
-    smoothed_copy,
-)
-from ebmctl.attacks.engine import FullGradientEOT, SmoothedGradientEOT
-from ebmctl.attacks.pgd import FGSM, PGD, BPDAEOT
+from ebmctl.attacks.bpda_eot import BPDAEOT
+from ebmctl.attacks.full_eot import FullGradientEOT, SmoothedGradientEOT
+from ebmctl.attacks.gradients import eot_gradient, langevin_differentiable, smoothed_copy
+from ebmctl.attacks.losses import dlr_loss, margin_loss
+from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
 from ebmctl.defense import Defense, EnergyModel, TaskModel
@@ -101,7 +97,7 @@ def test_bpda_with_one_replicate_is_the_classifier_gradient_at_the_purified_poin
     defense = Defense(model, ebm, steps=5, reps=1)
     attack = BPDAEOT(eot_reps=1)
     key = (3, "k")
-    g, _ = attack.direction(defense, task, x, y, key)
+    g, _, _ = attack.estimate(defense, task, x, y, key)
     purified = defense.replicates(x, 1, (*key, "eot"))[0].requires_grad_(True)
     loss = task.attack_loss(model(purified), y).sum()
     (expected,) = torch.autograd.grad(loss, purified)
@@ -176,11 +172,9 @@ def test_smoothed_backward_keeps_the_forward_and_adds_a_hessian_term():
 
 
 def test_full_gradient_attack_through_a_defense_runs_and_counts_image_steps(setup):
-    from ebmctl.evaluate.attack_eval import CountingDefense
-
     _, model, x, y = setup
     ebm = EnergyModel(tiny_ebm(), tau=0.01, temperature=5e-5, image_size=8, channels=1)
-    defense = CountingDefense(model, ebm, steps=4, reps=2)
+    defense = Defense(model, ebm, steps=4, reps=2)
     g, avg, loss = eot_gradient(defense, x, y, 3, (0,), ClassificationTask().attack_loss, "full")
     assert g.shape == x.shape and avg.shape == (len(x), 3) and loss.shape == (len(x),)
     assert torch.isfinite(g).all() and g.abs().sum() > 0

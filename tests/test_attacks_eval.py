@@ -62,7 +62,6 @@ def _strip(obj):
     return obj
 
 
-@pytest.mark.slow
 def test_report_has_seeds_curves_per_image_outcomes_and_sanity(artifacts, tmp_path):
     clf, ebm = artifacts
     cfg = resolve("quick", SETS)
@@ -73,13 +72,16 @@ def test_report_has_seeds_curves_per_image_outcomes_and_sanity(artifacts, tmp_pa
     assert on_disk["results"]["defended"]["attack"] in ("bpda-eot", "transfer")
     d = rep["results"]["defended"]
     assert set(d["attacks"]) == {"bpda-eot", "transfer"}
-    assert d["adversarial"] == min(a["adversarial_mean"] for a in d["attacks"].values())
+    # the headline is the per-image worst case over both attacks, mean over the two seeds
+    worst = [sum(all(v) for v in zip(*(a["per_seed"][s]["robust_ok"]
+                                       for a in d["attacks"].values()))) / 8 for s in range(2)]
+    assert d["adversarial"] == pytest.approx(sum(worst) / 2)
     a = d["attacks"]["bpda-eot"]
     assert len(a["per_seed"]) == 2 and len(a["accuracy_curve"]) == 3
     assert a["image_steps"] > 0 and len(a["per_seed"][0]["per_image"]) == 8
     assert a["accuracy_curve"][-1] == pytest.approx(a["adversarial_mean"])
     names = [c["check"] for c in rep["sanity"]["checks"]]
-    assert len(names) == 3 and all("pass" in c for c in rep["sanity"]["checks"])
+    assert any("transfer attack" in n for n in names) and any("eps = 0" in n for n in names)
     assert out.with_suffix(".png").exists()
     from safetensors.torch import load_file
 

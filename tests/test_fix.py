@@ -175,22 +175,33 @@ def test_full_gradient_attack_differentiates_through_fixer():
     clf, fixer = _clf_and_fixer()
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     attack = PGD(eps=0.1, step_size=0.02, steps=1)
-    g_fixed, _ = attack.direction(Defense(clf, fixer=fixer), task, x, y, ("k",))
+    g_fixed, _, _ = attack.estimate(Defense(clf, fixer=fixer), task, x, y, ("k",))
     xg = x.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(F.cross_entropy(clf(fixer(xg)), y, reduction="sum"), xg)
     assert torch.allclose(g_fixed, want, atol=1e-6)
-    g_bare, _ = attack.direction(Defense(clf), task, x, y, ("k",))
+    g_bare, _, _ = attack.estimate(Defense(clf), task, x, y, ("k",))
     assert not torch.allclose(g_fixed, g_bare, atol=1e-4)
 
 
-def test_bpda_replicates_pass_through_the_fixer():
+def test_bpda_keeps_the_fixers_jacobian_and_replaces_only_the_chain():
+    """BPDA treats only the Langevin chain as the identity: the gradient is taken w.r.t. the
+    purified replicate *before* the fixer, through the fixer and the classifier."""
+    from ebmctl.attacks.gradients import eot_gradient
+    from ebmctl.context import get_task
+
+    task = get_task(resolve(None, []))
     clf, fixer = _clf_and_fixer()
     ebm = EnergyModel(LightweightEBM(1, 8, 4), 0.01, 5e-5, 8, 1)
-    x = torch.rand(3, 1, 8, 8)
-    with_fixer = Defense(clf, ebm, steps=2, reps=2, fixer=fixer)
-    without = Defense(clf, ebm, steps=2, reps=2)
-    reps = with_fixer.replicates(x, 2, ("k",))
-    purified = without.replicates(x, 2, ("k",))
-    with torch.no_grad():
-        want = fixer(purified.reshape(6, 1, 8, 8)).view_as(purified)
-    assert torch.allclose(reps, want, atol=1e-6)
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2])
+    defense = Defense(clf, ebm, steps=2, reps=2, fixer=fixer)
+    g, _, _ = eot_gradient(defense, x, y, 2, ("k",), task.attack_loss, "bpda")
+    purified = Defense(clf, ebm, steps=2, reps=2).replicates(x, 2, ("k", "eot"))
+    r = purified.detach().requires_grad_(True)
+    logits = clf(fixer(r.reshape(6, 1, 8, 8))).view(2, 3, -1).mean(0)
+    (want,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), r)
+    assert torch.allclose(g, want.mean(0), atol=1e-6)
+    # treating the fixer as identity too (the old rule) gives another direction
+    f = fixer(purified.reshape(6, 1, 8, 8)).detach().requires_grad_(True)
+    logits_f = clf(f).view(2, 3, -1).mean(0)
+    (ident,) = torch.autograd.grad(F.cross_entropy(logits_f, y, reduction="sum"), f)
+    assert not torch.allclose(g, ident.view(2, 3, 1, 8, 8).mean(0), atol=1e-4)

@@ -118,7 +118,7 @@ def _data_types() -> list[str]:
 
 def _attacks() -> list[str]:
     from ebmctl.attacks.base import Attack, AttackOutcome
-    from ebmctl.attacks.pgd import IterativeAttack
+    from ebmctl.attacks.loop import IterativeAttack
 
     out = ["## Attacks", "", f"### `Attack{_params(Attack.__init__, drop_self=True)}`", "",
            _doc(Attack), ""]

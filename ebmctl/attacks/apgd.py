@@ -1,11 +1,17 @@
-"""APGD (Croce & Hein 2020) with EOT gradients, inside the thesis' evaluation loop.
+"""APGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", Alg. 1) with EOT gradients, inside the thesis' Alg. 1 loop.
 
-Step size η starts at 2ε and is halved at checkpoints w_j when (1) fewer than ρ·(w_j − w_{j−1})
-steps since the last checkpoint increased the loss, or (2) neither η nor the best loss changed
-since the last checkpoint; on halving, the iterate restarts from the best point. Updates use
-momentum α = 0.75. Against a stochastic defense the gradient and the loss come from the same
-H_adv replicates (``attack.gradient`` = bpda | full | smooth chooses how the gradient passes the
-purifier), so the loss values that drive the schedule are EOT estimates.
+Step size η starts at 2ε and is halved at checkpoints w_j (w_0 = 0, w_1 = 0.22·N, then shrinking
+gaps of ≥ 0.06·N) when
+
+1. fewer than ρ·(w_j − w_{j−1}) of the steps since the last checkpoint increased the loss, or
+2. η was *not* reduced at the previous checkpoint and the best loss did not improve since it.
+
+On halving the iterate restarts from the best point (x_max, with its gradient); the momentum term
+then uses the iterate before the last step, as the authors' reference code does
+(``grad2 = x_adv − x_adv_old`` with ``x_adv_old`` not reset). Updates use momentum α = 0.75
+(α = 1 on the first step). Against a stochastic defense the gradient and the loss come from the
+same H_adv replicates, so the losses that drive the schedule are EOT estimates.
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ import math
 
 import torch
 
-from ebmctl.attacks.chain import dlr_loss
-from ebmctl.attacks.engine import SteppedAttack
+from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.attacks.threat import ascent_step, project
+from ebmctl.errors import ConfigError
 
 
 def apgd_checkpoints(steps: int) -> set[int]:
+    """Checkpoint iterations w_j of an N-step run (Croce & Hein 2020, Sec. 3.2)."""
     p = [0.0, 0.22]
     while p[-1] < 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
@@ -27,23 +34,35 @@ def apgd_checkpoints(steps: int) -> set[int]:
 
 
 class APGD(SteppedAttack):
+    """APGD with EOT gradients. Norms: ℓ∞, ℓ2 (``step_size`` is unused: η starts at 2ε).
+
+    Args (beyond :class:`~ebmctl.attacks.loop.SteppedAttack`'s):
+        gradient: ``bpda`` | ``full`` | ``smooth``: how the gradient passes the purifier.
+        loss: ``ce`` (default) | ``margin`` | ``dlr``.
+
+    Example: ``APGD(eps=8/255, steps=100, loss="dlr", eot_reps=20).run(defense, task, x, y,
+    (0,))``
+    """
+
     name = "apgd-ce"
-    description = "APGD with cross-entropy loss and EOT gradients (attack.gradient)"
+    description = "APGD (Croce & Hein 2020) with EOT gradients; attack.loss, attack.gradient"
     rho, momentum = 0.75, 0.75
 
-    def gradient_mode(self) -> str:
-        self.gradient = str(self.option("attack.gradient", "bpda"))
-        return super().gradient_mode()
+    def __init__(self, *, gradient: str = "bpda", **kw):
+        super().__init__(**kw)
+        self.gradient = gradient
+        self.gradient_mode()  # reject an unknown mode now, not at the first step
 
     def init_state(self, x, x_start, key):
-        b = x.shape[0]
-        return {"eta": torch.full((b,), 2.0 * self.eps, device=x.device),
-                "x_prev": x_start.clone(), "x_max": x_start.clone(),
-                "g_max": torch.zeros_like(x), "f_max": torch.full((b,), -math.inf, device=x.device),
-                "f_prev": torch.full((b,), -math.inf, device=x.device),
-                "inc": torch.zeros(b, device=x.device),
-                "eta_ckpt": torch.full((b,), 2.0 * self.eps, device=x.device),
-                "fmax_ckpt": torch.full((b,), -math.inf, device=x.device),
+        b, dev = x.shape[0], x.device
+        return {"eta": torch.full((b,), 2.0 * self.eps, device=dev),
+                "x_prev": x_start.clone(), "x_max": x_start.clone(), "g_max": torch.zeros_like(x),
+                "f_max": torch.full((b,), -math.inf, device=dev),
+                "f_prev": torch.full((b,), -math.inf, device=dev),
+                "inc": torch.zeros(b, device=dev),
+                # condition 2 cannot fire at the first checkpoint (reference: ones_like)
+                "reduced_last": torch.ones(b, dtype=torch.bool, device=dev),
+                "fmax_ckpt": torch.full((b,), -math.inf, device=dev),
                 "last_ckpt": 0, "ckpts": apgd_checkpoints(self.steps)}
 
     def propose(self, state, idx, x_nat, x_cur, grad, loss, n, key):
@@ -57,37 +76,44 @@ class APGD(SteppedAttack):
         s["f_prev"][idx] = loss
         x_cur, grad = x_cur.clone(), grad.clone()
         if n in s["ckpts"]:
-            span = n - s["last_ckpt"]
-            cond1 = s["inc"][idx] < self.rho * span
-            cond2 = (s["eta_ckpt"][idx] == s["eta"][idx]) & (s["fmax_ckpt"][idx] == s["f_max"][idx])
-            halve = cond1 | cond2
+            halve = self._halve(s, idx, n)
             hi = idx[halve]
             s["eta"][hi] = s["eta"][hi] / 2
             x_cur[halve], grad[halve] = s["x_max"][hi], s["g_max"][hi]
-            s["x_prev"][hi] = s["x_max"][hi]
-            s["eta_ckpt"][idx], s["fmax_ckpt"][idx] = s["eta"][idx], s["f_max"][idx]
-            s["inc"][idx] = 0
-            s["last_ckpt"] = n
         eta = s["eta"][idx].view(-1, *([1] * (x_cur.dim() - 1)))
-        z = project(ascent_step_sized(x_cur, grad, eta, self.norm), x_nat, self.eps, self.norm)
-        if n == 0:
-            nxt = z
-        else:
-            a = self.momentum
-            nxt = project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - s["x_prev"][idx]),
-                          x_nat, self.eps, self.norm)
+        z = project(x_cur + ascent_step(torch.zeros_like(x_cur), grad, 1.0, self.norm) * eta,
+                    x_nat, self.eps, self.norm)
+        a = 1.0 if n == 0 else self.momentum
+        nxt = project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - s["x_prev"][idx]),
+                      x_nat, self.eps, self.norm)
         s["x_prev"][idx] = x_cur
         return nxt
 
-
-def ascent_step_sized(x, grad, eta, norm):
-    """``ascent_step`` with a per-image step size tensor."""
-    return x + (ascent_step(torch.zeros_like(x), grad, 1.0, norm)) * eta
+    def _halve(self, s: dict, idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Bool [len(idx)]: conditions 1 or 2 hold at checkpoint n; updates the checkpoint
+        bookkeeping."""
+        span = n - s["last_ckpt"]
+        cond1 = s["inc"][idx] < self.rho * span
+        cond2 = ~s["reduced_last"][idx] & (s["fmax_ckpt"][idx] >= s["f_max"][idx])
+        halve = cond1 | cond2
+        s["reduced_last"][idx] = halve
+        s["fmax_ckpt"][idx] = s["f_max"][idx]
+        s["inc"][idx] = 0
+        s["last_ckpt"] = n
+        return halve
 
 
 class APGDDLR(APGD):
+    """APGD with the DLR loss (Croce & Hein 2020, Eq. 6). Norms: ℓ∞, ℓ2.
+
+    Example: ``APGDDLR(eps=8/255, steps=100).run(Defense(model), task, x, y, (0,))``
+    """
+
     name = "apgd-dlr"
     description = "APGD with the difference-of-logits-ratio loss and EOT gradients"
 
-    def loss_fn(self, task):
-        return dlr_loss
+    def __init__(self, *, loss: str = "dlr", **kw):
+        if loss != "dlr":
+            raise ConfigError(f"apgd-dlr uses the DLR loss; attack.loss = {loss!r} asks for "
+                              "another: use apgd-ce with that loss")
+        super().__init__(loss="dlr", **kw)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ebmctl.defense import Defense
+from ebmctl.errors import ConfigError
 from ebmctl.protocols import Task
 
 
@@ -29,6 +30,19 @@ class Attack:
     An attack receives the defense (task model + optional purifier), the task (losses and success
     rule), a batch of [0,1] images and targets, and a seed key from which it derives every random
     draw. It must honour the threat model ``norm``/``eps`` and report per-image outcomes.
+
+    Args:
+        norm: ``linf`` | ``l2``.
+        eps: radius ε in [0,1] pixel units.
+        step_size: α in [0,1] pixel units (ℓ2: the length of one normalised step).
+        steps: N attack steps (N+1 evaluation points).
+        restarts: R restarts; an image is broken if any restart breaks it.
+        eot_reps: H_adv, replicates of the gradient and the screening.
+        verify_reps: H_def, fresh replicates of the natural check and of each verification.
+        random_start: start each restart at a uniform point of the ε-ball.
+
+    Raises:
+        ConfigError: an invalid norm, negative radius/step/steps or < 1 restart/replicate.
     """
 
     name = ""
@@ -37,11 +51,16 @@ class Attack:
 
     def __init__(self, *, norm: str = "linf", eps: float = 8 / 255, step_size: float = 2 / 255,
                  steps: int = 50, restarts: int = 1, eot_reps: int = 1, verify_reps: int = 1,
-                 random_start: bool = True, **options: Any):
-        self.norm, self.eps, self.step_size, self.steps = norm, eps, step_size, steps
+                 random_start: bool = True):
+        if norm not in ("linf", "l2"):
+            raise ConfigError(f"unknown attack.norm {norm!r}; choose from linf, l2")
+        if eps < 0 or step_size < 0 or steps < 0 or restarts < 1 or eot_reps < 1 \
+                or verify_reps < 1:
+            raise ConfigError(f"attack {self.name!r}: eps, step size and steps must be >= 0, "
+                              "restarts and replicates >= 1")
+        self.norm, self.eps, self.step_size, self.steps = norm, float(eps), float(step_size), steps
         self.restarts, self.eot_reps, self.verify_reps = restarts, eot_reps, verify_reps
         self.random_start = random_start
-        self.options = options
 
     def run(self, defense: Defense, task: Task, x: torch.Tensor, y: torch.Tensor, key: tuple,
             progress: Callable[[int], None] | None = None) -> AttackOutcome:

@@ -14,10 +14,11 @@ import math
 
 import torch
 
-from ebmctl.attacks.chain import margin_loss
-from ebmctl.attacks.engine import SteppedAttack
+from ebmctl.attacks.losses import resolve_loss
+from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.attacks.threat import project
 from ebmctl.defense import average_outputs
+from ebmctl.errors import ConfigError
 from ebmctl.seeds import make_generator
 
 
@@ -32,12 +33,34 @@ def square_fraction(step: int, total: int, p_init: float) -> float:
 
 
 class Square(SteppedAttack):
+    """Square attack (gradient-free) inside Alg. 1. Norms: ℓ∞ (the paper's), ℓ2 (simplified).
+
+    Args (beyond :class:`~ebmctl.attacks.loop.SteppedAttack`'s):
+        p_init: initial share of pixels in the square window (paper: 0.8 for ℓ∞).
+        loss: ``margin`` (default for classification) | ``ce`` | ``dlr``; tasks whose outputs
+            are not [B,C] logits use their own attack loss.
+
+    Example: ``Square(eps=8/255, steps=1000, eot_reps=8).run(defense, task, x, y, (0,))``
+    """
+
     name = "square"
     description = "Square attack: gradient-free random search on the EOT margin"
+    gradient = "none"
+
+    def __init__(self, *, p_init: float = 0.8, loss: str = "margin", **kw):
+        super().__init__(loss=loss, **kw)
+        if not 0 < p_init <= 1:
+            raise ConfigError("attack.square_p_init must be in (0, 1]")
+        self.p_init = float(p_init)
+
+    def gradient_mode(self) -> str:
+        return "none"
 
     def loss_fn(self, task):
+        chosen = resolve_loss(self.loss, task)
+
         def loss(out, y):
-            return margin_loss(out, y) if out.dim() == 2 else task.attack_loss(out, y)
+            return chosen(out, y) if out.dim() == 2 else task.attack_loss(out, y)
         return loss
 
     def estimate(self, defense, task, x_adv, y, key):
@@ -65,7 +88,7 @@ class Square(SteppedAttack):
         s["best"][bi], s["f_best"][bi] = x_cur[better], loss[better]
         base = s["best"][idx]
         b, c, h, w = base.shape
-        p = square_fraction(n, self.steps, float(self.option("attack.square_p_init", 0.8)))
+        p = square_fraction(n, self.steps, self.p_init)
         side = max(1, min(h, w, int(round(math.sqrt(p * h * w)))))
         g = make_generator(base.device, *key, "square")
         r0 = torch.randint(0, h - side + 1, (b,), generator=g, device=base.device)

@@ -1,51 +1,37 @@
-"""Transfer from the undefended classifier (SPEC §3.4, "pgd-clf"): PGD on the task network
-alone (no purifier in the loop), then the defended model is evaluated on each restart's final
-image with H_def replicates. Cheap and a useful lower bar: it never sees the purifier."""
+"""Transfer from the undefended classifier ("pgd-clf" in the thesis' attack list): PGD on the
+task network alone (no purifier in the loop), then the defended model is evaluated on each
+restart's final image with H_def replicates. It never sees the purifier, so it is a lower bar:
+if it beats a white-box attack, the white-box gradients are suspect (gradient masking,
+Athalye et al. 2018)."""
 
 from __future__ import annotations
 
-import torch
 
-from ebmctl.attacks.base import AttackOutcome
-from ebmctl.attacks.chain import eot_gradient
-from ebmctl.attacks.engine import SteppedAttack
-from ebmctl.attacks.threat import ascent_step, project
+from ebmctl.attacks.gradients import eot_gradient
+from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.defense import Defense
 
 
 class Transfer(SteppedAttack):
+    """PGD crafted on the bare classifier, evaluated on the defense at the last step of each
+    restart only (``evaluated``). Norms: ℓ∞, ℓ2.
+
+    Example: ``Transfer(eps=8/255, step_size=2/255, steps=50, verify_reps=150).run(defense,
+    task, x, y, (0,))``
+    """
+
     name = "transfer"
     description = "PGD on the undefended classifier, evaluated on the defended model"
+    gradient = "classifier only"
+    per_step_curve = False
 
-    def run(self, defense, task, x, y, key, progress=None):
+    def gradient_mode(self) -> str:
+        return "classifier only"
+
+    def estimate(self, defense, task, x_adv, y, key):
         bare = Defense(defense.model, None, average=defense.average, fixer=defense.fixer)
-        clean_out = defense.predict(x, self.verify_reps, (*key, "natural"))
-        clean_score = task.score(clean_out, y).float()
-        alive = task.natural_ok(clean_score).clone()
-        natural_ok = alive.clone()
-        x_best = x.clone()
-        ok_by_step = torch.zeros(self.restarts, self.steps + 1, x.shape[0], dtype=torch.bool)
-        for r in range(self.restarts):
-            x_adv = self.start_point(x, r, key)
-            for n in range(self.steps):
-                g, _, _ = eot_gradient(bare, x_adv, y, 1, (*key, r, n), task.attack_loss, "exact")
-                x_adv = project(ascent_step(x_adv, g, self.step_size, self.norm), x, self.eps,
-                                self.norm)
-                # the crafting steps are not evaluated on the defense: the curve stays flat
-                ok_by_step[r, n] = alive.cpu()
-                if progress is not None:
-                    progress(1)
-            idx = alive.nonzero().flatten()
-            if idx.numel():
-                out = defense.predict(x_adv[idx], self.verify_reps, (*key, r, "verify"))
-                ok = task.robust_ok(task.score(out, y[idx]).float(), clean_score[idx])
-                broken = idx[~ok]
-                alive[broken] = False
-                x_best[broken] = x_adv[broken]
-            ok_by_step[r, self.steps] = alive.cpu()
-            if progress is not None:
-                progress(1)
-            keep = alive.nonzero().flatten()
-            x_best[keep] = x_adv[keep]
-        return AttackOutcome(natural_ok.cpu(), alive.cpu(), clean_score.cpu(), x_best.cpu(),
-                             ok_by_step, {"gradient": "classifier only"})
+        g, _, loss = eot_gradient(bare, x_adv, y, 1, key, self.loss_fn(task), "exact")
+        return g, None, loss  # None: no screening; the loop verifies every alive image
+
+    def evaluated(self, n: int) -> bool:
+        return n == self.steps

@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import (
+    DeviceOpt,
+    ForceOpt,
+    OutOpt,
+    ProfileOpt,
+    SeedOpt,
+    SetOpt,
+    make_config,
+)
 
 
 def attack_cmd(
@@ -33,22 +41,30 @@ def attack_cmd(
     sweep: Optional[str] = typer.Option(None, "--sweep", help="KEY=V1,V2,...: one defended "
                                         "evaluation per value, e.g. defense.steps=0,10,100,300"),
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None,
+    out: OutOpt = None, force: ForceOpt = False,
 ):
     """Attack the undefended model (PGD) and the EBM-defended one (BPDA+EOT, or the attacks in
     --method / attack.methods), with sanity checks; report JSON + PNG."""
+    from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError
-    from ebmctl.evaluate.report import format_table, run_evaluation, run_sweep
+    from ebmctl.evaluate.report import (
+        format_accuracy,
+        format_table,
+        report_notes,
+        run_evaluation,
+        run_sweep,
+    )
     from ebmctl.profiles import parse_set_options
 
     extra = []
     if norm:
         extra.append(f"attack.norm={norm}")
     if eps:
-        key = "attack.eps_l2" if (norm or "") == "l2" else "attack.eps"
-        extra.append(f"{key}={eps}")
+        # --eps is the radius of the norm in force, wherever that norm was chosen
+        resolved_norm = norm or make_config(profile, set_ or [], device, seed)["attack.norm"]
+        extra.append(f"{'attack.eps_l2' if resolved_norm == 'l2' else 'attack.eps'}={eps}")
     if n_images:
         extra.append(f"attack.n_images={n_images}")
     if seeds:
@@ -75,31 +91,40 @@ def attack_cmd(
         if undefended_only:
             raise ConfigError("--sweep evaluates the defended model; drop --undefended-only")
         out = out or Path(cfg["run.out_dir"]) / "attack-sweep.json"
+        for path in (out, out.with_suffix(".png")):  # --resume continues its own report
+            claim_output(path, force=force, resume=resume)
         rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume)
         table = Table(title=f"sweep over {key}: {rep['n_images']} test images, seeds "
                             f"{rep['seeds']}")
         for col in (key, "strongest attack", f"natural {rep['metric']}",
-                    f"adversarial {rep['metric']}"):
+                    f"adversarial {rep['metric']} (worst case per image)", "converged"):
             table.add_column(col)
         for r in rep["rows"]:
             table.add_row(str(r["value"]), r["attack"],
-                          f"{r['natural']:.3f} ± {r['natural_std']:.3f}",
-                          f"{r['adversarial']:.3f} ± {r['adversarial_std']:.3f}")
+                          format_accuracy(r["natural"], r["natural_std"], r["natural_ci"]),
+                          format_accuracy(r["adversarial"], r["adversarial_std"],
+                                          r["adversarial_ci"]),
+                          "yes" if r["converged"] else "NOT converged")
         out_console().print(table)
         info(f"wrote {out} and {out.with_suffix('.png')}")
         return
     out = out or Path(cfg["run.out_dir"]) / "attack-report.json"
+    for path in (out, out.with_suffix(".png")):  # --resume continues its own report
+        claim_output(path, force=force, resume=resume)
     report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
                             defended=defended, method=method, resume=resume,
                             save_adversarials=save_adversarials, fixer_path=fixer)
 
     table = Table(title=f"{report['dataset']} ({report['n_images']} test images), "
                         f"{report['threat']['norm']} eps={report['threat']['eps']:.4g}")
-    for col in ("model", "attack", f"natural {report['metric']}", f"adversarial {report['metric']}"):
+    for col in ("model", "attack", f"natural {report['metric']} [95% CI]",
+                f"adversarial {report['metric']} [95% CI]", "converged"):
         table.add_column(col)
     for row in format_table(report):
         table.add_row(*row)
     out_console().print(table)
+    for note in report_notes(report):
+        info(note)
     task_table = report.get("task_report", {}).get("table")
     if task_table:
         extra_table = Table(title=task_table["title"])

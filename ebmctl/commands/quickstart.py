@@ -35,7 +35,7 @@ def quickstart_cmd(
 
     from ebmctl.console import info, out_console
     from ebmctl.context import get_task, load_dataset, setup_device
-    from ebmctl.evaluate.report import format_table, run_evaluation
+    from ebmctl.evaluate.report import format_table, report_notes, run_evaluation
     from ebmctl.training.ebm import train_ebm
     from ebmctl.training.task_model import train_task_model
 
@@ -63,11 +63,14 @@ def quickstart_cmd(
     table = Table(title=f"{bundle.name}: {report['n_images']} test images, "
                         f"{report['threat']['norm']} eps={report['threat']['eps']:.4g}, "
                         f"K_def={cfg['defense.steps']}, H_def={cfg['defense.eot_reps']}")
-    for col in ("model", "attack", f"natural {task.metric_name}", f"adversarial {task.metric_name}"):
+    for col in ("model", "attack", f"natural {task.metric_name} [95% CI]",
+                f"adversarial {task.metric_name} [95% CI]", "converged"):
         table.add_column(col)
     for row in format_table(report):
         table.add_row(*row)
     out_console().print(table)
+    for note in report_notes(report):
+        info(note)
     res = report["results"]
     gap = res["defended"]["adversarial"] - res["undefended"]["adversarial"]
     out_console().print(f"defended minus undefended adversarial {task.metric_name}: "

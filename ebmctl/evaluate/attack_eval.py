@@ -25,19 +25,6 @@ from ebmctl.errors import ConfigError
 from ebmctl.protocols import Task
 
 
-class CountingDefense(Defense):
-    """A :class:`Defense` that counts Langevin image-steps (rows × K) it computes."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.image_steps = 0
-
-    def transform(self, x01, key):
-        if self.stochastic:
-            self.image_steps += int(x01.shape[0]) * int(self.steps)
-        return super().transform(x01, key)
-
-
 def _part_path(parts_dir: Path, label: str, attack: str, seed: int, start: int) -> Path:
     return parts_dir / f"{label}.{attack}.seed{seed}.{start:06d}.safetensors"
 
@@ -95,11 +82,11 @@ def evaluate_attack(attack: Attack, defense: Defense, task: Task, x: torch.Tenso
         else:
             xb = x[start:start + batch_size].to(device)
             yb = y[start:start + batch_size].to(device)
-            before = getattr(defense, "image_steps", 0)
+            before = defense.image_steps
             t0 = time.time()
             outcome = attack.run(defense, task, xb, yb, (seed, label, start), progress)
             dt = time.time() - t0
-            steps_done = getattr(defense, "image_steps", 0) - before
+            steps_done = defense.image_steps - before
             seconds += dt
             image_steps += steps_done
             if part is not None:

@@ -1,16 +1,22 @@
 """The defended-vs-undefended evaluation behind `ebmctl attack` and `ebmctl quickstart`.
 
-Every requested attack runs on every seed; a model's headline adversarial figure is the
-minimum over its attacks of the mean over seeds (a defense's number is its worst case). Each
-report carries sanity checks (a large ε breaks the undefended model; an iterative attack is at
-least as strong as a single step; defended natural accuracy uses H_def replicates).
+Every requested attack runs on every seed. An image is robust only if it survives every attack,
+every restart and every step (AutoAttack semantics): a model's headline adversarial figure is
+the mean over images of that per-image worst case (mean over seeds), and each attack keeps its
+own row. Every accuracy carries its sample size and a 95% Wilson interval; a curve still falling
+over its last 20% of steps is flagged "not converged". Sanity checks that can fail (Athalye et
+al. 2018): a large ε breaks the undefended model; an iterative attack beats one FGSM step;
+accuracy does not rise with ε; a transfer attack from the bare classifier is not stronger than
+the white-box attacks (else "gradient masking suspected"); ε = 0 leaves a deterministic model at
+its natural accuracy and, for a stochastic defense, measures how far Alg. 1's repeated
+verification alone falls below natural (the protocol's own inflation of attack success).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -18,36 +24,114 @@ import torch
 from safetensors.torch import save as st_save
 
 from ebmctl.artifacts import atomic_write_bytes, atomic_write_json
+from ebmctl.attacks.base import Attack
 from ebmctl.console import info, progress_bar
 from ebmctl.context import environment, get_task, load_dataset
 from ebmctl.defense import Defense, EnergyModel, TaskModel
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError
-from ebmctl.evaluate.attack_eval import CountingDefense, evaluate_attack
+from ebmctl.evaluate.attack_eval import evaluate_attack
 from ebmctl.evaluate.plots import save_curves, save_grid
+from ebmctl.evaluate.stats import accuracy_interval, mean_std, still_falling
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
+
+#: attacks whose gradients never pass the purifier: if one beats the white-box attacks, the
+#: white-box gradients are suspect
+NON_WHITE_BOX = ("classifier only", "none")
 
 
 def attack_radius(cfg: Config) -> float:
     return cfg["attack.eps"] if cfg["attack.norm"] == "linf" else cfg["attack.eps_l2"]
 
 
-def make_attack(cfg: Config, method: str, defended: bool):
-    cls = get_registries().attacks.get(method)
-    eps = attack_radius(cfg)
-    step = cfg["attack.step_size"]
-    if cfg["attack.norm"] == "l2" and step <= 2 / 255 + 1e-12:
-        step = eps / 4  # l∞ step sizes are meaningless in l2; default to ε/4
-    return cls(norm=cfg["attack.norm"], eps=eps, step_size=step, steps=cfg["attack.steps"],
-               restarts=cfg["attack.restarts"], eot_reps=cfg["attack.eot_reps"] if defended else 1,
-               verify_reps=cfg["defense.eot_reps"] if defended else 1,
-               random_start=cfg["attack.random_start"], config=cfg)
+def _user_set(cfg: Config, key: str) -> bool:
+    return cfg.provenance.get(key) == "--set"
+
+
+def check_threat_settings(cfg: Config) -> None:
+    """Reject a radius or step size given for the other norm (it would be ignored).
+
+    Raises:
+        ConfigError: naming the key and the one to use instead.
+    """
+    norm = cfg["attack.norm"]
+    other = {"l2": (("attack.eps", "attack.eps_l2"), ("attack.step_size", "attack.step_size_l2")),
+             "linf": (("attack.eps_l2", "attack.eps"), ("attack.step_size_l2", "attack.step_size"))}
+    same_profile = cfg.provenance.get("attack.norm", "default").startswith("profile")
+    for key, instead in other[norm]:
+        src = cfg.provenance.get(key, "default")
+        if _user_set(cfg, key) or (same_profile and src == cfg.provenance.get("attack.norm")):
+            raise ConfigError(f"{key} does not apply under attack.norm = {norm!r} and would be "
+                              f"ignored; set {instead} instead")
+
+
+def attack_step_size(cfg: Config) -> float:
+    """α in [0,1] units for the configured norm: attack.step_size (ℓ∞) or attack.step_size_l2
+    (ℓ2; 0 means ε_l2/4)."""
+    if cfg["attack.norm"] == "linf":
+        return cfg["attack.step_size"]
+    return cfg["attack.step_size_l2"] or cfg["attack.eps_l2"] / 4
+
+
+def _constructor_params(cls: type) -> set[str]:
+    """Keyword names an attack class accepts, following ``**kw`` up its bases."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY
+                  or p.kind is p.POSITIONAL_OR_KEYWORD}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self"}
+
+
+def make_attack(cfg: Config, method: str, defended: bool, *, eps: float | None = None,
+                cls: type | None = None) -> Attack:
+    """The attack ``method`` built from explicit settings read here, once, from ``cfg``."""
+    cls = cls or get_registries().attacks.get(method)
+    check_threat_settings(cfg)
+    eps = attack_radius(cfg) if eps is None else eps
+    kw = {"norm": cfg["attack.norm"], "eps": eps, "step_size": attack_step_size(cfg),
+          "steps": cfg["attack.steps"], "restarts": cfg["attack.restarts"],
+          "eot_reps": cfg["attack.eot_reps"] if defended else 1,
+          "verify_reps": cfg["defense.eot_reps"] if defended else 1,
+          "random_start": cfg["attack.random_start"],
+          "smooth_temperature": cfg["attack.smooth_temperature"],
+          "checkpoint_segment": cfg["attack.checkpoint_segment"],
+          "p_init": cfg["attack.square_p_init"]}
+    for key, param in OPTIONAL_KEYS.items():
+        if cfg.provenance.get(key, "default") != "default":
+            kw[param] = cfg[key]
+    accepted = _constructor_params(cls)
+    return cls(**{k: v for k, v in kw.items() if k in accepted})
+
+
+#: settings that only some attacks take, and their constructor argument
+OPTIONAL_KEYS = {"attack.gradient": "gradient", "attack.loss": "loss",
+                 "attack.square_p_init": "p_init"}
+
+
+def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
+    """A setting the user gave that none of the attacks takes would be silently ignored.
+
+    Raises:
+        ConfigError: naming the key and the attacks run.
+    """
+    for key, param in OPTIONAL_KEYS.items():
+        if cfg.provenance.get(key, "default") == "default":
+            continue
+        if not any(param in _constructor_params(type(a)) for a in attacks):
+            names = ", ".join(a.name for a in attacks)
+            raise ConfigError(f"{key} does not apply to the attacks run ({names})")
 
 
 def build_defense(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device,
                   fixer: torch.nn.Module | None = None) -> Defense:
-    return CountingDefense(model, ebm, steps=cfg["defense.steps"] if ebm else 0,
+    return Defense(model, ebm, steps=cfg["defense.steps"] if ebm else 0,
                    reps=cfg["defense.eot_reps"] if ebm else 1, average=cfg["defense.average"],
                    clamp=cfg["defense.clamp"],
                    precision=resolve_precision(cfg["langevin.precision"], device),
@@ -98,56 +182,226 @@ def _fingerprint(cfg: Config, model_path: Path, ebm_path: Path | None,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+def _fraction_row(prefix: str, values: list[float], n: int) -> dict:
+    """``prefix``, ``prefix_std`` (None for one seed) and ``prefix_ci`` (95% Wilson over the n
+    images, of the mean over seeds)."""
+    m, s = mean_std(values)
+    return {prefix: m, f"{prefix}_std": s, f"{prefix}_ci": accuracy_interval(m, n)}
+
+
+def summarise_attack(attack: Attack, per_seed: list[dict], n: int) -> dict:
+    """One attack's row: means over seeds with intervals, the worst-restart curve and whether
+    it converged (None when its curve does not measure the defense step by step)."""
+    curve = [sum(r["accuracy_curve"][i] for r in per_seed) / len(per_seed)
+             for i in range(len(per_seed[0]["accuracy_curve"]))]
+    nat, adv = _fraction_row("natural", [r["natural"] for r in per_seed], n), \
+        _fraction_row("adversarial", [r["adversarial"] for r in per_seed], n)
+    converged = (not still_falling(curve)) if getattr(attack, "per_step_curve", True) else None
+    return {"attack": attack.name, "description": attack.description,
+            "gradient": getattr(attack, "gradient_mode", lambda: "exact")(),
+            "natural_mean": nat["natural"], "natural_std": nat["natural_std"],
+            "natural_ci": nat["natural_ci"],
+            "adversarial_mean": adv["adversarial"], "adversarial_std": adv["adversarial_std"],
+            "adversarial_ci": adv["adversarial_ci"], "n_images": n, "n_seeds": len(per_seed),
+            "accuracy_curve": curve, "converged": converged,
+            "seconds": round(sum(r["seconds"] for r in per_seed), 2),
+            "image_steps": sum(r["image_steps"] for r in per_seed), "per_seed": per_seed}
+
+
+def worst_case(per_attack: dict[str, list[dict]], x_advs: dict[str, list[torch.Tensor]]
+               ) -> list[dict]:
+    """Per seed, the per-image worst case over attacks: an image is robust iff it passed the
+    natural check and every attack left it unbroken. Its adversarial image is the first
+    breaking attack's (in run order), else the last attack's final iterate.
+
+    Returns one dict per seed: natural, adversarial, natural_ok, robust_ok, x_adv.
+    """
+    names = list(per_attack)
+    out = []
+    for s in range(len(per_attack[names[0]])):
+        nat = torch.tensor(per_attack[names[0]][s]["natural_ok"], dtype=torch.bool)
+        rob = nat.clone()
+        x_adv = x_advs[names[-1]][s].clone()
+        claimed = torch.zeros_like(nat)
+        for name in names:
+            r = per_attack[name][s]
+            nat &= torch.tensor(r["natural_ok"], dtype=torch.bool)
+            broke = ~torch.tensor(r["robust_ok"], dtype=torch.bool) & ~claimed
+            x_adv[broke] = x_advs[name][s][broke]
+            claimed |= broke
+            rob &= torch.tensor(r["robust_ok"], dtype=torch.bool)
+        rob &= nat
+        out.append({"seed": per_attack[names[0]][s]["seed"], "natural": nat.float().mean().item(),
+                    "adversarial": rob.float().mean().item(), "natural_ok": nat.tolist(),
+                    "robust_ok": rob.tolist(), "x_adv": x_adv})
+    return out
+
+
+def masking_verdict(attacks: dict[str, dict], tolerance: float) -> dict | None:
+    """"gradient masking suspected" when an attack whose gradient never passes the purifier
+    (transfer, gradient-free) leaves fewer images robust than every white-box attack."""
+    white = {n: a["adversarial_mean"] for n, a in attacks.items()
+             if a["gradient"] not in NON_WHITE_BOX}
+    other = {n: a["adversarial_mean"] for n, a in attacks.items()
+             if a["gradient"] in NON_WHITE_BOX}
+    if not white or not other:
+        return None
+    best_white, best_other = min(white.values()), min(other.values())
+    name = min(other, key=other.get)
+    return {"suspected": best_other < best_white - tolerance, "white_box": best_white,
+            "non_white_box": best_other, "attack": name, "tolerance": tolerance}
+
+
+def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], task, x, y,
+              device, seeds: list[int], parts: dict) -> tuple[dict, dict]:
+    """Every attack on every seed against one model; returns (the label's results, the task
+    run handed to the task's report extras)."""
+    per_attack: dict[str, dict] = {}
+    raw: dict[str, list[dict]] = {}
+    x_advs: dict[str, list[torch.Tensor]] = {}
+    batch = cfg["attack.batch_size"]
+    for attack in attacks:
+        per_seed = []
+        total = len(seeds) * attack.restarts * (attack.steps + 1) * (
+            (len(x) + batch - 1) // batch)
+        with progress_bar(total, f"attack {label} ({attack.name})") as bar:
+            for s in seeds:
+                res = evaluate_attack(attack, defense, task, x, y, seed=s, batch_size=batch,
+                                      device=device, label=label, progress=bar.advance, **parts)
+                x_advs.setdefault(attack.name, []).append(res.pop("_x_adv"))
+                per_seed.append({"seed": s, **res})
+        raw[attack.name] = per_seed
+        per_attack[attack.name] = summarise_attack(attack, per_seed, len(x))
+    worst = worst_case(raw, x_advs)
+    row = {"attack": min(per_attack, key=lambda n: per_attack[n]["adversarial_mean"]),
+           "n_images": len(x), "n_seeds": len(seeds),
+           **_fraction_row("natural", [w["natural"] for w in worst], len(x)),
+           **_fraction_row("adversarial", [w["adversarial"] for w in worst], len(x)),
+           "per_image_robust": [int(v) for v in worst[0]["robust_ok"]],
+           "converged": all(a["converged"] is not False for a in per_attack.values()),
+           "seconds": round(sum(a["seconds"] for a in per_attack.values()), 1),
+           "image_steps": sum(a["image_steps"] for a in per_attack.values()),
+           "attacks": per_attack}
+    masking = masking_verdict(per_attack, cfg["attack.sanity_tolerance"])
+    if masking is not None:
+        row["gradient_masking"] = masking
+    task_run = {"defense": defense, "x_adv": worst[-1]["x_adv"], "x_advs": x_advs,
+                "result": {k: worst[-1][k] for k in ("natural_ok", "robust_ok")}}
+    return row, task_run
+
+
+def _quick(cfg: Config, attack: Attack, defense: Defense, task, x, y, device, label: str,
+           seed: int) -> dict:
+    res = evaluate_attack(attack, defense, task, x, y, seed=seed,
+                          batch_size=cfg["attack.batch_size"], device=device, label=label)
+    res.pop("_x_adv")
+    return res
+
+
+def eps_zero_control(cfg: Config, label: str, defense: Defense, attacks: list[Attack], task,
+                     x, y, device, seed: int) -> dict:
+    """The first attack at ε = 0: nothing moves, so any image it "breaks" is broken by Alg. 1's
+    repeated stochastic verification alone. ``inflation`` = natural − ε0 accuracy."""
+    att = make_attack(cfg, attacks[0].name, defense.stochastic, eps=0.0, cls=type(attacks[0]))
+    res = _quick(cfg, att, defense, task, x, y, device, f"{label}-eps0", seed)
+    return {"attack": att.name, "seed": seed, "n_images": len(x), "natural": res["natural"],
+            "adversarial": res["adversarial"],
+            "adversarial_ci": accuracy_interval(res["adversarial"], len(x)),
+            "inflation": res["natural"] - res["adversarial"],
+            "per_image_robust": [int(v) for v in res["robust_ok"]]}
 
 
 def sanity_checks(cfg: Config, task, model: TaskModel, x: torch.Tensor, y: torch.Tensor,
                   device, results: dict, runs: list) -> dict:
-    """Checks every report carries; a failed check flags an attack or evaluation bug."""
-    checks = []
+    """Checks that can fail; a failed check flags an attack or evaluation bug (or, for the
+    transfer check, gradient masking)."""
+    checks = _undefended_checks(cfg, task, model, x, y, device, results)
+    for label, defense, attacks in runs:
+        checks += _model_checks(cfg, label, defense, attacks, task, x, y, device, results[label])
+    return {"checks": checks, "all_pass": all(c["pass"] for c in checks)}
+
+
+def _undefended_checks(cfg: Config, task, model, x, y, device, results: dict) -> list[dict]:
     bare = build_defense(cfg, model, None, device)
-    batch = cfg["attack.batch_size"]
     n = min(cfg["attack.sanity_images"], len(x))
-    norm = cfg["attack.norm"]
-    big = cfg["attack.sanity_eps"] * (1.0 if norm == "linf" else math.sqrt(x[0].numel()))
+    norm, tol = cfg["attack.norm"], cfg["attack.sanity_tolerance"]
+    big = cfg["attack.sanity_eps"] * (1.0 if norm == "linf" else (x[0].numel() ** 0.5))
     pgd_cls, fgsm_cls = get_registries().attacks.get("pgd"), get_registries().attacks.get("fgsm")
     large = pgd_cls(norm=norm, eps=big, step_size=big / 8, steps=max(20, cfg["attack.steps"]),
                     restarts=1, random_start=True)
-    res = evaluate_attack(large, bare, task, x[:n], y[:n], seed=0, batch_size=batch,
-                          device=device, label="sanity-large-eps")
-    checks.append({"check": "a large radius drives the undefended model to ~0",
-                   "radius": big, "images": n, "adversarial": res["adversarial"],
-                   "pass": res["adversarial"] <= 0.05})
+    res = _quick(cfg, large, bare, task, x[:n], y[:n], device, "sanity-large-eps", 0)
+    checks = [{"check": "a large radius drives the undefended model to ~0", "radius": big,
+               "images": n, "adversarial": res["adversarial"],
+               "pass": res["adversarial"] <= 0.05}]
     eps = attack_radius(cfg)
-    fgsm = fgsm_cls(norm=norm, eps=eps, step_size=eps, steps=1)
-    single = evaluate_attack(fgsm, bare, task, x, y, seed=0, batch_size=batch, device=device,
-                             label="sanity-fgsm")["adversarial"]
-    und = results.get("undefended", {}).get("attacks", {})
-    iterative = min((a["adversarial_mean"] for a in und.values()), default=None)
-    if iterative is None:
-        it = pgd_cls(norm=norm, eps=eps, step_size=make_attack(cfg, "pgd", False).step_size,
-                     steps=cfg["attack.steps"], restarts=1, random_start=True)
-        iterative = evaluate_attack(it, bare, task, x, y, seed=0, batch_size=batch,
-                                    device=device, label="sanity-pgd")["adversarial"]
-    checks.append({"check": "iterative attack at least as strong as one FGSM step "
-                            "(undefended, tolerance 0.02)",
-                   "fgsm": single, "iterative": iterative, "pass": iterative <= single + 0.02})
-    for label, defense, attacks in runs:
-        if label != "defended":
-            continue
-        h_def = cfg["defense.eot_reps"]
-        nat = {name: [s["natural"] for s in a["per_seed"]]
-               for name, a in results[label]["attacks"].items()}
-        same = len({tuple(v) for v in nat.values()}) <= 1
-        uses = all(att.verify_reps == h_def for att in attacks)
-        checks.append({"check": "defended natural accuracy uses H_def replicates and is the "
-                                "same for every attack", "h_def": h_def,
-                       "natural_by_attack": nat, "pass": bool(same and uses)})
-    return {"checks": checks, "all_pass": all(c["pass"] for c in checks)}
+    single = _quick(cfg, fgsm_cls(norm=norm, eps=eps), bare, task, x, y, device,
+                    "sanity-fgsm", 0)["adversarial"]
+    und = results.get("undefended")
+    iterative = und["adversarial"] if und else _quick(
+        cfg, make_attack(cfg, "pgd", False), bare, task, x, y, device, "sanity-pgd",
+        0)["adversarial"]
+    checks.append({"check": f"iterative attack at least as strong as one FGSM step "
+                            f"(undefended, tolerance {tol})",
+                   "fgsm": single, "iterative": iterative, "pass": iterative <= single + tol})
+    return checks
+
+
+def _model_checks(cfg: Config, label: str, defense: Defense, attacks: list[Attack], task, x, y,
+                  device, row: dict) -> list[dict]:
+    """Per model: the ε = 0 control, accuracy non-increasing in ε, and (defended) transfer not
+    stronger than the white-box attacks."""
+    tol, seed = cfg["attack.sanity_tolerance"], row["attacks"][attacks[0].name]["per_seed"][0][
+        "seed"]
+    control = eps_zero_control(cfg, label, defense, attacks, task, x, y, device, seed)
+    row["eps0_control"] = control
+    checks = []
+    if not defense.stochastic:
+        checks.append({"check": f"{label}: eps = 0 leaves the deterministic model at its "
+                                "natural accuracy", **control,
+                       "pass": abs(control["inflation"]) < 1e-9})
+    n = min(cfg["attack.sanity_images"], len(x))
+    eps = attack_radius(cfg)
+    half = make_attack(cfg, attacks[0].name, defense.stochastic, eps=eps / 2,
+                       cls=type(attacks[0]))
+    at_half = _quick(cfg, half, defense, task, x[:n], y[:n], device, f"{label}-half-eps", seed)
+    first = row["attacks"][attacks[0].name]["per_seed"][0]
+    at_eps = sum(first["robust_ok"][:n]) / n
+    at_zero = sum(control["per_image_robust"][:n]) / n
+    curve = [at_zero, at_half["adversarial"], at_eps]
+    checks.append({"check": f"{label}: accuracy does not rise with eps ({attacks[0].name}, "
+                            f"first {n} images, tolerance {tol})",
+                   "eps": [0.0, eps / 2, eps], "adversarial": curve,
+                   "pass": all(b <= a + tol for a, b in zip(curve, curve[1:]))})
+    if defense.stochastic:
+        checks.append(_transfer_check(cfg, label, defense, task, x, y, device, row, seed))
+    return checks
+
+
+def _transfer_check(cfg, label, defense, task, x, y, device, row, seed) -> dict:
+    tol = cfg["attack.sanity_tolerance"]
+    if "transfer" in row["attacks"]:
+        transfer = row["attacks"]["transfer"]["per_seed"][0]["adversarial"]
+    else:
+        att = make_attack(cfg, "transfer", True)
+        transfer = _quick(cfg, att, defense, task, x, y, device, f"{label}-transfer",
+                          seed)["adversarial"]
+    white = [a["per_seed"][0]["robust_ok"] for a in row["attacks"].values()
+             if a["gradient"] not in NON_WHITE_BOX]
+    if not white:
+        return {"check": f"{label}: transfer not stronger than white-box", "pass": True,
+                "note": "no white-box attack was run"}
+    robust = [all(col) for col in zip(*white)]
+    white_acc = sum(robust) / len(robust)
+    ok = transfer >= white_acc - tol
+    row.setdefault("gradient_masking", {"suspected": False})
+    if not ok:
+        row["gradient_masking"] = {"suspected": True, "white_box": white_acc,
+                                   "non_white_box": transfer, "attack": "transfer",
+                                   "tolerance": tol}
+    return {"check": f"{label}: a transfer attack from the bare classifier is not stronger "
+                     f"than the white-box attacks (tolerance {tol}); if it is, gradient "
+                     "masking is suspected", "transfer": transfer, "white_box": white_acc,
+            "pass": ok}
 
 
 def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
@@ -155,8 +409,9 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
                    method: str | None = None, resume: bool = False,
                    save_adversarials: bool = False, sanity: bool | None = None,
                    fixer_path: Path | None = None) -> dict:
-    """``fixer_path`` adds a "defended+fixer" run (purification then the fixer, SPEC §6) next
-    to "defended", with the same attacks and seeds, so the report compares the two."""
+    """Attack the undefended and/or defended model and write the report (JSON, curves PNG,
+    adversarial grid). ``fixer_path`` adds a "defended+fixer" run (purification then the
+    fixer, thesis Ch. 6) next to "defended", with the same attacks and seeds."""
     task = get_task(cfg)
     model = TaskModel.load(model_path, device)
     if model.task and model.task != task.name:
@@ -165,7 +420,46 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
     ebm = EnergyModel.load(ebm_path, device) if (defended and ebm_path) else None
     if defended and ebm is None:
         raise ConfigError("a defended evaluation needs an EBM (--ebm FILE)")
+    runs = plan_runs(cfg, model, ebm, device, undefended, defended, method, fixer_path)
     bundle, x, y = evaluation_images(cfg, model)
+    seeds = cfg["attack.seeds"] or [cfg["run.seed"]]
+    out = Path(out)
+    parts_dir = out.with_name(out.stem + ".parts")
+    fingerprint = _fingerprint(cfg, model_path, ebm_path if defended else None,
+                               fixer_path if defended else None)
+    if resume and not parts_dir.exists():
+        info(f"--resume: no partial results in {parts_dir}; starting from scratch")
+    parts = {"parts_dir": parts_dir, "fingerprint": fingerprint, "resume": resume}
+    report = _report_header(cfg, task, bundle, x, seeds, runs, model_path, ebm_path, fixer_path,
+                            defended, device)
+    curves, task_runs = {}, {}
+    for label, defense, attacks in runs:
+        row, task_runs[label] = run_label(cfg, label, defense, attacks, task, x, y, device,
+                                          seeds, parts)
+        report["results"][label] = row
+        for name, a in row["attacks"].items():
+            curves[f"{label} ({name})"] = (list(range(len(a["accuracy_curve"]))),
+                                          a["accuracy_curve"])
+        save_grid(task_runs[label]["x_adv"][:64], out.with_name(out.stem + f".{label}-adv.png"))
+    if (cfg["attack.sanity"] if sanity is None else sanity) and runs:
+        report["sanity"] = sanity_checks(cfg, task, model, x, y, device, report["results"], runs)
+        failed = [c["check"] for c in report["sanity"]["checks"] if not c["pass"]]
+        if failed:
+            info("sanity check failed: " + "; ".join(failed))
+    _task_extras(task, x, y, task_runs, out, seeds, report)
+    if save_adversarials:
+        report["adversarials_file"] = _save_adversarials(cfg, out, report, task_runs, x, y)
+    atomic_write_json(out, report)
+    save_curves(out.with_suffix(".png"), curves, "attack step",
+                f"robust {task.metric_name}\n(worst restart, mean over seeds)",
+                f"{bundle.name}: {cfg['attack.norm']} eps={attack_radius(cfg):.4g}")
+    shutil.rmtree(parts_dir, ignore_errors=True)  # the report now holds every per-image result
+    return report
+
+
+def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, undefended: bool,
+              defended: bool, method: str | None, fixer_path: Path | None) -> list[tuple]:
+    """(label, defense, attacks) for each model evaluated; every attack built before any work."""
     runs = []
     if undefended:
         runs.append(("undefended", build_defense(cfg, model, None, device),
@@ -179,99 +473,52 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
         runs.append(("defended+fixer",
                      build_defense(cfg, model, ebm, device, fixer=load_fixer(fixer_path, device)),
                      [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
-    seeds = cfg["attack.seeds"] or [cfg["run.seed"]]
-    out = Path(out)
-    parts_dir = out.with_name(out.stem + ".parts")
-    fingerprint = _fingerprint(cfg, model_path, ebm_path if defended else None,
-                               fixer_path if defended else None)
-    if resume and not parts_dir.exists():
-        info(f"--resume: no partial results in {parts_dir}; starting from scratch")
-    report: dict = {
+    check_options_used(cfg, [a for _, _, attacks in runs for a in attacks])
+    return runs
+
+
+def _report_header(cfg, task, bundle, x, seeds, runs, model_path, ebm_path, fixer_path,
+                   defended, device) -> dict:
+    return {
         "command": "attack", "task": task.name, "metric": task.metric_name,
         "dataset": bundle.name, "split": "test", "n_images": len(x), "seeds": list(seeds),
         "threat": {"norm": cfg["attack.norm"], "eps": attack_radius(cfg),
-                   "step_size": runs[0][2][0].step_size if runs else None,
-                   "steps": cfg["attack.steps"], "restarts": cfg["attack.restarts"],
-                   "units": "[0,1] pixels"},
+                   "step_size": attack_step_size(cfg), "steps": cfg["attack.steps"],
+                   "restarts": cfg["attack.restarts"], "units": "[0,1] pixels"},
         "defense": {"steps": cfg["defense.steps"], "eot_reps": cfg["defense.eot_reps"],
                     "attack_eot_reps": cfg["attack.eot_reps"], "average": cfg["defense.average"],
                     "ebm": str(ebm_path) if (defended and ebm_path) else None,
                     "fixer": str(fixer_path) if (defended and fixer_path) else None},
+        "semantics": "adversarial = per-image worst case over every attack, restart and step "
+                     "(mean over seeds); attacks.<name> = each attack alone; *_ci = 95% Wilson "
+                     "interval over n_images",
         "model": str(model_path), "results": {}, "environment": environment(cfg, device),
         "config": cfg.to_dict(),
     }
-    curves, task_runs, adversarials = {}, {}, {}
-    for label, defense, attacks in runs:
-        per_attack: dict[str, dict] = {}
-        best = None
-        for attack in attacks:
-            per_seed = []
-            total = len(seeds) * attack.restarts * (attack.steps + 1) * (
-                (len(x) + cfg["attack.batch_size"] - 1) // cfg["attack.batch_size"])
-            with progress_bar(total, f"attack {label} ({attack.name})") as bar:
-                for s in seeds:
-                    res = evaluate_attack(attack, defense, task, x, y, seed=s,
-                                          batch_size=cfg["attack.batch_size"], device=device,
-                                          label=label, progress=bar.advance,
-                                          parts_dir=parts_dir, fingerprint=fingerprint,
-                                          resume=resume)
-                    x_adv = res.pop("_x_adv")
-                    adversarials[f"{label}.{attack.name}.seed{s}"] = x_adv
-                    per_seed.append({"seed": s, **res})
-            nat_m, nat_s = _mean_std([r["natural"] for r in per_seed])
-            adv_m, adv_s = _mean_std([r["adversarial"] for r in per_seed])
-            steps_n = len(per_seed[0]["accuracy_curve"])
-            curve = [sum(r["accuracy_curve"][i] for r in per_seed) / len(per_seed)
-                     for i in range(steps_n)]
-            per_attack[attack.name] = {
-                "attack": attack.name, "description": attack.description,
-                "gradient": getattr(attack, "gradient_mode", lambda: "exact")()
-                if label == "defended" else "exact",
-                "natural_mean": nat_m, "natural_std": nat_s,
-                "adversarial_mean": adv_m, "adversarial_std": adv_s,
-                "accuracy_curve": curve,
-                "seconds": round(sum(r["seconds"] for r in per_seed), 2),
-                "image_steps": sum(r["image_steps"] for r in per_seed),
-                "per_seed": per_seed}
-            curves[f"{label} ({attack.name})"] = (list(range(steps_n)), curve)
-            if best is None or adv_m < per_attack[best]["adversarial_mean"]:
-                best = attack.name
-            if attack is attacks[0] or best == attack.name:
-                task_runs[label] = {"defense": defense, "x_adv": x_adv, "result": per_seed[-1]}
-        b = per_attack[best]
-        report["results"][label] = {
-            "attack": best, "natural": b["natural_mean"], "natural_std": b["natural_std"],
-            "adversarial": b["adversarial_mean"], "adversarial_std": b["adversarial_std"],
-            "seconds": round(sum(a["seconds"] for a in per_attack.values()), 1),
-            "image_steps": sum(a["image_steps"] for a in per_attack.values()),
-            "per_seed": b["per_seed"], "attacks": per_attack}
-        save_grid(task_runs[label]["x_adv"][:64], out.with_name(out.stem + f".{label}-adv.png"))
-    use_sanity = cfg["attack.sanity"] if sanity is None else sanity
-    if use_sanity and runs:
-        report["sanity"] = sanity_checks(cfg, task, model, x, y, device, report["results"], runs)
-        if not report["sanity"]["all_pass"]:
-            failed = [c["check"] for c in report["sanity"]["checks"] if not c["pass"]]
-            info("sanity check failed: " + "; ".join(failed))
-    # Task-specific figures (e.g. Dice and mIoU for segmentation); the loop above stays generic.
+
+
+def _task_extras(task, x, y, task_runs: dict, out: Path, seeds: list, report: dict) -> None:
+    """Task-specific figures (e.g. Dice and mIoU for segmentation); the loop stays generic."""
     extras_fn = getattr(task, "evaluation_extras", None)
     extras = extras_fn(x, y, task_runs, out, (seeds[-1], "report")) if extras_fn else None
     for label, values in ((extras or {}).pop("results", None) or {}).items():
         report["results"][label].update(values)
     if extras:
         report["task_report"] = extras
-    if save_adversarials:
-        adv_path = out.with_suffix(".adv.safetensors")
-        tensors = {k: v.float().contiguous() for k, v in adversarials.items()}
-        tensors["x_natural"], tensors["y"] = x.float().contiguous(), y.contiguous()
-        atomic_write_bytes(adv_path, st_save(tensors, metadata={
-            "ebmctl.kind": "adversarials", "ebmctl.config": cfg.to_json()}))
-        report["adversarials_file"] = str(adv_path)
-    atomic_write_json(out, report)
-    save_curves(out.with_suffix(".png"), curves, "attack step",
-                f"robust {task.metric_name}\n(worst restart, mean over seeds)",
-                f"{bundle.name}: {cfg['attack.norm']} eps={attack_radius(cfg):.4g}")
-    shutil.rmtree(parts_dir, ignore_errors=True)  # the report now holds every per-image result
-    return report
+
+
+def _save_adversarials(cfg, out: Path, report: dict, task_runs: dict, x, y) -> str:
+    adv_path = out.with_suffix(".adv.safetensors")
+    tensors = {}
+    for label, r in report["results"].items():
+        for name, a in r["attacks"].items():
+            for s, x_adv in zip(a["per_seed"], task_runs[label]["x_advs"][name]):
+                tensors[f"{label}.{name}.seed{s['seed']}"] = x_adv.float().contiguous()
+        tensors[f"{label}.worst-case"] = task_runs[label]["x_adv"].float().contiguous()
+    tensors["x_natural"], tensors["y"] = x.float().contiguous(), y.contiguous()
+    atomic_write_bytes(adv_path, st_save(tensors, metadata={
+        "ebmctl.kind": "adversarials", "ebmctl.config": cfg.to_json()}))
+    return str(adv_path)
 
 
 def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
@@ -289,14 +536,14 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
                              out.with_name(f"{out.stem}.{key}={v}.json"), undefended=False,
                              defended=True, method=method, resume=resume, sanity=False)
         r = rep["results"]["defended"]
-        rows.append({"value": sub[key], "natural": r["natural"], "natural_std": r["natural_std"],
-                     "adversarial": r["adversarial"], "adversarial_std": r["adversarial_std"],
-                     "attack": r["attack"],
-                     "attacks": {n: {"natural": a["natural_mean"],
-                                     "adversarial": a["adversarial_mean"],
-                                     "adversarial_std": a["adversarial_std"]}
-                                 for n, a in r["attacks"].items()},
-                     "seconds": r["seconds"], "image_steps": r["image_steps"]})
+        rows.append({"value": sub[key], **{k: r[k] for k in (
+            "natural", "natural_std", "natural_ci", "adversarial", "adversarial_std",
+            "adversarial_ci", "converged", "seconds", "image_steps")},
+            "attack": r["attack"],
+            "attacks": {n: {"natural": a["natural_mean"], "adversarial": a["adversarial_mean"],
+                            "adversarial_std": a["adversarial_std"],
+                            "converged": a["converged"]}
+                        for n, a in r["attacks"].items()}})
     report = {"command": "attack --sweep", "key": key, "values": [r["value"] for r in rows],
               "metric": rep["metric"], "n_images": rep["n_images"], "seeds": rep["seeds"],
               "threat": rep["threat"], "rows": rows, "config": cfg.to_dict(),
@@ -306,20 +553,58 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
     positive = all(v > 0 for v in xs)
     save_curves(out.with_suffix(".png"),
                 {"natural": (xs, [r["natural"] for r in rows]),
-                 "adversarial (min over attacks)": (xs, [r["adversarial"] for r in rows])},
+                 "adversarial (per-image worst case)": (xs, [r["adversarial"] for r in rows])},
                 key, rep["metric"], f"sweep over {key}",
                 logx=positive and max(xs) / min(xs) >= 20)
     return report
 
 
-def format_table(report: dict) -> list[tuple[str, str, str, str]]:
-    """One row per (model, attack): mean ± std over seeds."""
+def format_accuracy(mean: float, std: float | None, ci: list[float] | None) -> str:
+    """"0.740 [0.675, 0.796]" (one seed) or "0.647 ± 0.015 [0.58, 0.71]" (several)."""
+    text = f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+    return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def format_table(report: dict) -> list[tuple[str, str, str, str, str]]:
+    """Rows (model, attack, natural, adversarial, converged): each attack, then the per-image
+    worst case over them and the eps = 0 control where measured."""
     rows = []
     for label, r in report["results"].items():
-        for name, a in r.get("attacks", {r["attack"]: None}).items():
-            if a is None:
-                rows.append((label, r["attack"], f"{r['natural']:.3f}", f"{r['adversarial']:.3f}"))
-                continue
-            rows.append((label, name, f"{a['natural_mean']:.3f} ± {a['natural_std']:.3f}",
-                         f"{a['adversarial_mean']:.3f} ± {a['adversarial_std']:.3f}"))
+        for name, a in r["attacks"].items():
+            conv = {True: "yes", False: "NOT converged", None: "n/a"}[a["converged"]]
+            rows.append((label, name,
+                         format_accuracy(a["natural_mean"], a["natural_std"], a["natural_ci"]),
+                         format_accuracy(a["adversarial_mean"], a["adversarial_std"],
+                                         a["adversarial_ci"]), conv))
+        if len(r["attacks"]) > 1:
+            rows.append((label, "worst case per image (all attacks)",
+                         format_accuracy(r["natural"], r["natural_std"], r["natural_ci"]),
+                         format_accuracy(r["adversarial"], r["adversarial_std"],
+                                         r["adversarial_ci"]),
+                         "yes" if r["converged"] else "NOT converged"))
+        c = r.get("eps0_control")
+        if c is not None:
+            rows.append((label, f"eps = 0 control ({c['attack']}, seed {c['seed']})",
+                         f"{c['natural']:.3f}",
+                         format_accuracy(c["adversarial"], None, c["adversarial_ci"]),
+                         f"inflation {c['inflation']:+.3f}"))
     return rows
+
+
+def report_notes(report: dict) -> list[str]:
+    """Warnings a reader must see beside the table."""
+    notes = []
+    for label, r in report["results"].items():
+        if not r.get("converged", True):
+            bad = [n for n, a in r["attacks"].items() if a["converged"] is False]
+            notes.append(f"{label}: not converged ({', '.join(bad)}): the accuracy curve still "
+                         "fell over the last 20% of steps; raise attack.steps")
+        gm = r.get("gradient_masking")
+        if gm and gm.get("suspected"):
+            notes.append(f"{label}: gradient masking suspected: {gm['attack']} "
+                         f"({gm['non_white_box']:.3f}) beats the white-box attacks "
+                         f"({gm['white_box']:.3f})")
+        if r.get("n_seeds") == 1:
+            notes.append(f"{label}: one attack seed (n = 1): no spread over seeds; intervals "
+                         f"are 95% Wilson over {r['n_images']} images")
+    return notes

@@ -1,0 +1,281 @@
+"""The one place that estimates a gradient through the defense: ``bpda | full | smooth | exact``.
+
+The thesis' EBMs are piecewise linear (LeakyReLU, no normalisation): the Hessian of U is zero
+almost everywhere, so each Langevin step X ← X − d·∇U(X) + s·Z has Jacobian I and exact autograd
+through all K steps returns the BPDA gradient. :func:`langevin_differentiable` computes that
+exact chain gradient with bounded memory (segment checkpointing: only every S-th state is kept;
+a segment is recomputed with its graph during the backward pass), so the equality can be tested
+rather than assumed. Two things can make the chain gradient genuinely differ from BPDA:
+
+* a *smoothed backward pass*: the forward chain stays exact, but on the backward pass the
+  derivative of each piecewise-linear activation's slope is taken from a smooth surrogate
+  (the slope of a softplus with temperature t), so the Hessian term −d·∇²U appears;
+* an EBM with smooth activations (``ebm.activation = "silu"``), where the exact gradient
+  already carries the Hessian term.
+
+Noise of segment s is drawn from ``make_generator(device, *key, "seg", s)`` and redrawn
+identically on recomputation, so the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ebmctl.device import autocast
+from ebmctl.defense import Defense, adapt_images, average_outputs
+from ebmctl.errors import ConfigError, NumericalError
+from ebmctl.sampling import LangevinSettings, frozen
+from ebmctl.seeds import make_generator
+from ebmctl.units import to_internal, to_public
+
+GRADIENT_MODES = ("bpda", "full", "smooth", "exact")
+
+
+# --- smoothed backward pass -------------------------------------------------------------
+
+class _SurrogateSlope(torch.autograd.Function):
+    """Forward: the exact slope of LeakyReLU (1 or ``leak``). Backward: the derivative of the
+    slope of ``leak·z + (1−leak)·t·softplus(z/t)``, i.e. (1−leak)·σ'(z/t)/t."""
+
+    @staticmethod
+    def forward(ctx, z, leak, temperature):
+        ctx.save_for_backward(z)
+        ctx.leak, ctx.temperature = leak, temperature
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, leak))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        s = torch.sigmoid(z / ctx.temperature)
+        return grad * (1.0 - ctx.leak) * s * (1 - s) / ctx.temperature, None, None
+
+
+class _SmoothBackwardLeaky(torch.autograd.Function):
+    """LeakyReLU whose value and first derivative are exact and whose second derivative comes
+    from the surrogate (double backward records :class:`_SurrogateSlope`)."""
+
+    @staticmethod
+    def forward(ctx, z, leak, temperature):
+        ctx.save_for_backward(z)
+        ctx.leak, ctx.temperature = leak, temperature
+        return F.leaky_relu(z, leak)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * _SurrogateSlope.apply(z, ctx.leak, ctx.temperature), None, None
+
+
+class SmoothBackwardLeakyReLU(nn.Module):
+    def __init__(self, leak: float, temperature: float):
+        super().__init__()
+        self.leak, self.temperature = float(leak), float(temperature)
+
+    def forward(self, z):
+        return _SmoothBackwardLeaky.apply(z, self.leak, self.temperature)
+
+
+def smoothed_copy(net: nn.Module, temperature: float) -> tuple[nn.Module, int]:
+    """A copy of ``net`` with every (Leaky)ReLU module replaced by its smoothed-backward twin.
+    Returns (copy, number replaced); 0 means the net has no such modules (already smooth, or
+    using functional activations the copy cannot see)."""
+    if temperature <= 0:
+        raise ConfigError("attack.smooth_temperature must be > 0")
+    twin = copy.deepcopy(net)
+    replaced = 0
+    for parent in twin.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.LeakyReLU):
+                setattr(parent, name, SmoothBackwardLeakyReLU(child.negative_slope, temperature))
+                replaced += 1
+            elif isinstance(child, nn.ReLU):
+                setattr(parent, name, SmoothBackwardLeakyReLU(0.0, temperature))
+                replaced += 1
+    return twin, replaced
+
+
+# --- differentiable Langevin chain ------------------------------------------------------
+
+class _ChainRunner:
+    """Runs steps [start, end) of one chain: ``fast`` (no graph, the plain sampler's arithmetic)
+    or ``with_graph`` (create_graph=True through ``backward_net``)."""
+
+    def __init__(self, net, backward_net, settings: LangevinSettings, steps: int, segment: int,
+                 noise: Callable[[int, torch.Tensor], torch.Tensor]):
+        self.net, self.backward_net, self.settings = net, backward_net, settings
+        self.steps, self.segment, self.noise = steps, segment, noise
+
+    def bounds(self, s: int) -> tuple[int, int]:
+        return s * self.segment, min(self.steps, (s + 1) * self.segment)
+
+    def fast(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        drift, scale = self.settings.drift, self.settings.eta * self.settings.tau
+        a, b = self.bounds(s)
+        for k in range(a, b):
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                with autocast(self.settings.precision, x.device):
+                    energy = self.net(xg)
+                (g,) = torch.autograd.grad(energy.sum(), xg)
+            x = x - drift * g.to(x.dtype) + scale * self.noise(k, x)
+        return x
+
+    def with_graph(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        drift, scale = self.settings.drift, self.settings.eta * self.settings.tau
+        a, b = self.bounds(s)
+        with frozen(self.backward_net):  # no parameter graphs on the recomputation
+            for k in range(a, b):
+                energy = self.backward_net(x)
+                (g,) = torch.autograd.grad(energy.sum(), x, create_graph=True)
+                x = x - drift * g + scale * self.noise(k, x)
+        return x
+
+
+class _Segment(torch.autograd.Function):
+    """Checkpointed segment: forward keeps only its input; backward recomputes with a graph."""
+
+    @staticmethod
+    def forward(ctx, x, runner, s):
+        ctx.runner, ctx.s = runner, s
+        ctx.save_for_backward(x)
+        return runner.fast(x.detach(), s)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            xi = x.detach().requires_grad_(True)
+            y = ctx.runner.with_graph(xi, ctx.s)
+            (gx,) = torch.autograd.grad(y, xi, grad_out)
+        return gx, None, None
+
+
+def auto_segment(steps: int) -> int:
+    """√K segments balance stored states (K/S) against the recomputed graph (S steps)."""
+    return max(1, int(math.ceil(math.sqrt(max(1, steps)))))
+
+
+def langevin_differentiable(net: nn.Module, x: torch.Tensor, steps: int,
+                            settings: LangevinSettings, *, key: tuple | None = None,
+                            noise: Callable[[int], torch.Tensor] | None = None,
+                            backward_net: nn.Module | None = None, segment: int = 0
+                            ) -> torch.Tensor:
+    """K Langevin steps from ``x`` (internal units) whose output is differentiable w.r.t. ``x``.
+
+    The forward values equal :func:`ebmctl.sampling.langevin` given the same noise. Noise comes
+    from ``noise(k)`` if given, else from generators derived from ``key`` per segment. The
+    backward pass differentiates through ``backward_net`` (default ``net``; a
+    :func:`smoothed_copy` for the smoothed attack). Memory: about K/S stored states plus one
+    S-step graph, S = ``segment`` (0 = √K)."""
+    if steps <= 0:
+        return x
+    seg = segment or auto_segment(steps)
+    if noise is None:
+        if key is None:
+            raise ValueError("langevin_differentiable needs a noise function or a seed key")
+        gens: dict[int, torch.Generator] = {}
+
+        def step_noise(k: int, like: torch.Tensor) -> torch.Tensor:
+            s = k // seg
+            if k % seg == 0 or s not in gens:  # a fresh generator at each segment start
+                gens[s] = make_generator(like.device, *key, "seg", s)
+            return torch.randn(like.shape, generator=gens[s], device=like.device, dtype=like.dtype)
+    else:
+        def step_noise(k: int, like: torch.Tensor) -> torch.Tensor:
+            return noise(k).to(like.dtype)
+
+    runner = _ChainRunner(net, backward_net or net, settings, steps, seg, step_noise)
+    n_seg = (steps + seg - 1) // seg
+    with frozen(net), frozen(backward_net or net):
+        for s in range(n_seg):
+            x = _Segment.apply(x, runner, s)
+        if not torch.isfinite(x).all():
+            raise NumericalError("Langevin chain produced NaN/Inf; lower langevin.tau")
+    return x
+
+# --- purification and EOT gradients ----------------------------------------------------
+
+def purify_differentiable(defense: Defense, x01: torch.Tensor, key: tuple, *,
+                          backward_net: nn.Module | None = None, segment: int = 0
+                          ) -> torch.Tensor:
+    """The defense's Langevin purifier (plus clamp) on [0,1] images [B,C,H,W], differentiable
+    w.r.t. ``x01``. The fixer is not applied here: :meth:`Defense.outputs_of` applies it, so
+    every gradient mode keeps its Jacobian."""
+    ebm = defense.ebm
+    if ebm is None or defense.steps <= 0:
+        return x01
+    in_size, in_ch = tuple(x01.shape[-2:]), x01.shape[1]
+    z = to_internal(adapt_images(x01, ebm.image_size, ebm.channels))
+    # fp32 throughout: the recomputed segments take second derivatives, which reduced
+    # precision would make inconsistent with the forward chain
+    z = langevin_differentiable(ebm.net, z, defense.steps, ebm.settings("fp32"), key=key,
+                                backward_net=backward_net, segment=segment)
+    # forward once, recomputed with a graph once on the backward pass
+    defense.count_image_steps(2 * z.shape[0] * defense.steps)
+    out = adapt_images(to_public(z), in_size, in_ch)
+    return out.clamp(0, 1) if defense.clamp else out
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: int,
+                 key: tuple, loss_fn: LossFn, mode: str = "bpda", *,
+                 backward_net: nn.Module | None = None, segment: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EOT gradient of ``loss_fn`` of the replicate-averaged outputs (thesis Eq. 2.9/2.10).
+
+    Args:
+        defense: the defense; its fixer (if any) is differentiable and kept in every mode.
+        x_adv: [B,C,H,W] images in [0,1].
+        y: targets [B,...].
+        reps: H_adv, the replicates averaged (ignored when the defense is deterministic).
+        key: seed key; the replicates' noise is derived from ``(*key, "eot")`` (bpda) or
+            ``(*key, "chain")`` (full/smooth).
+        loss_fn: per-example loss [B] to maximise, of averaged outputs [B,...].
+        mode: ``bpda``: the Langevin chain is the identity on the backward pass (BPDA, Athalye
+            et al. 2018); the gradient of L(mean_h f(x̂_h)) w.r.t. each replicate x̂_h is taken
+            and the H gradients are averaged (Eq. 2.10). ``full``: exact autograd through all K
+            Langevin steps (checkpointed, :func:`langevin_differentiable`). ``smooth``: as full,
+            through ``backward_net`` (a :func:`smoothed_copy`). ``exact``: the defense is
+            deterministic (no EBM), plain autograd.
+
+    Returns:
+        (gradient [B,C,H,W] w.r.t. ``x_adv``, averaged outputs [B,...] of the same replicates,
+        per-image loss [B]).
+
+    Raises:
+        ConfigError: unknown ``mode``.
+    """
+    if mode not in GRADIENT_MODES:
+        raise ConfigError(f"unknown gradient mode {mode!r}; choose from {', '.join(GRADIENT_MODES)}")
+    if not defense.stochastic:
+        mode = "exact"
+    with torch.enable_grad():
+        if mode == "bpda":
+            r = defense.replicates(x_adv, reps, (*key, "eot")).detach().requires_grad_(True)
+            avg = average_outputs(defense.outputs_of(r), defense.average)
+            loss = loss_fn(avg, y)
+            (g,) = torch.autograd.grad(loss.sum(), r)
+            return g.mean(0), avg.detach(), loss.detach()
+        xg = x_adv.detach().requires_grad_(True)
+        if mode == "exact":
+            h, purified = 1, xg.unsqueeze(0)
+        else:
+            h = reps
+            flat = xg.repeat(h, *([1] * (xg.dim() - 1)))
+            purified = purify_differentiable(defense, flat, (*key, "chain"),
+                                             backward_net=backward_net, segment=segment)
+            purified = purified.view(h, *xg.shape)
+        avg = average_outputs(defense.outputs_of(purified), defense.average)
+        loss = loss_fn(avg, y)
+        (g,) = torch.autograd.grad(loss.sum(), xg)
+    # Eq. 2.10 averages the H per-replicate gradients; the chain gradient of the averaged loss
+    # is their sum, so divide by H to keep the two on the same scale.
+    return g / h, avg.detach(), loss.detach()

@@ -1,0 +1,144 @@
+"""What a report's numbers mean: threat settings used as given, intervals, convergence flags,
+sanity checks that can fail, and the ε = 0 control."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ebmctl.artifacts import model_tensors, save_artifact
+from ebmctl.errors import ConfigError
+from ebmctl.evaluate.report import (
+    format_table,
+    make_attack,
+    masking_verdict,
+    report_notes,
+    run_evaluation,
+    summarise_attack,
+)
+from ebmctl.evaluate.stats import still_falling, wilson_interval
+from ebmctl.nn.ebm import LightweightEBM
+from ebmctl.profiles import resolve
+from ebmctl.testing import run_cli
+from ebmctl_classification.models import SmallCNN
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("art")
+    torch.manual_seed(0)  # test-only weight init
+    clf = SmallCNN(1, 10, 8, 8)
+    clf_path = save_artifact(d / "clf.safetensors", model_tensors(clf), kind="classifier",
+                             arch="small-cnn", task="classification",
+                             arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
+                                        "image_size": 8},
+                             data={"range": "[-1,1]", "image_size": 8, "channels": 1})
+    ebm = LightweightEBM(1, 8, 8)
+    ebm_path = save_artifact(d / "ebm.safetensors", model_tensors(ebm), kind="ebm",
+                             arch="lightweight",
+                             arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
+                             data={"range": "[-1,1]", "image_size": 8, "channels": 1},
+                             extra={"tau": 0.01, "temperature": 5e-5})
+    return clf_path, ebm_path
+
+
+def test_wilson_interval_matches_a_hand_computation():
+    # 148/200: p = 0.74, z = 1.96, z²/n = 0.019208 → centre 0.749604 / 1.019208 = 0.735477,
+    # half-width 1.96·√(0.74·0.26/200 + 3.8416/160000) / 1.019208 = 0.060386
+    lo, hi = wilson_interval(148, 200)
+    assert lo == pytest.approx(0.675091, abs=1e-5) and hi == pytest.approx(0.795863, abs=1e-5)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_l2_step_size_is_used_as_given_or_rejected():
+    cfg = resolve("quick", ["attack.norm=l2", "attack.eps_l2=0.8", "attack.step_size_l2=0.3"])
+    assert make_attack(cfg, "bpda-eot", True).step_size == 0.3
+    # the ℓ∞ step given for an ℓ2 attack is an error naming it, not a silent ε/4
+    with pytest.raises(ConfigError, match="attack.step_size"):
+        make_attack(resolve("quick", ["attack.norm=l2", "attack.step_size=0.001"]), "pgd", False)
+    with pytest.raises(ConfigError, match="attack.eps_l2"):
+        make_attack(resolve("quick", ["attack.eps_l2=2.0"]), "pgd", False)
+    # nothing given: the documented default ε_l2/4
+    assert make_attack(resolve("quick", ["attack.norm=l2"]), "pgd", False).step_size == \
+        pytest.approx(0.5 / 4)
+
+
+def test_an_attack_option_no_attack_takes_is_rejected(artifacts, tmp_path):
+    clf, _ = artifacts
+    r = run_cli(["attack", "-p", "quick", "--model", str(clf), "--undefended-only",
+                 "--set", "attack.square_p_init=0.5", "--n-images", "4",
+                 "--out", str(tmp_path / "r.json")])
+    assert r.exit_code != 0 and "attack.square_p_init" in r.output
+
+
+def test_eps_follows_the_norm_chosen_by_a_profile_or_set(artifacts, tmp_path):
+    clf, _ = artifacts
+    out = tmp_path / "l2.json"
+    r = run_cli(["attack", "-p", "quick", "--model", str(clf), "--undefended-only",
+                 "--set", "attack.norm=l2", "--eps", "0.7", "--n-images", "4",
+                 "--set", "attack.steps=1", "--set", "attack.sanity=false", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["threat"]["norm"] == "l2" and rep["threat"]["eps"] == 0.7
+    assert rep["threat"]["step_size"] == pytest.approx(0.7 / 4)
+
+
+def test_a_curve_still_falling_at_its_end_is_flagged_not_converged():
+    assert still_falling([1.0, 0.8, 0.7, 0.7, 0.7, 0.69])
+    assert not still_falling([1.0, 0.6, 0.5, 0.5, 0.5, 0.5])
+    per_seed = [{"seed": 0, "natural": 1.0, "adversarial": 0.4, "seconds": 1.0, "image_steps": 0,
+                 "accuracy_curve": [1.0, 0.8, 0.6, 0.5, 0.45, 0.4]}]
+
+    class A:
+        name, description, per_step_curve = "x", "", True
+
+        def gradient_mode(self):
+            return "bpda"
+
+    row = summarise_attack(A(), per_seed, 100)
+    assert row["converged"] is False and row["adversarial_std"] is None
+    assert row["adversarial_ci"] == [pytest.approx(0.3094, abs=1e-3),
+                                     pytest.approx(0.4980, abs=1e-3)]
+    report = {"results": {"defended": {"attacks": {"x": row}, "converged": False, "n_seeds": 1,
+                                       "n_images": 100}}}
+    assert format_table(report)[0][-1] == "NOT converged"
+    notes = report_notes(report)
+    assert any("not converged" in n for n in notes) and any("n = 1" in n for n in notes)
+
+
+def test_gradient_masking_is_suspected_when_a_transfer_attack_wins():
+    attacks = {"bpda-eot": {"gradient": "bpda", "adversarial_mean": 0.6},
+               "transfer": {"gradient": "classifier only", "adversarial_mean": 0.4}}
+    assert masking_verdict(attacks, 0.02)["suspected"] is True
+    attacks["transfer"]["adversarial_mean"] = 0.7
+    assert masking_verdict(attacks, 0.02)["suspected"] is False
+
+
+def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(artifacts, tmp_path):
+    clf, ebm = artifacts
+    sets = ["attack.n_images=8", "attack.batch_size=8", "attack.steps=2", "attack.eot_reps=2",
+            "attack.restarts=1", "defense.steps=2", "defense.eot_reps=2", "attack.seeds=0",
+            "attack.sanity_images=8", "run.device=cpu", "langevin.precision=fp32"]
+    rep = run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"),
+                         tmp_path / "r.json")
+    checks = {c["check"]: c for c in rep["sanity"]["checks"]}
+    assert not any("uses H_def" in name for name in checks)  # the check that could not fail
+    zero = next(c for n, c in checks.items() if n.startswith("undefended: eps = 0"))
+    assert zero["pass"] and zero["adversarial"] == zero["natural"]
+    mono = next(c for n, c in checks.items() if n.startswith("defended: accuracy does not rise"))
+    assert mono["eps"][0] == 0.0 and len(mono["adversarial"]) == 3
+    assert mono["pass"] == all(b <= a + 0.02 for a, b in zip(mono["adversarial"],
+                                                             mono["adversarial"][1:]))
+    assert any("transfer attack" in n for n in checks)
+    control = rep["results"]["defended"]["eps0_control"]
+    assert control["inflation"] == pytest.approx(control["natural"] - control["adversarial"])
+    d = rep["results"]["defended"]
+    assert d["per_image_robust"] == [int(v) for v in d["attacks"]["bpda-eot"]["per_seed"][0][
+        "robust_ok"]]
+    assert isinstance(d["converged"], bool) and d["n_images"] == 8
+    lo, hi = d["adversarial_ci"]
+    assert lo <= d["adversarial"] <= hi and not math.isnan(lo)
