@@ -30,7 +30,9 @@ from ebmctl.protocols import DatasetBundle, Task
 from ebmctl.registry import did_you_mean
 from ebmctl.seeds import make_generator
 from ebmctl.training.checkpoint import (
+    ResumeGuard,
     checkpoint_path,
+    module_digest,
     load_checkpoint,
     restore_optimizer,
     save_checkpoint,
@@ -293,7 +295,8 @@ def _optimizer(fixer: Fixer, cfg: Config) -> torch.optim.Optimizer:
 
 
 def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
-                resume: bool = False, stop_after: int | None = None) -> Path:
+                resume: bool = False, stop_after: int | None = None,
+                force_resume: bool = False) -> Path:
     """Train a fixer for ``run.energy`` (frozen) in two stages; write the artifact, a JSON log,
     loss-curve PNGs and a natural|purified|fixed grid. A checkpoint after every epoch makes
     the run resumable; all randomness is keyed by (seed, epoch), so a resumed run equals an
@@ -326,8 +329,15 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
     opt = _optimizer(fixer, cfg)
     done, history, best = 0, [], {"val": math.inf, "epoch": 0, "bad": 0, "stopped": False}
     best_state: dict[str, torch.Tensor] | None = None
-    if resume and ckpt_file.exists():
+    # The frozen networks shape every epoch: their contents are part of the fingerprint.
+    guard = ResumeGuard.for_run(cfg, "fixer", {
+        "--ebm": (energy.path if energy.path and Path(energy.path).is_file()
+                  else {"sha256": module_digest(energy.net) + f":{energy.tau}:{energy.temperature}"}),
+        "--model": run.task_model is not None and {"sha256": module_digest(run.task_model)},
+        "fix.vgg_weights": cfg["fix.feature_net"] == "vgg16" and cfg["fix.vgg_weights"]})
+    if (resume or force_resume) and ckpt_file.exists():
         ck = load_checkpoint(ckpt_file, "fixer")
+        guard.check(ck, force_resume, ckpt_file)
         fixer.net.load_state_dict(ck["model"])
         done = ck["step"]
         history, best = ck["state"]["history"], ck["state"]["best"]
@@ -335,7 +345,7 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
         saved_best = {k[5:]: v for k, v in ck["tensors"].items() if k.startswith("best.")}
         best_state = saved_best or None
         info(f"resumed from {ckpt_file} after epoch {done}")
-    elif resume:
+    elif resume or force_resume:
         info(f"no checkpoint at {ckpt_file}; starting from scratch")
 
     repurify = cfg["fix.repurify_every"]
@@ -405,7 +415,7 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
                                 optimizer=opt,
                                 tensors={f"best.{k}": v for k, v in (best_state or {}).items()},
                                 state={"history": history, "best": best}, config=cfg,
-                                arch=arch, arch_args=args)
+                                arch=arch, arch_args=args, guard=guard)
             if stop_after is not None and i + 1 - done >= stop_after and not last:
                 info(f"stopped after {stop_after} epoch(s); resume with --resume")
                 return ckpt_file
@@ -418,7 +428,8 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
              "feature_layers": getattr(features, "layers", list(cfg["fix.vgg_layers"])),
              "epochs_run": len(history) - 1, "best_epoch": best["epoch"] or len(history) - 1,
              "early_stopped": best["stopped"], "final": {**final, **_prefixed(acc)},
-             "initial": history[0], "seconds": round(time.time() - t0, 1)}
+             "initial": history[0], "seconds": round(time.time() - t0, 1),
+             **guard.artifact_extra()}
     data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": channels,
             "dataset": cfg["data.dataset"]}
     save_artifact(out, model_tensors(fixer.net), kind="fixer", arch=arch, arch_args=args,

@@ -24,7 +24,11 @@ def fix_train_cmd(
                                                 help="override fix.stage1_epochs (MSE)"),
     stage2_epochs: Optional[int] = typer.Option(None, "--stage2-epochs",
                                                 help="override fix.stage2_epochs (perceptual)"),
-    resume: bool = typer.Option(False, "--resume", help="continue from the run's checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run's checkpoint (an "
+                                "error if it was trained with other settings or another EBM)"),
+    force_resume: bool = typer.Option(False, "--force-resume", help="resume even though the "
+                                      "stage-2 epochs, patience or purification batch changed; "
+                                      "the artifact records the changes"),
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     out: OutOpt = None,
 ):
@@ -51,7 +55,7 @@ def fix_train_cmd(
     bundle = load_dataset(cfg)
     out = out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors"
     path = train_fixer(cfg, FixerRun(energy, bundle, task if task_model else None, task_model),
-                       out, dev, resume)
+                       out, dev, resume, force_resume=force_resume)
     info(f"wrote {path}")
 
 

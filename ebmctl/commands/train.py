@@ -11,7 +11,11 @@ from ebmctl.console import info
 
 app = typer.Typer(help="Train EBMs and task models.", no_args_is_help=True)
 
-ResumeOpt = typer.Option(False, "--resume", help="continue from the run's checkpoint")
+ResumeOpt = typer.Option(False, "--resume", help="continue from the run's checkpoint (an error "
+                         "if it was trained with other settings)")
+ForceResumeOpt = typer.Option(False, "--force-resume", help="resume even though the number of "
+                              "updates, logging/checkpoint frequency or sharding changed; the "
+                              "artifact records the changes (other settings cannot change)")
 
 
 def default_out(cfg, what: str) -> Path:
@@ -21,6 +25,7 @@ def default_out(cfg, what: str) -> Path:
 @app.command("ebm")
 def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                   seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                  force_resume: bool = ForceResumeOpt,
                   steps: int = typer.Option(None, "--steps", help="override train.steps"),
                   recipe: str = typer.Option(None, "--recipe",
                                              help="override train.recipe: convergent | midrun")):
@@ -46,11 +51,13 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
                           f"only, not {cfg['train.recipe']!r}")
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = trainers[cfg["train.recipe"]](cfg, bundle, out or default_out(cfg, "ebm"), dev, resume)
+    path = trainers[cfg["train.recipe"]](cfg, bundle, out or default_out(cfg, "ebm"), dev, resume,
+                                         force_resume=force_resume)
     info(f"wrote {path}")
 
 
-def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: str | None):
+def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: str | None,
+                force_resume: bool = False):
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.training.task_model import train_task_model
@@ -63,28 +70,31 @@ def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: st
                           "use `ebmctl train model`")
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_task_model(cfg, bundle, task, out or default_out(cfg, task.model_kind), dev, resume)
+    path = train_task_model(cfg, bundle, task, out or default_out(cfg, task.model_kind), dev, resume,
+                            force_resume=force_resume)
     info(f"wrote {path}")
 
 
 @app.command("classifier")
 def train_classifier_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                          seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                         force_resume: bool = ForceResumeOpt,
                          epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the classifier of the classification task."""
-    _train_task(profile, set_, device, seed, out, resume, epochs, "classifier")
+    _train_task(profile, set_, device, seed, out, resume, epochs, "classifier", force_resume)
 
 
 @app.command("segmenter")
 def train_segmenter_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                         seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                        force_resume: bool = ForceResumeOpt,
                         epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the segmenter of the segmentation task (task.name = segmentation unless the profile
     names another task that trains a segmenter)."""
     cfg_sets = list(set_ or [])
     if make_config(profile, cfg_sets, device, seed).provenance.get("task.name") == "default":
         cfg_sets.append("task.name=segmentation")
-    _train_task(profile, cfg_sets, device, seed, out, resume, epochs, "segmenter")
+    _train_task(profile, cfg_sets, device, seed, out, resume, epochs, "segmenter", force_resume)
 
 
 @app.command("autoencoder")
@@ -108,14 +118,16 @@ def train_autoencoder_cmd(profile: ProfileOpt = None, set_: SetOpt = None,
 @app.command("model")
 def train_model_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                     seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                    force_resume: bool = ForceResumeOpt,
                     epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the task model of whichever task the profile names (task.name)."""
-    _train_task(profile, set_, device, seed, out, resume, epochs, None)
+    _train_task(profile, set_, device, seed, out, resume, epochs, None, force_resume)
 
 
 @app.command("hat")
 def train_hat_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                   seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
+                  force_resume: bool = ForceResumeOpt,
                   steps: int = typer.Option(None, "--steps", help="override train.steps"),
                   mode: str = typer.Option(None, "--mode", help="override hat.mode: "
                                            "conditional | joint"),
@@ -135,5 +147,6 @@ def train_hat_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
     cfg = make_config(profile, extra + (set_ or []), device, seed)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_hat(cfg, bundle, out or default_out(cfg, "hat-ebm"), dev, resume)
+    path = train_hat(cfg, bundle, out or default_out(cfg, "hat-ebm"), dev, resume,
+                     force_resume=force_resume)
     info(f"wrote {path}")

@@ -24,6 +24,7 @@ from ebmctl.protocols import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
+    ResumeGuard,
     finish_energy_run,
     checkpoint_path,
     grads_finite,
@@ -73,7 +74,7 @@ def ebm_data_meta(bundle: DatasetBundle, dataset: str) -> dict:
 
 
 def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
-              resume: bool = False) -> Path:
+              resume: bool = False, force_resume: bool = False) -> Path:
     """Convergent EBM training. With ``train.shards`` = S > 1 the bank is split into S contiguous
     blocks and every update's batch into S parts of batch/S; part s draws its data, noise, bank
     rows and Langevin noise from a generator keyed (seed, update, s) and the loss is the mean of
@@ -114,8 +115,10 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     bank = init_bank(cfg["train.bank_init"], bank_size, shape, data.cpu(),
                      make_generator("cpu", seed, "bank-init"))
     opt = _make_optimizer(net, cfg, 0)
-    if resume and ckpt_file.exists():
+    guard = ResumeGuard.for_run(cfg, "ebm")
+    if (resume or force_resume) and ckpt_file.exists():
         ck = load_checkpoint(ckpt_file, "ebm")
+        guard.check(ck, force_resume, ckpt_file)
         net.load_state_dict(ck["model"])
         start = ck["step"]
         opt = _make_optimizer(net, cfg, start)
@@ -127,7 +130,7 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
         if ck["state"].get("shards", 1) != shards:
             info(f"the checkpoint was written with train.shards = {ck['state'].get('shards', 1)}"
                  f"; continuing with {shards} (a different random stream from here on)")
-    elif resume:
+    elif resume or force_resume:
         info(f"no checkpoint at {ckpt_file}; starting from scratch")
     if shards == 1:
         banks = {0: bank.to(device)}
@@ -197,7 +200,7 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
                     save_checkpoint(ckpt_file, target="ebm", step=step + 1, model=net,
                                     optimizer=opt, tensors={"bank": full},
                                     state={"history": history, "shards": shards}, config=cfg,
-                                    arch=arch, arch_args=args)
+                                    arch=arch, arch_args=args, guard=guard)
             if ctx.is_main and ((step + 1) % grid_every == 0 or step + 1 == steps):
                 save_grid(to_public(banks[0][:64]),
                           out.with_name(out.stem + f".samples-{step + 1:06d}.png"))
@@ -206,6 +209,7 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
                           "final": history[-1] if history else {}}}
     if shards > 1:
         extra["training"].update(shards=shards, world_size=ctx.world_size)
+    extra.update(guard.artifact_extra())
     if ctx.is_main:
         health = run_health_check(net, cfg, bundle, settings, device, out, health_model)
         if health is not None:
@@ -216,4 +220,3 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
         finish_energy_run(out, ckpt_file, history, extra, cfg, device, "U", "EBM training")
     D.barrier(ctx)  # the other ranks return once rank 0 has written the artifact
     return out
-

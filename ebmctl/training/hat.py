@@ -40,6 +40,7 @@ from ebmctl.protocols import DatasetBundle
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.ebm import ebm_data_meta
 from ebmctl.training.checkpoint import (
+    ResumeGuard,
     finish_energy_run,
     checkpoint_path,
     load_checkpoint,
@@ -151,7 +152,7 @@ def _lr(cfg: Config, base: float, step: int) -> float:
 
 
 def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
-              resume: bool = False) -> Path:
+              resume: bool = False, force_resume: bool = False) -> Path:
     out = Path(out)
     ckpt_file = checkpoint_path(out)
     settings = settings_from(cfg)
@@ -179,8 +180,10 @@ def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
         zbank = torch.randn((bank_size, *net.latent_shape), generator=gen0, device=device)
         with torch.no_grad():  # image bank from the initial generator (Alg. 5)
             xbank = torch.cat([net.generate(p) for p in torch.split(zbank, 512)])
-    if resume and ckpt_file.exists():
+    guard = ResumeGuard.for_run(cfg, "hat-ebm", {"hat.generator": cfg["hat.generator"]})
+    if (resume or force_resume) and ckpt_file.exists():
         ck = load_checkpoint(ckpt_file, "hat-ebm")
+        guard.check(ck, force_resume, ckpt_file)
         net.load_state_dict(ck["model"])
         restore_optimizer(opt_h, ck)
         gen_t = {k[len("genopt."):]: v for k, v in ck["tensors"].items() if k.startswith("genopt.")}
@@ -193,7 +196,7 @@ def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
             zbank, xbank = ck["tensors"]["zbank"].to(device), ck["tensors"]["xbank"].to(device)
         start, history = ck["step"], ck["state"].get("history", [])
         info(f"resumed from {ckpt_file} at update {start}")
-    elif resume:
+    elif resume or force_resume:
         info(f"no checkpoint at {ckpt_file}; starting from scratch")
     net.generator.eval()
     every = cfg["train.checkpoint_every"]
@@ -233,7 +236,7 @@ def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
                 save_checkpoint(ckpt_file, target="hat-ebm", step=step + 1, model=net,
                                 optimizer=opt_h, tensors=tensors,
                                 state={"history": history, "genopt": gmeta}, config=cfg,
-                                arch="hat-ebm", arch_args=arch_args)
+                                arch="hat-ebm", arch_args=arch_args, guard=guard)
             if (step + 1) % grid_every == 0 or step + 1 == steps:
                 save_grid(to_public(res["neg"][:64]),
                           out.with_name(out.stem + f".samples-{step + 1:06d}.png"))
@@ -243,7 +246,7 @@ def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
              "latent_shape": list(net.latent_shape), "generator_trained": bool(train_gen),
              "generator_source": str(cfg["hat.generator"] or "trained from scratch"),
              "training": {"updates": steps, "seconds": round(time.time() - t0, 1),
-                          "final": history[-1] if history else {}}}
+                          "final": history[-1] if history else {}}, **guard.artifact_extra()}
     save_artifact(out, model_tensors(net), kind="hat-ebm", arch="hat-ebm", arch_args=arch_args,
                   task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
                   config=cfg, step=steps, extra=extra)

@@ -33,6 +33,7 @@ from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import make_generator
 from ebmctl.training.ebm import ebm_data_meta
 from ebmctl.training.checkpoint import (
+    ResumeGuard,
     finish_energy_run,
     checkpoint_path,
     load_checkpoint,
@@ -149,7 +150,7 @@ def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
 
 
 def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
-                 resume: bool = False) -> Path:
+                 resume: bool = False, force_resume: bool = False) -> Path:
     out = Path(out)
     ckpt_file = checkpoint_path(out)
     arch, args = ebm_arch_args(cfg, bundle)
@@ -178,8 +179,11 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
     start, history = 0, []
     counts = {"rejuvenated": 0, "updated": 0}
     elapsed = 0.0  # training seconds of earlier (resumed-from) processes
-    if resume and ckpt_file.exists():
+    generator_file = cfg["train.rejuv_source"] == "generator" and cfg["train.rejuv_generator"]
+    guard = ResumeGuard.for_run(cfg, "ebm-midrun", {"train.rejuv_generator": generator_file})
+    if (resume or force_resume) and ckpt_file.exists():
         ck = load_checkpoint(ckpt_file, "ebm-midrun")
+        guard.check(ck, force_resume, ckpt_file)
         net.load_state_dict(ck["model"])
         restore_optimizer(opt, ck)
         bank = ck["tensors"]["bank"].to(device)
@@ -188,7 +192,7 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
         counts = ck["state"].get("counts", counts)
         elapsed = float(ck["state"].get("seconds", 0.0))
         info(f"resumed from {ckpt_file} at update {start}")
-    elif resume:
+    elif resume or force_resume:
         info(f"no checkpoint at {ckpt_file}; starting from scratch")
     every, log_every = cfg["train.checkpoint_every"], cfg["train.log_every"]
     grid_every = cfg["output.grid_every"] or every
@@ -237,7 +241,7 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
                                 optimizer=opt, tensors={"bank": bank},
                                 state={"history": history, "counts": counts,
                                        "seconds": time.time() - t0},
-                                config=cfg, arch=arch, arch_args=args)
+                                config=cfg, arch=arch, arch_args=args, guard=guard)
             if (step + 1) % grid_every == 0 or step + 1 == steps:
                 save_grid(to_public(bank[:64]),
                           out.with_name(out.stem + f".samples-{step + 1:06d}.png"))
@@ -254,6 +258,7 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
     health = run_health_check(net, cfg, bundle, settings, device, out, health_model)
     if health is not None:
         extra["health"] = health
+    extra.update(guard.artifact_extra())
     save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
                   task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
                   config=cfg, step=steps, extra=extra)

@@ -16,6 +16,7 @@ from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle, Task
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
+    ResumeGuard,
     checkpoint_path,
     grads_finite,
     load_checkpoint,
@@ -49,7 +50,8 @@ def task_lr(cfg: Config, it: int, total: int, milestones: list[int]) -> float:
 
 
 def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
-                     device: torch.device, resume: bool = False) -> Path:
+                     device: torch.device, resume: bool = False,
+                     force_resume: bool = False) -> Path:
     out = Path(out)
     ckpt_file = checkpoint_path(out)
     arch, args = task.model_args(cfg, bundle)
@@ -78,8 +80,10 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     total = epochs * steps_per_epoch
     milestones = [int(f * total) for f in cfg["model.lr_milestones"]]
     start_epoch, history = 0, []
-    if resume and ckpt_file.exists():
+    guard = ResumeGuard.for_run(cfg, task.model_kind)
+    if (resume or force_resume) and ckpt_file.exists():
         ck = load_checkpoint(ckpt_file, task.model_kind)
+        guard.check(ck, force_resume, ckpt_file)
         net.load_state_dict(ck["model"])
         restore_optimizer(opt, ck)
         start_epoch, history = ck["step"], ck["state"].get("history", [])
@@ -115,13 +119,13 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
             if epoch + 1 < epochs:
                 save_checkpoint(ckpt_file, target=task.model_kind, step=epoch + 1, model=net,
                                 optimizer=opt, state={"history": history}, config=cfg,
-                                arch=arch, arch_args=args)
+                                arch=arch, arch_args=args, guard=guard)
     net.to(memory_format=torch.contiguous_format)  # artifacts store plain contiguous tensors
     test = evaluate_task_model(model, task, bundle.test.x, bundle.test.y, device)
     data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
             "num_classes": bundle.num_classes, "class_names": bundle.class_names,
             "dataset": cfg["data.dataset"]}
-    extra = {"history": history, f"test_{task.metric_name}": test}
+    extra = {"history": history, f"test_{task.metric_name}": test, **guard.artifact_extra()}
     save_artifact(out, model_tensors(net), kind=task.model_kind, arch=arch, arch_args=args,
                   task=task.name, data=data, config=cfg, step=epochs, extra=extra)
     from ebmctl.context import environment
