@@ -72,6 +72,38 @@ def _json_default(o: Any):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def claim_output(path: str | os.PathLike, *, force: bool = False, resume: bool = False,
+                 option: str = "--out") -> Path:
+    """The one check every command makes before it writes an output: an existing file is
+    replaced only with ``force`` (or ``resume``, for a run continuing its own work), so no
+    earlier result is lost silently. Returns the path; creates nothing."""
+    from ebmctl.errors import OutputExistsError
+
+    p = Path(path)
+    if p.is_dir():
+        raise OutputExistsError(f"output {p} is a folder; give a file path with {option}")
+    if p.exists() and not (force or resume):
+        raise OutputExistsError(f"{p} already exists; pass --force to replace it, or choose "
+                                f"another path with {option}")
+    return p
+
+
+def output_stems(inputs: list[tuple[str | os.PathLike, str]]) -> list[str]:
+    """Output stems for the inputs of one call, given as (output folder, input stem): a stem
+    already taken in its folder by an earlier input (``a/x.png`` and ``b/x.jpg`` into one
+    ``--out-dir``) becomes ``x-2``, ``x-3``, ..., so no output of the call replaces another."""
+    taken: set[tuple[Path, str]] = set()
+    out = []
+    for folder, stem in inputs:
+        key, n, name = Path(folder).resolve(), 1, stem
+        while (key, name) in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add((key, name))
+        out.append(name)
+    return out
+
+
 @dataclass
 class Artifact:
     path: Path

@@ -40,3 +40,9 @@ class NotAvailableError(EbmctlError):
 
 class NumericalError(EbmctlError):
     exit_code = 7
+
+
+class OutputExistsError(EbmctlError):
+    """An output would replace an earlier file (allowed only with --force or --resume)."""
+
+    exit_code = 8

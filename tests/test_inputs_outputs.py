@@ -4,10 +4,12 @@ that refuse to overwrite earlier work."""
 
 from __future__ import annotations
 
-
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+from ebmctl.testing import run_cli
 
 
 
@@ -81,3 +83,135 @@ def test_image_folder_reads_like_every_other_reader(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "EXIF orientation 6 applied (sideways.png)" in err
     assert "I;16 image converted to 8-bit RGB (dark16.png)" in err
+
+
+# --- item 4: purify keeps the input's size and mode ----------------------------------------
+
+
+def _shipped_ebm():
+    from ebmctl.shipped import DEFAULT_EBM
+
+    if not DEFAULT_EBM.exists():
+        pytest.skip("no shipped EBM in this build")
+    return DEFAULT_EBM
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
+def test_purify_output_has_the_inputs_size_and_mode(tmp_path, mode):
+    """A 20x16 image (smaller than the shipped 32x32 EBM, another aspect ratio) comes back
+    20x16 in its own mode; an alpha channel comes back unchanged."""
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65535, (16, 20), dtype=np.uint16))
+    else:
+        im = Image.fromarray(rng.integers(0, 255, (16, 20, 4), dtype=np.uint8), "RGBA")
+        im = im.convert(mode)
+    src = tmp_path / "small.png"
+    im.save(src)
+    r = run_cli(["purify", src, "--ebm", _shipped_ebm(), "--steps", "2", "--out-dir",
+                 tmp_path / "o"])
+    assert r.exit_code == 0, r.output
+    out = Image.open(tmp_path / "o" / "small.purified.png")
+    assert out.size == (20, 16)
+    assert out.mode == im.mode or (mode == "I;16" and out.mode.startswith("I")), out.mode
+    if mode == "RGBA":
+        assert np.array_equal(np.asarray(out)[..., 3], np.asarray(im)[..., 3])
+    assert "resized back to 20x16" in r.stderr
+
+
+def _drift(path: str, out: str) -> float:
+    a = np.asarray(Image.open(path), dtype=np.float64) / 255
+    b = np.asarray(Image.open(out), dtype=np.float64) / 255
+    return float(np.abs(a - b).mean())
+
+
+def test_purify_drift_per_pixel_does_not_grow_with_the_image(tmp_path):
+    """A 64x64 tiling of a 32x32 image drifts about as much per pixel as the 32x32 image: the
+    32x32 EBM is never run convolutionally over a larger image (whose summed energy made the
+    per-pixel gradient several times stronger)."""
+    yy, xx = np.meshgrid(np.linspace(0, 1, 32), np.linspace(0, 1, 32), indexing="ij")
+    img = np.stack([0.5 + 0.3 * np.sin(6 * xx + 1), 0.4 + 0.3 * np.cos(5 * yy),
+                    0.3 + 0.4 * xx * yy], -1).clip(0, 1)
+    img8 = (img * 255).round().astype(np.uint8)
+    Image.fromarray(img8).save(tmp_path / "one.png")
+    Image.fromarray(np.tile(img8, (2, 2, 1))).save(tmp_path / "four.png")
+    r = run_cli(["purify", tmp_path / "one.png", tmp_path / "four.png", "--ebm", _shipped_ebm(),
+                 "--steps", "50", "-H", "3", "--out-dir", tmp_path / "o"])
+    assert r.exit_code == 0, r.output
+    drift = {n: np.mean([_drift(tmp_path / f"{n}.png", tmp_path / "o" / f"{n}.purified-{i:03d}.png")
+                         for i in range(3)]) for n in ("one", "four")}
+    assert Image.open(tmp_path / "o" / "four.purified-000.png").size == (64, 64)
+    assert 0.85 < drift["four"] / drift["one"] < 1.15, drift
+
+
+# --- item 5: outputs never replace earlier work silently -----------------------------------
+
+
+def test_purify_same_stem_inputs_and_existing_outputs(tmp_path, tiny_artifacts):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        Image.fromarray(np.full((8, 8), 100 if d == "a" else 200, np.uint8)).save(
+            tmp_path / d / "x.png")
+    argv = ["purify", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "--ebm",
+            tiny_artifacts["ebm"], "--steps", "1", "--out-dir", tmp_path / "o"]
+    r = run_cli(argv)
+    assert r.exit_code == 0, r.output
+    outs = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert outs == ["x-2.purified.png", "x.purified.png"]
+    assert f"wrote {tmp_path / 'o' / 'x-2.purified.png'} from {tmp_path / 'b' / 'x.png'}" in r.stderr
+    # The two outputs come from their own inputs (dark a, bright b), not one twice.
+    assert np.asarray(Image.open(tmp_path / "o" / "x.purified.png")).mean() < 150
+    assert np.asarray(Image.open(tmp_path / "o" / "x-2.purified.png")).mean() > 150
+    before = (tmp_path / "o" / "x.purified.png").read_bytes()
+    again = run_cli(argv)
+    assert again.exit_code == 8 and "already exists" in again.stderr and "--force" in again.stderr
+    assert (tmp_path / "o" / "x.purified.png").read_bytes() == before
+    assert run_cli(argv + ["--force"]).exit_code == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ebmctl_bad_input_corpus", Path(__file__).parent / "corpus" / "make_corpus.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod.save_valid(tmp_path_factory.mktemp("valid"))
+
+
+TINY = ["run.threads=1", "train.steps=1", "train.mcmc_steps=1", "train.batch_size=4",
+        "train.bank_size=8", "model.epochs=1", "defense.steps=1", "defense.eot_reps=1",
+        "attack.steps=1", "attack.eot_reps=1", "attack.n_images=2", "attack.sanity=false",
+        "ood.n_images=4", "lyapunov.n_images=1", "lyapunov.burn_in=1", "lyapunov.steps=1",
+        "synth.n=2", "fix.stage1_epochs=0", "fix.stage2_epochs=0", "autoencoder.steps=1",
+        "quality.n_reference=2"]
+
+#: command -> (arguments, the default output it must not replace)
+WRITERS = {
+    "fix train": (["fix", "train", "--ebm", "{ebm}"], "runs/digits-fixer.safetensors"),
+    "attack": (["attack", "--model", "{classifier}", "--ebm", "{ebm}"], "runs/attack-report.json"),
+    "ood": (["ood", "--model", "{ebm}"], "runs/ood-ok-ebm.json"),
+    "synthesize": (["synthesize", "--model", "{ebm}", "--steps", "1"],
+                   "runs/synthesize-ok-ebm/report.json"),
+    "lyapunov": (["lyapunov", "--ebm", "{ebm}"], "runs/lyapunov.json"),
+}
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_default_outputs_are_not_replaced_without_force(command, tmp_path, monkeypatch,
+                                                        tiny_artifacts):
+    monkeypatch.chdir(tmp_path)
+    args, existing = WRITERS[command]
+    target = tmp_path / existing
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"earlier work")
+    argv = [str(a).format(**{k: str(v) for k, v in tiny_artifacts.items()}) for a in args]
+    r = run_cli(argv + [a for s in TINY for a in ("--set", s)])
+    assert r.exit_code == 8, r.output
+    assert "already exists" in r.stderr and "--force" in r.stderr, r.stderr
+    assert target.read_bytes() == b"earlier work"

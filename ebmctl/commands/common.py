@@ -16,6 +16,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s",
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda[:N]")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="run seed (run.seed)")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="output file")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace existing outputs (without it, "
+                                                       "a command refuses to overwrite earlier "
+                                                       "work)")]
 
 GLOBAL: dict = {"profile": None, "set": [], "device": None, "seed": None, "debug": False}
 

@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import (
+    DeviceOpt,
+    ForceOpt,
+    OutOpt,
+    ProfileOpt,
+    SeedOpt,
+    SetOpt,
+    make_config,
+)
 
 app = typer.Typer(help="Train and apply the fixer that restores purified images (SPEC §6).",
                   no_args_is_help=True)
@@ -30,9 +38,10 @@ def fix_train_cmd(
                                       "stage-2 epochs, patience or purification batch changed; "
                                       "the artifact records the changes"),
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None,
+    out: OutOpt = None, force: ForceOpt = False,
 ):
     """Train a fixer with the EBM frozen: MSE stage, then perceptual stage with early stopping."""
+    from ebmctl.artifacts import claim_output
     from ebmctl.console import info
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.defense import EnergyModel, TaskModel
@@ -45,6 +54,8 @@ def fix_train_cmd(
     if stage2_epochs is not None:
         extra.append(f"fix.stage2_epochs={stage2_epochs}")
     cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    out = claim_output(out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors",
+                       force=force, resume=resume)
     dev = setup_device(cfg)
     energy = EnergyModel.load(ebm, dev)
     task = get_task(cfg)
@@ -53,7 +64,6 @@ def fix_train_cmd(
         raise ConfigError(f"{model} is a model for task {task_model.task!r}, but the profile's "
                           f"task.name is {task.name!r}")
     bundle = load_dataset(cfg)
-    out = out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors"
     path = train_fixer(cfg, FixerRun(energy, bundle, task if task_model else None, task_model),
                        out, dev, resume, force_resume=force_resume)
     info(f"wrote {path}")
@@ -65,24 +75,32 @@ def fix_apply_cmd(
     fixer: Path = typer.Option(..., "--fixer", help="fixer artifact"),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="folder for outputs "
                                            "(default: next to each input)"),
-    device: DeviceOpt = None,
+    device: DeviceOpt = None, force: ForceOpt = False,
 ):
-    """Apply a fixer to image files and write <name>.fixed.png (use `purify --fixer` to purify
-    and fix in one go)."""
+    """Apply a fixer to image files and write <name>.fixed.png in the input's size and mode
+    (use `purify --fixer` to purify and fix in one go). Inputs with the same name get -2, -3,
+    ... in one call; an existing output is replaced only with --force."""
+    from ebmctl.artifacts import claim_output, output_stems
     from ebmctl.console import info
     from ebmctl.context import setup_device
-    from ebmctl.evaluate.plots import save_image01
     from ebmctl.fixing import fix_images, load_fixer
-    from ebmctl.images import read_image01
+    from ebmctl.images import output_mode, read_image_like, save_image_like
 
     cfg = make_config(None, [], device, None)
     dev = setup_device(cfg)
     net = load_fixer(fixer, dev)
     channels = net.channels or 3
-    # Read everything first so that a bad file fails before any output is written.
-    loaded = [(p, read_image01(p, channels)) for p in images]
-    for path, img in loaded:
+    # Read everything and claim every output first, so that a bad file or an existing output
+    # fails before anything is written.
+    loaded = [(p, *read_image_like(p)) for p in images]
+    folders = [Path(out_dir or p.parent) for p in images]
+    stems = output_stems([(f, p.stem) for f, p in zip(folders, images)])
+    targets = [claim_output(f / (s + ".fixed.png"), force=force, option="--out-dir")
+               for f, s in zip(folders, stems)]
+    for (path, img, meta), target in zip(loaded, targets):
+        if img.shape[0] != channels:
+            info(f"note: {path.name}: {meta.mode} image converted to "
+                 f"{'L' if channels == 1 else 'RGB'} for the fixer and back to {output_mode(meta)}")
         fixed = fix_images(net, img.unsqueeze(0).to(dev))[0]
-        target = Path(out_dir or path.parent) / (path.stem + ".fixed.png")
-        save_image01(fixed, target)
-        info(f"wrote {target}")
+        save_image_like(fixed, target, meta)
+        info(f"wrote {target} from {path}")

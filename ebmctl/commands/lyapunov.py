@@ -8,7 +8,15 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import (
+    DeviceOpt,
+    ForceOpt,
+    OutOpt,
+    ProfileOpt,
+    SeedOpt,
+    SetOpt,
+    make_config,
+)
 
 
 def lyapunov_cmd(
@@ -22,11 +30,11 @@ def lyapunov_cmd(
     etas: Optional[str] = typer.Option(None, "--etas", help="η grid, e.g. 0.01,0.1,1,10"),
     n_images: Optional[int] = typer.Option(None, "--n-images", help="lyapunov.n_images"),
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None,
+    out: OutOpt = None, force: ForceOpt = False,
 ):
     """Maximal Lyapunov exponent of the Langevin map T_η (Benettin, common noise) vs η, and
     (--checks) how purification forgets an adversarial start. Writes JSON + PNG."""
-    from ebmctl.artifacts import atomic_write_json
+    from ebmctl.artifacts import atomic_write_json, claim_output
     from ebmctl.console import info, out_console, progress_bar
     from ebmctl.context import environment, get_task, load_dataset, setup_device
     from ebmctl.data_utils import pick_subset
@@ -49,6 +57,13 @@ def lyapunov_cmd(
                           "agreement curves")
     if out is not None and out.suffix.lower() != ".json":
         raise ConfigError(f"--out must be a .json file, got {out}")
+    out = out or Path(cfg["run.out_dir"]) / "lyapunov.json"
+    memory_out = out.with_name(out.stem + ".memory.json")
+    planned = ([out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png")]
+               if exponent else []) + ([memory_out, memory_out.with_suffix(".png")]
+                                       if checks else [])
+    for path in planned:
+        claim_output(path, force=force)
     ly.exponent_settings(cfg).validate()
     dev = setup_device(cfg)
     energy = EnergyModel.load(ebm or default_ebm(), dev)
@@ -61,7 +76,6 @@ def lyapunov_cmd(
     data = bundle.split(cfg["lyapunov.split"])
     if len(data) == 0:
         raise ConfigError(f"the {cfg['lyapunov.split']} split of {bundle.name!r} is empty")
-    out = out or Path(cfg["run.out_dir"]) / "lyapunov.json"
     title = f"{Path(energy.path).name} on {bundle.name}"
     common = {"command": "lyapunov", "ebm": energy.path, "dataset": bundle.name,
               "split": cfg["lyapunov.split"], "environment": environment(cfg, dev),
@@ -83,7 +97,7 @@ def lyapunov_cmd(
         mem = ly.memory_report(cfg, energy, task, task_model, held.x.to(dev), held.y.to(dev), dev,
                                progress_factory=progress_bar)
         mem = {**common, "model": str(model), **mem}
-        mem_out = out.with_name(out.stem + ".memory.json")
+        mem_out = memory_out
         atomic_write_json(mem_out, mem)
         ly.plot_memory(mem_out.with_suffix(".png"), mem, title)
         written += [mem_out, mem_out.with_suffix(".png")]

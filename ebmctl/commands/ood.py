@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import (
+    DeviceOpt,
+    ForceOpt,
+    OutOpt,
+    ProfileOpt,
+    SeedOpt,
+    SetOpt,
+    make_config,
+)
 
 
 def ood_cmd(
@@ -16,11 +24,13 @@ def ood_cmd(
                                                  "NAME=ROOT (repeatable; default ood.sets)"),
     n_images: Optional[int] = typer.Option(None, "--n-images", help="images per set"),
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None,
+    out: OutOpt = None, force: ForceOpt = False,
 ):
-    """Score held-out in-distribution images and OOD sets by energy; report AUROC and FPR@95."""
+    """Score held-out in-distribution images and OOD sets by energy; report AUROC and FPR@95
+    (JSON at --out, histogram PNG next to it; existing files are replaced only with --force)."""
     from rich.table import Table
 
+    from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console
     from ebmctl.context import setup_device
     from ebmctl.ood import run_ood
@@ -29,6 +39,8 @@ def ood_cmd(
     cfg = make_config(profile, (set_ or []) + extra, device, seed)
     dev = setup_device(cfg)
     out = out or Path(cfg["run.out_dir"]) / f"ood-{model.stem}.json"
+    for path in (out, out.with_suffix(".png")):
+        claim_output(path, force=force)
     report = run_ood(cfg, model, dev, out, ood_sets)
     ind = report["in_distribution"]
     table = Table(title=f"in-distribution: {ind['dataset']} ({ind['n']} held-out images), "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import DeviceOpt, ForceOpt, ProfileOpt, SeedOpt, SetOpt, make_config
 
 
 def purify_cmd(
@@ -19,22 +19,33 @@ def purify_cmd(
                                            "(default: next to each input)"),
     fixer: Optional[Path] = typer.Option(None, "--fixer", help="fixer artifact applied after "
                                          "purification (`ebmctl fix train`)"),
+    force: ForceOpt = False,
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
 ):
-    """Run K Langevin steps of an EBM on each image and write purified PNGs (with --fixer:
-    purified then fixed, written as <name>.fixed.png)."""
+    """Run K Langevin steps of an EBM on each image and write <name>.purified.png (with --fixer:
+    purified then fixed, <name>.fixed.png; with -H N: <name>.purified-000.png ...).
+
+    Each output has its input's size and mode (gray stays gray, RGB stays RGB, an alpha channel
+    is kept, 16-bit gray stays 16-bit; palette, bilevel and CMYK inputs come back as RGB or
+    gray). An image of another size than the EBM's is resized to the EBM's size, purified there
+    and resized back, exactly as the defense in `ebmctl attack` sees it: the EBM always works
+    at the size it was trained for, so a large photo comes back at the EBM's level of detail.
+    Inputs with the same name get -2, -3, ... in one call; an existing output is replaced only
+    with --force."""
+    from ebmctl.artifacts import claim_output, output_stems
     from ebmctl.console import info
     from ebmctl.context import setup_device
     from ebmctl.defense import EnergyModel
     from ebmctl.device import resolve_precision
     from ebmctl.errors import ConfigError, InputError
-    from ebmctl.evaluate.plots import save_image01
-    from ebmctl.images import read_image01
+    from ebmctl.images import output_mode, read_image_like, save_image_like
     from ebmctl.shipped import default_ebm
 
     cfg = make_config(profile, set_, device, seed)
     if steps is not None and steps < 0:
         raise ConfigError("--steps must be >= 0")
+    if not images:
+        raise InputError("no images given")
     dev = setup_device(cfg)
     energy = EnergyModel.load(ebm or default_ebm(), dev)
     k = cfg["defense.steps"] if steps is None else steps
@@ -46,43 +57,41 @@ def purify_cmd(
         recorded = load_artifact(energy.path, "ebm").config.get("defense", {}).get("steps")
         if isinstance(recorded, int) and recorded >= 0:
             k = recorded
-    info(f"purifying with K = {k} Langevin steps of {energy.path}")
     fixer_net = None
     if fixer is not None:
         from ebmctl.fixing import load_fixer
 
         fixer_net = load_fixer(fixer, dev)
-    # Read everything first so that a bad file fails before any output is written.
-    loaded = [(p, read_image01(p, energy.channels)) for p in images]
+    # Read everything and claim every output first, so that a bad file or an existing output
+    # fails before any work is done or anything is written.
+    loaded = [(p, *read_image_like(p)) for p in images]
+    folders = [Path(out_dir or p.parent) for p in images]
+    stems = output_stems([(f, p.stem) for f, p in zip(folders, images)])
+    kind = ".fixed" if fixer_net is not None else ".purified"
+    targets = [[claim_output(f / (s + (f"{kind}.png" if replicates == 1 else
+                                       f"{kind}-{r:03d}.png")), force=force, option="--out-dir")
+                for r in range(replicates)] for f, s in zip(folders, stems)]
+    info(f"purifying with K = {k} Langevin steps of {energy.path}")
     precision = resolve_precision(cfg["langevin.precision"], dev)
-    for i, (path, img) in enumerate(loaded):
-        h, w = img.shape[-2:]
-        size = 0
-        if min(h, w) < energy.image_size:
-            info(f"note: {path.name} is {w}x{h}, smaller than the EBM's {energy.image_size}x"
-                 f"{energy.image_size}; resized for purification")
-            size = energy.image_size
-        elif (h, w) != (energy.image_size, energy.image_size):
-            info(f"note: {path.name} is {w}x{h}; the EBM ({energy.image_size}x"
-                 f"{energy.image_size}) runs convolutionally over it (energy summed over the map)")
+    size = energy.image_size
+    for i, ((path, img, meta), outs) in enumerate(zip(loaded, targets)):
+        w, h = meta.size
+        if (h, w) != (size, size):
+            info(f"note: {path.name} is {w}x{h}; purified at the EBM's {size}x{size} and "
+                 f"resized back to {w}x{h}")
+        if img.shape[0] != energy.channels:
+            ebm_mode = "L" if energy.channels == 1 else "RGB"
+            info(f"note: {path.name}: {meta.mode} image converted to {ebm_mode} for the EBM and "
+                 f"back to {output_mode(meta)}")
         x = img.unsqueeze(0).to(dev).repeat(replicates, 1, 1, 1)
-        if size:
-            from ebmctl.defense import adapt_images
-
-            x = adapt_images(x, size, 0)
         out = energy.purify01(x, k, (cfg["run.seed"], "purify", str(path), i), precision=precision,
-                              chunk_size=cfg["langevin.chunk_size"], clamp=cfg["defense.clamp"],
-                              native=True)
-        if fixer_net is not None:
+                              chunk_size=cfg["langevin.chunk_size"], clamp=cfg["defense.clamp"])
+        if fixer_net is not None:  # after resizing back, as in the defense
             from ebmctl.fixing import fix_images
 
             out = fix_images(fixer_net, out)
-        folder = out_dir or path.parent
-        for r in range(replicates):
-            stem = ".fixed" if fixer_net is not None else ".purified"
-            suffix = f"{stem}.png" if replicates == 1 else f"{stem}-{r:03d}.png"
-            target = Path(folder) / (path.stem + suffix)
-            save_image01(out[r], target)
-            info(f"wrote {target}")
-    if not loaded:
-        raise InputError("no images given")
+        mode = output_mode(meta)
+        for r, target in enumerate(outs):
+            save_image_like(out[r], target, meta)
+            changed = "" if mode == meta.mode else f" (a {meta.mode} input, written as {mode})"
+            info(f"wrote {target} from {path}{changed}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import DeviceOpt, ForceOpt, ProfileOpt, SeedOpt, SetOpt, make_config
 
 
 def synthesize_cmd(
@@ -22,10 +22,15 @@ def synthesize_cmd(
                                               "whose features give the proxy quality score"),
     fid_features: Optional[Path] = typer.Option(None, "--fid-features", help="local Inception-v3 "
                                                 "safetensors state dict for FID"),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="output folder"),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="output folder "
+                                           "(default: run.out_dir/synthesize-<model>)"),
+    force: ForceOpt = False,
     profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
 ):
-    """Sample images (K Langevin steps from noise/data, or Hat EBM chains) and score them."""
+    """Sample images (K Langevin steps from noise/data, or Hat EBM chains) and score them.
+    A folder that already holds a synthesis (report.json, grid.png or images/) is replaced only
+    with --force."""
+    from ebmctl.artifacts import claim_output
     from ebmctl.console import info
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError
@@ -47,6 +52,9 @@ def synthesize_cmd(
     cfg = make_config(profile, (set_ or []) + extra, device, seed)
     dev = setup_device(cfg)
     out_dir = out_dir or Path(cfg["run.out_dir"]) / f"synthesize-{model.stem}"
+    earlier = sorted((out_dir / "images").glob("*.png"))[:1]
+    for path in [out_dir / "report.json", out_dir / "grid.png", *earlier]:
+        claim_output(path, force=force, option="--out-dir")
     report = run_synthesis(cfg, model, out_dir, dev, mode=mode, classifier=classifier)
     for name, row in report.get("quality", {}).items():
         info(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
