@@ -193,6 +193,10 @@ TINY = ["run.threads=1", "train.steps=1", "train.mcmc_steps=1", "train.batch_siz
 
 #: command -> (arguments, the default output it must not replace)
 WRITERS = {
+    "train ebm": (["train", "ebm"], "runs/digits-ebm.safetensors"),
+    "train classifier": (["train", "classifier"], "runs/digits-classifier.safetensors"),
+    "train autoencoder": (["train", "autoencoder"], "runs/digits-generator.safetensors"),
+    "train hat": (["train", "hat"], "runs/digits-hat-ebm.safetensors"),
     "fix train": (["fix", "train", "--ebm", "{ebm}"], "runs/digits-fixer.safetensors"),
     "attack": (["attack", "--model", "{classifier}", "--ebm", "{ebm}"], "runs/attack-report.json"),
     "ood": (["ood", "--model", "{ebm}"], "runs/ood-ok-ebm.json"),

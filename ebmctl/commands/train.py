@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import (
+    DeviceOpt,
+    ForceOpt,
+    OutOpt,
+    ProfileOpt,
+    SeedOpt,
+    SetOpt,
+    make_config,
+)
 from ebmctl.console import info
 
 app = typer.Typer(help="Train EBMs and task models.", no_args_is_help=True)
@@ -22,10 +30,18 @@ def default_out(cfg, what: str) -> Path:
     return Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-{what}.safetensors"
 
 
+def claimed_out(out: Path | None, cfg, what: str, force: bool, resume: bool = False) -> Path:
+    """The artifact path (--out or run.out_dir/<dataset>-<what>.safetensors), refused when it
+    exists unless --force, or a resume that continues the run writing it."""
+    from ebmctl.artifacts import claim_output
+
+    return claim_output(out or default_out(cfg, what), force=force, resume=resume)
+
+
 @app.command("ebm")
 def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                   seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                  force_resume: bool = ForceResumeOpt,
+                  force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
                   steps: int = typer.Option(None, "--steps", help="override train.steps"),
                   recipe: str = typer.Option(None, "--recipe",
                                              help="override train.recipe: convergent | midrun")):
@@ -49,15 +65,16 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
     if cfg["train.recipe"] != "convergent" and (cfg["train.shards"] > 1 or current().active):
         raise ConfigError("train.shards and torchrun launches apply to the convergent recipe "
                           f"only, not {cfg['train.recipe']!r}")
+    out = claimed_out(out, cfg, "ebm", force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = trainers[cfg["train.recipe"]](cfg, bundle, out or default_out(cfg, "ebm"), dev, resume,
+    path = trainers[cfg["train.recipe"]](cfg, bundle, out, dev, resume,
                                          force_resume=force_resume)
     info(f"wrote {path}")
 
 
 def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: str | None,
-                force_resume: bool = False):
+                force_resume: bool = False, force: bool = False):
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.training.task_model import train_task_model
@@ -68,9 +85,10 @@ def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: st
     if kind_check and task.model_kind != kind_check:
         raise ConfigError(f"task {task.name!r} trains a {task.model_kind!r}, not a {kind_check!r}; "
                           "use `ebmctl train model`")
+    out = claimed_out(out, cfg, task.model_kind, force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_task_model(cfg, bundle, task, out or default_out(cfg, task.model_kind), dev, resume,
+    path = train_task_model(cfg, bundle, task, out, dev, resume,
                             force_resume=force_resume)
     info(f"wrote {path}")
 
@@ -78,56 +96,61 @@ def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: st
 @app.command("classifier")
 def train_classifier_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                          seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                         force_resume: bool = ForceResumeOpt,
+                         force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
                          epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the classifier of the classification task."""
-    _train_task(profile, set_, device, seed, out, resume, epochs, "classifier", force_resume)
+    _train_task(profile, set_, device, seed, out, resume, epochs, "classifier", force_resume,
+                force)
 
 
 @app.command("segmenter")
 def train_segmenter_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                         seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                        force_resume: bool = ForceResumeOpt,
+                        force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
                         epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the segmenter of the segmentation task (task.name = segmentation unless the profile
     names another task that trains a segmenter)."""
     cfg_sets = list(set_ or [])
     if make_config(profile, cfg_sets, device, seed).provenance.get("task.name") == "default":
         cfg_sets.append("task.name=segmentation")
-    _train_task(profile, cfg_sets, device, seed, out, resume, epochs, "segmenter", force_resume)
+    _train_task(profile, cfg_sets, device, seed, out, resume, epochs, "segmenter", force_resume,
+                force)
 
 
 @app.command("autoencoder")
 def train_autoencoder_cmd(profile: ProfileOpt = None, set_: SetOpt = None,
                           device: DeviceOpt = None, seed: SeedOpt = None, out: OutOpt = None,
+                          force: ForceOpt = False,
                           steps: int = typer.Option(None, "--steps",
                                                     help="override autoencoder.steps")):
     """Train an encoder + SNGAN-style decoder with MSE (SPEC §7.7); the decoder is saved as a
     generator artifact for mid-run rejuvenation and the retrofit Hat EBM."""
     from ebmctl.context import load_dataset, setup_device
-    from ebmctl.training.autoencoder import train_autoencoder
+    from ebmctl.training.autoencoder import encoder_path, train_autoencoder
 
     cfg = make_config(profile, (set_ or []) + (
         [f"autoencoder.steps={steps}"] if steps is not None else []), device, seed)
+    out = claimed_out(out, cfg, "generator", force)
+    claimed_out(encoder_path(out), cfg, "encoder", force)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_autoencoder(cfg, bundle, out or default_out(cfg, "generator"), dev)
+    path = train_autoencoder(cfg, bundle, out, dev)
     info(f"wrote {path}")
 
 
 @app.command("model")
 def train_model_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                     seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                    force_resume: bool = ForceResumeOpt,
+                    force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
                     epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
     """Train the task model of whichever task the profile names (task.name)."""
-    _train_task(profile, set_, device, seed, out, resume, epochs, None, force_resume)
+    _train_task(profile, set_, device, seed, out, resume, epochs, None, force_resume, force)
 
 
 @app.command("hat")
 def train_hat_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
                   seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                  force_resume: bool = ForceResumeOpt,
+                  force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
                   steps: int = typer.Option(None, "--steps", help="override train.steps"),
                   mode: str = typer.Option(None, "--mode", help="override hat.mode: "
                                            "conditional | joint"),
@@ -145,8 +168,9 @@ def train_hat_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
     if generator is not None:
         extra += [f"hat.generator={generator}", "hat.train_generator=false"]
     cfg = make_config(profile, extra + (set_ or []), device, seed)
+    out = claimed_out(out, cfg, "hat-ebm", force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_hat(cfg, bundle, out or default_out(cfg, "hat-ebm"), dev, resume,
+    path = train_hat(cfg, bundle, out, dev, resume,
                      force_resume=force_resume)
     info(f"wrote {path}")
