@@ -28,7 +28,7 @@ from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle, Task
 from ebmctl.registry import did_you_mean
-from ebmctl.seeds import make_generator
+from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     checkpoint_path,
@@ -294,6 +294,7 @@ def _optimizer(fixer: Fixer, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(fixer.parameters(), lr=cfg["fix.lr"])
 
 
+@keeps_global_rng
 def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
                 resume: bool = False, stop_after: int | None = None,
                 force_resume: bool = False) -> Path:
@@ -308,6 +309,7 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
     bundle, energy = run.bundle, run.energy
     channels = bundle.channels
     arch, args = fixer_arch_args(cfg, channels)
+    seed_global_rng(cfg["run.seed"], "fix-init")  # initial weights depend on the seed only
     fixer = Fixer(get_registries().models.get(arch).build(**args), channels).to(device)
     features = build_feature_net(cfg, run.task_model, device)
     seed, bs = cfg["run.seed"], cfg["fix.batch_size"]

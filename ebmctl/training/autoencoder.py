@@ -22,7 +22,7 @@ from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.nn.sngan import Encoder, SNGANGenerator, project_to_sphere
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
-from ebmctl.seeds import make_generator
+from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.units import to_internal, to_public
 
 
@@ -45,6 +45,7 @@ def reconstruction_mse(enc, dec, x: torch.Tensor, batch: int = 256) -> float:
     return torch.cat(errs).mean().item() if errs else float("nan")
 
 
+@keeps_global_rng
 def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device) -> Path:
     out = Path(out)
     size, ch = bundle.image_size, bundle.channels
@@ -53,6 +54,7 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
                 "width": cfg["autoencoder.width"], "bn_fixed": False}
     enc_args = {"in_channels": ch, "image_size": size, "latent_dim": m,
                 "width": cfg["autoencoder.encoder_width"], "sphere": True}
+    seed_global_rng(cfg["run.seed"], "autoencoder-init")  # initial weights: the seed only
     try:
         dec, enc = SNGANGenerator(**dec_args).to(device), Encoder(**enc_args).to(device)
     except ValueError as exc:

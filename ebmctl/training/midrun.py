@@ -30,7 +30,7 @@ from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
-from ebmctl.seeds import make_generator
+from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.ebm import ebm_data_meta
 from ebmctl.training.checkpoint import (
     ResumeGuard,
@@ -149,11 +149,13 @@ def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
     return convergent_args(cfg, bundle)
 
 
+@keeps_global_rng
 def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
                  resume: bool = False, force_resume: bool = False) -> Path:
     out = Path(out)
     ckpt_file = checkpoint_path(out)
     arch, args = ebm_arch_args(cfg, bundle)
+    seed_global_rng(cfg["run.seed"], "midrun-init")  # initial weights depend on the seed only
     try:
         net = get_registries().models.get(arch).build(**args).to(device)
     except ValueError as exc:

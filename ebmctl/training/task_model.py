@@ -14,7 +14,7 @@ from ebmctl.errors import ConfigError
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.protocols import DatasetBundle, Task
-from ebmctl.seeds import derive_seed, make_generator
+from ebmctl.seeds import derive_seed, keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     checkpoint_path,
@@ -49,6 +49,7 @@ def task_lr(cfg: Config, it: int, total: int, milestones: list[int]) -> float:
     return peak * 0.1 ** sum(it >= m for m in milestones)
 
 
+@keeps_global_rng
 def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                      device: torch.device, resume: bool = False,
                      force_resume: bool = False) -> Path:
@@ -93,6 +94,8 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     with progress_bar(total - start_epoch * steps_per_epoch, f"train {task.model_kind}") as bar:
         for epoch in range(start_epoch, epochs):
             gen = make_generator("cpu", seed, "task-train", epoch)
+            # Dropout draws from the global RNG: keyed by epoch, so a resumed run matches too.
+            seed_global_rng(seed, "task-dropout", epoch)
             perm = torch.randperm(n, generator=gen)
             model.train()
             losses = []
