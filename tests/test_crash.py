@@ -3,7 +3,8 @@ what an uninterrupted run with the same seed produces (training tensors, attack 
 adversarial images). Also: a NaN stops training with a clear message and keeps the last good
 checkpoint; the same --seed gives bit-identical runs on CPU; reports record how to reproduce.
 
-The killed runs are real ``ebmctl`` processes (a fresh interpreter each), so they are slow.
+The killed runs are real ``ebmctl`` processes (a fresh interpreter each) that SIGKILL themselves
+at a chosen call (update, epoch, chunk), so they are deterministic but slow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,15 @@ from make_corpus import save_valid  # noqa: E402
 EBM_SETS = ["run.threads=1", "data.max_train=64", "train.steps=12", "train.checkpoint_every=2",
             "train.mcmc_steps=15", "train.batch_size=16", "train.bank_size=32", "ebm.channels=8",
             "langevin.precision=fp32", "train.log_every=1", "output.grid_every=1000"]
+MIDRUN_SETS = ["train.steps=8", "train.target_horizon=60", "train.health_chains=4",
+               "train.health_horizon=20", "train.lr_drops=[3]"]
+HAT_SETS = ["run.threads=1", "data.max_train=64", "train.steps=8", "train.checkpoint_every=2",
+            "hat.width=8", "hat.generator_width=8", "hat.latent_dim=8", "train.batch_size=8",
+            "train.mcmc_steps=5", "hat.bank_size=16", "train.log_every=1",
+            "output.grid_every=1000"]
+FIX_SETS = ["run.threads=1", "fix.width=8", "fix.blocks=1", "fix.purify_steps=2",
+            "fix.max_images=48", "fix.val_images=24", "fix.repurify_every=1", "fix.patience=5",
+            "langevin.precision=fp32", "fix.batch_size=16"]
 ATTACK_SETS = ["run.threads=1", "attack.n_images=12", "attack.batch_size=2", "attack.steps=3",
                "attack.eot_reps=2", "defense.steps=3", "defense.eot_reps=2",
                "attack.sanity=false", "langevin.precision=fp32", "attack.seeds=[5]"]
@@ -38,33 +47,63 @@ def _sets(items: list[str]) -> list[str]:
     return [a for s in items for a in ("--set", s)]
 
 
-def _ebmctl() -> list[str]:
-    exe = Path(sys.executable).with_name("ebmctl")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "ebmctl.cli"]
+# A fresh interpreter that SIGKILLs itself on the n-th call of MODULE.FUNCTION (before the
+# call, or just after it returns; n = 0: never): a kill at a chosen update/epoch/chunk rather
+# than after a timer, so the killed state is the same on a loaded machine as on a quiet one.
+# The global RNG is seeded first: trainers that still draw their initial weights from it would
+# otherwise start the uninterrupted and the killed run from different weights, and what these
+# tests check is the resume, not the seeding (see the same-seed tests for that).
+_KILLER = r"""
+import importlib, os, signal, sys
+import torch
+torch.manual_seed(0)
+module, name, n, when = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+mod = importlib.import_module(module)
+real, calls = getattr(mod, name), [0]
+def dying(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    out = real(*args, **kwargs)
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+setattr(mod, name, dying)
+from ebmctl.cli import run
+sys.exit(run(sys.argv[5:]))
+"""
 
 
-def run_and_kill(argv: list[str], ready, cwd: Path, timeout: float = 240.0) -> None:
-    """Start ``ebmctl argv`` and SIGKILL it as soon as ``ready()`` is true (mid-run)."""
-    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_ebmctl() + argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    t0 = time.time()
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()
-                pytest.fail(f"run ended (rc {proc.returncode}) before it could be killed: {err}")
-            if time.time() - t0 > timeout:
-                pytest.fail("run never reached the kill point")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+def _env() -> dict:
+    return {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+
+
+def run_killed_at(argv: list[str], target: str, n: int, cwd: Path, after: bool = False,
+                  timeout: float = 300.0) -> None:
+    """Run ``ebmctl argv`` in a fresh interpreter that is SIGKILLed on the ``n``-th call of
+    ``target`` ("package.module:function"), before the call (or right after it with ``after``)."""
+    module, name = target.split(":")
+    proc = subprocess.run([sys.executable, "-c", _KILLER, module, name, str(n),
+                           "after" if after else "before", *map(str, argv)],
+                          cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"expected a SIGKILL at call {n} of {target}; rc {proc.returncode}: {proc.stderr}")
+
+
+def run_fresh(argv: list[str], cwd: Path, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """``ebmctl argv`` in a fresh interpreter set up as the killed one is (never killed)."""
+    proc = subprocess.run([sys.executable, "-c", _KILLER, "ebmctl.cli", "run", "0", "before",
+                           *map(str, argv)], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _same_tensors(a: Path, b: Path) -> None:
+    ta, tb = load_artifact(a).tensors, load_artifact(b).tensors
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
 
 
 @pytest.mark.slow
@@ -78,19 +117,75 @@ def test_train_ebm_killed_and_resumed_matches_uninterrupted(tmp_path):
     ckpt = tmp_path / "killed.ckpt.safetensors"
     argv = ["--seed", "7", "train", "ebm", "--profile", "quick", *_sets(EBM_SETS),
             "--out", str(out)]
-    run_and_kill(argv, ckpt.exists, tmp_path)
+    # killed inside update 7 (the 7th Langevin call): the last checkpoint is at update 6
+    run_killed_at(argv, "ebmctl.training.ebm:langevin", 7, tmp_path)
     assert not out.exists(), "a killed run must not leave a final artifact"
-    step = int(load_artifact(ckpt, "checkpoint").meta["ebmctl.step"])
-    assert 2 <= step < 12
+    assert int(load_artifact(ckpt, "checkpoint").meta["ebmctl.step"]) == 6
 
     r = run_cli(argv + ["--resume"])
     assert r.exit_code == 0, r.output
-    assert f"resumed from {ckpt} at update" in r.stderr
+    assert f"resumed from {ckpt} at update 6" in r.stderr
     assert not ckpt.exists()
-    a, b = load_artifact(full), load_artifact(out)
-    assert a.tensors.keys() == b.tensors.keys()
-    for k in a.tensors:
-        assert torch.equal(a.tensors[k], b.tensors[k]), k
+    _same_tensors(full, out)
+
+
+@pytest.mark.slow
+def test_train_ebm_midrun_killed_and_resumed_matches_uninterrupted(tmp_path):
+    argv = ["--seed", "7", "train", "ebm", "--profile", "quick", "--recipe", "midrun",
+            *_sets(EBM_SETS + MIDRUN_SETS)]
+    full = tmp_path / "full.safetensors"
+    run_fresh(argv + ["--out", full], tmp_path)
+    out = tmp_path / "killed.safetensors"
+    ckpt = tmp_path / "killed.ckpt.safetensors"
+    # killed inside update 5: the checkpoint of update 4 holds the model, Adam, bank and counts
+    run_killed_at(argv + ["--out", out], "ebmctl.training.midrun:langevin", 5, tmp_path)
+    assert not out.exists()
+    assert int(load_artifact(ckpt, "checkpoint").meta["ebmctl.step"]) == 4
+    r = run_fresh(argv + ["--out", out, "--resume"], tmp_path)
+    assert f"resumed from {ckpt} at update 4" in r.stderr
+    assert not ckpt.exists()
+    _same_tensors(full, out)
+    a, b = (load_artifact(p, "ebm").extra["training"] for p in (full, out))
+    assert a["rejuv_rate"] == b["rejuv_rate"]  # the rejuvenation counts survived the kill
+
+
+@pytest.mark.slow
+def test_train_hat_killed_and_resumed_matches_uninterrupted(tmp_path):
+    argv = ["--seed", "7", "train", "hat", "--profile", "hat-quick", *_sets(HAT_SETS)]
+    full = tmp_path / "full.safetensors"
+    run_fresh(argv + ["--out", full], tmp_path)
+    out = tmp_path / "killed.safetensors"
+    ckpt = tmp_path / "killed.ckpt.safetensors"
+    # killed in update 5 between the EBM step and the generator step (the 5th generator
+    # update): the checkpoint of update 4 holds H, G, both optimisers and the (X, Z) bank
+    run_killed_at(argv + ["--out", out], "ebmctl.training.hat:generator_update", 5, tmp_path)
+    assert not out.exists()
+    assert int(load_artifact(ckpt, "checkpoint").meta["ebmctl.step"]) == 4
+    r = run_fresh(argv + ["--out", out, "--resume"], tmp_path)
+    assert f"resumed from {ckpt} at update 4" in r.stderr
+    assert not ckpt.exists()
+    _same_tensors(full, out)
+
+
+@pytest.mark.slow
+def test_fix_train_killed_and_resumed_matches_uninterrupted(tmp_path):
+    valid = save_valid(tmp_path / "artifacts")
+    argv = ["--seed", "7", "fix", "train", "--ebm", valid["ebm"], "-m", valid["classifier"],
+            "--stage1-epochs", "2", "--stage2-epochs", "2", *_sets(FIX_SETS)]
+    full = tmp_path / "full.safetensors"
+    run_fresh(argv + ["--out", full], tmp_path)
+    out = tmp_path / "killed.safetensors"
+    ckpt = tmp_path / "killed.ckpt.safetensors"
+    # evaluate_losses runs once before training and once per epoch: its 5th call ends epoch 4
+    # (the second perceptual epoch), so the kill lands after that epoch's training, before its
+    # checkpoint; the checkpoint of epoch 3 (Adam moments, best weights so far) is the one left
+    run_killed_at(argv + ["--out", out], "ebmctl.fixing:evaluate_losses", 5, tmp_path)
+    assert not out.exists()
+    assert int(load_artifact(ckpt, "checkpoint").meta["ebmctl.step"]) == 3
+    r = run_fresh(argv + ["--out", out, "--resume"], tmp_path)
+    assert f"resumed from {ckpt} after epoch 3" in r.stderr
+    assert not ckpt.exists()
+    _same_tensors(full, out)
 
 
 @pytest.mark.slow
@@ -104,11 +199,12 @@ def test_attack_killed_and_resumed_matches_uninterrupted(tmp_path):
 
     out = tmp_path / "killed.json"
     parts = tmp_path / "killed.parts"
-    run_and_kill(common + ["--out", str(out)],
-                 lambda: parts.exists() and len(list(parts.glob("defended.*"))) >= 1, tmp_path)
+    # 6 undefended + 6 defended chunks; killed just after the 7th chunk is on disk
+    run_killed_at(common + ["--out", str(out)], "ebmctl.evaluate.attack_eval:_save_part", 7,
+                  tmp_path, after=True)
     assert not out.exists()
     done = len(list(parts.glob("*.safetensors")))
-    assert 0 < done < 12, done  # 6 undefended + 6 defended chunks; killed part-way
+    assert done == 7 and len(list(parts.glob("defended.*"))) == 1
 
     r = run_cli(common + ["--out", str(out), "--resume"])
     assert r.exit_code == 0, r.output
@@ -153,7 +249,8 @@ def _assert_reproducible_report(report: dict) -> None:
 
 TINY_EBM = ["run.threads=1", "data.max_train=48", "train.steps=4", "train.checkpoint_every=2",
             "train.mcmc_steps=3", "train.batch_size=8", "train.bank_size=16", "ebm.channels=4",
-            "langevin.precision=fp32", "train.log_every=1", "output.grid_every=1000"]
+            "langevin.precision=fp32", "train.log_every=1", "output.grid_every=1000",
+            "train.health_chains=8"]
 
 
 def test_same_seed_is_bit_identical_and_another_seed_differs(tmp_path):
