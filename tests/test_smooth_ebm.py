@@ -142,3 +142,35 @@ def test_smoothed_backward_copy_leaves_a_smooth_ebm_alone():
     net, *_ = _smooth_case()
     _, replaced = smoothed_copy(net, 0.1)
     assert replaced == 0
+
+
+def test_purify_and_the_attacks_run_on_a_smooth_ebm_artifact(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from ebmctl.artifacts import save_artifact
+
+    sys.path.insert(0, str(Path(__file__).parent / "corpus"))
+    from make_corpus import DATA, EBM_ARGS, _weights, save_valid
+
+    valid = save_valid(tmp_path / "art")
+    args = {**EBM_ARGS, "activation": "smooth_leaky",
+            "smooth_leaky": {"linear": 0.51, "root": 0.49, "eps": 1e-4, "offset": 0.0049}}
+    ebm = tmp_path / "smooth.safetensors"
+    save_artifact(ebm, _weights("lightweight", args), kind="ebm", arch="lightweight",
+                  arch_args=args, task="classification", data=DATA,
+                  extra={"tau": 0.01, "temperature": 5e-5})
+    from ebmctl.evaluate.plots import save_image01
+
+    img = tmp_path / "digit.png"
+    save_image01(torch.rand(1, 8, 8), img)
+    r = run_cli(["purify", "--ebm", ebm, "-k", "3", "--out-dir", tmp_path / "out", img])
+    assert r.exit_code == 0, r.output
+    r = run_cli(["attack", "-m", valid["classifier"], "--ebm", ebm, "--defended-only",
+                 "--method", "bpda-eot,full-eot,smooth-eot,apgd-ce", "--n-images", "4",
+                 "--out", tmp_path / "rep.json",
+                 *_sets(["defense.steps=3", "defense.eot_reps=2", "attack.eot_reps=2",
+                         "attack.steps=2", "attack.restarts=1", "attack.sanity=false",
+                         "langevin.precision=fp32", "run.threads=1"])])
+    assert r.exit_code == 0, r.output
+
