@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebmctl.artifacts import file_digest, load_artifact, model_tensors, save_artifact
+from ebmctl.artifacts import file_digest, load_artifact, save_artifact
 from ebmctl.errors import ConfigError
 from ebmctl.profiles import resolve
 from ebmctl.testing import run_cli, tiny_bundle
