@@ -13,8 +13,7 @@ N_IMAGES, CHUNK, SEED = 8, 3, 5  # chunks at 0, 3, 6: rank 0 runs two of them, r
 
 def build():
     from ebmctl.bench import lightweight_net
-    from ebmctl.defense import EnergyModel, TaskModel
-    from ebmctl.evaluate.attack_eval import CountingDefense
+    from ebmctl.defense import Defense, EnergyModel, TaskModel
     from ebmctl.plugins import get_registries
     from ebmctl.testing import tiny_bundle
 
@@ -25,7 +24,7 @@ def build():
                                                 image_size=8)
     model = TaskModel(clf, "[-1,1]", 8, 1).eval()
     ebm = EnergyModel(lightweight_net(8, 1, 4, torch.device("cpu")), 0.01, 5e-5, 8, 1)
-    defense = CountingDefense(model, ebm, steps=3, reps=2)
+    defense = Defense(model, ebm, steps=3, reps=2)
     attack = reg.attacks.get("bpda-eot")(norm="linf", eps=0.1, step_size=0.03, steps=2,
                                          restarts=1, eot_reps=2, verify_reps=2)
     task = reg.tasks.get("classification")
