@@ -25,15 +25,17 @@ def ebmctl_register_models(register):
     register(ModelSpec("lightweight", "ebm", lightweight_ebm,
                        "thesis lightweight ConvNet EBM (<700K params at 32x32x3)"))
     register(ModelSpec("sngan-ebm", "ebm", sngan_ebm,
-                       "SNGAN ResNet discriminator EBM, spectral norm optional (SPEC 1.6.3)"))
+                       "SNGAN ResNet discriminator EBM, spectral norm optional (Miyato et al. "
+                       "2018)"))
     register(ModelSpec("sngan-generator", "generator", sngan_generator,
-                       "SNGAN ResNet generator, latent -> image in [-1,1] (SPEC 1.6.3)"))
+                       "SNGAN ResNet generator, latent -> image in [-1,1] (Miyato et al. 2018)"))
     register(ModelSpec("fixer-resnet", "fixer", fixer_resnet,
-                       "same-resolution residual image-to-image net (SPEC 6.2)"))
+                       "same-resolution residual image-to-image net (thesis Ch. 5 fixer)"))
     register(ModelSpec("encoder", "encoder", encoder,
-                       "conv encoder, latent on the sphere of radius sqrt(m) (SPEC 7.7)"))
+                       "conv encoder, latent on the sphere of radius sqrt(m) (thesis §6.5.2)"))
     register(ModelSpec("hat-ebm", "hat-ebm", hat_ebm,
-                       "Hat EBM: hat network H over generator G, U(Y,Z) = H(G(Z)+Y) (SPEC 7)"))
+                       "Hat EBM: hat network H over generator G, U(Y,Z) = H(G(Z)+Y) (thesis "
+                       "Ch. 6)"))
 
 
 @hookimpl

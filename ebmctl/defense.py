@@ -1,4 +1,5 @@
-"""Purification and the EOT defense (SPEC §2), and the EBM↔task-model adapter.
+"""Purification and the EOT defense (docs/algorithms.md#purification-and-the-eot-defense),
+and the EBM↔task-model adapter.
 
 Public images are [0,1]; :class:`EnergyModel` and :class:`TaskModel` convert to their own
 range, size and channels, so an EBM can defend a task model of another resolution.
@@ -52,7 +53,8 @@ def adapt_images(x: torch.Tensor, size: int | tuple[int, int], channels: int) ->
 
 @dataclass
 class EnergyModel:
-    """An EBM with the Langevin constants stored in its artifact (SPEC §0.4)."""
+    """An EBM with the Langevin constants stored in its artifact
+    (docs/algorithms.md#langevin-update)."""
 
     net: nn.Module
     tau: float
@@ -124,7 +126,8 @@ class TaskModel(nn.Module):
 
 
 def average_outputs(outputs: torch.Tensor, mode: str = "logits") -> torch.Tensor:
-    """Average replicate outputs [H,B,C,...] over H (SPEC §2.1, Eq. 2.5)."""
+    """Average replicate outputs [H,B,C,...] over H (thesis Eq. 2.5;
+    docs/algorithms.md#purification-and-the-eot-defense)."""
     if mode == "logits":
         return outputs.mean(0)
     if mode == "softmax":

@@ -1,6 +1,6 @@
 """Langevin sampling: the hot loop of every command. Pure functions over tensors.
 
-Update (SPEC §0.4):  X ← X − (τ²/(2T))·∇U_net(X) + η·τ·Z.
+Update (docs/algorithms.md#langevin-update):  X ← X − (τ²/(2T))·∇U_net(X) + η·τ·Z.
 """
 
 from __future__ import annotations

@@ -81,9 +81,10 @@ def _conv_out(size: int, k: int, s: int, p: int) -> int:
 
 
 class LightweightEBM(nn.Module):
-    """The thesis' lightweight ConvNet EBM (SPEC §1.6.1): conv3×3, then stride-2 conv4×4 layers
-    doubling the width, then a final conv whose kernel covers the remaining map. No linear layers
-    and no normalisation; on larger inputs the energy is the sum over the output map.
+    """The thesis' lightweight ConvNet EBM (docs/algorithms.md#lightweight-ebm): conv3×3, then
+    stride-2 conv4×4 layers doubling the width, then a final conv whose kernel covers the
+    remaining map. No linear layers and no normalisation; on larger inputs the energy is the sum
+    over the output map.
     At 32×32×3 with ``channels=32`` it has 693,569 parameters. Input [B, C, H, W] in [-1, 1],
     output U(x) [B]. ``activation`` is one of :data:`ACTIVATIONS` (the thesis: ``leaky_relu``
     with ``leak`` 0.05; ``smooth_leaky`` with coefficients ``smooth_leaky`` is MEFA's smooth EBM).

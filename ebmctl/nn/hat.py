@@ -1,4 +1,4 @@
-"""Hat EBM parts (SPEC §7): the pair (hat network H, generator G) as one module.
+"""Hat EBM parts (docs/algorithms.md#hat-ebm): the pair (hat network H, generator G) as one module.
 
 The energy is U(Y, Z) = H(G(Z) + Y) (Eq. 6.4). Both parts are built through the model registry
 from their names and JSON arguments, so a Hat EBM artifact rebuilds without pickle and any
@@ -25,7 +25,7 @@ def latent_shape_of(generator: nn.Module, args: dict | None = None) -> tuple[int
 
 class HatEBM(nn.Module):
     """H and G together. ``forward(x)`` is the hat energy H(x) of images (used for OOD scores,
-    SPEC §7.11); ``energy(y, z)`` is U(Y, Z) = H(G(Z) + Y)."""
+    docs/algorithms.md#ood-scores); ``energy(y, z)`` is U(Y, Z) = H(G(Z) + Y)."""
 
     def __init__(self, hat_arch: str, hat_args: dict, generator_arch: str, generator_args: dict):
         super().__init__()

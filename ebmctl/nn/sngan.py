@@ -1,5 +1,6 @@
-"""SNGAN-style networks (SPEC §1.6.3, §6.2, §7.7): the discriminator EBM, the generator, the
-same-resolution residual image-to-image net used by the fixer, and a convolutional encoder.
+"""SNGAN-style networks (docs/algorithms.md#sngan-networks): the discriminator EBM, the
+generator, the same-resolution residual image-to-image net used by the fixer, and a
+convolutional encoder.
 
 Every constructor takes JSON-able keyword arguments only, so artifacts rebuild them from
 ``ebmctl.arch_args``. Spectral normalisation uses ``torch.nn.utils.parametrizations``: its
@@ -44,7 +45,7 @@ def _n_resamples(image_size: int, base: int = 4) -> int:
 
 
 class FixedBatchNorm2d(nn.Module):
-    """Batch norm with its statistics fixed to mean 0, variance 1 (SPEC §1.6.3, Hat EBM §6.5.3):
+    """Batch norm with its statistics fixed to mean 0, variance 1 (thesis §6.5.3):
     a per-channel affine map, so each sample's output depends on that sample only."""
 
     def __init__(self, channels: int):
@@ -149,11 +150,12 @@ class DiscBlock(nn.Module):
 
 
 class SNGANDiscriminatorEBM(nn.Module):
-    """SNGAN ResNet discriminator as an EBM (SPEC §1.6.3): stem block, one downsampling
-    ResBlock, two non-downsampling ResBlocks, activation, global pool, Linear(width→1, no bias).
-    Output: energy U(x) [B], lower = more likely. ``spectral_norm=False`` gives the Hat EBM's
-    hat network. ``pool`` is ``"sum"`` (SNGAN) or ``"mean"`` (SPEC text); with ``"sum"`` the
-    energy scales with the feature-map area. At width 256 and 32×32 it has ≈4.20M parameters.
+    """SNGAN ResNet discriminator as an EBM (Miyato et al. 2018; thesis §3.2.2): stem block,
+    one downsampling ResBlock, two non-downsampling ResBlocks, activation, global pool,
+    Linear(width→1, no bias). Output: energy U(x) [B], lower = more likely.
+    ``spectral_norm=False`` gives the Hat EBM's hat network. ``pool`` is ``"sum"`` (SNGAN) or
+    ``"mean"`` (global average pooling); with ``"sum"`` the energy scales with the feature-map
+    area. At width 256 and 32×32 it has ≈4.20M parameters.
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, width: int = 128,
@@ -181,7 +183,7 @@ class SNGANDiscriminatorEBM(nn.Module):
         return self.head(h).squeeze(1)
 
 
-# --- fixer: same-resolution image-to-image net (SPEC §6.2) ---------------------------------
+# --- fixer: same-resolution image-to-image net (docs/algorithms.md#fixer) ---------------
 
 class ResBlock(nn.Module):
     """BN-ReLU-conv3×3-BN-ReLU-conv3×3 + identity: an SNGAN generator block without upsampling."""
@@ -213,10 +215,11 @@ class ImageToImageResNet(nn.Module):
         return torch.tanh(self.out(F.relu(self.bn(h))))
 
 
-# --- encoder (autoencoder inference net, SPEC §7.7) ---------------------------------------
+# --- encoder (autoencoder inference net, docs/algorithms.md#autoencoder-generator) ---
 
 def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
-    """z ← √m · z / ‖z‖₂ per row (m = latent size), the retrofit latent constraint (SPEC §7.7)."""
+    """z ← √m · z / ‖z‖₂ per row (m = latent size), the retrofit latent constraint (thesis
+    §6.5.2)."""
     flat = z.flatten(1)
     m = flat.shape[1]
     return (math.sqrt(m) * flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-8)).view_as(z)
