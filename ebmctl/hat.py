@@ -1,13 +1,14 @@
-"""Hat EBM sampling (SPEC §7.1-7.3, §7.7-7.8): alternating Langevin on the residual Y and the
-latent Z of U(Y, Z) = H(G(Z) + Y), and the loaded-artifact wrapper used by `synthesize`/`ood`.
+"""Hat EBM sampling (docs/algorithms.md#hat-ebm-sampling): alternating Langevin on the
+residual Y and the latent Z of U(Y, Z) = H(G(Z) + Y), and the loaded-artifact wrapper used by
+`synthesize`/`ood`.
 
-Update with temperature T (SPEC §0.4, §7.9), Y first, then Z with the new Y (Eqs. 6.6, 6.7):
+Update with temperature T (thesis §6.7.5), Y first, then Z with the new Y (Eqs. 6.6, 6.7):
 
     Y ← Y − (ε_Y²/(2T)) ∇_Y H(G(Z) + Y) − ε_Y² τ_res Y + ε_Y V        (τ_res: optional prior)
     Z ← Z − (ε_Z²/(2T)) ∇_Z H(G(Z) + Y)               + ε_Z V'       (joint mode only)
 
-Conditional mode keeps Z fixed (Eq. 6.9); ``residual=False`` keeps Y at zero (the §7.8
-ablation). The generator is frozen and deterministic while sampling.
+Conditional mode keeps Z fixed (Eq. 6.9); ``residual=False`` keeps Y at zero (the thesis'
+residual ablation, §6.7.1). The generator is frozen and deterministic while sampling.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def hat_langevin(model: HatEBM, z: torch.Tensor, y: torch.Tensor, steps: int,
 
 
 def initial_state(model: HatEBM, n: int, generator: torch.Generator, device) -> tuple:
-    """Chains start at Z ~ N(0, I) and Y = 0, the "grey image" residual (SPEC §7.5-7.7)."""
+    """Chains start at Z ~ N(0, I) and Y = 0, the "grey image" residual (thesis Alg. 5)."""
     z = torch.randn((n, *model.latent_shape), generator=generator, device=device)
     with torch.no_grad():
         shape = model.generate(z[:1]).shape[1:]
@@ -140,7 +141,8 @@ class HatModel:
         return cls(net.to(device).eval(), settings, steps, size, ch, str(path))
 
     def energy01(self, x01: torch.Tensor) -> torch.Tensor:
-        """Model energy H(x)/T of [0,1] images evaluated directly, no latent sampling (§7.11)."""
+        """Model energy H(x)/T of [0,1] images evaluated directly, no latent sampling (thesis
+        §6.5.4)."""
         x = to_internal(adapt_images(x01, self.image_size, self.channels))
         return self.net(x) / self.settings.temperature
 

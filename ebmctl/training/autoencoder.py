@@ -1,5 +1,6 @@
-"""A generator without a GAN (SPEC §7.7): encoder I + SNGAN-style decoder G trained with
-scale·MSE ‖X − G(I(X))‖², the encoder output projected onto the sphere of radius √m.
+"""A generator without a GAN (thesis §6.5.2; docs/algorithms.md#autoencoder-generator):
+encoder I + SNGAN-style decoder G trained with scale·MSE ‖X − G(I(X))‖², the encoder output
+projected onto the sphere of radius √m.
 
 The decoder is saved as a ``generator`` artifact (usable for mid-run rejuvenation and the
 retrofit Hat EBM); the encoder next to it as ``<out>.encoder.safetensors``. Its latents live on

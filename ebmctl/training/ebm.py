@@ -1,5 +1,6 @@
-"""Convergent EBM learning (SPEC §1.4, Alg. 2): persistent bank of noise chains never reset,
-data noise, K Langevin steps per update, Adam then an SGD switch.
+"""Convergent EBM learning (thesis Alg. 2; docs/algorithms.md#convergent-training):
+persistent bank of noise chains never reset, data noise, K Langevin steps per update, Adam then
+an SGD switch.
 
 All randomness of update j is derived from (seed, j), so a resumed run reproduces an
 uninterrupted one exactly.

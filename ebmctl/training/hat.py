@@ -1,6 +1,7 @@
-"""Hat EBM training (SPEC §7.5, Alg. 5): tandem updates of the hat network H and the generator G
+"""Hat EBM training (thesis Alg. 5): tandem updates of the hat network H and the generator G
 with a historical bank of (X, Z) pairs, or hat-only training around a frozen pretrained
-generator (refinement §7.6 / retrofit §7.7).
+generator (refinement, thesis §6.5.1 / retrofit, §6.5.2). Algorithms:
+docs/algorithms.md#hat-ebm-training.
 
 Per update t (randomness derived from (seed, t), so a resumed run reproduces an uninterrupted
 one):
@@ -52,7 +53,7 @@ from ebmctl.units import to_internal, to_public
 
 def hat_net_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
     """Architecture of the hat network. SNGAN-discriminator hats run without spectral norm
-    (SPEC §1.6.3, §7.6)."""
+    (thesis §6.5.1, §6.5.3)."""
     arch = cfg["hat.arch"]
     spec = get_registries().models.get(arch)
     if spec.kind != "ebm":
@@ -75,7 +76,7 @@ def generator_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
     args: dict = {"latent_dim": cfg["hat.latent_dim"], "image_size": bundle.image_size,
                   "channels": bundle.channels, "width": cfg["hat.generator_width"]}
     if arch == "sngan-generator":
-        args["bn_fixed"] = True  # G's batch norm fixed to mean 0 / variance 1 [T] §6.5.3
+        args["bn_fixed"] = True  # G's batch norm fixed to mean 0 / variance 1 (thesis §6.5.3)
     return arch, args
 
 
@@ -159,8 +160,8 @@ def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     net, arch_args = build_hat(cfg, bundle, device)
     train_gen = cfg["hat.train_generator"]
     if train_gen and cfg["hat.generator"] and cfg["hat.mode"] == "joint":
-        info("note: training a pretrained generator in joint mode; refinement (§7.6) keeps it "
-             "frozen (hat.train_generator = false)")
+        info("note: training a pretrained generator in joint mode; refinement (thesis §6.5.1) "
+             "keeps it frozen (hat.train_generator = false)")
     seed, batch, k_mcmc = cfg["run.seed"], cfg["train.batch_size"], cfg["train.mcmc_steps"]
     steps = cfg["train.steps"]
     data = to_internal(bundle.train.x).to(device)

@@ -3,13 +3,13 @@
 A convergent EBM keeps samples realistic far beyond the trajectory length K used in training; a
 non-convergent one oversaturates (pixels leave [-1,1]) or sinks into states with far lower energy
 than data (Nijkamp et al. 2020, "On the Anatomy of MCMC-Based Maximum Likelihood Learning of
-Energy-Based Models"; the thesis' SPEC §1.4). One check serves both training recipes: chains
-from held-out data run K steps (training), K_def = ``defense.steps`` (what purification runs)
-and the long-run horizon L (``train.health_horizon``), and the verdict is decided at every
-horizon beyond K and *named by* the longest one: a model judged at 10·K is not claimed to be
-healthy at 1,500 steps. With a classifier (``train.health_classifier``) the check also reports
-label survival at each horizon (the share of chains whose predicted label is still the one of
-their start image); without one it says that label survival was not measured.
+Energy-Based Models"; docs/algorithms.md#training-health-check). One check serves both
+training recipes: chains from held-out data run K steps (training), K_def = ``defense.steps``
+(what purification runs) and the long-run horizon L (``train.health_horizon``), and the verdict
+is decided at every horizon beyond K and *named by* the longest one: a model judged at 10·K is
+not claimed to be healthy at 1,500 steps. With a classifier (``train.health_classifier``) the
+check also reports label survival at each horizon (the share of chains whose predicted label is
+still the one of their start image); without one it says that label survival was not measured.
 """
 
 from __future__ import annotations

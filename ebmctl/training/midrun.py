@@ -1,9 +1,9 @@
-"""Mid-run ("life-cycle") EBM training (SPEC §4, Alg. 4).
+"""Mid-run ("life-cycle") EBM training (thesis Ch. 3, Alg. 4; docs/algorithms.md#mid-run-training).
 
 Short-run updates (K Langevin steps each) on a persistent bank whose states are rejuvenated with
 probability p = K / K_def after each update, from data or from a frozen generator artifact, so a
 chain lives K_def Langevin steps on average; Adam with step-wise learning-rate annealing makes the
-K-step pieces of a chain approximate one long chain of the late model (SPEC §4.4).
+K-step pieces of a chain approximate one long chain of the late model (thesis §3.2.1).
 
 All randomness of update j is derived from (seed, "midrun", j), so a resumed run reproduces an
 uninterrupted one exactly.
@@ -51,7 +51,7 @@ RECIPES = ("convergent", "midrun")
 
 
 def rejuvenation_probability(cfg: Config) -> float:
-    """train.rejuv_prob when set, else p = K / K_def (SPEC §4.2)."""
+    """train.rejuv_prob when set, else p = K / K_def (thesis §3.2.1)."""
     p = cfg["train.rejuv_prob"]
     if p <= 0:
         p = cfg["train.mcmc_steps"] / cfg["train.target_horizon"]
