@@ -1,10 +1,11 @@
-"""Throughput of the Langevin sampler and of attacks (SPEC §9), measured in image-steps/s.
+"""Throughput of the Langevin sampler and of attacks (docs/algorithms.md#sampler-throughput),
+measured in image-steps/s.
 
 Every sampler figure is a ratio taken *within one run*: the naive reference loop and the tuned
 sampler alternate (naive, tuned, naive, tuned, ...) on the same network and batch, so a shared or
-throttled machine slows both alike. The naive reference is SPEC §2.2's loop as the authors' code
-runs it: fp32, eager, parameters requiring grad, contiguous memory, one ``autograd.grad`` per step.
-The tuned sampler is :func:`ebmctl.sampling.langevin` with the settings chosen for the device.
+throttled machine slows both alike. The naive reference is the purification loop as the authors'
+code runs it: fp32, eager, parameters requiring grad, contiguous memory, one ``autograd.grad`` per
+step. The tuned sampler is :func:`ebmctl.sampling.langevin` with the settings chosen for the device.
 
 Besides wall time, CPU time of this process is recorded: on a machine shared with other jobs it
 is the steadier measure of work done (it excludes time spent waiting for a core).
@@ -32,14 +33,16 @@ from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin, sampling_net
 from ebmctl.seeds import derive_seed, make_generator
 
-TAU, TEMPERATURE = 0.01, 5e-5  # SPEC §1.5: drift coefficient 1, noise 0.01
+# The thesis' Ch. 2 EBM as its authors run it: drift coefficient 1, noise 0.01
+# (docs/algorithms.md#langevin-update).
+TAU, TEMPERATURE = 0.01, 5e-5
 
 
 # --- the two samplers under comparison ---------------------------------------------------
 
 def naive_langevin(net: nn.Module, x: torch.Tensor, steps: int, drift: float, scale: float,
                    generator: torch.Generator) -> torch.Tensor:
-    """SPEC §2.2's loop as the reference code runs it (the baseline, deliberately untuned)."""
+    """The purification loop as the authors' code runs it (the baseline, deliberately untuned)."""
     flags = [p.requires_grad for p in net.parameters()]
     for p in net.parameters():
         p.requires_grad_(True)  # the authors' loop leaves the EBM's parameters trainable

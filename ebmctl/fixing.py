@@ -1,4 +1,5 @@
-"""The Fixer (SPEC §6): an image-to-image network G applied after Langevin purification.
+"""The Fixer (thesis Ch. 5; docs/algorithms.md#fixer): an image-to-image network G applied after
+Langevin purification.
 
 G is trained with the EBM frozen, in two stages on pairs (x̂, x) with x̂ ~ T(x):
 stage 1 minimises ‖G(x̂) − x‖² (MSE warm-up), stage 2 a perceptual (feature-reconstruction)
@@ -219,7 +220,8 @@ def mse_loss(fixed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def perceptual_loss(features: nn.Module, fixed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Stage 2 (SPEC §6.3): (1/(C_j H_j W_j))·‖φ_j(G(x̂)) − φ_j(x)‖², batch- and layer-averaged."""
+    """Stage 2 (thesis §5.2.1): (1/(C_j H_j W_j))·‖φ_j(G(x̂)) − φ_j(x)‖², batch- and
+    layer-averaged."""
     with torch.no_grad():
         want = features(target)
     got = features(fixed)

@@ -1,13 +1,15 @@
-"""Dynamics of the Langevin sampler (SPEC §8): Lyapunov exponents and memorylessness.
+"""Dynamics of the Langevin sampler (docs/algorithms.md#sampler-dynamics): Lyapunov exponents and
+memorylessness.
 
 The map studied is T_η(X) = X − c·∇U_net(X) + η·τ·Z with c = τ²/(2T) from the EBM artifact
-(SPEC §0.4, Eq. 2.13): only the noise is rescaled by η.
+(thesis Eq. 2.13): only the noise is rescaled by η.
 
-The maximal Lyapunov exponent is estimated with Benettin's method in its *finite-separation*
-form (SPEC §8.3): the lightweight EBM is piecewise linear, so its Hessian is 0 almost everywhere
-and the tangent-map version would return exactly 0 for every η. A reference chain and a copy
-displaced by ``separation`` receive the *same* noise at every step; the growth of their distance
-is logged and the copy is pulled back to distance ``separation`` along the current direction.
+The maximal Lyapunov exponent is estimated with Benettin's method in its *finite-separation* form
+(docs/algorithms.md#lyapunov-exponent): the lightweight EBM is piecewise linear, so its Hessian is 0
+almost everywhere and the tangent-map version would return exactly 0 for every η. A reference chain
+and a copy displaced by ``separation`` receive the *same* noise at every step; the growth of their
+distance is logged and the copy is pulled back to distance ``separation`` along the current
+direction.
 
 The functions below are pure (tensors and callables in, tensors and dicts out); the command in
 ``ebmctl.commands.lyapunov`` wires them to artifacts, data, attacks and files.
@@ -233,7 +235,7 @@ def zero_crossing(etas: Sequence[float], means: Sequence[float]) -> float | None
 
 def summarise_exponents(etas: Sequence[float], lam: torch.Tensor, zero_tol: float) -> dict:
     """Mean, std and standard error over images and seeds per η; the transition η* (first grid
-    η whose mean exceeds ``zero_tol`` standard errors above 0, SPEC §8.3) and the interpolated
+    η whose mean exceeds ``zero_tol`` standard errors above 0) and the interpolated
     zero crossing of the mean curve."""
     flat = lam.reshape(lam.shape[0], -1)
     n = flat.shape[1]
@@ -253,8 +255,8 @@ def summarise_exponents(etas: Sequence[float], lam: torch.Tensor, zero_tol: floa
 
 def energy_gap(energy_fn: Callable[[torch.Tensor], torch.Tensor], natural: torch.Tensor,
                adversarial: torch.Tensor, noise: torch.Tensor) -> dict:
-    """Mean ± std of the model energy of natural, adversarial and noise images (SPEC §8.4 claim
-    1: U(noise) ≫ U(adv) ≳ U(nat))."""
+    """Mean ± std of the model energy of natural, adversarial and noise images (thesis §2.10.1,
+    Fig. 2.6: U(noise) ≫ U(adv) ≳ U(nat))."""
     out = {}
     with torch.no_grad():
         for name, x in (("natural", natural), ("adversarial", adversarial), ("noise", noise)):
@@ -455,9 +457,10 @@ def make_adversarial(cfg, task, model, energy, x01: torch.Tensor, y: torch.Tenso
 
 def memory_report(cfg, energy, task, model, x01: torch.Tensor, y: torch.Tensor, device, *,
                   progress_factory=None) -> dict:
-    """Forgetting curves (SPEC §8.4): chains from clean and adversarial images with common and
-    independent noise, distances and task-model agreement along the chain, and the energy gap.
-    Statistics are over the images the attack broke (all images if it broke none)."""
+    """Forgetting curves (docs/algorithms.md#memorylessness-checks): chains from clean and
+    adversarial images with common and independent noise, distances and task-model agreement along
+    the chain, and the energy gap. Statistics are over the images the attack broke (all images if it
+    broke none)."""
     x_adv01, attack_info = make_adversarial(cfg, task, model, energy, x01, y, device)
     broken = attack_info.pop("_broken")
     use = broken.nonzero().flatten() if broken.any() else torch.arange(len(x01))

@@ -1,4 +1,4 @@
-"""Out-of-distribution detection with the energy (SPEC §7.11).
+"""Out-of-distribution detection with the energy (thesis §6.5.4; docs/algorithms.md#ood-scores).
 
 Score = −energy, so in-distribution images (the positive class) should score higher. AUROC is
 the Mann-Whitney probability that a random in-distribution image scores above a random OOD

@@ -1,5 +1,6 @@
-"""Image synthesis from a plain EBM (Langevin from noise or data, SPEC §1.2) or a Hat EBM
-(joint / conditional, SPEC §7), with an optional sample-quality score.
+"""Image synthesis from a plain EBM (Langevin from noise or data) or a Hat EBM (joint /
+conditional), with an optional sample-quality score (docs/algorithms.md#sample-quality,
+docs/algorithms.md#hat-ebm-sampling).
 
 Everything is computed before anything is written, so a failure leaves no partial output.
 """

@@ -1,4 +1,5 @@
-"""Threat models (SPEC §3.2): random starts, steps and projections for l∞ and l2 in [0,1]."""
+"""Threat models (docs/algorithms.md#threat-model): random starts, steps and projections for l∞
+and l2 in [0,1]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`ebmctl fix`: train the fixer network (SPEC §6) and apply it to image files."""
+"""`ebmctl fix`: train the fixer network (docs/algorithms.md#fixer) and apply it to image files."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from ebmctl.commands.common import (
     make_config,
 )
 
-app = typer.Typer(help="Train and apply the fixer that restores purified images (SPEC §6).",
+app = typer.Typer(help="Train and apply the fixer that restores purified images (thesis Ch. 5; "
+                       "docs/algorithms.md#fixer).",
                   no_args_is_help=True)
 
 

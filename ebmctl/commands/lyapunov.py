@@ -1,5 +1,5 @@
-"""`ebmctl lyapunov`: the sampler's dynamics (SPEC §8): Lyapunov exponent vs η, and with
-``--checks`` the forgetting curves of clean vs adversarial starts."""
+"""`ebmctl lyapunov`: the sampler's dynamics (docs/algorithms.md#sampler-dynamics): Lyapunov
+exponent vs η, and with ``--checks`` the forgetting curves of clean vs adversarial starts."""
 
 from __future__ import annotations
 

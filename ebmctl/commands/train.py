@@ -45,9 +45,10 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
                   steps: int = typer.Option(None, "--steps", help="override train.steps"),
                   recipe: str = typer.Option(None, "--recipe",
                                              help="override train.recipe: convergent | midrun")):
-    """Train an EBM: convergent learning (SPEC §1.4, persistent noise bank, Adam then SGD) or
-    mid-run learning (SPEC §4, rejuvenated bank, annealed Adam) per train.recipe. Convergent
-    training runs data-parallel under ``torchrun -m ebmctl.distributed`` (train.shards)."""
+    """Train an EBM: convergent learning (persistent noise bank, Adam then SGD;
+    docs/algorithms.md#convergent-training) or mid-run learning (rejuvenated bank, annealed Adam;
+    docs/algorithms.md#mid-run-training) per train.recipe. Convergent training runs data-parallel
+    under ``torchrun -m ebmctl.distributed`` (train.shards)."""
     from ebmctl.context import load_dataset, setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.training.ebm import train_ebm
@@ -123,8 +124,9 @@ def train_autoencoder_cmd(profile: ProfileOpt = None, set_: SetOpt = None,
                           force: ForceOpt = False,
                           steps: int = typer.Option(None, "--steps",
                                                     help="override autoencoder.steps")):
-    """Train an encoder + SNGAN-style decoder with MSE (SPEC §7.7); the decoder is saved as a
-    generator artifact for mid-run rejuvenation and the retrofit Hat EBM."""
+    """Train an encoder + SNGAN-style decoder with MSE (docs/algorithms.md#autoencoder-generator);
+    the decoder is saved as a generator artifact for mid-run rejuvenation and the retrofit Hat
+    EBM."""
     from ebmctl.context import load_dataset, setup_device
     from ebmctl.training.autoencoder import encoder_path, train_autoencoder
 
@@ -157,8 +159,9 @@ def train_hat_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
                   generator: Path = typer.Option(None, "--generator", help="pretrained generator "
                                                  "artifact (hat.generator); kept frozen unless "
                                                  "hat.train_generator = true")):
-    """Train a Hat EBM (SPEC §7.5): hat network H over generator G, tandem training of G from a
-    historical bank, or H alone around a pretrained G (refinement / retrofit)."""
+    """Train a Hat EBM (docs/algorithms.md#hat-ebm-training): hat network H over generator G, tandem
+    training of G from a historical bank, or H alone around a pretrained G (refinement /
+    retrofit)."""
     from ebmctl.context import load_dataset, setup_device
     from ebmctl.training.hat import train_hat
 
