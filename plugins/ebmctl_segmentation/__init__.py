@@ -1,4 +1,5 @@
-"""Built-in plugin: the segmentation task (SPEC §5.2), its datasets and segmenters.
+"""Built-in plugin: the segmentation task (thesis §4.4;
+docs/algorithms.md#segmentation-and-the-dice-rule), its datasets and segmenters.
 
 It imports only ``ebmctl.api``, like any third-party plugin.
 """

@@ -1,4 +1,5 @@
-"""Segmentation metrics: per-image Dice (SPEC §5.2, Eq. 4.2), dataset mIoU, the Dice-ratio rule.
+"""Segmentation metrics: per-image Dice (thesis Eq. 4.2), dataset mIoU, the Dice-ratio rule
+(docs/algorithms.md#segmentation-and-the-dice-rule).
 
 Masks are integer label maps [B,H,W] (0 = background); predictions are label maps too (the
 argmax of the per-pixel logits).
@@ -72,7 +73,7 @@ def mean_iou(confusion: torch.Tensor) -> float:
 
 def dice_ratio_ok(adv_dice: torch.Tensor, clean_dice: torch.Tensor,
                   threshold: float = 0.5) -> torch.Tensor:
-    """SPEC §5.2, Eq. 4.3: not broken while Dice(x̂) / Dice(x) >= threshold.
+    """Thesis Eq. 4.3: not broken while Dice(x̂) / Dice(x) >= threshold.
 
     Images whose clean Dice is 0 have no ratio; they are never counted as correct here (the
     report leaves them out of the fraction and counts them separately).

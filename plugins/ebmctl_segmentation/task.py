@@ -1,10 +1,10 @@
 """The segmentation task: per-pixel cross-entropy, per-image Dice, broken = Dice ratio < 0.5.
 
-SPEC §5.2: the defended prediction averages the segmenter's per-pixel logits over replicates
-(the core Defense does that for any output shape); an attacked image is broken when
-Dice(attacked) / Dice(clean) falls below ``task.dice_ratio_threshold``, where the clean Dice is
-measured through the same pipeline (purified when defended).
-"""
+Thesis §4.4 (docs/algorithms.md#segmentation-and-the-dice-rule): the defended prediction averages
+the segmenter's per-pixel logits over replicates (the core Defense does that for any output shape);
+an attacked image is broken when Dice(attacked) / Dice(clean) falls below
+``task.dice_ratio_threshold``, where the clean Dice is measured through the same pipeline (purified
+when defended). """
 
 from __future__ import annotations
 
