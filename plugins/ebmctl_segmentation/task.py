@@ -4,7 +4,8 @@ Thesis §4.4 (docs/algorithms.md#segmentation-and-the-dice-rule): the defended p
 the segmenter's per-pixel logits over replicates (the core Defense does that for any output shape);
 an attacked image is broken when Dice(attacked) / Dice(clean) falls below
 ``task.dice_ratio_threshold``, where the clean Dice is measured through the same pipeline (purified
-when defended). """
+when defended).
+"""
 
 from __future__ import annotations
 
