@@ -1,4 +1,5 @@
-"""`ebmctl train autoencoder` (SPEC §7.7) and its decoder as a rejuvenation generator."""
+"""`ebmctl train autoencoder` (docs/algorithms.md#autoencoder-generator) and its decoder as a
+rejuvenation generator."""
 
 import pytest
 import torch

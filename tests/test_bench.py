@@ -1,5 +1,5 @@
-"""`ebmctl bench`: the naive reference is the SPEC §2.2 loop, the report's ratios are keyed
-"speedup", bad input is one line, attack timings and memory are reported."""
+"""`ebmctl bench`: the naive reference is the authors' purification loop, the report's ratios are
+keyed "speedup", bad input is one line, attack timings and memory are reported."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The fixer (SPEC §6): training lowers reconstruction loss, early stopping, exact resume,
-artifact round trip, perceptual feature networks, and attack gradients through the fixer."""
+"""The fixer (docs/algorithms.md#fixer): training lowers reconstruction loss, early stopping, exact
+resume, artifact round trip, perceptual feature networks, and attack gradients through the fixer."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_strongly_convex_energy_is_ordered_at_small_eta():
 
 def test_linear_energy_has_exactly_zero_exponent():
     # ∇U constant: nothing separates or contracts the copies (the piecewise-linear caveat of
-    # SPEC §8.3 inside one linear region).
+    # docs/algorithms.md#lyapunov-exponent inside one linear region).
     w = torch.randn(1, 1, 4, 4, dtype=torch.float64)
     settings = ly.ExponentSettings(etas=[0.1, 5.0], burn_in=3, steps=50, seeds=[0])
     lam, _ = ly.exponent_grid(lambda x: w.expand_as(x), start_states(), drift=DRIFT, tau=0.1,

@@ -1,4 +1,5 @@
-"""Mid-run EBM training (SPEC §4): rejuvenation rate and source, annealing, health, CLI."""
+"""Mid-run EBM training (docs/algorithms.md#mid-run-training): rejuvenation rate and source,
+annealing, health, CLI."""
 
 import json
 

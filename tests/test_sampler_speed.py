@@ -22,7 +22,7 @@ TAU, TEMP = 0.01, 5e-5
 
 
 def reference_langevin(net, x, steps, drift, scale, gen):
-    """The update written out (SPEC §0.4), fp32, parameters frozen."""
+    """The update written out (docs/algorithms.md#langevin-update), fp32, parameters frozen."""
     with frozen(net):
         for _ in range(steps):
             xg = x.detach().requires_grad_(True)

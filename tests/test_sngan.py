@@ -38,7 +38,7 @@ def test_fixed_bn_generator_is_per_sample():
 def test_sngan_ebm_energy_shape_and_param_count():
     net = SNGANDiscriminatorEBM(in_channels=3, image_size=32, width=16)
     assert net(torch.randn(3, 3, 32, 32)).shape == (3,)
-    # The SPEC's 32x32 width-256 layout has about 4.20M parameters.
+    # The authors' 32x32 width-256 layout has about 4.20M parameters.
     big = SNGANDiscriminatorEBM(width=256, spectral_norm=False)
     n = sum(p.numel() for p in big.parameters())
     assert 4.1e6 < n < 4.3e6
