@@ -1,5 +1,5 @@
-"""The thesis' evaluation loop (Hill 2023, Alg. 1; docs/algorithms.md "Alg. 1"), shared by
-every attack.
+"""The thesis' evaluation loop (Hill 2023, Alg. 1; docs/algorithms.md#alg-1-attack-evaluation),
+shared by every attack.
 
 Rules, exactly:
 
