@@ -243,7 +243,7 @@ def core_schema() -> Schema:
     # output
     a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
       minimum=0)
-    # hat ebm, synthesize, ood (SPEC §7)
+    # hat ebm, synthesize, ood (docs/algorithms.md#hat-ebm)
     a("hat.mode", "str", "conditional", "conditional (Z fixed, Y sampled) | joint (Y and Z)",
       choices=("conditional", "joint"))
     a("hat.arch", "str", "sngan-ebm", "hat network H (an EBM architecture; no spectral norm)")
@@ -263,7 +263,7 @@ def core_schema() -> Schema:
       "(0 = never)", minimum=0)
     a("hat.gen_loss_scale", "float", 1000.0, "generator loss = scale · MSE (the 1/(2η²))",
       minimum=0)
-    a("hat.residual", "bool", True, "sample the residual Y (false: the §7.8 ablation)")
+    a("hat.residual", "bool", True, "sample the residual Y (false: the thesis' §6.7.1 ablation)")
     a("hat.residual_prior", "float", 0.0, "τ_res of the optional prior τ_res·‖Y‖²", minimum=0)
     a("synth.n", "int", 64, "images to sample", minimum=1)
     a("synth.steps", "int", 0, "Langevin steps (0 = the model's training K)", minimum=0)
@@ -275,7 +275,7 @@ def core_schema() -> Schema:
     a("quality.fid_features", "str", "", "local feature network for FID (safetensors "
       "Inception-v3 state dict); empty = proxy score only")
     a("quality.n_reference", "int", 1000, "real images in the quality reference set", minimum=2)
-    # lyapunov (SPEC §8)
+    # lyapunov (docs/algorithms.md#sampler-dynamics)
     a("lyapunov.etas", "float_list",
       [round(10 ** (-2 + 3 * i / 12), 6) for i in range(13)],
       "noise scales η of T_η (log grid over [1e-2, 1e1])")
@@ -301,9 +301,9 @@ def core_schema() -> Schema:
     a("lyapunov.attack", "str", "pgd", "attack that makes the adversarial images")
     a("lyapunov.attack_defended", "bool", False,
       "attack the EBM-defended model (e.g. bpda-eot) instead of the bare task model")
-    # midrun (SPEC §4), SNGAN EBM options, training health, autoencoder (SPEC §7.7)
-    a("train.recipe", "str", "convergent", "EBM training recipe: convergent (SPEC §1.4) | "
-      "midrun (SPEC §4)")
+    # midrun (docs/algorithms.md#mid-run-training), SNGAN EBM options, training health, autoencoder
+    a("train.recipe", "str", "convergent", "EBM training recipe: convergent (thesis Alg. 2) | "
+      "midrun (thesis Alg. 4)")
     a("train.target_horizon", "int", 2000, "K_def the mid-run chains should stay realistic for",
       minimum=1)
     a("train.rejuv_prob", "float", 0.0, "rejuvenation probability per update (0 = K/K_def)",
@@ -312,7 +312,7 @@ def core_schema() -> Schema:
       choices=("data", "generator"))
     a("train.rejuv_generator", "str", "", "frozen generator artifact for rejuvenation")
     a("train.lr_drops", "int_list", [], "updates at which the mid-run Adam lr is multiplied by "
-      "train.lr_drop_factor (SPEC §4.4: [50000, 75000, 100000, 125000])")
+      "train.lr_drop_factor (the thesis authors' code: [50000, 75000, 100000, 125000])")
     a("train.lr_drop_factor", "float", 0.1, "lr factor at each of train.lr_drops", minimum=0,
       maximum=1)
     a("train.health_chains", "int", 64, "held-out images the end-of-run health check starts "
@@ -333,11 +333,11 @@ def core_schema() -> Schema:
     a("autoencoder.steps", "int", 2000, "autoencoder updates", minimum=0)
     a("autoencoder.batch_size", "int", 64, "autoencoder batch size", minimum=1)
     a("autoencoder.lr", "float", 2e-4, "autoencoder Adam learning rate", minimum=0)
-    a("autoencoder.mse_scale", "float", 1000.0, "loss = scale · MSE (SPEC §7.7)", minimum=0)
-    # segmentation (SPEC §5: universal defender)
+    a("autoencoder.mse_scale", "float", 1000.0, "loss = scale · MSE (thesis §6.5.2)", minimum=0)
+    # segmentation (universal defender: docs/algorithms.md#universal-defender)
     a("defense.ebm", "str", "", "EBM artifact of the defense when --ebm is not given; it may "
       "come from another dataset (e.g. a CIFAR-10 EBM in front of a segmenter)")
-    # attack suite (SPEC §3: issue 4)
+    # attack suite (issue 4; docs/algorithms.md#attacks)
     a("attack.methods", "str_list", [], "attacks on the defended model, each reported; the "
       "headline is the per-image worst case over them (empty = attack.method)")
     a("attack.step_size_l2", "fraction", 0.0, "α of the l2 attacks, in [0,1] pixel units "
@@ -358,7 +358,7 @@ def core_schema() -> Schema:
     a("attack.sanity_eps", "float", 0.5, "large radius of the sanity check (linf; l2 uses "
       "it times sqrt(D))", minimum=0)
     a("attack.sanity_images", "int", 50, "images of the large-radius sanity check", minimum=1)
-    # fix (SPEC §6: the fixer network)
+    # fix (the fixer network: docs/algorithms.md#fixer)
     a("fix.arch", "str", "fixer-resnet", "fixer architecture (a 'fixer' model)")
     a("fix.width", "int", 64, "fixer width", minimum=1)
     a("fix.blocks", "int", 4, "fixer ResBlocks", minimum=0)
