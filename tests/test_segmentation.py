@@ -329,7 +329,9 @@ def test_defended_attack_reports_both_models(tiny_segmenter, tmp_path):
     rep = json.loads(out.read_text())
     assert set(rep["results"]) == {"undefended", "defended"}
     d = rep["results"]["defended"]
-    assert d["attack"] == "bpda-eot" and 0 <= d["fraction_not_broken"] <= 1
+    assert d["attack"] == "bpda-eot" and d["n_seeds"] == 1
+    # the Dice-ratio rule's fraction is over the images with a usable clean prediction
+    assert d["fraction_not_broken"] == pytest.approx(sum(d["per_image_robust"]) / d["n_evaluated"])
     assert len(d["per_image_dice_clean"]) == 6
     assert rep["defense"]["ebm"] == str(ebm)
     assert len(rep["task_report"]["panel_columns"]) == 7

@@ -31,6 +31,12 @@ from ebmctl.defense import Defense, EnergyModel, TaskModel
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.attack_eval import evaluate_attack
+from ebmctl.evaluate.memory import MemoryProbe
+from ebmctl.evaluate.resubmit import (
+    check_resubmission_settings,
+    resubmission_report,
+    resubmission_rows,
+)
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.evaluate.stats import accuracy_interval, mean_std, still_falling
 from ebmctl.plugins import get_registries
@@ -103,16 +109,28 @@ def make_attack(cfg: Config, method: str, defended: bool, *, eps: float | None =
           "smooth_temperature": cfg["attack.smooth_temperature"],
           "checkpoint_segment": cfg["attack.checkpoint_segment"],
           "p_init": cfg["attack.square_p_init"]}
-    for key, param in OPTIONAL_KEYS.items():
-        if cfg.provenance.get(key, "default") != "default":
-            kw[param] = cfg[key]
+    given = {key: param for key, param in OPTIONAL_KEYS.items()
+             if cfg.provenance.get(key, "default") != "default"
+             and (defended or key not in DEFENDED_ONLY_KEYS)}
+    kw.update({param: cfg[key] for key, param in given.items()})
     accepted = _constructor_params(cls)
-    return cls(**{k: v for k, v in kw.items() if k in accepted})
+    attack = cls(**{k: v for k, v in kw.items() if k in accepted})
+    # what check_options_used reads: the optional settings this attack really received
+    attack.options_given = {key for key, param in given.items() if param in accepted}
+    return attack
 
 
 #: settings that only some attacks take, and their constructor argument
 OPTIONAL_KEYS = {"attack.gradient": "gradient", "attack.loss": "loss",
-                 "attack.square_p_init": "p_init"}
+                 "attack.square_p_init": "p_init",
+                 "attack.final_iterate_only": "final_iterate_only",
+                 "attack.gradient_steps": "gradient_steps",
+                 "attack.common_noise": "common_noise",
+                 "attack.common_noise_defender": "common_noise_defender",
+                 "attack.energy_weight": "energy_weight"}
+#: settings about the defending EBM's chain or energy: given to the defended runs only
+DEFENDED_ONLY_KEYS = ("attack.gradient_steps", "attack.common_noise",
+                      "attack.common_noise_defender", "attack.energy_weight")
 
 
 def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
@@ -124,7 +142,8 @@ def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
     for key, param in OPTIONAL_KEYS.items():
         if cfg.provenance.get(key, "default") == "default":
             continue
-        if not any(param in _constructor_params(type(a)) for a in attacks):
+        if not any(key in a.options_given if hasattr(a, "options_given")
+                   else param in _constructor_params(type(a)) for a in attacks):
             names = ", ".join(a.name for a in attacks)
             raise ConfigError(f"{key} does not apply to the attacks run ({names})")
 
@@ -264,6 +283,7 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
         per_seed = []
         total = len(seeds) * attack.restarts * (attack.steps + 1) * (
             (len(x) + batch - 1) // batch)
+        probe = MemoryProbe(device).start()
         with progress_bar(total, f"attack {label} ({attack.name})") as bar:
             for s in seeds:
                 res = evaluate_attack(attack, defense, task, x, y, seed=s, batch_size=batch,
@@ -272,8 +292,14 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
                 per_seed.append({"seed": s, **res})
         raw[attack.name] = per_seed
         per_attack[attack.name] = summarise_attack(attack, per_seed, len(x))
-    worst = worst_case(raw, x_advs)
-    row = {"attack": min(per_attack, key=lambda n: per_attack[n]["adversarial_mean"]),
+        per_attack[attack.name]["memory"] = probe.read()
+        if getattr(attack, "diagnostic", False):
+            per_attack[attack.name]["diagnostic"] = True
+    # a diagnostic run (the defender's noise fixed) never enters the headline, unless it is
+    # all there is, and then the whole row says so
+    headline = [n for n in raw if not per_attack[n].get("diagnostic")] or list(raw)
+    worst = worst_case({n: raw[n] for n in headline}, x_advs)
+    row = {"attack": min(headline, key=lambda n: per_attack[n]["adversarial_mean"]),
            "n_images": len(x), "n_seeds": len(seeds),
            **_fraction_row("natural", [w["natural"] for w in worst], len(x)),
            **_fraction_row("adversarial", [w["adversarial"] for w in worst], len(x)),
@@ -282,7 +308,10 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
            "seconds": round(sum(a["seconds"] for a in per_attack.values()), 1),
            "image_steps": sum(a["image_steps"] for a in per_attack.values()),
            "attacks": per_attack}
-    masking = masking_verdict(per_attack, cfg["attack.sanity_tolerance"])
+    if all(per_attack[n].get("diagnostic") for n in headline):
+        row["diagnostic"] = True
+    masking = masking_verdict({n: per_attack[n] for n in headline},
+                              cfg["attack.sanity_tolerance"])
     if masking is not None:
         row["gradient_masking"] = masking
     task_run = {"defense": defense, "x_adv": worst[-1]["x_adv"], "x_advs": x_advs,
@@ -292,8 +321,12 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
 
 def _quick(cfg: Config, attack: Attack, defense: Defense, task, x, y, device, label: str,
            seed: int) -> dict:
-    res = evaluate_attack(attack, defense, task, x, y, seed=seed,
-                          batch_size=cfg["attack.batch_size"], device=device, label=label)
+    """One seed of one attack, no parts on disk (the sanity checks and the ε = 0 control)."""
+    batch = cfg["attack.batch_size"]
+    total = attack.restarts * (attack.steps + 1) * ((len(x) + batch - 1) // batch)
+    with progress_bar(total, f"check {label} ({attack.name})") as bar:
+        res = evaluate_attack(attack, defense, task, x, y, seed=seed, batch_size=batch,
+                              device=device, label=label, progress=bar.advance)
     res.pop("_x_adv")
     return res
 
@@ -436,6 +469,9 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
     for label, defense, attacks in runs:
         row, task_runs[label] = run_label(cfg, label, defense, attacks, task, x, y, device,
                                           seeds, parts)
+        if cfg["evaluate.resubmissions"] > 0 and defense.stochastic:
+            row["resubmission"] = resubmission_report(cfg, label, defense, task, x, y, device,
+                                                      row, task_runs[label])
         report["results"][label] = row
         for name, a in row["attacks"].items():
             curves[f"{label} ({name})"] = (list(range(len(a["accuracy_curve"]))),
@@ -474,6 +510,10 @@ def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, un
                      build_defense(cfg, model, ebm, device, fixer=load_fixer(fixer_path, device)),
                      [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     check_options_used(cfg, [a for _, _, attacks in runs for a in attacks])
+    for _, defense, attacks in runs:  # e.g. attack.gradient_steps > defense.steps, before work
+        for a in attacks:
+            getattr(a, "check_defense", lambda d: None)(defense)
+    check_resubmission_settings(cfg, runs)
     return runs
 
 
@@ -572,6 +612,8 @@ def format_table(report: dict) -> list[tuple[str, str, str, str, str]]:
     for label, r in report["results"].items():
         for name, a in r["attacks"].items():
             conv = {True: "yes", False: "NOT converged", None: "n/a"}[a["converged"]]
+            if a.get("diagnostic"):
+                name = f"{name} (DIAGNOSTIC: defender noise fixed)"
             rows.append((label, name,
                          format_accuracy(a["natural_mean"], a["natural_std"], a["natural_ci"]),
                          format_accuracy(a["adversarial_mean"], a["adversarial_std"],
@@ -588,6 +630,8 @@ def format_table(report: dict) -> list[tuple[str, str, str, str, str]]:
                          f"{c['natural']:.3f}",
                          format_accuracy(c["adversarial"], None, c["adversarial_ci"]),
                          f"inflation {c['inflation']:+.3f}"))
+        if r.get("resubmission"):
+            rows += resubmission_rows(label, r["resubmission"])
     return rows
 
 
@@ -604,6 +648,12 @@ def report_notes(report: dict) -> list[str]:
             notes.append(f"{label}: gradient masking suspected: {gm['attack']} "
                          f"({gm['non_white_box']:.3f}) beats the white-box attacks "
                          f"({gm['white_box']:.3f})")
+        diag = [n for n, a in r["attacks"].items() if a.get("diagnostic")]
+        if diag:
+            notes.append(f"{label}: {', '.join(diag)} fixed the defender's own noise "
+                         "(attack.common_noise_defender): a diagnostic, not a robustness figure"
+                         + ("; every attack run was one, so this row's headline is too"
+                            if r.get("diagnostic") else "; left out of the headline"))
         if r.get("n_seeds") == 1:
             notes.append(f"{label}: one attack seed (n = 1): no spread over seeds; intervals "
                          f"are 95% Wilson over {r['n_images']} images")
