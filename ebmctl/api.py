@@ -1,6 +1,10 @@
 """The public API: everything a plugin may import from ebmctl, in one place.
 
 Built-in plugins import only these names (a test enforces it). Anything else is internal.
+
+The library API for users who bring their own classifier (docs/python-api.md) lives here too:
+:func:`defend`, :func:`evaluate`, :func:`load_ebm` and :class:`DefendedModel` (listed in
+``LIBRARY``; also ``ebmctl.defend`` etc. at the top level).
 """
 
 from ebmctl.artifacts import (
@@ -19,7 +23,11 @@ from ebmctl.data_utils import (
     make_bundle,
     split_indices,
 )
+from ebmctl.defended import DefendedModel as DefendedModel  # the library API (LIBRARY)
+from ebmctl.defended import defend as defend
+from ebmctl.defended import load_ebm as load_ebm
 from ebmctl.defense import Defense, EnergyModel, TaskModel, adapt_images, average_outputs
+from ebmctl.evaluate.library import evaluate as evaluate
 from ebmctl.evaluate.plots import save_grid, save_image01
 from ebmctl.errors import (
     ArtifactError,
@@ -47,3 +55,6 @@ __all__ = [
     "split_indices",
     "announce_image_notes", "read_image01", "read_label_map",
 ]
+
+#: the library API for users (not part of the plugin contract above)
+LIBRARY = ["DefendedModel", "defend", "evaluate", "load_ebm"]

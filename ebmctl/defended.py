@@ -1,0 +1,259 @@
+"""Bring your own classifier: :func:`defend` wraps any ``nn.Module`` in the EOT Langevin defense
+as an ordinary PyTorch classifier, so torchattacks, AutoAttack-style code or a hand-written loop
+can attack it; :func:`load_ebm` loads an EBM artifact (or a shipped one by name).
+
+The wrapper is built from the same pieces as the CLI's defense (:class:`ebmctl.defense.Defense`
+for the chain, :mod:`ebmctl.attacks.gradients` for differentiable chains), so the library and
+``ebmctl attack`` purify identically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ebmctl.defense import Defense, EnergyModel, average_outputs
+from ebmctl.errors import ConfigError, InputError
+
+#: EBMs shipped inside the package, by name (see :mod:`ebmctl.shipped`)
+SHIPPED_EBMS = ("cifar10",)
+GRADIENTS = ("bpda", "full", "smooth")
+AVERAGES = ("logits", "softmax", "logsoftmax")
+
+
+def load_ebm(path_or_name: str | Path | EnergyModel,
+             device: torch.device | str = "cpu") -> EnergyModel:
+    """An EBM artifact with its Langevin constants (τ, T, image size) read from the file.
+
+    Args:
+        path_or_name: a ``.safetensors`` EBM artifact, or the name of a shipped EBM
+            (``"cifar10"``: the default CIFAR-10 EBM). An :class:`EnergyModel` is returned as is
+            (moved to ``device``).
+        device: where the network lives.
+
+    Raises:
+        InputError: neither an existing file nor a shipped name.
+        ArtifactError: the file is not an ebmctl EBM artifact.
+    """
+    device = torch.device(device)
+    if isinstance(path_or_name, EnergyModel):
+        path_or_name.net.to(device)
+        return path_or_name
+    text = str(path_or_name)
+    if text in SHIPPED_EBMS:
+        from ebmctl.shipped import default_ebm
+
+        return EnergyModel.load(default_ebm(), device)
+    path = Path(text)
+    if not path.exists():
+        raise InputError(f"no EBM {text!r}: give an EBM artifact (.safetensors) or a shipped "
+                         f"name ({', '.join(SHIPPED_EBMS)})")
+    return EnergyModel.load(path, device)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """BPDA (Athalye et al. 2018): forward = the purified images, computed without a graph;
+    backward = the identity, so the gradient w.r.t. a purified copy is passed to its input."""
+
+    @staticmethod
+    def forward(ctx, x, purify):
+        with torch.no_grad():
+            return purify(x.detach())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _FromUnit(nn.Module):
+    """Feeds [0,1] images to a model that takes ``[lo, hi]`` (what :class:`Defense` expects of
+    its task model)."""
+
+    def __init__(self, model: nn.Module, lo: float, hi: float):
+        super().__init__()
+        self.model, self.lo, self.hi = model, float(lo), float(hi)
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        if (self.lo, self.hi) == (0.0, 1.0):
+            return self.model(x01)
+        return self.model(self.lo + x01 * (self.hi - self.lo))
+
+
+class DefendedModel(nn.Module):
+    """A classifier defended by EOT Langevin purification (thesis Eq. 2.5), usable as any
+    ``nn.Module``: ``forward(x)`` with ``x`` [B,C,H,W] in ``input_range`` returns
+    [B,num_classes] outputs averaged over ``reps`` purified copies (``average``: ``logits`` =
+    mean logits; ``softmax`` = log of the mean probabilities; ``logsoftmax`` = mean
+    log-probabilities). Without an EBM (or with ``steps = 0``) it is the model itself.
+
+    Every call draws fresh Langevin noise from generators keyed by ``(seed, call number)``, so
+    repeated calls (an attacker's EOT) see the defense's randomness while a fresh wrapper with
+    the same seed repeats the same sequence; :meth:`reseed` restarts the sequence.
+
+    The backward pass follows ``gradient``: ``bpda`` treats the chain as the identity
+    (straight-through, an autograd Function); ``full`` differentiates exactly through all K
+    steps (checkpointed, :func:`ebmctl.attacks.gradients.langevin_differentiable`); ``smooth``
+    as ``full`` with a softplus-smoothed second derivative of the EBM's (Leaky)ReLUs. Calls
+    without a gradient (``torch.no_grad()``, inputs not requiring grad) skip the graph.
+
+    Attributes:
+        defense: the :class:`ebmctl.defense.Defense` it runs (also what
+            :func:`ebmctl.evaluate` attacks with ebmctl's own attacks).
+        calls: forward calls so far (the noise counter).
+    """
+
+    def __init__(self, model: nn.Module, ebm: EnergyModel | None, *, steps: int, reps: int,
+                 average: str = "logits", gradient: str = "bpda",
+                 input_range: tuple[float, float] = (0.0, 1.0), seed: int = 0,
+                 clamp: bool = False, smooth_temperature: float = 0.1, segment: int = 0,
+                 chunk_size: int = 2048):
+        super().__init__()
+        lo, hi = (float(v) for v in input_range)
+        if not hi > lo:
+            raise ConfigError(f"input_range must be (low, high) with low < high, got {input_range}")
+        if gradient not in GRADIENTS:
+            raise ConfigError(f"unknown gradient {gradient!r}; choose from {', '.join(GRADIENTS)}")
+        if average not in AVERAGES:
+            raise ConfigError(f"unknown average {average!r}; choose from {', '.join(AVERAGES)}")
+        if steps < 0 or reps < 1:
+            raise ConfigError(f"steps must be >= 0 and reps >= 1, got steps={steps}, reps={reps}")
+        if smooth_temperature <= 0:
+            raise ConfigError("smooth_temperature must be > 0")
+        self.model = model
+        # not a submodule (it holds ``model``, already one): keeps state_dict keys unique
+        object.__setattr__(self, "task_model", _FromUnit(model, lo, hi))
+        self.ebm_net = ebm.net if ebm is not None else None  # a submodule: .to() moves it
+        self.input_range, self.gradient, self.seed = (lo, hi), gradient, int(seed)
+        self.smooth_temperature, self.segment = float(smooth_temperature), int(segment)
+        self.defense = Defense(self.task_model, ebm, steps=steps if ebm is not None else 0,
+                               reps=reps if ebm is not None else 1, average=average,
+                               clamp=clamp, chunk_size=chunk_size)
+        self.calls = 0
+        self._smooth_net: nn.Module | None = None
+
+    @property
+    def ebm(self) -> EnergyModel | None:
+        return self.defense.ebm
+
+    @property
+    def steps(self) -> int:
+        return self.defense.steps
+
+    @property
+    def reps(self) -> int:
+        return self.defense.reps
+
+    @property
+    def stochastic(self) -> bool:
+        return self.defense.stochastic
+
+    def reseed(self, seed: int | None = None) -> "DefendedModel":
+        """Restart the noise sequence (optionally under a new seed)."""
+        if seed is not None:
+            self.seed = int(seed)
+        self.calls = 0
+        return self
+
+    def train(self, mode: bool = True) -> "DefendedModel":
+        super().train(mode)
+        if self.ebm_net is not None:
+            self.ebm_net.eval()  # the purifier never trains
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"steps={self.steps}, reps={self.reps}, average={self.defense.average!r}, "
+                f"gradient={self.gradient!r}, input_range={self.input_range}")
+
+    def purify(self, x: torch.Tensor, key: tuple | None = None) -> torch.Tensor:
+        """One purified copy [B,C,H,W] of images ``x`` in ``input_range`` (no gradient)."""
+        lo, hi = self.input_range
+        key = key if key is not None else self._next_key()
+        return lo + self.defense.purify((x - lo) / (hi - lo), key) * (hi - lo)
+
+    def _next_key(self) -> tuple:
+        key = (self.seed, "defend", self.calls)
+        self.calls += 1
+        return key
+
+    def _chain(self, flat01: torch.Tensor, key: tuple) -> torch.Tensor:
+        d = self.defense
+        needs_grad = torch.is_grad_enabled() and flat01.requires_grad
+        if not needs_grad:
+            return d.purify(flat01.detach(), key)
+        if self.gradient == "bpda":
+            purify: Callable[[torch.Tensor], torch.Tensor] = lambda t: d.purify(t, key)  # noqa: E731
+            return _StraightThrough.apply(flat01, purify)
+        from ebmctl.attacks.gradients import purify_differentiable, smoothed_copy
+
+        backward_net = None
+        if self.gradient == "smooth":
+            if self._smooth_net is None:
+                self._smooth_net = smoothed_copy(self.ebm.net, self.smooth_temperature)[0]
+            backward_net = self._smooth_net.to(flat01.device)
+        return purify_differentiable(d, flat01, key, backward_net=backward_net,
+                                     segment=self.segment)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """EOT-averaged outputs [B,...] of images ``x`` [B,C,H,W] in ``input_range``.
+
+        Raises:
+            InputError: ``x`` is not a 4-d image batch.
+        """
+        if x.dim() != 4:
+            raise InputError(f"expected images [B,C,H,W], got shape {tuple(x.shape)}")
+        if not self.stochastic:
+            return self.model(x)
+        lo, hi = self.input_range
+        x01 = (x - lo) / (hi - lo)
+        h = self.reps
+        flat = x01.repeat(h, *([1] * (x01.dim() - 1)))  # replica r of image b: row r*B + b
+        purified = self._chain(flat, self._next_key())
+        out = self.task_model(purified)
+        return average_outputs(out.view(h, x.shape[0], *out.shape[1:]), self.defense.average)
+
+
+def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
+           steps: int | None = None, reps: int | None = None, average: str = "logits",
+           gradient: str = "bpda", input_range: tuple[float, float] = (0.0, 1.0),
+           seed: int = 0, clamp: bool = False, smooth_temperature: float = 0.1) -> DefendedModel:
+    """Wrap a classifier in the EBM defense: purify each input with ``steps`` Langevin steps,
+    ``reps`` times with independent noise, and average the classifier's outputs.
+
+    Args:
+        model: any classifier taking images [B,C,H,W] in ``input_range`` and returning
+            [B,num_classes] logits. It is used as is (its own normalisation inside).
+        ebm: an :class:`~ebmctl.defense.EnergyModel`, an EBM artifact path, a shipped name
+            (``"cifar10"``), or ``None`` for no defense (the wrapper is then ``model``).
+            The EBM resizes and converts channels itself, so it may defend another resolution.
+        steps: K Langevin steps per copy (default: the profile default ``defense.steps``).
+        reps: H copies averaged (default: ``defense.eot_reps``).
+        average: ``logits`` | ``softmax`` | ``logsoftmax`` (see :class:`DefendedModel`).
+        gradient: the backward pass: ``bpda`` | ``full`` | ``smooth``.
+        input_range: the pixel range (low, high) of the images ``forward`` receives and the
+            model takes, e.g. (0, 1) or (0, 255); purification works on [0,1] internally.
+        seed: root of the per-call noise keys.
+        clamp: clamp purified images to the valid range (``defense.clamp``).
+        smooth_temperature: softplus temperature of ``gradient="smooth"``.
+
+    Returns:
+        A :class:`DefendedModel` (an ``nn.Module``; ``.eval()``, ``.to(device)`` as usual; the
+        EBM moves with it).
+
+    Raises:
+        ConfigError: an unknown ``gradient`` or ``average``, steps < 0, reps < 1, a bad range.
+        InputError / ArtifactError: ``ebm`` cannot be loaded.
+    """
+    from ebmctl.profiles import core_schema
+
+    schema = core_schema().keys
+    if ebm is not None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        ebm = load_ebm(ebm, device)
+    steps = schema["defense.steps"].default if steps is None else int(steps)
+    reps = schema["defense.eot_reps"].default if reps is None else int(reps)
+    return DefendedModel(model, ebm, steps=steps, reps=reps, average=average, gradient=gradient,
+                         input_range=input_range, seed=seed, clamp=clamp,
+                         smooth_temperature=smooth_temperature)

@@ -1,0 +1,151 @@
+"""``ebmctl.evaluate(model, x, y, ...)``: the CLI's attack evaluation on tensors a user holds.
+
+The same code path as ``ebmctl attack`` (:func:`ebmctl.evaluate.report.run_label`, its attacks,
+sanity checks and table): per-attack rows with 95% intervals and accuracy-vs-step curves, the
+per-image worst case over attacks, the ε = 0 control and the sanity checks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ebmctl.attacks.base import Attack
+from ebmctl.errors import ConfigError, InputError
+
+#: the attack that follows each gradient mode of a defended model
+ATTACK_FOR_GRADIENT = {"bpda": "bpda-eot", "full": "full-eot", "smooth": "smooth-eot"}
+
+
+def _as_defended(model: nn.Module):
+    from ebmctl.defended import DefendedModel, defend
+
+    if isinstance(model, DefendedModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise InputError(f"evaluate needs a torch.nn.Module classifier, got {type(model).__name__}")
+    return defend(model, None)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             attacks: Sequence[str | Attack] | None = None, *, eps: float = 8 / 255,
+             norm: str = "linf", steps: int = 50, step_size: float | None = None,
+             restarts: int = 1, eot_reps: int | None = None, verify_reps: int | None = None,
+             seeds: Sequence[int] = (0,), batch_size: int = 50, random_start: bool = True,
+             sanity: bool = True, task: str = "classification",
+             device: torch.device | str | None = None) -> dict:
+    """Attack ``model`` on the images ``x`` and return the same report as ``ebmctl attack``.
+
+    Args:
+        model: a :func:`ebmctl.defend` result (its defense is attacked with ebmctl's attacks,
+            inside the thesis' Alg. 1 loop) or any classifier taking [0,1] images (wrap one that
+            takes another range with ``ebmctl.defend(model, None, input_range=...)``).
+        x: images [N,C,H,W] in [0,1] pixel units (whatever the model's ``input_range``).
+        y: labels [N] (int64).
+        attacks: registry names (``bpda-eot``, ``full-eot``, ``smooth-eot``, ``apgd-ce``,
+            ``pgd``, ``square``, ``transfer``, ...; see ``ebmctl plugins``) or
+            :class:`~ebmctl.attacks.base.Attack` instances. Default: ``pgd`` for a
+            deterministic model, else the attack matching the wrapper's ``gradient``.
+        eps: radius in [0,1] pixel units (ℓ∞ or ℓ2 per ``norm``).
+        norm: ``linf`` | ``l2``.
+        steps: attack steps N.
+        step_size: α in [0,1] units (default: 2/255 for ℓ∞, ε/4 for ℓ2).
+        restarts: random restarts.
+        eot_reps: H_adv (default: the profile's ``attack.eot_reps``; 1 when deterministic).
+        verify_reps: H_def of the natural check and each verification (default: the
+            wrapper's ``reps``).
+        seeds: attack seeds; each is a full evaluation (mean ± std over seeds).
+        batch_size: images attacked together.
+        random_start: start each restart at a random point of the ε-ball.
+        sanity: run the sanity checks (large ε, FGSM vs iterative, ε monotonicity, ε = 0
+            control, transfer vs white-box).
+        task: the task plugin whose loss and success rule apply.
+        device: where to run (default: the model's parameters' device).
+
+    Returns:
+        The report dict: ``results.<label>`` (``label`` = ``undefended`` or ``defended``) with
+        ``natural``, ``adversarial`` (per-image worst case over attacks), ``*_ci`` (95%
+        Wilson), ``attacks.<name>`` rows with ``accuracy_curve`` and ``converged``,
+        ``per_image_robust``, ``eps0_control``; ``sanity``; ``threat``; ``config``. It is
+        JSON-serialisable (``ebmctl.evaluate.report.format_table`` renders it).
+
+    Raises:
+        InputError: ``x`` not 4-d, outside [0,1], or ``len(x) != len(y)``.
+        ConfigError: an unknown attack name or invalid threat settings.
+    """
+    from ebmctl.context import environment, get_task
+    from ebmctl.evaluate.report import (
+        attack_radius,
+        attack_step_size,
+        check_options_used,
+        make_attack,
+        run_label,
+        sanity_checks,
+    )
+    from ebmctl.plugins import get_registries
+    from ebmctl.profiles import resolve
+
+    defended = _as_defended(model)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise InputError("x must be an image tensor [N,C,H,W] in [0,1]")
+    if len(x) != len(y) or len(x) == 0:
+        raise InputError(f"x and y must hold the same, non-zero number of images "
+                         f"({len(x)} vs {len(y)})")
+    x = x.detach().float()
+    if x.min() < 0 or x.max() > 1:
+        raise InputError("x must be in [0,1] pixel units (ebmctl's eps and step size are too)")
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"unknown norm {norm!r}; choose from linf, l2")
+    if device is None:
+        device = next((p.device for p in defended.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    stochastic = defended.stochastic
+    over: dict = {"task.name": task, "attack.norm": norm, "attack.steps": int(steps),
+                  "attack.restarts": int(restarts), "attack.batch_size": int(batch_size),
+                  "attack.seeds": [int(s) for s in seeds], "attack.random_start": random_start,
+                  "defense.steps": defended.steps, "defense.eot_reps": verify_reps or defended.reps,
+                  "defense.average": defended.defense.average,
+                  "defense.clamp": defended.defense.clamp}
+    over["attack.eps" if norm == "linf" else "attack.eps_l2"] = eps
+    if step_size is not None:
+        over["attack.step_size" if norm == "linf" else "attack.step_size_l2"] = step_size
+    if eot_reps is not None:
+        over["attack.eot_reps"] = eot_reps
+    cfg = resolve(None).with_overrides(over, "ebmctl.evaluate")
+    task_obj = get_task(cfg)
+    if attacks is None:
+        attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if stochastic else "pgd"]
+    registry = get_registries().attacks
+    built = [a if isinstance(a, Attack) else make_attack(cfg, a, stochastic,
+                                                         cls=registry.get(a)) for a in attacks]
+    if not built:
+        raise ConfigError("give at least one attack")
+    check_options_used(cfg, built)
+    label = "defended" if stochastic else "undefended"
+    defense = defended.defense
+    seeds = cfg["attack.seeds"]
+    row, _ = run_label(cfg, label, defense, built, task_obj, x, y, device, seeds, {})
+    report = {
+        "command": "evaluate", "task": task_obj.name, "metric": task_obj.metric_name,
+        "dataset": "tensors given to ebmctl.evaluate", "split": None, "n_images": len(x),
+        "seeds": list(seeds),
+        "threat": {"norm": norm, "eps": attack_radius(cfg), "step_size": attack_step_size(cfg),
+                   "steps": cfg["attack.steps"], "restarts": cfg["attack.restarts"],
+                   "units": "[0,1] pixels"},
+        "defense": {"steps": defended.steps if stochastic else 0,
+                    "eot_reps": defense.reps, "attack_eot_reps": cfg["attack.eot_reps"],
+                    "average": defense.average, "gradient": defended.gradient,
+                    "input_range": list(defended.input_range),
+                    "ebm": defended.ebm.path if defended.ebm is not None else None},
+        "semantics": "adversarial = per-image worst case over every attack, restart and step "
+                     "(mean over seeds); attacks.<name> = each attack alone; *_ci = 95% Wilson "
+                     "interval over n_images",
+        "model": type(defended.model).__name__, "results": {label: row},
+        "environment": environment(cfg, device), "config": cfg.to_dict(),
+    }
+    if sanity:
+        report["sanity"] = sanity_checks(cfg, task_obj, defended.task_model, x, y, device,
+                                         report["results"], [(label, defense, built)])
+    return report
