@@ -33,7 +33,9 @@ def _require_root(req: DataRequest, name: str) -> Path:
         raise InputError(f"dataset {name!r} needs data.root (a local folder; nothing is downloaded)")
     root = Path(req.root).expanduser()
     if not root.exists():
-        raise InputError(f"dataset root not found: {root}")
+        where = "" if root.is_absolute() else f" (relative to {Path.cwd()})"
+        raise InputError(f"dataset root not found: {root}{where}; point data.root at the "
+                         f"{name} folder, e.g. --set data.root=DIR")
     return root
 
 
