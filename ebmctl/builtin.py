@@ -36,6 +36,9 @@ def ebmctl_register_models(register):
     register(ModelSpec("hat-ebm", "hat-ebm", hat_ebm,
                        "Hat EBM: hat network H over generator G, U(Y,Z) = H(G(Z)+Y) (thesis "
                        "Ch. 6)"))
+    from ebmctl.importers import register_import_models
+
+    register_import_models(register)  # torchvision / timm / module.py:factory / authors' WRN
 
 
 @hookimpl

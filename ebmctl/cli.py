@@ -16,6 +16,7 @@ from ebmctl.commands import lyapunov as lyapunov_command
 from ebmctl.commands import ood as ood_command
 from ebmctl.commands import synthesize as synthesize_command
 from ebmctl.commands import bench as bench_command
+from ebmctl.commands import import_model as import_model_command
 from ebmctl.commands.common import GLOBAL
 from ebmctl.commands.pending import register_pending
 from ebmctl.errors import EbmctlError
@@ -61,6 +62,7 @@ app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
 app.command("synthesize")(synthesize_command.synthesize_cmd)
 app.command("ood")(ood_command.ood_cmd)
 app.command("bench")(bench_command.bench_cmd)
+app.command("import-model")(import_model_command.import_model_cmd)
 
 #: Commands that later issues add register themselves here by name.
 AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov", "fix", "bench"}

@@ -1,0 +1,48 @@
+"""`ebmctl import-model SOURCE --out FILE.safetensors`: a classifier or EBM from elsewhere
+(torchvision, timm, the user's module.py:factory, the thesis authors' checkpoints) as an ebmctl
+artifact (see :mod:`ebmctl.importers`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ebmctl.commands.common import ForceOpt
+
+
+def import_model_cmd(
+    source: str = typer.Argument(..., help="torchvision:NAME | timm:NAME | path/module.py:factory "
+                                 "(runs that file's code) | ebm-defense:ebm | ebm-defense:wrn"),
+    out: Path = typer.Option(..., "--out", "-o", help="artifact to write (.safetensors)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors, or a .pt/.pth "
+                                           "state dict (read with weights_only=True; a pickled "
+                                           "module is refused)"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="output classes "
+                                              "(default: from the weights, else 1000)"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="per-channel input mean of [0,1] "
+                                       "images, e.g. 0.4914,0.4822,0.4465"),
+    std: Optional[str] = typer.Option(None, "--std", help="per-channel input std"),
+    image_size: int = typer.Option(0, "--image-size", help="input size the model needs (0: any)"),
+    channels: int = typer.Option(3, "--channels", help="input channels"),
+    langevin_eps: float = typer.Option(0.01, "--langevin-eps", help="ebm-defense:ebm: the "
+                                       "authors' noise eps (tau = eps, T = eps^2/2)"),
+    force: ForceOpt = False,
+):
+    """Convert a model from SOURCE into an ebmctl artifact that --model / --ebm accept; the
+    artifact records the source, the weights file's SHA-256 and the input normalisation."""
+    from ebmctl.artifacts import claim_output
+    from ebmctl.console import info
+    from ebmctl.errors import ConfigError
+    from ebmctl.importers import describe, import_model, parse_floats
+
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError("--num-classes must be >= 1")
+    if image_size < 0 or channels < 1:
+        raise ConfigError("--image-size must be >= 0 and --channels >= 1")
+    claim_output(out, force=force)
+    path = import_model(source, out, weights=weights, num_classes=num_classes,
+                        mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+                        image_size=image_size, channels=channels, langevin_eps=langevin_eps)
+    info(f"wrote {path}: {describe(path)}")

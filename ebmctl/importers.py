@@ -1,0 +1,396 @@
+"""Model import: classifiers and EBMs from elsewhere as ebmctl artifacts (``ebmctl import-model``).
+
+Sources (``SOURCE`` of ``ebmctl import-model``):
+
+* ``torchvision:<name>``: a torchvision architecture built with ``weights=None`` (never a
+  download), its weights from ``--weights FILE``; ``timm:<name>`` likewise (timm optional);
+* ``path/to/module.py:factory``: the user's own architecture, ``factory(**kwargs)`` returning an
+  ``nn.Module``. This runs that file's code, now and every time the artifact is loaded;
+* ``ebm-defense:ebm`` / ``ebm-defense:wrn``: the EBM and WideResNet state dicts released with
+  the thesis authors' PyTorch code (point0bar1/ebm-defense, ``nets.py``). Their EBM maps onto
+  ebmctl's ``lightweight`` EBM; their update ``X ← X − ∇E(X) + εZ`` (ε = 0.01, pixels in
+  [-1,1]) is ebmctl's ``X − (τ²/2T)·∇U + τZ`` with τ = ε and T = ε²/2. Their WRN (biased
+  convolutions, shortcut on the raw input) is the ``ebm-defense-wrn`` architecture here.
+
+Weights files: ``.safetensors``, or a ``.pt``/``.pth``/``.bin`` *state dict* read with
+``torch.load(weights_only=True)``; a pickled module (or anything but tensors) is refused. The
+artifact records the source, the weights file's SHA-256 and the input normalisation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ebmctl.errors import ArtifactError, ConfigError, InputError, NotAvailableError
+
+#: the authors' Langevin noise ε (config_attack/bpda_eot_attack.json: langevin_eps)
+EBM_DEFENSE_EPS = 0.01
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+# --- architectures the artifacts rebuild -------------------------------------------------
+
+class Normalized(nn.Module):
+    """``net((x − mean) / std)`` for [0,1] images x [B,C,H,W]; mean/std per channel (or one
+    value), stored in the artifact's ``arch_args``, not as tensors."""
+
+    def __init__(self, net: nn.Module, mean: list[float] | None = None,
+                 std: list[float] | None = None):
+        super().__init__()
+        self.net = net
+        mean, std = list(mean or [0.0]), list(std or [1.0])
+        if any(s <= 0 for s in std):
+            raise ConfigError(f"--std values must be > 0, got {std}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.identity = all(m == 0 for m in mean) and all(s == 1 for s in std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x if self.identity else (x - self.mean) / self.std)
+
+
+def torchvision_classifier(name: str, num_classes: int = 1000, mean: list | None = None,
+                           std: list | None = None) -> nn.Module:
+    """A torchvision architecture with random weights (``weights=None``: never downloads)."""
+    import torchvision
+
+    try:
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except ValueError:
+        known = torchvision.models.list_models()
+        from ebmctl.registry import did_you_mean
+
+        raise ConfigError(f"unknown torchvision model {name!r}{did_you_mean(name, known)}") from None
+    return Normalized(net, mean, std)
+
+
+def timm_classifier(name: str, num_classes: int = 1000, mean: list | None = None,
+                    std: list | None = None) -> nn.Module:
+    """A timm architecture with random weights (``pretrained=False``); needs ``timm``."""
+    try:
+        import timm
+    except ImportError:
+        raise NotAvailableError("timm:<name> needs timm: pip install timm") from None
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ConfigError(f"timm: {exc}") from None
+    return Normalized(net, mean, std)
+
+
+def python_factory(path: str, factory: str, kwargs: dict | None = None,
+                   mean: list | None = None, std: list | None = None) -> nn.Module:
+    """``factory(**kwargs)`` from the Python file ``path`` (runs that file's code)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"model source file not found: {file}")
+    spec = importlib.util.spec_from_file_location(f"ebmctl_user_model_{abs(hash(str(file)))}",
+                                                  file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise InputError(f"{file}: importing it failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise InputError(f"{file} has no callable {factory!r}")
+    try:
+        net = fn(**(kwargs or {}))
+    except Exception as exc:
+        raise InputError(f"{file}:{factory}() failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(net, nn.Module):
+        raise InputError(f"{file}:{factory}() returned {type(net).__name__}, not an nn.Module")
+    return Normalized(net, mean, std)
+
+
+class _AuthorsWideBlock(nn.Module):
+    """Pre-activation wide block in the key layout of the authors' ``wide_basic``."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=True)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride, 1, bias=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=True))
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + self.shortcut(x)
+
+
+class EbmDefenseWRN(nn.Module):
+    """The WideResNet of the thesis authors' code (input [B,3,32,32] in [-1,1]; the stride sits
+    on each block's second convolution, the shortcut takes the raw input)."""
+
+    def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ConfigError("WRN depth must be 6n+4")
+        n, k = (depth - 4) // 6, widen_factor
+        widths = [16, 16 * k, 32 * k, 64 * k]
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=True)
+        cin = widths[0]
+        for i, stride in enumerate((1, 2, 2)):
+            blocks = []
+            for j in range(n):
+                blocks.append(_AuthorsWideBlock(cin, widths[i + 1], stride if j == 0 else 1))
+                cin = widths[i + 1]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.bn1 = nn.BatchNorm2d(cin, momentum=0.9)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        out = self.layer3(self.layer2(self.layer1(self.conv1(x))))
+        out = F.relu(self.bn1(out))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def ebm_defense_wrn(**kw) -> nn.Module:
+    return EbmDefenseWRN(**kw)
+
+
+def register_import_models(register) -> None:
+    """Register the architectures imported artifacts rebuild (called by the core plugin)."""
+    from ebmctl.protocols import ModelSpec
+
+    register(ModelSpec("torchvision", "classifier", torchvision_classifier,
+                       "a torchvision architecture (ebmctl import-model torchvision:NAME)"))
+    register(ModelSpec("timm", "classifier", timm_classifier,
+                       "a timm architecture (ebmctl import-model timm:NAME; needs timm)"))
+    register(ModelSpec("python-factory", "classifier", python_factory,
+                       "the user's module.py:factory (runs that file's code on every load)"))
+    register(ModelSpec("ebm-defense-wrn", "classifier", ebm_defense_wrn,
+                       "the WideResNet of the thesis authors' code (point0bar1/ebm-defense)"))
+
+
+# --- weights files ---------------------------------------------------------------------
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict (name → tensor) from ``.safetensors`` or a ``.pt``/``.pth`` file read with
+    ``torch.load(weights_only=True)``. A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper
+    and DataParallel's ``module.`` prefix are unwrapped.
+
+    Raises:
+        InputError: missing file or unknown suffix.
+        ArtifactError: not a state dict (e.g. a pickled module), or unreadable.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"weights file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state: Any = load_file(str(p))
+        except Exception as exc:
+            raise ArtifactError(f"{p} is not a readable safetensors file: "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    elif suffix in STATE_DICT_SUFFIXES:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:
+            raise ArtifactError(f"{p} is not a plain state dict (it holds pickled objects, e.g. "
+                                "a whole module); ebmctl reads only state dicts, with "
+                                "torch.load(weights_only=True): save model.state_dict() "
+                                "instead") from None
+    else:
+        raise InputError(f"{p}: weights must be .safetensors or a "
+                         f"{'/'.join(STATE_DICT_SUFFIXES)} state dict")
+    for wrapper in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ArtifactError(f"{p} does not hold a state dict (a mapping of names to tensors)")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_strict(net: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError(f"{what}: the weights do not match the architecture (missing "
+                            f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
+                            f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ArtifactError(f"{what}: tensor {k!r} has shape {tuple(v.shape)}, the "
+                                f"architecture expects {tuple(expected[k].shape)} (check "
+                                "--num-classes)")
+    net.load_state_dict(state, strict=True)
+
+
+# --- the import itself -----------------------------------------------------------------
+
+def parse_floats(text: str | None, what: str) -> list[float] | None:
+    if text is None or text == "":
+        return None
+    try:
+        vals = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} expects comma-separated numbers, got {text!r}") from None
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise ConfigError(f"{what} expects finite numbers, got {text!r}")
+    return vals
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """(scheme, name): ``torchvision``/``timm``/``ebm-defense``/``robustbench`` or
+    ``python`` (name = ``path.py:factory``).
+
+    Raises:
+        ConfigError: an unrecognised source.
+    """
+    m = re.fullmatch(r"(torchvision|timm|ebm-defense|robustbench):(.+)", source.strip())
+    if m:
+        return m.group(1), m.group(2)
+    if re.fullmatch(r".+\.py:[A-Za-z_][A-Za-z0-9_]*", source.strip()):
+        return "python", source.strip()
+    raise ConfigError(f"unknown model source {source!r}: use torchvision:NAME, timm:NAME, "
+                      "path/to/module.py:factory, ebm-defense:ebm or ebm-defense:wrn")
+
+
+def import_model(source: str, out: str | Path, *, weights: str | Path | None = None,
+                 num_classes: int | None = None, mean: list[float] | None = None,
+                 std: list[float] | None = None, image_size: int = 0, channels: int = 3,
+                 task: str = "classification", langevin_eps: float = EBM_DEFENSE_EPS,
+                 factory_kwargs: dict | None = None) -> Path:
+    """Convert ``source`` (+ ``weights``) into an ebmctl artifact at ``out``.
+
+    Args:
+        source: see the module docstring.
+        weights: state dict file; required for ``ebm-defense:*``; without it a torchvision /
+            timm / factory model keeps its random initialisation (useful for tests).
+        num_classes: output classes (torchvision/timm; default: inferred from ``weights``'
+            last layer, else 1000). The authors' WRN infers it from the weights.
+        mean, std: per-channel input normalisation the model expects of [0,1] images.
+        image_size: the input size the model needs (0 = any; ebmctl resizes to it).
+        channels: input channels.
+        langevin_eps: ε of the authors' update (``ebm-defense:ebm``); τ = ε, T = ε²/2.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ConfigError: bad source or options. InputError / ArtifactError: bad weights.
+        NotAvailableError: an optional backend (timm, robustbench) is missing.
+    """
+    from ebmctl.artifacts import file_digest, model_tensors, save_artifact
+
+    scheme, name = parse_source(source)
+    state = load_state_dict_file(weights) if weights is not None else None
+    provenance = {"source": source, "weights": str(weights) if weights else None,
+                  "weights_sha256": file_digest(weights) if weights else None}
+    if scheme == "ebm-defense":
+        if state is None:
+            raise ConfigError("ebm-defense:* needs --weights FILE (the state dict the authors "
+                              "released)")
+        return _import_ebm_defense(name, state, out, provenance, langevin_eps)
+    if scheme == "robustbench":
+        raise NotAvailableError("robustbench:<name> is not supported by this build; save the "
+                                "model's state_dict() and import it with module.py:factory")
+    if num_classes is None:
+        num_classes = _infer_num_classes(state) or 1000
+    norm = {"mean": mean, "std": std}
+    if mean is not None and std is not None and len(mean) != len(std):
+        raise ConfigError("--mean and --std need the same number of values")
+    if scheme == "torchvision":
+        arch, args = "torchvision", {"name": name, "num_classes": num_classes}
+        net = torchvision_classifier(name, num_classes, mean, std)
+    elif scheme == "timm":
+        arch, args = "timm", {"name": name, "num_classes": num_classes}
+        net = timm_classifier(name, num_classes, mean, std)
+    else:
+        path, fn = name.rsplit(":", 1)
+        arch = "python-factory"
+        args = {"path": str(Path(path).resolve()), "factory": fn, "kwargs": factory_kwargs or {}}
+        net = python_factory(args["path"], fn, factory_kwargs, mean, std)
+    args.update(mean=mean, std=std)
+    if state is not None:
+        _load_strict(net.net, state, f"{source} with {weights}")
+    net.eval()
+    data = {"range": "[0,1]", "image_size": int(image_size), "channels": int(channels),
+            "normalisation": norm}
+    return save_artifact(out, model_tensors(net), kind="classifier", arch=arch, arch_args=args,
+                         task=task, data=data, extra={"imported": provenance,
+                                                      "normalisation": norm})
+
+
+def _infer_num_classes(state: dict[str, torch.Tensor] | None) -> int | None:
+    """Rows of the last 2-d weight (the classifier head) of a state dict."""
+    if not state:
+        return None
+    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(heads[-1].shape[0]) if heads else None
+
+
+def _import_ebm_defense(name: str, state: dict, out, provenance: dict, eps: float) -> Path:
+    from ebmctl.artifacts import model_tensors, save_artifact
+    from ebmctl.nn.ebm import LightweightEBM
+
+    if name == "ebm":
+        if "f.0.weight" not in state:
+            raise ArtifactError("the weights are not the authors' EBM (no 'f.0.weight'; "
+                                "expected nets.EBM's state dict)")
+        n_f, n_c = int(state["f.0.weight"].shape[0]), int(state["f.0.weight"].shape[1])
+        net = LightweightEBM(in_channels=n_c, image_size=32, channels=n_f, leak=0.05)
+        converted = {"net." + k[len("f."):]: v for k, v in state.items()}
+        _load_strict(net, converted, "ebm-defense:ebm")
+        if not eps > 0:
+            raise ConfigError("--langevin-eps must be > 0")
+        tau, temperature = eps, eps ** 2 / 2  # τ²/(2T) = 1: X − ∇E(X) + εZ
+        return save_artifact(
+            out, model_tensors(net), kind="ebm", arch="lightweight",
+            arch_args={"in_channels": n_c, "image_size": 32, "channels": n_f, "leak": 0.05},
+            data={"range": "[-1,1]", "image_size": 32, "channels": n_c},
+            extra={"tau": tau, "temperature": temperature, "imported": provenance,
+                   "update": f"X <- X - grad E(X) + {eps:g} Z (point0bar1/ebm-defense): "
+                             f"tau = eps, temperature = eps^2/2"})
+    if name == "wrn":
+        if "conv1.weight" not in state or "linear.weight" not in state:
+            raise ArtifactError("the weights are not the authors' WideResNet (expected "
+                                "nets.WideResNet's state dict: conv1, layer1..3, bn1, linear)")
+        n = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
+        widen = int(state["layer1.0.conv1.weight"].shape[0]) // 16
+        classes = int(state["linear.weight"].shape[0])
+        args = {"depth": 6 * n + 4, "widen_factor": widen, "num_classes": classes}
+        net = EbmDefenseWRN(**args)
+        _load_strict(net, state, "ebm-defense:wrn")
+        norm = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+        return save_artifact(out, model_tensors(net.eval()), kind="classifier",
+                             arch="ebm-defense-wrn", arch_args=args, task="classification",
+                             data={"range": "[-1,1]", "image_size": 32, "channels": 3,
+                                   "normalisation": norm},
+                             extra={"imported": provenance, "normalisation": norm})
+    raise ConfigError(f"unknown ebm-defense model {name!r}: use ebm-defense:ebm or "
+                      "ebm-defense:wrn")
+
+
+def describe(path: str | Path) -> str:
+    """One line about an imported artifact's origin (for the command's output)."""
+    from ebmctl.artifacts import read_header
+
+    meta, _ = read_header(path)
+    extra = json.loads(meta.get("ebmctl.extra", "{}"))
+    imp = extra.get("imported", {})
+    return (f"{meta.get('ebmctl.kind')} {meta.get('ebmctl.arch')} from {imp.get('source')}"
+            + (f" (weights sha256 {imp['weights_sha256'][:12]})" if imp.get("weights_sha256")
+               else " (random weights)"))

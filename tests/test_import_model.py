@@ -1,0 +1,201 @@
+"""`ebmctl import-model`: torchvision / module.py:factory / the thesis authors' checkpoints as
+ebmctl artifacts, pickles refused, and the authors' Langevin update reproduced exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch import nn
+
+from ebmctl.artifacts import file_digest, read_header
+from ebmctl.defense import EnergyModel, TaskModel
+from ebmctl.importers import EbmDefenseWRN, import_model
+from ebmctl.sampling import langevin
+from ebmctl.testing import run_cli
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _meta(path):
+    meta, _ = read_header(path)
+    return {k: json.loads(v) if k in ("ebmctl.extra", "ebmctl.data", "ebmctl.arch_args") else v
+            for k, v in meta.items()}
+
+
+@pytest.fixture(scope="module")
+def resnet_pt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rn")
+    torch.manual_seed(0)  # test-only weight init
+    net = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    path = d / "resnet18.pt"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+def test_torchvision_state_dict_imports_and_records_its_origin(resnet_pt, tmp_path):
+    net, pt = resnet_pt
+    out = tmp_path / "rn.safetensors"
+    r = run_cli(["import-model", "torchvision:resnet18", "--weights", str(pt), "--out", str(out),
+                 "--mean", "0.4914,0.4822,0.4465", "--std", "0.247,0.243,0.261",
+                 "--image-size", "32"])
+    assert r.exit_code == 0, r.output
+    meta = _meta(out)
+    assert meta["ebmctl.kind"] == "classifier" and meta["ebmctl.arch"] == "torchvision"
+    assert meta["ebmctl.arch_args"]["num_classes"] == 10  # inferred from the head
+    imported = meta["ebmctl.extra"]["imported"]
+    assert imported["source"] == "torchvision:resnet18"
+    assert imported["weights_sha256"] == file_digest(pt)
+    assert meta["ebmctl.data"]["normalisation"]["mean"] == [0.4914, 0.4822, 0.4465]
+    model = TaskModel.load(out, CPU)
+    x = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.247, 0.243, 0.261]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(x), net((x - mean) / std), atol=1e-5)
+
+
+def test_imported_resnet_runs_undefended_attack_on_cifar_shaped_data(resnet_pt, tmp_path):
+    _, pt = resnet_pt
+    out = tmp_path / "rn.safetensors"
+    assert run_cli(["import-model", "torchvision:resnet18", "--weights", str(pt),
+                    "--out", str(out)]).exit_code == 0
+    rep = tmp_path / "attack.json"
+    r = run_cli(["attack", "--profile", "quick", "--model", str(out), "--undefended-only",
+                 "--set", "data.dataset=uniform-noise",  # CIFAR-shaped: 32x32 RGB
+                 "--set", "data.image_size=32", "--set", "data.channels=3",
+                 "--set", "attack.n_images=4", "--set", "attack.steps=2",
+                 "--set", "attack.sanity=false", "--eps", "8/255", "--out", str(rep)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(rep.read_text())["results"]["undefended"]
+    assert res["n_images"] == 4 and 0 <= res["adversarial"] <= res["natural"]
+
+
+def test_a_pickled_module_is_refused_with_one_line(tmp_path):
+    bad = tmp_path / "whole-model.pt"
+    torch.save(nn.Linear(2, 2), bad)  # a pickled module, not a state dict
+    r = run_cli(["import-model", "torchvision:resnet18", "--weights", str(bad),
+                 "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code != 0
+    assert r.output.strip().startswith("Error:") and "state dict" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["nonsense"], "unknown model source"),
+    (["torchvision:resnet_nope"], "unknown torchvision model"),
+    (["ebm-defense:ebm"], "--weights"),
+    (["torchvision:resnet18", "--weights", "missing.pt"], "not found"),
+    (["torchvision:resnet18", "--mean", "a,b"], "--mean"),
+])
+def test_bad_sources_and_options_are_one_line_errors(tmp_path, args, needle):
+    r = run_cli(["import-model", *args, "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code != 0 and r.output.strip().startswith("Error:"), r.output
+    assert needle in r.output and "Traceback" not in r.output
+
+
+def test_wrong_num_classes_names_the_mismatch(resnet_pt, tmp_path):
+    _, pt = resnet_pt
+    r = run_cli(["import-model", "torchvision:resnet18", "--weights", str(pt),
+                 "--num-classes", "100", "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code != 0 and "--num-classes" in r.output
+
+
+def test_module_factory_source(tmp_path):
+    src = tmp_path / "mynet.py"
+    src.write_text("import torch.nn as nn\n\ndef build(num_classes=10):\n"
+                   "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, num_classes))\n")
+    torch.manual_seed(0)  # test-only weight init
+    ref = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    w = tmp_path / "w.safetensors"
+    save_file(ref.state_dict(), str(w))
+    out = tmp_path / "mine.safetensors"
+    r = run_cli(["import-model", f"{src}:build", "--weights", str(w), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(TaskModel.load(out, CPU)(x), ref(x))
+
+
+# --- the thesis authors' checkpoints (point0bar1/ebm-defense, nets.py) --------------------
+
+def authors_ebm(n_c=3, n_f=8, leak=0.05):
+    """A network in the key layout of the authors' nets.EBM (``f.0`` ... ``f.8``)."""
+    class EBM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(
+                nn.Conv2d(n_c, n_f, 3, 1, 1), nn.LeakyReLU(leak),
+                nn.Conv2d(n_f, n_f * 2, 4, 2, 1), nn.LeakyReLU(leak),
+                nn.Conv2d(n_f * 2, n_f * 4, 4, 2, 1), nn.LeakyReLU(leak),
+                nn.Conv2d(n_f * 4, n_f * 8, 4, 2, 1), nn.LeakyReLU(leak),
+                nn.Conv2d(n_f * 8, 1, 4, 1, 0))
+
+        def forward(self, x):
+            return self.f(x).squeeze()
+
+    return EBM()
+
+
+def test_authors_ebm_converts_and_one_step_is_their_update(tmp_path):
+    torch.manual_seed(0)  # test-only weight init
+    theirs = authors_ebm().eval()
+    pth = tmp_path / "ebm.pth"
+    torch.save(theirs.state_dict(), pth)
+    out = tmp_path / "ebm.safetensors"
+    r = run_cli(["import-model", "ebm-defense:ebm", "--weights", str(pth), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    ebm = EnergyModel.load(out, CPU)
+    assert ebm.tau == pytest.approx(0.01) and ebm.temperature == pytest.approx(5e-5)
+    assert _meta(out)["ebmctl.extra"]["imported"]["weights_sha256"] == file_digest(pth)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1  # their pixels are in [-1,1]
+    z = torch.randn(4, 3, 32, 32)
+    # their purify(): X.data += -∇E(X) + ε·Z with E = ebm(X).sum(), ε = 0.01
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(theirs(xr).sum(), xr)
+    expected = x - g + 0.01 * z
+    ours = langevin(ebm.net, x, 1, ebm.settings(), noise=lambda k: z)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert not torch.allclose(ours, x + 0.01 * z, atol=1e-4)  # the drift is really there
+
+
+def test_authors_wrn_converts_and_classifies_like_their_layout(tmp_path):
+    torch.manual_seed(0)  # test-only weight init
+    ref = EbmDefenseWRN(depth=10, widen_factor=1, num_classes=10)
+    for m in ref.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    state = ref.state_dict()
+    assert {"conv1.bias", "layer1.0.bn1.weight", "layer2.0.shortcut.0.weight", "bn1.weight",
+            "linear.weight"} <= set(state)  # the authors' key layout
+    pth = tmp_path / "clf.pth"
+    torch.save(state, pth)
+    out = tmp_path / "wrn.safetensors"
+    r = run_cli(["import-model", "ebm-defense:wrn", "--weights", str(pth), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = _meta(out)
+    assert meta["ebmctl.arch_args"] == {"depth": 10, "widen_factor": 1, "num_classes": 10}
+    model = TaskModel.load(out, CPU)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():  # ebmctl feeds [0,1] images; their net sees (x − 0.5)/0.5
+        assert torch.allclose(model(x), ref.eval()(x * 2 - 1), atol=1e-5)
+
+
+def test_import_model_function_refuses_robustbench_without_network(tmp_path):
+    from ebmctl.errors import NotAvailableError
+
+    with pytest.raises(NotAvailableError):
+        import_model("robustbench:Standard", tmp_path / "x.safetensors")
