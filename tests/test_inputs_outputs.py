@@ -219,3 +219,58 @@ def test_default_outputs_are_not_replaced_without_force(command, tmp_path, monke
     assert r.exit_code == 8, r.output
     assert "already exists" in r.stderr and "--force" in r.stderr, r.stderr
     assert target.read_bytes() == b"earlier work"
+
+
+# --- item 3: void labels in segmentation masks ---------------------------------------------
+
+
+def _voc_folder(root):
+    """Six 12x12 image/mask pairs, VOC style: classes 0..2 and a 255 (void) border."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(6):
+        m = np.full((12, 12), 255, np.uint8)
+        m[1:11, 1:11] = 0
+        m[2:6, 2:6], m[6:10, 6:10] = 1, 2
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+            root / "images" / f"im{i}.png")
+        Image.fromarray(m).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+def test_void_mask_pixels_are_no_class_and_count_nowhere(tmp_path):
+    from ebmctl.context import get_task, load_dataset
+    from ebmctl.errors import InputError
+    from ebmctl.profiles import resolve
+
+    root = _voc_folder(tmp_path / "voc")
+    base = ["task.name=segmentation", "data.dataset=maskfolder", f"data.root={root}"]
+    with pytest.raises(InputError, match="data.ignore_index=255"):
+        load_dataset(resolve(None, base))  # 255 next to ids 0..2: never a silent 256th class
+    cfg = resolve(None, base + ["data.ignore_index=255"])
+    bundle = load_dataset(cfg)
+    assert bundle.num_classes == 3
+    y = torch.cat([bundle.train.y, bundle.val.y, bundle.test.y])
+    assert set(y.unique().tolist()) == {0, 1, 2, 255}
+    task = get_task(cfg)
+    y = y[:2]
+    void = y == 255
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 12, 12, requires_grad=True)
+    # Whatever is predicted on void pixels changes neither the score nor any loss.
+    other = logits.detach().clone()
+    other[:, 1:][void.unsqueeze(1).expand(-1, 2, -1, -1)] += 50.0  # "foreground" on void
+    assert torch.equal(task.score(logits.detach(), y), task.score(other, y))
+    perfect = torch.nn.functional.one_hot(y.masked_fill(void, 0), 3).permute(0, 3, 1, 2) * 9.0
+    perfect[:, 1][void] = 99.0  # predicted foreground on every void pixel
+    assert torch.allclose(task.score(perfect, y), torch.ones(2))
+    losses = {"train": task.train_loss(logits, y)}
+    for name in ("ce", "dice", "ce+dice", "segpgd"):
+        task.attack_loss_name = name
+        losses[name] = task.attack_loss(logits, y).sum()
+    for name, loss in losses.items():
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(loss), name
+        assert grad.abs().sum() > 0, name
+        assert torch.all(grad.permute(0, 2, 3, 1)[void] == 0), f"{name} loss sees void pixels"

@@ -58,6 +58,10 @@ def ebmctl_profile_schema(add):
     add("data.trimap", "str", "pet+border", "Oxford-IIIT Pet trimap to mask",
         choices=TRIMAP_MODES)
     add("data.max_per_split", "int", 0, "cap on Pet images read per split (0 = all)", minimum=0)
+    add("data.ignore_index", "int", -1,
+        "mask value of void pixels (255 in VOC-style masks; -1 = none): never a class nor "
+        "foreground, left out of the training loss, Dice, mIoU and the attack losses",
+        minimum=-1, maximum=65535)
 
 
 @hookimpl

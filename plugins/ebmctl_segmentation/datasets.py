@@ -24,7 +24,8 @@ from ebmctl.api import (
 
 SHAPES = ("disc", "square", "triangle")
 #: Oxford-IIIT Pet trimap values: 1 = pet, 2 = background, 3 = border (undecided).
-TRIMAP_MODES = ("pet+border", "pet", "trimap")
+#: ``pet+void`` makes the border void (data.ignore_index), as the VOC convention does.
+TRIMAP_MODES = ("pet+border", "pet", "trimap", "pet+void")
 
 
 # --- synthetic shapes ---------------------------------------------------------------------------
@@ -114,8 +115,13 @@ def _stack(images: list[torch.Tensor], masks: list[np.ndarray], where: Path):
     return torch.stack(images), torch.from_numpy(np.stack(masks))
 
 
-def trimap_to_mask(trimap: np.ndarray, mode: str) -> np.ndarray:
+def trimap_to_mask(trimap: np.ndarray, mode: str, ignore_index: int = -1) -> np.ndarray:
     """Oxford-IIIT Pet trimap (1 pet, 2 background, 3 border) to a label map."""
+    if mode == "pet+void":
+        if ignore_index < 0:
+            raise InputError("data.trimap = pet+void needs data.ignore_index (e.g. 255): the "
+                             "value the border pixels get")
+        return np.select([trimap == 1, trimap == 3], [1, ignore_index], 0).astype(np.int64)
     if mode == "pet+border":
         return ((trimap == 1) | (trimap == 3)).astype(np.int64)
     if mode == "pet":
@@ -145,6 +151,7 @@ def load_pets_bundle(req: DataRequest):
         raise InputError(f"Oxford-IIIT Pet expects {images} and {trimaps} (torchvision's layout)")
     size = req.image_size or 64
     mode = req.options.get("trimap", "pet+border")
+    ignore = int(req.options.get("ignore_index", -1))
     per_split = int(req.options.get("max_per_split", 0) or 0)
 
     def names_of(list_file: Path) -> list[str]:
@@ -162,7 +169,7 @@ def load_pets_bundle(req: DataRequest):
                 raise InputError(f"Oxford-IIIT Pet: missing {img.name} or its trimap {tri.name}")
             x, t = _read_pair(img, tri, size, notes)
             xs.append(x)
-            ys.append(trimap_to_mask(t, mode))
+            ys.append(trimap_to_mask(t, mode, ignore))
         announce_image_notes(notes, root)
         if not xs:
             raise InputError(f"no Oxford-IIIT Pet images found under {root}")
@@ -179,7 +186,7 @@ def load_pets_bundle(req: DataRequest):
     req_native = DataRequest(**{**req.__dict__, "image_size": 0})
     return make_bundle("pets", x, y, req_native, len(names), names, test=test,
                        info={"root": str(root), "layout": "torchvision OxfordIIITPet",
-                             "trimap": mode, "size": size})
+                             "trimap": mode, "size": size, "ignore_index": ignore})
 
 
 def _pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -199,7 +206,8 @@ def _pairs(folder: Path) -> list[tuple[Path, Path]]:
 
 def load_maskfolder_bundle(req: DataRequest):
     """root/images/<name>.<ext> with root/masks/<name>.png (integer class ids; a 0/255 mask is
-    read as 0/1), or root/train/... and root/test/... in the same layout."""
+    read as 0/1; pixels equal to data.ignore_index are void and stay so), or root/train/... and
+    root/test/... in the same layout."""
     root = _require_root(req, "maskfolder")
     size = req.image_size
 
@@ -216,17 +224,27 @@ def load_maskfolder_bundle(req: DataRequest):
     x, y = read(train_dir)
     test = read(root / "test") if train_dir != root and (root / "test").is_dir() else None
     masks = [y] + ([test[1]] if test else [])
-    values = torch.unique(torch.cat([m.flatten() for m in masks]))
-    if set(values.tolist()) <= {0, 255}:
-        masks = [(m > 0).long() for m in masks]
+    ignore = int(req.options.get("ignore_index", -1))
+    values = set(torch.unique(torch.cat([m.flatten() for m in masks])).tolist())
+    labels = values - {ignore}
+    if labels and labels <= {0, 255}:
+        # A 0/255 mask is a binary mask saved for viewing; void pixels stay void.
+        masks = [torch.where(m == ignore, m, (m > 0).long()) for m in masks]
         y = masks[0]
         test = (test[0], masks[1]) if test else None
-    elif values.min() < 0 or values.max() > 255:
+        labels = {int(v > 0) for v in labels}
+    elif labels and (min(labels) < 0 or max(labels) > 255):
         raise InputError(f"masks under {root} hold values outside 0..255")
-    num_classes = max(2, int(max(m.max() for m in masks)) + 1)
+    elif ignore < 0 and 255 in labels and max(labels - {255}, default=0) < 254:
+        # 255 far above every class id is the VOC void label, not a 256th class.
+        raise InputError(f"masks under {root} hold 255 next to class ids up to "
+                         f"{max(labels - {255}, default=0)}; if 255 marks void pixels, set "
+                         "data.ignore_index=255")
+    num_classes = max(2, int(max(labels, default=0)) + 1)
     req_native = DataRequest(**{**req.__dict__, "image_size": 0})
     return make_bundle("maskfolder", x, y, req_native, num_classes, test=test,
-                       info={"root": str(root), "layout": "images/ + masks/"})
+                       info={"root": str(root), "layout": "images/ + masks/",
+                             "ignore_index": ignore})
 
 
 DATASETS = [

@@ -40,8 +40,8 @@ def segmentation_extras(task, x: torch.Tensor, y: torch.Tensor, runs: dict, out:
         adv = defense.predict(x_adv.to(dev), None, (*key, label, "attacked")).cpu()
         k = clean.shape[1]
         p_clean, p_adv = clean.argmax(1), adv.argmax(1)
-        d_clean = dice_score(p_clean, y, k, task.dice_mode)
-        d_adv = dice_score(p_adv, y, k, task.dice_mode)
+        d_clean = dice_score(p_clean, y, k, task.dice_mode, task.ignore_index)
+        d_adv = dice_score(p_adv, y, k, task.dice_mode, task.ignore_index)
         natural = torch.tensor(res["natural_ok"], dtype=torch.bool)
         robust = torch.tensor(res["robust_ok"], dtype=torch.bool)
         n_eval = int(natural.sum())
@@ -49,8 +49,8 @@ def segmentation_extras(task, x: torch.Tensor, y: torch.Tensor, runs: dict, out:
         results[label] = {
             "mean_dice_clean": d_clean.mean().item(),
             "mean_dice_attacked": d_adv.mean().item(),
-            "miou_clean": mean_iou(confusion_matrix(p_clean, y, k)),
-            "miou_attacked": mean_iou(confusion_matrix(p_adv, y, k)),
+            "miou_clean": mean_iou(confusion_matrix(p_clean, y, k, task.ignore_index)),
+            "miou_attacked": mean_iou(confusion_matrix(p_adv, y, k, task.ignore_index)),
             "n_evaluated": n_eval,
             "n_excluded_zero_clean_dice": len(natural) - n_eval,
             "fraction_not_broken": not_broken,
