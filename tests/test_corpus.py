@@ -275,6 +275,38 @@ def test_convertible_images_are_accepted_with_a_notice(command, corpus, tmp_path
     assert len(written) == len(converts), written
 
 
+@pytest.mark.parametrize("command", ["purify", "fix apply"])
+def test_adjusted_images_are_read_as_seen_with_a_notice(command, corpus, tmp_path):
+    """EXIF-rotated and animated files: turned upright / first frame, said in a note; the
+    output has the upright size."""
+    from PIL import Image
+
+    valid = corpus["valid"]
+    for e in (e for e in corpus["image"] if e.expect == "adjust"):
+        out = tmp_path / e.name
+        inp = {"image": e.path, "ebm": valid["ebm"], "fixer": valid["fixer"], "profile": []}
+        result = run_cli([str(a) for a in COMMANDS[command].argv(inp, out)])
+        assert result.exit_code == 0, (e.name, result.output)
+        assert e.needle in result.stderr, (e.name, result.stderr)
+        (written,) = out.iterdir()
+        upright = (6, 8) if e.name == "exif-rotated.jpg" else (8, 8)
+        assert Image.open(written).size == upright, e.name
+
+
+def test_same_stem_inputs_get_their_own_outputs(corpus, tmp_path):
+    """Two inputs named alike in one call never write one output twice."""
+    valid = corpus["valid"]
+    good = corpus["image"][0].path.parent / "good.png"
+    other = tmp_path / "elsewhere" / "good.png"
+    other.parent.mkdir()
+    other.write_bytes(good.read_bytes())
+    result = run_cli(["purify", good, other, "--ebm", valid["ebm"], "--steps", "1",
+                      "--out-dir", tmp_path / "out"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "good-2.purified.png", "good.purified.png"]
+
+
 def test_gray_image_where_rgb_is_expected_gets_a_notice(corpus, tmp_path):
     """The fixer in the corpus is 3-channel; a gray PNG is converted to RGB and says so."""
     valid = corpus["valid"]

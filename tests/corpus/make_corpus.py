@@ -7,7 +7,8 @@ look by hand. Every entry is tiny (the "huge" image is a 48-byte PNG header clai
 
 Each entry is a :class:`Entry`: its path, the category it belongs to (``image``, ``artifact``,
 ``profile``), and what a command must do with it: ``fail`` (one-line error naming ``needle``,
-non-zero exit, nothing written) or ``convert`` (accepted with a notice containing ``needle``).
+non-zero exit, nothing written), ``convert`` (accepted with a notice containing ``needle``) or
+``adjust`` (read as meant to be seen: turned upright, first frame; a notice names it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Entry:
     name: str
     category: str  # image | artifact | profile
     path: Path
-    expect: str  # fail | convert
+    expect: str  # fail | convert | adjust
     needle: str  # what the error (or notice) must contain; "a|b" accepts either
 
 
@@ -103,6 +104,21 @@ def build_images(root: Path) -> list[Entry]:
                                ("bilevel.png", "1", "converted")):
         _good_png(root / name, mode)
         add(name, "convert", needle)
+    # Read as they are meant to be seen, with a notice: a 16-bit image darker than 256/65535
+    # (scaled by its mode, not its content), a sideways-stored photo with an EXIF orientation,
+    # and an animated GIF (its first frame).
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 200, np.uint16)).save(root / "gray16-dark.png")
+    add("gray16-dark.png", "convert", "converted")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(root / "exif-rotated.jpg",
+                                                        exif=exif.tobytes())
+    add("exif-rotated.jpg", "adjust", "EXIF orientation 6")
+    frames = [Image.new("L", (8, 8), v) for v in (40, 200)]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:])
+    add("animated.gif", "adjust", "using the first frame")
     return out
 
 
