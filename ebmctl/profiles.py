@@ -354,6 +354,23 @@ def core_schema() -> Schema:
       "full-gradient attacks (0 = sqrt(K))", minimum=0)
     a("attack.square_p_init", "float", 0.8, "Square attack: initial window share of pixels",
       minimum=0, maximum=1)
+    # issue 18: the attacks the field now uses against purification (all off by default)
+    a("attack.final_iterate_only", "bool", False, "MEFA protocol: no per-step screening or "
+      "verification; each restart's last iterate is verified once with H_def (default: "
+      "broken at any step, the thesis' Alg. 1)")
+    a("attack.gradient_steps", "int", 0, "K' of the surrogate chain the full/smooth gradient "
+      "differentiates through while the defense still runs defense.steps (0 = defense.steps; "
+      "must be <= defense.steps)", minimum=0)
+    a("attack.common_noise", "bool", False, "fix the Langevin noise of the attacker's H_adv "
+      "replicates for a whole restart (the same at every attack step)")
+    a("attack.common_noise_defender", "bool", False, "DIAGNOSTIC: also fix the H_def "
+      "verification noise; such rows are marked diagnostic and never the headline")
+    a("attack.energy_weight", "float", 0.0, "λ of the defense-aware loss: the attacker "
+      "maximises loss - λ·U(x_adv), U the defending EBM's energy (U_net/T)", minimum=0)
+    a("evaluate.resubmissions", "int", 0, "N independent re-purifications of each final "
+      "adversarial image (worst-of-N, DiffHammer); 0 = off", minimum=0)
+    a("evaluate.eot_reps", "int_list", [1, 30, 100], "H replicates of each resubmission (one "
+      "evaluation per value); used when evaluate.resubmissions > 0", minimum=1)
     a("attack.sanity", "bool", True, "run the sanity checks in every attack report")
     a("attack.sanity_eps", "float", 0.5, "large radius of the sanity check (linf; l2 uses "
       "it times sqrt(D))", minimum=0)

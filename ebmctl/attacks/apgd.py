@@ -38,6 +38,7 @@ class APGD(SteppedAttack):
 
     Args (beyond :class:`~ebmctl.attacks.loop.SteppedAttack`'s):
         gradient: ``bpda`` | ``full`` | ``smooth``: how the gradient passes the purifier.
+        gradient_steps: K' ≤ K of a surrogate chain for ``full``/``smooth`` (0 = K).
         loss: ``ce`` (default) | ``margin`` | ``dlr``.
 
     Example: ``APGD(eps=8/255, steps=100, loss="dlr", eot_reps=20).run(defense, task, x, y,
@@ -45,13 +46,15 @@ class APGD(SteppedAttack):
     """
 
     name = "apgd-ce"
-    description = "APGD (Croce & Hein 2020) with EOT gradients; attack.loss, attack.gradient"
+    description = ("APGD (Croce & Hein 2020) with EOT gradients; attack.loss, attack.gradient, "
+                   "attack.gradient_steps")
     rho, momentum = 0.75, 0.75
 
-    def __init__(self, *, gradient: str = "bpda", **kw):
+    def __init__(self, *, gradient: str = "bpda", gradient_steps: int = 0, **kw):
         super().__init__(**kw)
         self.gradient = gradient
         self.gradient_mode()  # reject an unknown mode now, not at the first step
+        self._set_gradient_steps(gradient_steps)
 
     def init_state(self, x, x_start, key):
         b, dev = x.shape[0], x.device

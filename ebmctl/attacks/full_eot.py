@@ -17,26 +17,41 @@ from ebmctl.attacks.loop import SteppedAttack
 class FullGradientEOT(SteppedAttack):
     """PGD+EOT with the exact chain gradient (checkpointed). Norms: ℓ∞, ℓ2.
 
-    Arguments: those of :class:`~ebmctl.attacks.loop.SteppedAttack` (``checkpoint_segment=0``).
+    Arguments: those of :class:`~ebmctl.attacks.loop.SteppedAttack` (``checkpoint_segment=0``)
+    and ``gradient_steps=0``: K' ≤ K of a surrogate chain the gradient differentiates through
+    (Lee & Kim 2023) while screening and verification still run the defense's K steps
+    (0 = K).
 
-    Example: ``FullGradientEOT(eps=8/255, step_size=2/255, steps=100, eot_reps=20)
-    .run(defense, task, x, y, key=(0,))``
+    Example: ``FullGradientEOT(eps=8/255, step_size=2/255, steps=100, eot_reps=20,
+    final_iterate_only=True, random_start=False).run(defense, task, x, y, key=(0,))`` (MEFA's
+    protocol)
     """
 
     name = "full-eot"
-    description = "PGD+EOT, exact gradient through the Langevin chain (checkpointed)"
+    description = ("PGD+EOT, exact gradient through the Langevin chain (checkpointed); "
+                   "attack.gradient_steps, attack.final_iterate_only, attack.common_noise, "
+                   "attack.energy_weight")
     gradient = "full"
+
+    def __init__(self, *, gradient_steps: int = 0, **kw):
+        super().__init__(**kw)
+        self._set_gradient_steps(gradient_steps)
 
 
 class SmoothedGradientEOT(SteppedAttack):
     """PGD+EOT through the chain with a softplus-smoothed backward pass. Norms: ℓ∞, ℓ2.
 
     Arguments: those of :class:`~ebmctl.attacks.loop.SteppedAttack`
-    (``smooth_temperature=0.1``).
+    (``smooth_temperature=0.1``) and ``gradient_steps=0`` (as :class:`FullGradientEOT`).
 
     Example: ``SmoothedGradientEOT(eps=8/255, steps=50, eot_reps=8, smooth_temperature=0.1)``
     """
 
     name = "smooth-eot"
-    description = "PGD+EOT through the chain, softplus-smoothed second derivatives"
+    description = ("PGD+EOT through the chain, softplus-smoothed second derivatives; "
+                   "attack.gradient_steps")
     gradient = "smooth"
+
+    def __init__(self, *, gradient_steps: int = 0, **kw):
+        super().__init__(**kw)
+        self._set_gradient_steps(gradient_steps)

@@ -14,7 +14,10 @@ rather than assumed. Two things can make the chain gradient genuinely differ fro
   already carries the Hessian term.
 
 Noise of segment s is drawn from ``make_generator(device, *key, "seg", s)`` and redrawn
-identically on recomputation, so the global RNG is never touched.
+identically on recomputation, so the global RNG is never touched. :class:`CommonNoise` instead
+fixes the noise of each (image, replicate, chain step) for a whole restart (Liu & Wei 2025's
+fixed-randomness attack, ``attack.common_noise``); ``chain_steps`` differentiates through a
+shorter surrogate chain (Lee & Kim 2023, ``attack.gradient_steps``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import nn
 from ebmctl.device import autocast
 from ebmctl.defense import Defense, adapt_images, average_outputs
 from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.sampling import LangevinSettings, frozen
+from ebmctl.sampling import LangevinSettings, frozen, langevin
 from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
 
@@ -199,27 +202,142 @@ def langevin_differentiable(net: nn.Module, x: torch.Tensor, steps: int,
             raise NumericalError("Langevin chain produced NaN/Inf; lower langevin.tau")
     return x
 
+# --- fixed (common) noise -------------------------------------------------------------
+
+#: noise(k, shape) -> [rows, *shape]: the Langevin noise of chain step k for each row of a
+#: flat replicate batch (replicate h of image j is row h·b + j, as in Defense.replicates)
+RowNoise = Callable[[int, torch.Size], torch.Tensor]
+
+
+class CommonNoise:
+    """Langevin noise fixed per (image of an attacked batch, replicate, chain step k).
+
+    Step k's draw is one standard normal tensor [reps, batch, *shape] from a generator keyed
+    ``(*key, reps, k)``; each image takes its own rows. The noise an image sees therefore
+    depends neither on the attack step n nor on which other images are still unbroken, which
+    is what fixing the purifier's randomness (Liu & Wei 2025) requires: the attacker then
+    optimises one deterministic function per restart.
+
+    Args:
+        key: seed key of the stream (e.g. ``(*chunk_key, restart, "common")``).
+        batch: B, images in the attacked batch (row indices given later are < B).
+        device: where the noise is drawn.
+    """
+
+    def __init__(self, key: tuple, batch: int, device: torch.device):
+        self.key, self.batch, self.device = tuple(key), int(batch), device
+
+    def for_rows(self, idx: torch.Tensor, reps: int) -> RowNoise:
+        """Noise for ``reps`` replicates of the images ``idx`` (long [b], positions in the
+        batch): ``noise(k, shape)`` returns [reps·b, *shape] (internal EBM units: N(0, I))."""
+        idx = idx.to(self.device)
+
+        def noise(k: int, shape: torch.Size) -> torch.Tensor:
+            g = make_generator(self.device, *self.key, reps, k)
+            z = torch.randn((reps, self.batch, *shape), generator=g, device=self.device)
+            return z[:, idx].reshape(reps * len(idx), *shape)
+
+        return noise
+
+
+def _ebm_input(defense: Defense, x01: torch.Tensor) -> torch.Tensor:
+    ebm = defense.ebm
+    return to_internal(adapt_images(x01, ebm.image_size, ebm.channels))
+
+
+def _bound_noise(noise: RowNoise, z: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    shape = z.shape[1:]
+
+    def step(k: int) -> torch.Tensor:
+        out = noise(k, shape).to(z.device)
+        if out.shape[0] != z.shape[0]:
+            raise ValueError(f"noise for {out.shape[0]} rows, chain has {z.shape[0]}")
+        return out
+
+    return step
+
+
+def purify_with_noise(defense: Defense, x01: torch.Tensor, reps: int, noise: RowNoise
+                      ) -> torch.Tensor:
+    """H purified copies [H,B,...] of [0,1] images [B,C,H,W] (no gradient, no fixer) whose
+    Langevin noise is ``noise`` (e.g. :meth:`CommonNoise.for_rows`) instead of the defense's
+    per-chunk generators; same K, precision and clamp as :meth:`Defense.replicates`."""
+    if not defense.stochastic:
+        return x01.detach().unsqueeze(0)
+    ebm = defense.ebm
+    flat = x01.detach().repeat(reps, *([1] * (x01.dim() - 1)))
+    in_size, in_ch = tuple(flat.shape[-2:]), flat.shape[1]
+    z = _ebm_input(defense, flat)
+    settings = ebm.settings(defense.precision, channels_last=defense.channels_last)
+    with torch.no_grad():
+        z = langevin(ebm.net, z, defense.steps, settings, noise=_bound_noise(noise, z))
+    defense.count_image_steps(z.shape[0] * defense.steps)
+    out = adapt_images(to_public(z), in_size, in_ch)
+    out = out.clamp(0, 1) if defense.clamp else out
+    return out.view(reps, *x01.shape)
+
+
+def predict_with_noise(defense: Defense, x01: torch.Tensor, reps: int, common: CommonNoise,
+                       rows: torch.Tensor, batch_rows: int = 4096) -> torch.Tensor:
+    """EOT-averaged outputs [B,...] as :meth:`Defense.predict`, with the Langevin noise of
+    each image fixed by ``common`` (``rows``: the images' positions in its batch)."""
+    per = max(1, batch_rows // max(1, reps))
+    outs = []
+    with torch.no_grad():
+        for part, r in zip(torch.split(x01, per), torch.split(rows, per)):
+            reps_out = purify_with_noise(defense, part, reps, common.for_rows(r, reps))
+            outs.append(average_outputs(defense.outputs_of(reps_out), defense.average))
+    return torch.cat(outs)
+
+
 # --- purification and EOT gradients ----------------------------------------------------
 
 def purify_differentiable(defense: Defense, x01: torch.Tensor, key: tuple, *,
-                          backward_net: nn.Module | None = None, segment: int = 0
+                          backward_net: nn.Module | None = None, segment: int = 0,
+                          steps: int | None = None, noise: RowNoise | None = None
                           ) -> torch.Tensor:
     """The defense's Langevin purifier (plus clamp) on [0,1] images [B,C,H,W], differentiable
     w.r.t. ``x01``. The fixer is not applied here: :meth:`Defense.outputs_of` applies it, so
-    every gradient mode keeps its Jacobian."""
+    every gradient mode keeps its Jacobian.
+
+    Args:
+        steps: chain length (default: the defense's K; fewer = a surrogate chain).
+        noise: fixed per-row noise (:class:`CommonNoise`); default: drawn from ``key``.
+    """
     ebm = defense.ebm
-    if ebm is None or defense.steps <= 0:
+    steps = defense.steps if steps is None else int(steps)
+    if ebm is None or steps <= 0:
         return x01
     in_size, in_ch = tuple(x01.shape[-2:]), x01.shape[1]
-    z = to_internal(adapt_images(x01, ebm.image_size, ebm.channels))
+    z = _ebm_input(defense, x01)
     # fp32 throughout: the recomputed segments take second derivatives, which reduced
     # precision would make inconsistent with the forward chain
-    z = langevin_differentiable(ebm.net, z, defense.steps, ebm.settings("fp32"), key=key,
+    z = langevin_differentiable(ebm.net, z, steps, ebm.settings("fp32"), key=key,
+                                noise=None if noise is None else _bound_noise(noise, z),
                                 backward_net=backward_net, segment=segment)
     # forward once, recomputed with a graph once on the backward pass
-    defense.count_image_steps(2 * z.shape[0] * defense.steps)
+    defense.count_image_steps(2 * z.shape[0] * steps)
     out = adapt_images(to_public(z), in_size, in_ch)
     return out.clamp(0, 1) if defense.clamp else out
+
+
+def energy_and_input_gradient(defense: Defense, x01: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The defending EBM's energy U(x) = U_net(x)/T [B] of [0,1] images [B,C,H,W]
+    (:meth:`EnergyModel.energy01`) and its gradient ∇_x U [B,C,H,W] w.r.t. those images: the
+    defense-aware loss term of Tramèr et al. (2020, "On Adaptive Attacks to Adversarial
+    Example Defenses").
+
+    Raises:
+        ConfigError: the defense has no EBM.
+    """
+    if defense.ebm is None:
+        raise ConfigError("attack.energy_weight needs a defense with an EBM")
+    with torch.enable_grad(), frozen(defense.ebm.net):
+        xg = x01.detach().requires_grad_(True)
+        u = defense.ebm.energy01(xg).reshape(len(xg), -1).sum(1)
+        (g,) = torch.autograd.grad(u.sum(), xg)
+    return u.detach(), g
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -227,7 +345,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: int,
                  key: tuple, loss_fn: LossFn, mode: str = "bpda", *,
-                 backward_net: nn.Module | None = None, segment: int = 0
+                 backward_net: nn.Module | None = None, segment: int = 0,
+                 chain_steps: int = 0, noise: RowNoise | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EOT gradient of ``loss_fn`` of the replicate-averaged outputs (thesis Eq. 2.9/2.10).
 
@@ -245,6 +364,10 @@ def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: i
             Langevin steps (checkpointed, :func:`langevin_differentiable`). ``smooth``: as full,
             through ``backward_net`` (a :func:`smoothed_copy`). ``exact``: the defense is
             deterministic (no EBM), plain autograd.
+        chain_steps: K' of a surrogate chain for ``full``/``smooth`` (0 = the defense's K); the
+            outputs and loss returned are then those of the K'-step replicates.
+        noise: fixed per-row Langevin noise for the H replicates (:class:`CommonNoise`) in
+            place of the noise derived from ``key``.
 
     Returns:
         (gradient [B,C,H,W] w.r.t. ``x_adv``, averaged outputs [B,...] of the same replicates,
@@ -259,7 +382,9 @@ def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: i
         mode = "exact"
     with torch.enable_grad():
         if mode == "bpda":
-            r = defense.replicates(x_adv, reps, (*key, "eot")).detach().requires_grad_(True)
+            r = (defense.replicates(x_adv, reps, (*key, "eot")) if noise is None
+                 else purify_with_noise(defense, x_adv, reps, noise))
+            r = r.detach().requires_grad_(True)
             avg = average_outputs(defense.outputs_of(r), defense.average)
             loss = loss_fn(avg, y)
             (g,) = torch.autograd.grad(loss.sum(), r)
@@ -271,7 +396,8 @@ def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: i
             h = reps
             flat = xg.repeat(h, *([1] * (xg.dim() - 1)))
             purified = purify_differentiable(defense, flat, (*key, "chain"),
-                                             backward_net=backward_net, segment=segment)
+                                             backward_net=backward_net, segment=segment,
+                                             steps=chain_steps or None, noise=noise)
             purified = purified.view(h, *xg.shape)
         avg = average_outputs(defense.outputs_of(purified), defense.average)
         loss = loss_fn(avg, y)

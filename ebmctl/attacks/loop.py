@@ -27,10 +27,19 @@ from typing import Any, Callable
 import torch
 
 from ebmctl.attacks.base import Attack, AttackOutcome
-from ebmctl.attacks.gradients import GRADIENT_MODES, eot_gradient, smoothed_copy
+from ebmctl.attacks.gradients import (
+    GRADIENT_MODES,
+    CommonNoise,
+    RowNoise,
+    energy_and_input_gradient,
+    eot_gradient,
+    predict_with_noise,
+    purify_with_noise,
+    smoothed_copy,
+)
 from ebmctl.attacks.losses import LOSSES, LossFn, resolve_loss
 from ebmctl.attacks.threat import ascent_step, project, random_start
-from ebmctl.defense import Defense
+from ebmctl.defense import Defense, average_outputs
 from ebmctl.errors import ConfigError
 from ebmctl.protocols import Task
 from ebmctl.seeds import make_generator
@@ -45,6 +54,26 @@ class SteppedAttack(Attack):
         smooth_temperature: softplus temperature of the smoothed backward pass (``smooth``).
         checkpoint_segment: Langevin steps per checkpoint segment of the differentiable chain
             (0 = √K); memory vs recomputation only, never the gradient.
+        final_iterate_only: the MEFA protocol (Du, Hill & Cai 2026): no per-step screening or
+            verification; each restart's last iterate is verified once with H_def (rule 3 of
+            the module docstring applies at n = N only, to every alive image). Default: broken
+            at any step (the thesis' Alg. 1).
+        common_noise: fix the Langevin noise of the attacker's H_adv replicates for a whole
+            restart (Liu & Wei 2025): the noise of (image, replicate, chain step) is drawn
+            from a key independent of the attack step n (:class:`~ebmctl.attacks.gradients.
+            CommonNoise`, one stream per restart). Screening then reuses that noise too.
+        common_noise_defender: also fix the H_def verification noise (one stream per batch,
+            independent of n and of the restart). A *diagnostic*: the defense no longer draws
+            fresh randomness, so a report marks the attack's row and keeps it out of the
+            headline.
+        energy_weight: λ ≥ 0 of the defense-aware loss (Tramèr et al. 2020): the attacker
+            maximises loss − λ·U(x_adv), U = :meth:`EnergyModel.energy01` of the defending EBM
+            (energy units of U_net/T, so useful λ are small), i.e. it also seeks images of low
+            energy that purification barely moves. Applies to every attack's objective
+            (:meth:`objective`).
+
+    Raises:
+        ConfigError: an unknown loss, a non-positive temperature, a negative segment or λ.
     """
 
     #: how the gradient passes a stochastic defense: bpda | full | smooth (gradients.py)
@@ -52,10 +81,27 @@ class SteppedAttack(Attack):
     #: ok_by_step[r, n] is a measurement of the defense after n steps (False: a transfer
     #: attack, whose crafting steps are not evaluated), so convergence can be judged
     per_step_curve = True
+    #: K' of the surrogate chain the gradient differentiates through (0 = K); set only by the
+    #: attacks whose gradient passes the chain (``gradient_steps`` constructor argument)
+    gradient_steps = 0
 
     def __init__(self, *, loss: str = "ce", smooth_temperature: float = 0.1,
-                 checkpoint_segment: int = 0, **kw: Any):
+                 checkpoint_segment: int = 0, final_iterate_only: bool = False,
+                 common_noise: bool = False, common_noise_defender: bool = False,
+                 energy_weight: float = 0.0, **kw: Any):
         super().__init__(**kw)
+        if energy_weight < 0:
+            raise ConfigError(f"attack.energy_weight must be >= 0 (got {energy_weight}): the "
+                              "attacker minimises the EBM's energy")
+        self.final_iterate_only = bool(final_iterate_only)
+        if self.final_iterate_only:  # only the last point of each restart is measured
+            self.per_step_curve = False
+        self.common_noise, self.common_noise_defender = bool(common_noise), \
+            bool(common_noise_defender)
+        self.energy_weight = float(energy_weight)
+        self._rows: torch.Tensor | None = None  # alive images' positions, set by the loop
+        self._noise_key: tuple | None = None
+        self._batch: tuple[int, torch.device] = (0, torch.device("cpu"))
         if loss not in LOSSES:
             raise ConfigError(f"unknown attack.loss {loss!r}; choose from {', '.join(LOSSES)}")
         if smooth_temperature <= 0:
@@ -65,6 +111,35 @@ class SteppedAttack(Attack):
         self.loss, self.smooth_temperature = loss, float(smooth_temperature)
         self.checkpoint_segment = int(checkpoint_segment)
         self._smooth_nets: dict[int, torch.nn.Module] = {}
+
+    def _set_gradient_steps(self, steps: int) -> None:
+        """Validate and keep ``gradient_steps`` (K' ≥ 0; only for ``full``/``smooth``)."""
+        if steps < 0:
+            raise ConfigError("attack.gradient_steps must be >= 0 (0 = defense.steps)")
+        if steps and self.gradient_mode() not in ("full", "smooth"):
+            raise ConfigError(f"attack.gradient_steps = {steps} needs a gradient through the "
+                              f"chain (attack.gradient = full | smooth), not "
+                              f"{self.gradient_mode()!r}")
+        self.gradient_steps = int(steps)
+
+    @property
+    def diagnostic(self) -> bool:
+        """True when the defender's own randomness was fixed: not a robustness figure."""
+        return self.common_noise_defender
+
+    def check_defense(self, defense: Defense) -> None:
+        """Reject settings this defense cannot honour, before any work.
+
+        Raises:
+            ConfigError: ``gradient_steps`` > the defense's K; ``energy_weight`` without an EBM.
+        """
+        if defense.stochastic and self.gradient_steps > defense.steps:
+            raise ConfigError(f"attack.gradient_steps = {self.gradient_steps} exceeds "
+                              f"defense.steps = {defense.steps}: the surrogate chain must not "
+                              "be longer than the defense's")
+        if self.energy_weight and defense.ebm is None:
+            raise ConfigError(f"attack.energy_weight = {self.energy_weight} needs a defense "
+                              "with an EBM (its energy is the extra loss term)")
 
     def gradient_mode(self) -> str:
         if self.gradient not in GRADIENT_MODES:
@@ -83,14 +158,68 @@ class SteppedAttack(Attack):
             self._smooth_nets[id(net)] = smoothed_copy(net, self.smooth_temperature)[0]
         return self._smooth_nets[id(net)]
 
+    # -- randomness ------------------------------------------------------------------------
+    def attacker_noise(self, reps: int, tag: str) -> RowNoise | None:
+        """Fixed noise for ``reps`` replicates of the alive images (``common_noise``), else
+        None (fresh noise from the step's key)."""
+        if not self.common_noise or self._noise_key is None or self._rows is None:
+            return None
+        batch, device = self._batch
+        return CommonNoise((*self._noise_key, "common", tag), batch, device).for_rows(
+            self._rows, reps)
+
+    def replicates(self, defense: Defense, x_adv: torch.Tensor, reps: int, key: tuple
+                   ) -> torch.Tensor:
+        """H purified copies [H,B,...] of the alive images for the attacker (screening and
+        gradient-free estimates), honouring ``common_noise``."""
+        noise = self.attacker_noise(reps, "eot") if defense.stochastic else None
+        if noise is None:
+            return defense.replicates(x_adv, reps, key)
+        return purify_with_noise(defense, x_adv, reps, noise)
+
+    def verify(self, defense: Defense, x_adv: torch.Tensor, rows: torch.Tensor, key: tuple
+               ) -> torch.Tensor:
+        """H_def-averaged outputs [b,...] of candidates ``x_adv`` (batch positions ``rows``)
+        with fresh noise, or with fixed noise under ``common_noise_defender``."""
+        if self.common_noise_defender and defense.stochastic and self._noise_key is not None:
+            batch, device = self._batch
+            common = CommonNoise((*self._noise_key[:-1], "common-verify"), batch, device)
+            return predict_with_noise(defense, x_adv, self.verify_reps, common, rows)
+        return defense.predict(x_adv, self.verify_reps, (*key, "verify"))
+
     # -- hooks ---------------------------------------------------------------------------
     def estimate(self, defense: Defense, task: Task, x_adv: torch.Tensor, y: torch.Tensor,
                  key: tuple) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """(gradient [B,...] or None, screening outputs [B,...] of the same replicates or None
-        to verify every alive image directly, per-image loss [B]) at ``x_adv``."""
-        return eot_gradient(defense, x_adv, y, self.eot_reps, key, self.loss_fn(task),
-                            self.gradient_mode(), backward_net=self._backward_net(defense),
-                            segment=self.checkpoint_segment)
+        to verify every alive image directly, per-image loss [B]) at ``x_adv``.
+
+        With ``gradient_steps`` = K' < K the gradient passes a K'-step surrogate chain, while
+        screening outputs and loss come from H_adv replicates of the defense's own K steps."""
+        mode, loss_fn = self.gradient_mode(), self.loss_fn(task)
+        chain = self.gradient_steps if (defense.stochastic and mode in ("full", "smooth")) else 0
+        grad, out, loss = eot_gradient(
+            defense, x_adv, y, self.eot_reps, key, loss_fn, mode,
+            backward_net=self._backward_net(defense), segment=self.checkpoint_segment,
+            chain_steps=chain,
+            noise=self.attacker_noise(self.eot_reps, "eot" if mode == "bpda" else "chain"))
+        if 0 < chain < defense.steps:
+            with torch.no_grad():
+                reps = self.replicates(defense, x_adv, self.eot_reps, (*key, "eot"))
+                out = average_outputs(defense.outputs_of(reps), defense.average)
+                loss = loss_fn(out, y)
+        return grad, out, loss
+
+    def objective(self, defense: Defense, task: Task, x_adv: torch.Tensor, y: torch.Tensor,
+                  key: tuple) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """:meth:`estimate` plus the defense-aware term: loss − λ·U(x_adv) [B] and gradient
+        − λ·∇U(x_adv) [B,C,H,W] (U: the defending EBM's energy of the [0,1] images)."""
+        grad, out, loss = self.estimate(defense, task, x_adv, y, key)
+        if self.energy_weight:
+            u, grad_u = energy_and_input_gradient(defense, x_adv)
+            loss = loss - self.energy_weight * u.to(loss.dtype)
+            if grad is not None:
+                grad = grad - self.energy_weight * grad_u.to(grad.dtype)
+        return grad, out, loss
 
     def init_state(self, x: torch.Tensor, x_start: torch.Tensor, key: tuple) -> dict:
         return {}
@@ -108,12 +237,15 @@ class SteppedAttack(Attack):
         return random_start(x, self.eps, self.norm, make_generator(x.device, *key, "start", r))
 
     def evaluated(self, n: int) -> bool:
-        """Whether evaluation point n is checked against the defense (default: every one)."""
-        return True
+        """Whether evaluation point n is checked against the defense (default: every one;
+        ``final_iterate_only``: only n = N)."""
+        return not self.final_iterate_only or n == self.steps
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, defense: Defense, task: Task, x: torch.Tensor, y: torch.Tensor, key: tuple,
             progress: Callable[[int], None] | None = None) -> AttackOutcome:
+        self.check_defense(defense)
+        self._batch = (x.shape[0], x.device)
         clean_out = defense.predict(x, self.verify_reps, (*key, "natural"))
         clean_score = task.score(clean_out, y).float()
         natural_ok = task.natural_ok(clean_score).clone()
@@ -122,6 +254,7 @@ class SteppedAttack(Attack):
         ok_by_step = torch.zeros(self.restarts, self.steps + 1, x.shape[0], dtype=torch.bool)
         for r in range(self.restarts):
             x_adv = self.start_point(x, r, key)
+            self._noise_key = (*key, r)
             state = self.init_state(x, x_adv, (*key, "state", r))
             for n in range(self.steps + 1):
                 idx = alive.nonzero().flatten()
@@ -133,6 +266,7 @@ class SteppedAttack(Attack):
                     progress(1)
             keep = alive.nonzero().flatten()
             x_best[keep] = x_adv[keep]
+        self._rows = self._noise_key = None
         return AttackOutcome(natural_ok.cpu(), alive.cpu(), clean_score.cpu(), x_best.cpu(),
                              ok_by_step, {"gradient": self.gradient_mode()})
 
@@ -140,15 +274,19 @@ class SteppedAttack(Attack):
         """Screen, verify and (unless n = N) move the alive images ``idx``; updates ``x_adv``,
         ``x_best`` and ``alive`` in place."""
         xa, ya = x_adv[idx], y[idx]
-        grad, screen_out, loss = self.estimate(defense, task, xa, ya, key)
+        self._rows = idx
+        if self.final_iterate_only and n == self.steps:
+            grad = screen_out = loss = None  # nothing to propose and no screening: skip it
+        else:
+            grad, screen_out, loss = self.objective(defense, task, xa, ya, key)
         if self.evaluated(n):
-            if screen_out is None:
+            if screen_out is None or self.final_iterate_only:
                 cand = torch.arange(len(idx), device=idx.device)
             else:
                 screen_ok = task.robust_ok(task.score(screen_out, ya).float(), clean_score[idx])
                 cand = (~screen_ok).nonzero().flatten()
             if cand.numel():
-                verify_out = defense.predict(xa[cand], self.verify_reps, (*key, "verify"))
+                verify_out = self.verify(defense, xa[cand], idx[cand], key)
                 v_ok = task.robust_ok(task.score(verify_out, ya[cand]).float(),
                                       clean_score[idx[cand]])
                 broken = idx[cand[~v_ok]]

@@ -64,7 +64,7 @@ class Square(SteppedAttack):
         return loss
 
     def estimate(self, defense, task, x_adv, y, key):
-        reps = defense.replicates(x_adv, self.eot_reps, (*key, "eot"))
+        reps = self.replicates(defense, x_adv, self.eot_reps, (*key, "eot"))
         with torch.no_grad():
             avg = average_outputs(defense.outputs_of(reps), defense.average)
         return None, avg, self.loss_fn(task)(avg, y)

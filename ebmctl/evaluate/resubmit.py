@@ -1,0 +1,175 @@
+"""Stochastic re-evaluation of the final adversarial images (worst-of-N; DiffHammer, Wang et al.
+2024; the MEFA protocol's independent re-purification, Du, Hill & Cai 2026).
+
+The thesis' Alg. 1 calls an image broken if *one* H_def verification at *any* attack step
+misclassifies it (its "EOT verdict"). A stochastic defense can also be scored on the attack's
+final images alone: re-purify each image N times independently, each time averaging H
+replicates (``evaluate.resubmissions = N``, one evaluation per H in ``evaluate.eot_reps``), and
+report per image and overall
+
+* the mean accuracy over the N resubmissions (the expected accuracy of one submission), and
+* the worst-of-N accuracy: robust only if all N resubmissions are correct (an attacker who may
+  resubmit N times),
+
+each with a 95% Wilson interval over the n images (:func:`~ebmctl.evaluate.stats.
+accuracy_interval`). An image that failed the natural check is never robust. Worst-of-N ≤ the
+mean over resubmissions, image by image. Resubmission j with H replicates draws its noise from
+the key ``(seed, label, "resubmit", H, j, chunk start)``: independent of the attack's keys and of
+every other resubmission.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ebmctl.console import progress_bar
+from ebmctl.defense import Defense
+from ebmctl.errors import ConfigError
+from ebmctl.evaluate.stats import accuracy_interval
+from ebmctl.profiles import Config
+
+
+def check_resubmission_settings(cfg: Config, runs: list[tuple]) -> None:
+    """Reject resubmission settings that would be ignored.
+
+    Raises:
+        ConfigError: ``evaluate.eot_reps`` given while ``evaluate.resubmissions`` = 0, or
+            resubmissions asked for but no run has a stochastic (Langevin) defense.
+    """
+    n = cfg["evaluate.resubmissions"]
+    if n == 0:
+        if cfg.provenance.get("evaluate.eot_reps", "default") != "default":
+            raise ConfigError("evaluate.eot_reps is only used with evaluate.resubmissions > 0")
+        return
+    if not any(defense.stochastic for _, defense, _ in runs):
+        raise ConfigError(f"evaluate.resubmissions = {n} re-purifies the final adversarial "
+                          "images, but no model evaluated has a stochastic defense (--ebm, "
+                          "defense.steps > 0)")
+    if not cfg["evaluate.eot_reps"]:
+        raise ConfigError("evaluate.eot_reps must list at least one replicate count")
+
+
+def resubmission_correct(defense: Defense, task, x_adv: torch.Tensor, y: torch.Tensor,
+                         clean_score: torch.Tensor, *, resubmissions: int, reps: int, key: tuple,
+                         batch_size: int, device: torch.device, progress=None) -> torch.Tensor:
+    """Bool [N, n]: resubmission j of image i (H = ``reps`` replicates, fresh noise) is
+    classified correctly (``task.robust_ok`` against the image's clean score).
+
+    Args:
+        x_adv: [n,C,H,W] final adversarial images in [0,1].
+        y: targets [n,...]; clean_score: the task's clean score of each image [n].
+        key: seed key; resubmission j of the chunk starting at s uses ``(*key, j, s)``.
+    """
+    ok = torch.zeros(resubmissions, len(x_adv), dtype=torch.bool)
+    for j in range(resubmissions):
+        for start in range(0, len(x_adv), batch_size):
+            xb = x_adv[start:start + batch_size].to(device)
+            yb = y[start:start + batch_size].to(device)
+            out = defense.predict(xb, reps, (*key, j, start))
+            score = task.score(out, yb).float()
+            ok[j, start:start + len(xb)] = task.robust_ok(
+                score, clean_score[start:start + len(xb)].to(score.device)).cpu()
+            if progress is not None:
+                progress(1)
+    return ok
+
+
+def summarise_resubmissions(correct: torch.Tensor, natural_ok: torch.Tensor) -> dict:
+    """Figures of one H from ``correct`` (bool [N, n]) and the natural check (bool [n]).
+
+    Returns ``mean`` (mean accuracy over the N resubmissions), ``worst_of_n`` (robust only if
+    all N are correct), their ``*_ci`` (95% Wilson over n images) and the per-image values
+    ``per_image_mean`` (fraction of resubmissions correct) and ``per_image_worst_of_n`` (0/1).
+    """
+    nat = natural_ok.bool()
+    per_mean = correct.float().mean(0) * nat.float()
+    per_worst = correct.all(0) & nat
+    n = correct.shape[1]
+    mean, worst = per_mean.mean().item(), per_worst.float().mean().item()
+    return {"mean": mean, "mean_ci": accuracy_interval(mean, n),
+            "worst_of_n": worst, "worst_of_n_ci": accuracy_interval(worst, n),
+            "per_image_mean": [round(v, 6) for v in per_mean.tolist()],
+            "per_image_worst_of_n": [int(v) for v in per_worst.tolist()]}
+
+
+def resubmit_images(defense: Defense, task, x_adv: torch.Tensor, y: torch.Tensor,
+                    natural_ok: torch.Tensor, robust_ok: torch.Tensor,
+                    clean_score: torch.Tensor, *, resubmissions: int, eot_reps: list[int],
+                    key: tuple, batch_size: int, device: torch.device, progress=None) -> dict:
+    """The resubmission figures of one set of final adversarial images [n,C,H,W] in [0,1].
+
+    ``natural_ok``/``robust_ok`` (bool [n]) are the attack's Alg. 1 outcomes: ``eot_verdict``
+    is the thesis' verdict (robust iff no H_def verification at any step broke the image).
+    ``by_eot_reps[str(H)]`` holds :func:`summarise_resubmissions` for each H.
+    """
+    n = len(x_adv)
+    verdict = (robust_ok.bool() & natural_ok.bool()).float().mean().item()
+    out = {"n_images": n, "resubmissions": resubmissions,
+           "eot_verdict": verdict, "eot_verdict_ci": accuracy_interval(verdict, n),
+           "per_image_eot_verdict": [int(v) for v in (robust_ok.bool()
+                                                       & natural_ok.bool()).tolist()],
+           "by_eot_reps": {}}
+    for h in eot_reps:
+        correct = resubmission_correct(defense, task, x_adv, y, clean_score,
+                                       resubmissions=resubmissions, reps=h,
+                                       key=(*key, "resubmit", h), batch_size=batch_size,
+                                       device=device, progress=progress)
+        out["by_eot_reps"][str(h)] = summarise_resubmissions(correct, natural_ok)
+    return out
+
+
+def resubmission_report(cfg: Config, label: str, defense: Defense, task, x: torch.Tensor,
+                        y: torch.Tensor, device: torch.device, row: dict, task_run: dict
+                        ) -> dict:
+    """Worst-of-N re-evaluation of a label's final adversarial images, seed = the last
+    attack seed: the per-image worst case over attacks (``worst_case``) and each attack's own
+    (``attacks.<name>``). Clean scores come from one natural check with H_def replicates."""
+    n_sub, reps = cfg["evaluate.resubmissions"], list(cfg["evaluate.eot_reps"])
+    batch = cfg["attack.batch_size"]
+    seed = next(iter(row["attacks"].values()))["per_seed"][-1]["seed"]
+    key = (seed, label)
+    clean = []
+    for start in range(0, len(x), batch):
+        out = defense.predict(x[start:start + batch].to(device), defense.reps,
+                              (*key, "resubmit-natural", start))
+        clean.append(task.score(out, y[start:start + batch].to(device)).float().cpu())
+    clean_score = torch.cat(clean)
+    sets = [("worst_case", task_run["x_adv"], task_run["result"]["natural_ok"],
+             task_run["result"]["robust_ok"])]
+    for name, a in row["attacks"].items():
+        last = a["per_seed"][-1]
+        sets.append((name, task_run["x_advs"][name][-1], last["natural_ok"], last["robust_ok"]))
+    total = len(sets) * len(reps) * n_sub * ((len(x) + batch - 1) // batch)
+    report = {"seed": seed, "resubmissions": n_sub, "eot_reps": reps,
+              "semantics": "eot_verdict = Alg. 1 (broken at any step, H_def); mean = mean "
+                           "accuracy over N independent re-purifications of the final images; "
+                           "worst_of_n = robust only if all N are correct; *_ci = 95% Wilson "
+                           "over n_images",
+              "attacks": {}}
+    with progress_bar(total, f"resubmit {label}") as bar:
+        for name, x_adv, nat, rob in sets:
+            fig = resubmit_images(defense, task, x_adv, y,
+                                  torch.as_tensor(nat, dtype=torch.bool),
+                                  torch.as_tensor(rob, dtype=torch.bool), clean_score,
+                                  resubmissions=n_sub, eot_reps=reps, key=(*key, name),
+                                  batch_size=batch, device=device, progress=bar.advance)
+            if name == "worst_case":
+                report["worst_case"] = fig
+            else:
+                report["attacks"][name] = fig
+    return report
+
+
+def resubmission_rows(label: str, res: dict) -> list[tuple[str, str, str, str, str]]:
+    """Rows (model, attack, natural, adversarial, note) of the printed table: the worst case's
+    mean and worst-of-N accuracy for each H, with 95% Wilson intervals."""
+    rows = []
+    wc = res["worst_case"]
+    for h, fig in wc["by_eot_reps"].items():
+        for what, value, ci in (("mean over", fig["mean"], fig["mean_ci"]),
+                                ("worst of", fig["worst_of_n"], fig["worst_of_n_ci"])):
+            rows.append((label, f"final images, {what} N={res['resubmissions']} "
+                                f"resubmissions (H={h})", "",
+                         f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
+                         f"EOT verdict {wc['eot_verdict']:.3f}"))
+    return rows
