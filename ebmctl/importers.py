@@ -394,3 +394,32 @@ def describe(path: str | Path) -> str:
     return (f"{meta.get('ebmctl.kind')} {meta.get('ebmctl.arch')} from {imp.get('source')}"
             + (f" (weights sha256 {imp['weights_sha256'][:12]})" if imp.get("weights_sha256")
                else " (random weights)"))
+
+
+def resolve_model_argument(value: str | Path, cache_dir: str | Path) -> Path:
+    """What ``--model`` / ``--ebm`` accept: an artifact path, or ``SOURCE[@WEIGHTS]`` (e.g.
+    ``torchvision:resnet18@rn18.pt``, ``ebm-defense:wrn@clf.pth``), imported once into
+    ``cache_dir/imported/`` (keyed by the source and the weights' SHA-256) and reused.
+
+    Raises:
+        ConfigError / InputError / ArtifactError: as :func:`import_model`.
+    """
+    import hashlib
+
+    from ebmctl.artifacts import file_digest
+
+    text = str(value)
+    if Path(text).exists():
+        return Path(text)
+    source, _, weights = text.partition("@")
+    try:
+        scheme, name = parse_source(source)
+    except ConfigError:
+        return Path(text)  # not a source: the artifact loader reports the missing file
+    digest = file_digest(weights) if weights and Path(weights).is_file() else ""
+    key = hashlib.sha256(f"{source}|{digest}|{weights if not digest else ''}".encode())
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{scheme}-{name}".rsplit("/", 1)[-1])[:60]
+    out = Path(cache_dir) / "imported" / f"{stem}-{key.hexdigest()[:12]}.safetensors"
+    if not out.exists():
+        import_model(source, out, weights=weights or None)
+    return out

@@ -199,3 +199,59 @@ def test_import_model_function_refuses_robustbench_without_network(tmp_path):
 
     with pytest.raises(NotAvailableError):
         import_model("robustbench:Standard", tmp_path / "x.safetensors")
+
+
+# --- the README's "Import your model" section, as written ---------------------------------
+
+#: test-only overrides appended to the README's attack commands: CIFAR-shaped noise images, a
+#: few steps (the README's commands are full-size runs)
+TINY = ["--set", "data.dataset=uniform-noise", "--set", "data.image_size=32",
+        "--set", "data.channels=3", "--set", "attack.n_images=2", "--set", "attack.steps=1",
+        "--set", "attack.restarts=1", "--set", "attack.eot_reps=1", "--set", "defense.steps=1",
+        "--set", "defense.eot_reps=1", "--set", "attack.sanity=false", "--set", "run.device=cpu",
+        "--set", "attack.seeds=0", "--set", "attack.batch_size=2", "--force"]
+
+
+def _readme_commands() -> list[list[str]]:
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## Import your model", 1)[1].split("\n## ", 1)[0]
+    cmds = []
+    for block in section.split("```bash\n")[1:]:
+        body = block.split("```", 1)[0].replace("\\\n", " ")
+        cmds += [shlex.split(line) for line in body.splitlines() if line.startswith("ebmctl ")]
+    return cmds
+
+
+def test_readme_import_section_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)  # test-only weight init
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(),
+               "resnet18.pt")
+    (tmp_path / "net_weights").mkdir()
+    torch.save(authors_ebm(n_f=8).state_dict(), "net_weights/ebm.pth")
+    torch.save(EbmDefenseWRN(depth=10, widen_factor=1).state_dict(), "net_weights/clf.pth")
+    cmds = _readme_commands()
+    assert [c[1] for c in cmds] == ["import-model", "attack", "import-model", "import-model",
+                                    "attack"]
+    assert "--profile" in cmds[-1] and "thesis-cifar10" in cmds[-1]
+    for cmd in cmds:
+        args = cmd[1:] + (TINY if cmd[1] == "attack" else [])
+        r = run_cli(args)
+        assert r.exit_code == 0, (cmd, r.output)
+    assert EnergyModel.load("ebm.safetensors", CPU).temperature == pytest.approx(5e-5)
+
+
+def test_attack_takes_a_source_at_weights_directly(resnet_pt, tmp_path, monkeypatch):
+    _, pt = resnet_pt
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(["attack", "--profile", "quick", "--model", f"torchvision:resnet18@{pt}",
+                 "--undefended-only", *TINY])
+    assert r.exit_code == 0, r.output
+    imported = list((tmp_path / "runs").rglob("imported/*.safetensors"))
+    assert len(imported) == 1 and _meta(imported[0])["ebmctl.extra"]["imported"]["weights"] == str(pt)
+    r = run_cli(["attack", "--profile", "quick", "--model", "torchvision:resnet18@missing.pt",
+                 "--undefended-only", *TINY])
+    assert r.exit_code != 0 and "weights file not found" in r.output

@@ -19,8 +19,10 @@ from ebmctl.commands.common import (
 
 
 def attack_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="task model artifact"),
-    ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact for the defense"),
+    model: Path = typer.Option(..., "--model", "-m", help="task model artifact, or SOURCE[@WEIGHTS] "
+                               "as `ebmctl import-model` takes (e.g. torchvision:resnet18@rn.pt)"),
+    ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact for the defense (or "
+                                       "ebm-defense:ebm@FILE)"),
     fixer: Optional[Path] = typer.Option(None, "--fixer", help="fixer artifact: also evaluate "
                                          "purification + fixer (`ebmctl fix train`)"),
     method: Optional[str] = typer.Option(None, "--method", help="attack(s) on the defended model, "
@@ -82,6 +84,12 @@ def attack_cmd(
     if defended and ebm is None:
         raise ConfigError("give --ebm FILE for the defended evaluation (or --undefended-only)")
     dev = setup_device(cfg)
+    from ebmctl.importers import resolve_model_argument
+
+    # SOURCE[@WEIGHTS] (torchvision:NAME@FILE, ebm-defense:wrn@FILE, ...) is imported once
+    model = resolve_model_argument(model, cfg["run.out_dir"])
+    if ebm is not None:
+        ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
     from rich.table import Table
 
     if sweep:
