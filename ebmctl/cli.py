@@ -17,6 +17,7 @@ from ebmctl.commands import ood as ood_command
 from ebmctl.commands import synthesize as synthesize_command
 from ebmctl.commands import bench as bench_command
 from ebmctl.commands import import_model as import_model_command
+from ebmctl.commands import report as report_command
 from ebmctl.commands.common import GLOBAL
 from ebmctl.commands.pending import register_pending
 from ebmctl.errors import EbmctlError
@@ -63,6 +64,7 @@ app.command("synthesize")(synthesize_command.synthesize_cmd)
 app.command("ood")(ood_command.ood_cmd)
 app.command("bench")(bench_command.bench_cmd)
 app.command("import-model")(import_model_command.import_model_cmd)
+app.command("report")(report_command.report_cmd)
 
 #: Commands that later issues add register themselves here by name.
 AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov", "fix", "bench"}

@@ -117,7 +117,7 @@ def attack_cmd(
         info(f"wrote {out} and {out.with_suffix('.png')}")
         return
     out = out or Path(cfg["run.out_dir"]) / "attack-report.json"
-    for path in (out, out.with_suffix(".png")):  # --resume continues its own report
+    for path in (out, out.with_suffix(".png"), out.with_suffix(".html")):  # --resume: its own
         claim_output(path, force=force, resume=resume)
     report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
                             defended=defended, method=method, resume=resume,
@@ -145,4 +145,7 @@ def attack_cmd(
     if sanity:
         for c in sanity["checks"]:
             info(f"sanity {'ok' if c['pass'] else 'FAILED'}: {c['check']}")
-    info(f"wrote {out} and {out.with_suffix('.png')}")
+    from ebmctl.evaluate.html import write_html
+
+    html_page = write_html(out)  # the same report as one self-contained page
+    info(f"wrote {out}, {out.with_suffix('.png')} and {html_page}")

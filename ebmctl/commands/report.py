@@ -1,0 +1,32 @@
+"""`ebmctl report RUN.json [-o FILE.html]`: a self-contained HTML page for an attack report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ebmctl.commands.common import ForceOpt
+
+
+def report_cmd(
+    run: Path = typer.Argument(..., help="report JSON of `ebmctl attack` (or ebmctl.evaluate)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: beside "
+                                       "the JSON, .html)"),
+    force: ForceOpt = False,
+):
+    """Render an attack report as one self-contained HTML page (no network: plots and images
+    inlined): headline table with 95% intervals, curves, adversarial images, sanity checks,
+    config and versions."""
+    from ebmctl.artifacts import claim_output
+    from ebmctl.console import info
+    from ebmctl.evaluate.html import write_html
+
+    target = out or run.with_suffix(".html")
+    if target.resolve() == run.resolve():
+        from ebmctl.errors import ConfigError
+
+        raise ConfigError("--out would replace the report JSON itself; choose an .html path")
+    claim_output(target, force=force)
+    info(f"wrote {write_html(run, target)}")
