@@ -56,7 +56,7 @@ def _strip(obj):
     """Drop timing and bookkeeping that legitimately differ between runs."""
     if isinstance(obj, dict):
         return {k: _strip(v) for k, v in obj.items()
-                if k not in ("seconds", "chunks_reused", "environment")}
+                if k not in ("seconds", "chunks_reused", "environment", "memory")}
     if isinstance(obj, list):
         return [_strip(v) for v in obj]
     return obj
