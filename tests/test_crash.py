@@ -224,7 +224,7 @@ def test_attack_killed_and_resumed_matches_uninterrupted(tmp_path):
 
 def _figures(report: dict) -> dict:
     """The report without wall times and resume bookkeeping."""
-    drop = {"seconds", "chunks_reused", "environment", "adversarials_file", "model"}
+    drop = {"seconds", "chunks_reused", "environment", "adversarials_file", "model", "memory"}
 
     def clean(o):
         if isinstance(o, dict):
