@@ -38,9 +38,12 @@ def test_sampler_bench_reports_throughput_ratios_and_step_agreement():
                               variants=bench.sampler_variants(torch.device("cpu")), **TINY)
     assert row["batch"] == 6 and row["naive_image_steps_per_s"] > 0
     assert {"tuned", "fp32-frozen-whole-batch", "fp32-channels_last"} <= set(row["variants"])
-    for v in row["variants"].values():
+    for name, v in row["variants"].items():
         assert v["image_steps_per_s"] > 0 and v["speedup"] > 0 and v["cpu_speedup"] > 0
-        assert v["drift_cosine_min"] > 0.9999  # fp32 variants: the same drift
+        # fp32 variants give the same drift; bf16 ones (on a CPU with native bf16, where the
+        # tuned setting is bf16 too) agree to bf16's ~3 significant digits
+        fp32 = name.startswith("fp32") or (name == "tuned" and not bench.cpu_has_native_bf16())
+        assert v["drift_cosine_min"] > (0.9999 if fp32 else 0.99), name
     assert len(row["raw_seconds"]["naive"]["wall"]) == 2
 
 
