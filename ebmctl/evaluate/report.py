@@ -526,6 +526,8 @@ def _report_header(cfg, task, bundle, x, seeds, runs, model_path, ebm_path, fixe
                    "step_size": attack_step_size(cfg), "steps": cfg["attack.steps"],
                    "restarts": cfg["attack.restarts"], "units": "[0,1] pixels"},
         "defense": {"steps": cfg["defense.steps"], "eot_reps": cfg["defense.eot_reps"],
+                    # "auto" is bf16 on a CPU with native bf16 (and on CUDA): figures can move
+                    "precision": resolve_precision(cfg["langevin.precision"], device),
                     "attack_eot_reps": cfg["attack.eot_reps"], "average": cfg["defense.average"],
                     "ebm": str(ebm_path) if (defended and ebm_path) else None,
                     "fixer": str(fixer_path) if (defended and fixer_path) else None},
