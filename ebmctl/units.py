@@ -31,3 +31,11 @@ def parse_fraction(value) -> float:
         num, den = text.split("/", 1)
         return float(num) / float(den)
     return float(text)
+
+
+def format_radius(eps: float) -> str:
+    """A radius as a person reads it: "8/255" when ε is a whole number of 255ths, else "0.1"."""
+    k = eps * 255
+    if eps > 0 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:.4g}"

@@ -142,3 +142,11 @@ def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(artifacts, tmp_
     assert isinstance(d["converged"], bool) and d["n_images"] == 8
     lo, hi = d["adversarial_ci"]
     assert lo <= d["adversarial"] <= hi and not math.isnan(lo)
+
+
+def test_a_radius_of_whole_255ths_is_printed_as_such():
+    from ebmctl.units import format_radius
+
+    assert format_radius(8 / 255) == "8/255" and format_radius(2 / 255) == "2/255"
+    assert format_radius(0.1) == "0.1" and format_radius(0.5) == "0.5"
+    assert format_radius(0.0) == "0"

@@ -49,6 +49,7 @@ def attack_cmd(
     --method / attack.methods), with sanity checks; report JSON + PNG."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console
+    from ebmctl.units import format_radius
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.report import (
@@ -124,7 +125,7 @@ def attack_cmd(
                             save_adversarials=save_adversarials, fixer_path=fixer)
 
     table = Table(title=f"{report['dataset']} ({report['n_images']} test images), "
-                        f"{report['threat']['norm']} eps={report['threat']['eps']:.4g}")
+                        f"{report['threat']['norm']} eps={format_radius(report['threat']['eps'])}")
     for col in ("model", "attack", f"natural {report['metric']} [95% CI]",
                 f"adversarial {report['metric']} [95% CI]", "converged"):
         table.add_column(col)

@@ -34,6 +34,7 @@ def quickstart_cmd(
     from rich.table import Table
 
     from ebmctl.console import info, out_console
+    from ebmctl.units import format_radius
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.evaluate.report import format_table, report_notes, run_evaluation
     from ebmctl.training.ebm import train_ebm
@@ -61,7 +62,7 @@ def quickstart_cmd(
     report = run_evaluation(cfg, clf_path, ebm_path, dev, out)
     report["total_seconds"] = round(time.time() - t0, 1)
     table = Table(title=f"{bundle.name}: {report['n_images']} test images, "
-                        f"{report['threat']['norm']} eps={report['threat']['eps']:.4g}, "
+                        f"{report['threat']['norm']} eps={format_radius(report['threat']['eps'])}, "
                         f"K_def={cfg['defense.steps']}, H_def={cfg['defense.eot_reps']}")
     for col in ("model", "attack", f"natural {task.metric_name} [95% CI]",
                 f"adversarial {task.metric_name} [95% CI]", "converged"):

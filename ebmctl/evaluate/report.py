@@ -41,6 +41,7 @@ from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.evaluate.stats import accuracy_interval, mean_std, still_falling
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
+from ebmctl.units import format_radius
 
 #: attacks whose gradients never pass the purifier: if one beats the white-box attacks, the
 #: white-box gradients are suspect
@@ -488,7 +489,7 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
     atomic_write_json(out, report)
     save_curves(out.with_suffix(".png"), curves, "attack step",
                 f"robust {task.metric_name}\n(worst restart, mean over seeds)",
-                f"{bundle.name}: {cfg['attack.norm']} eps={attack_radius(cfg):.4g}")
+                f"{bundle.name}: {cfg['attack.norm']} eps={format_radius(attack_radius(cfg))}")
     shutil.rmtree(parts_dir, ignore_errors=True)  # the report now holds every per-image result
     return report
 
