@@ -488,7 +488,10 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
         report["adversarials_file"] = _save_adversarials(cfg, out, report, task_runs, x, y)
     atomic_write_json(out, report)
     save_curves(out.with_suffix(".png"), curves, "attack step",
-                f"robust {task.metric_name}\n(worst restart, mean over seeds)",
+                # for tasks scored by a rule (the Dice ratio), the curve is the fraction of
+                # images the rule still counts as unbroken, not the metric itself
+                (f"robust {task.metric_name}" if task.metric_name == "accuracy"
+                 else "fraction of images not broken") + "\n(worst restart, mean over seeds)",
                 f"{bundle.name}: {cfg['attack.norm']} eps={format_radius(attack_radius(cfg))}")
     shutil.rmtree(parts_dir, ignore_errors=True)  # the report now holds every per-image result
     return report
