@@ -8,15 +8,12 @@ import pytest
 import torch
 
 from ebmctl.api import Attack, AttackOutcome, hookimpl
-from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.evaluate import attack_eval
 from ebmctl.evaluate.attack_eval import worst_case_curve
 from ebmctl.evaluate.report import run_evaluation
-from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import resolve
 from ebmctl.testing import plugin_registered, run_cli
-from ebmctl_classification.models import SmallCNN
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,26 +22,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """An (untrained) digits classifier and EBM saved as real artifacts."""
-    d = tmp_path_factory.mktemp("art")
-    torch.manual_seed(0)  # test-only weight init
-    clf = SmallCNN(1, 10, 8, 8)
-    clf_path = save_artifact(d / "clf.safetensors", model_tensors(clf), kind="classifier",
-                             arch="small-cnn", task="classification",
-                             arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
-                                        "image_size": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1})
-    ebm = LightweightEBM(1, 8, 8)
-    ebm_path = save_artifact(d / "ebm.safetensors", model_tensors(ebm), kind="ebm",
-                             arch="lightweight",
-                             arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1},
-                             extra={"tau": 0.01, "temperature": 5e-5})
-    return clf_path, ebm_path
 
 
 SETS = ["attack.n_images=8", "attack.batch_size=4", "attack.steps=2", "attack.eot_reps=2",
@@ -62,8 +39,8 @@ def _strip(obj):
     return obj
 
 
-def test_report_has_seeds_curves_per_image_outcomes_and_sanity(artifacts, tmp_path):
-    clf, ebm = artifacts
+def test_report_has_seeds_curves_per_image_outcomes_and_sanity(digits_artifacts, tmp_path):
+    clf, ebm = digits_artifacts
     cfg = resolve("quick", SETS)
     out = tmp_path / "r.json"
     rep = run_evaluation(cfg, clf, ebm, torch.device("cpu"), out, method="bpda-eot,transfer",
@@ -90,8 +67,9 @@ def test_report_has_seeds_curves_per_image_outcomes_and_sanity(artifacts, tmp_pa
     assert not out.with_name("r.parts").exists()
 
 
-def test_resume_after_an_interruption_gives_the_same_report(artifacts, tmp_path, monkeypatch):
-    clf, ebm = artifacts
+def test_resume_after_an_interruption_gives_the_same_report(digits_artifacts, tmp_path,
+                                                             monkeypatch):
+    clf, ebm = digits_artifacts
     cfg = resolve("quick", SETS + ["attack.sanity=false"])
     dev = torch.device("cpu")
     full = run_evaluation(cfg, clf, ebm, dev, tmp_path / "full.json")
@@ -141,8 +119,8 @@ class NoisePlugin:
         register(Noise)
 
 
-def test_a_third_party_attack_plugin_is_picked_up(artifacts, tmp_path):
-    clf, ebm = artifacts
+def test_a_third_party_attack_plugin_is_picked_up(digits_artifacts, tmp_path):
+    clf, ebm = digits_artifacts
     with plugin_registered(NoisePlugin(), "noise-plugin"):
         assert get_registries().attacks.get("plugin-noise") is Noise
         out = tmp_path / "p.json"
@@ -153,8 +131,8 @@ def test_a_third_party_attack_plugin_is_picked_up(artifacts, tmp_path):
         assert "plugin-noise" in rep["results"]["defended"]["attacks"]
 
 
-def test_cli_bad_inputs_fail_in_one_line(artifacts, tmp_path):
-    clf, ebm = artifacts
+def test_cli_bad_inputs_fail_in_one_line(digits_artifacts, tmp_path):
+    clf, ebm = digits_artifacts
     for args in (["--method", "nope"], ["--sweep", "defense.steps"],
                  ["--sweep", "attack.nokey=1,2"], ["--undefended-only", "--sweep",
                                                    "defense.steps=1"]):

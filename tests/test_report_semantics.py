@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.report import (
     format_table,
@@ -20,29 +19,8 @@ from ebmctl.evaluate.report import (
     summarise_attack,
 )
 from ebmctl.evaluate.stats import still_falling, wilson_interval
-from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve
 from ebmctl.testing import run_cli
-from ebmctl_classification.models import SmallCNN
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("art")
-    torch.manual_seed(0)  # test-only weight init
-    clf = SmallCNN(1, 10, 8, 8)
-    clf_path = save_artifact(d / "clf.safetensors", model_tensors(clf), kind="classifier",
-                             arch="small-cnn", task="classification",
-                             arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
-                                        "image_size": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1})
-    ebm = LightweightEBM(1, 8, 8)
-    ebm_path = save_artifact(d / "ebm.safetensors", model_tensors(ebm), kind="ebm",
-                             arch="lightweight",
-                             arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1},
-                             extra={"tau": 0.01, "temperature": 5e-5})
-    return clf_path, ebm_path
 
 
 def test_wilson_interval_matches_a_hand_computation():
@@ -67,16 +45,16 @@ def test_l2_step_size_is_used_as_given_or_rejected():
         pytest.approx(0.5 / 4)
 
 
-def test_an_attack_option_no_attack_takes_is_rejected(artifacts, tmp_path):
-    clf, _ = artifacts
+def test_an_attack_option_no_attack_takes_is_rejected(digits_artifacts, tmp_path):
+    clf, _ = digits_artifacts
     r = run_cli(["attack", "-p", "quick", "--model", str(clf), "--undefended-only",
                  "--set", "attack.square_p_init=0.5", "--n-images", "4",
                  "--out", str(tmp_path / "r.json")])
     assert r.exit_code != 0 and "attack.square_p_init" in r.output
 
 
-def test_eps_follows_the_norm_chosen_by_a_profile_or_set(artifacts, tmp_path):
-    clf, _ = artifacts
+def test_eps_follows_the_norm_chosen_by_a_profile_or_set(digits_artifacts, tmp_path):
+    clf, _ = digits_artifacts
     out = tmp_path / "l2.json"
     r = run_cli(["attack", "-p", "quick", "--model", str(clf), "--undefended-only",
                  "--set", "attack.norm=l2", "--eps", "0.7", "--n-images", "4",
@@ -118,8 +96,8 @@ def test_gradient_masking_is_suspected_when_a_transfer_attack_wins():
     assert masking_verdict(attacks, 0.02)["suspected"] is False
 
 
-def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(artifacts, tmp_path):
-    clf, ebm = artifacts
+def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(digits_artifacts, tmp_path):
+    clf, ebm = digits_artifacts
     sets = ["attack.n_images=8", "attack.batch_size=8", "attack.steps=2", "attack.eot_reps=2",
             "attack.restarts=1", "defense.steps=2", "defense.eot_reps=2", "attack.seeds=0",
             "attack.sanity_images=8", "run.device=cpu", "langevin.precision=fp32"]

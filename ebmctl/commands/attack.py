@@ -64,10 +64,6 @@ def attack_cmd(
     extra = []
     if norm:
         extra.append(f"attack.norm={norm}")
-    if eps:
-        # --eps is the radius of the norm in force, wherever that norm was chosen
-        resolved_norm = norm or make_config(profile, set_ or [], device, seed)["attack.norm"]
-        extra.append(f"{'attack.eps_l2' if resolved_norm == 'l2' else 'attack.eps'}={eps}")
     if n_images:
         extra.append(f"attack.n_images={n_images}")
     if seeds:
@@ -75,6 +71,10 @@ def attack_cmd(
     if task:
         extra.append(f"task.name={task}")
     cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    if eps:
+        # --eps is the radius of the norm in force, wherever that norm was chosen
+        key = "attack.eps_l2" if cfg["attack.norm"] == "l2" else "attack.eps"
+        cfg = cfg.with_overrides({key: eps}, "--set")
     if undefended_only and defended_only:
         raise ConfigError("--undefended-only and --defended-only exclude each other")
     if fixer is not None and undefended_only:

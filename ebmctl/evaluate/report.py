@@ -108,8 +108,7 @@ def make_attack(cfg: Config, method: str, defended: bool, *, eps: float | None =
           "verify_reps": cfg["defense.eot_reps"] if defended else 1,
           "random_start": cfg["attack.random_start"],
           "smooth_temperature": cfg["attack.smooth_temperature"],
-          "checkpoint_segment": cfg["attack.checkpoint_segment"],
-          "p_init": cfg["attack.square_p_init"]}
+          "checkpoint_segment": cfg["attack.checkpoint_segment"]}
     given = {key: param for key, param in OPTIONAL_KEYS.items()
              if cfg.provenance.get(key, "default") != "default"
              and (defended or key not in DEFENDED_ONLY_KEYS)}
@@ -240,16 +239,15 @@ def worst_case(per_attack: dict[str, list[dict]], x_advs: dict[str, list[torch.T
     out = []
     for s in range(len(per_attack[names[0]])):
         nat = torch.tensor(per_attack[names[0]][s]["natural_ok"], dtype=torch.bool)
-        rob = nat.clone()
+        rob = torch.ones_like(nat)  # unbroken by the attacks so far
         x_adv = x_advs[names[-1]][s].clone()
-        claimed = torch.zeros_like(nat)
         for name in names:
             r = per_attack[name][s]
+            ok = torch.tensor(r["robust_ok"], dtype=torch.bool)
             nat &= torch.tensor(r["natural_ok"], dtype=torch.bool)
-            broke = ~torch.tensor(r["robust_ok"], dtype=torch.bool) & ~claimed
+            broke = rob & ~ok  # first broken by this attack
             x_adv[broke] = x_advs[name][s][broke]
-            claimed |= broke
-            rob &= torch.tensor(r["robust_ok"], dtype=torch.bool)
+            rob &= ok
         rob &= nat
         out.append({"seed": per_attack[names[0]][s]["seed"], "natural": nat.float().mean().item(),
                     "adversarial": rob.float().mean().item(), "natural_ok": nat.tolist(),
@@ -282,8 +280,7 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
     batch = cfg["attack.batch_size"]
     for attack in attacks:
         per_seed = []
-        total = len(seeds) * attack.restarts * (attack.steps + 1) * (
-            (len(x) + batch - 1) // batch)
+        total = len(seeds) * _progress_units(attack, len(x), batch)
         probe = MemoryProbe(device).start()
         with progress_bar(total, f"attack {label} ({attack.name})") as bar:
             for s in seeds:
@@ -320,11 +317,17 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
     return row, task_run
 
 
+def _progress_units(attack: Attack, n_images: int, batch: int) -> int:
+    """Evaluation points of one seed of ``attack`` over ``n_images`` in chunks of ``batch``
+    (what :func:`evaluate_attack` advances a progress bar by)."""
+    return attack.restarts * (attack.steps + 1) * ((n_images + batch - 1) // batch)
+
+
 def _quick(cfg: Config, attack: Attack, defense: Defense, task, x, y, device, label: str,
            seed: int) -> dict:
     """One seed of one attack, no parts on disk (the sanity checks and the ε = 0 control)."""
     batch = cfg["attack.batch_size"]
-    total = attack.restarts * (attack.steps + 1) * ((len(x) + batch - 1) // batch)
+    total = _progress_units(attack, len(x), batch)
     with progress_bar(total, f"check {label} ({attack.name})") as bar:
         res = evaluate_attack(attack, defense, task, x, y, seed=seed, batch_size=batch,
                               device=device, label=label, progress=bar.advance)
