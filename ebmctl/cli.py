@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ebmctl.openmp_policy  # noqa: F401  (before torch: OpenMP workers wait passively)
 import sys
-from typing import Optional
 
 import click
 import typer
@@ -18,8 +17,15 @@ from ebmctl.commands import synthesize as synthesize_command
 from ebmctl.commands import bench as bench_command
 from ebmctl.commands import import_model as import_model_command
 from ebmctl.commands import report as report_command
-from ebmctl.commands.common import GLOBAL
-from ebmctl.commands.pending import register_pending
+from ebmctl.commands.common import (
+    GLOBAL,
+    DebugOpt,
+    DeviceOpt,
+    GlobalOptions,
+    ProfileOpt,
+    SeedOpt,
+    SetOpt,
+)
 from ebmctl.errors import EbmctlError
 
 app = typer.Typer(name="ebmctl", no_args_is_help=True, add_completion=False,
@@ -36,15 +42,15 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="profile name or path"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="section.key=value"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N]"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="run seed"),
-    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    ctx: typer.Context,
+    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
+    seed: SeedOpt = None, debug: DebugOpt = False,
     version: bool = typer.Option(False, "--version", help="print the version and exit",
                                  is_eager=True, callback=_print_version),
 ):
-    """Global options apply to every command (a command's own options take precedence)."""
+    """Global options apply to every command; a command that reads a profile also takes them
+    after its name, and those take precedence."""
+    ctx.obj = GlobalOptions(profile, tuple(set_ or ()), device, seed, debug)
     GLOBAL.update(profile=profile, set=set_ or [], device=device, seed=seed, debug=debug)
     from ebmctl.plugins import warn_failures
 
@@ -54,7 +60,7 @@ def main_options(
 app.add_typer(train.app, name="train")
 app.add_typer(info.profiles_app, name="profiles")
 app.command("purify")(purify.purify_cmd)
-app.command("attack")(attack.attack_cmd)
+app.add_typer(attack.app)
 app.command("quickstart")(quickstart.quickstart_cmd)
 app.command("plugins")(info.plugins_cmd)
 app.command("inspect")(info.inspect_cmd)
@@ -65,10 +71,6 @@ app.command("ood")(ood_command.ood_cmd)
 app.command("bench")(bench_command.bench_cmd)
 app.command("import-model")(import_model_command.import_model_cmd)
 app.command("report")(report_command.report_cmd)
-
-#: Commands that later issues add register themselves here by name.
-AVAILABLE: set[str] = {"synthesize", "ood", "lyapunov", "fix", "bench"}
-register_pending(app, AVAILABLE)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -8,21 +8,24 @@ from typing import Optional
 import typer
 
 from ebmctl.commands.common import (
-    DeviceOpt,
     ForceOpt,
-    OutOpt,
-    ProfileOpt,
-    SeedOpt,
-    SetOpt,
+    command,
+    ebm_option,
     make_config,
+    model_option,
+    n_images_option,
+    out_option,
 )
 
+app = typer.Typer()
 
+
+@app.command("attack", cls=command())
 def attack_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="task model artifact, or SOURCE[@WEIGHTS] "
-                               "as `ebmctl import-model` takes (e.g. torchvision:resnet18@rn.pt)"),
-    ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact for the defense (or "
-                                       "ebm-defense:ebm@FILE)"),
+    ctx: typer.Context,
+    model: Path = model_option(..., "(or SOURCE[@WEIGHTS] as `ebmctl import-model` takes, e.g. "
+                               "torchvision:resnet18@rn.pt)"),
+    ebm: Optional[Path] = ebm_option(None, "for the defense (or ebm-defense:ebm@FILE)"),
     fixer: Optional[Path] = typer.Option(None, "--fixer", help="fixer artifact: also evaluate "
                                          "purification + fixer (`ebmctl fix train`)"),
     method: Optional[str] = typer.Option(None, "--method", help="attack(s) on the defended model, "
@@ -31,7 +34,8 @@ def attack_cmd(
                                        "segmentation"),
     norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2"),
     eps: Optional[str] = typer.Option(None, "--eps", help="radius in [0,1] units, e.g. 8/255"),
-    n_images: Optional[int] = typer.Option(None, "--n-images", help="test images"),
+    n_images: Optional[int] = n_images_option(None, "to attack, from the test split "
+                                              "(attack.n_images)"),
     undefended_only: bool = typer.Option(False, "--undefended-only"),
     defended_only: bool = typer.Option(False, "--defended-only"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="attack seeds, e.g. 0,1,2 "
@@ -42,8 +46,9 @@ def attack_cmd(
                                            help="write the adversarial images (.adv.safetensors)"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="KEY=V1,V2,...: one defended "
                                         "evaluation per value, e.g. defense.steps=0,10,100,300"),
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None, force: ForceOpt = False,
+    out: Optional[Path] = out_option(None, "for the report JSON (default: "
+                                     "run.out_dir/attack-report.json; PNG and HTML beside it)"),
+    force: ForceOpt = False,
 ):
     """Attack the undefended model (PGD) and the EBM-defended one (BPDA+EOT, or the attacks in
     --method / attack.methods), with sanity checks; report JSON + PNG."""
@@ -61,16 +66,8 @@ def attack_cmd(
     )
     from ebmctl.profiles import parse_set_options
 
-    extra = []
-    if norm:
-        extra.append(f"attack.norm={norm}")
-    if n_images:
-        extra.append(f"attack.n_images={n_images}")
-    if seeds:
-        extra.append(f"attack.seeds={seeds}")
-    if task:
-        extra.append(f"task.name={task}")
-    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    cfg = make_config(ctx, {"attack.norm": norm or None, "attack.n_images": n_images,
+                            "attack.seeds": seeds or None, "task.name": task or None})
     if eps:
         # --eps is the radius of the norm in force, wherever that norm was chosen
         key = "attack.eps_l2" if cfg["attack.norm"] == "l2" else "attack.eps"
