@@ -108,16 +108,6 @@ def test_unknown_profile_key_and_task(tmp_path, tiny_ebm, png):
     assert_clean_error(r, "unknown profile")
 
 
-def test_pending_commands_say_so():
-    from ebmctl.cli import AVAILABLE
-    from ebmctl.commands.pending import PENDING
-
-    for name in PENDING:
-        if name in AVAILABLE:
-            continue
-        assert_clean_error(run_cli([name]), "not available yet")
-
-
 def test_plugins_and_profiles_listing():
     r = run_cli(["plugins", "--json"])
     assert r.exit_code == 0

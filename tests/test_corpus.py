@@ -96,12 +96,8 @@ COMMANDS: dict[str, Cmd] = {c.name: c for c in [
 
 
 def implemented(cmd: Cmd) -> bool:
-    """Whether the command exists in this build (a pending stub does not count)."""
-    from ebmctl.cli import AVAILABLE
-    from ebmctl.commands.pending import PENDING
-
-    top = cmd.name.split()[0]
-    return cmd.available() and (top not in PENDING or top in AVAILABLE)
+    """Whether the command exists in this build."""
+    return cmd.available()
 
 
 # --- the profile faults: as files (from the corpus) and as --set / option variants ---------
