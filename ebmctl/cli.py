@@ -59,7 +59,7 @@ def main_options(
 
 app.add_typer(train.app, name="train")
 app.add_typer(info.profiles_app, name="profiles")
-app.command("purify")(purify.purify_cmd)
+app.add_typer(purify.app)
 app.add_typer(attack.app)
 app.command("quickstart")(quickstart.quickstart_cmd)
 app.command("plugins")(info.plugins_cmd)

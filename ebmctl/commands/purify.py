@@ -7,20 +7,31 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, ForceOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import (
+    ForceOpt,
+    command,
+    ebm_option,
+    langevin_steps_option,
+    make_config,
+    out_dir_option,
+)
+
+app = typer.Typer()
 
 
+@app.command("purify", cls=command(aliases={"--steps": "--langevin-steps"}))
 def purify_cmd(
+    ctx: typer.Context,
     images: list[Path] = typer.Argument(..., help="image files to purify"),
-    ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact (default: shipped)"),
-    steps: Optional[int] = typer.Option(None, "--steps", "-k", help="K_def (defense.steps)"),
+    ebm: Optional[Path] = ebm_option(None, "(default: shipped)"),
+    steps: Optional[int] = langevin_steps_option(None, "of the defense, K_def (default: "
+                                                 "defense.steps, or the K_def the EBM's "
+                                                 "training profile recorded)"),
     replicates: int = typer.Option(1, "--replicates", "-H", min=1, help="purified copies per image"),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="folder for outputs "
-                                           "(default: next to each input)"),
+    out_dir: Optional[Path] = out_dir_option(None, "(default: next to each input)"),
     fixer: Optional[Path] = typer.Option(None, "--fixer", help="fixer artifact applied after "
                                          "purification (`ebmctl fix train`)"),
     force: ForceOpt = False,
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
 ):
     """Run K Langevin steps of an EBM on each image and write <name>.purified.png (with --fixer:
     purified then fixed, <name>.fixed.png; with -H N: <name>.purified-000.png ...).
@@ -41,9 +52,9 @@ def purify_cmd(
     from ebmctl.images import output_mode, read_image_like, save_image_like
     from ebmctl.shipped import default_ebm
 
-    cfg = make_config(profile, set_, device, seed)
+    cfg = make_config(ctx)
     if steps is not None and steps < 0:
-        raise ConfigError("--steps must be >= 0")
+        raise ConfigError("--langevin-steps must be >= 0")
     if not images:
         raise InputError("no images given")
     dev = setup_device(cfg)
