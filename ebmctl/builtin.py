@@ -17,7 +17,7 @@ from ebmctl.hookspecs import hookimpl
 from ebmctl.nn.ebm import lightweight_ebm
 from ebmctl.nn.hat import hat_ebm
 from ebmctl.nn.sngan import encoder, fixer_resnet, sngan_ebm, sngan_generator
-from ebmctl.protocols import ModelSpec
+from ebmctl.contracts import ModelSpec
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from ebmctl.device import resolve_device, set_threads
 from ebmctl.errors import EbmctlError, InputError
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
-from ebmctl.protocols import DataRequest, DatasetBundle, Task
+from ebmctl.contracts import DataRequest, DatasetBundle, Task
 
 
 def setup_device(cfg: Config) -> torch.device:

@@ -9,7 +9,7 @@ import torch
 
 from ebmctl.defense import adapt_images
 from ebmctl.errors import InputError
-from ebmctl.protocols import DataRequest, DatasetBundle, Split
+from ebmctl.contracts import DataRequest, DatasetBundle, Split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 

@@ -27,7 +27,7 @@ from ebmctl.errors import ArtifactError, ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
-from ebmctl.protocols import DatasetBundle, Task
+from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.registry import did_you_mean
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (

@@ -164,7 +164,7 @@ def ebm_defense_wrn(**kw) -> nn.Module:
 
 def register_import_models(register) -> None:
     """Register the architectures imported artifacts rebuild (called by the core plugin)."""
-    from ebmctl.protocols import ModelSpec
+    from ebmctl.contracts import ModelSpec
 
     register(ModelSpec("torchvision", "classifier", torchvision_classifier,
                        "a torchvision architecture (ebmctl import-model torchvision:NAME)"))

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from ebmctl.plugins import register_plugin, reset, unregister_plugin
-from ebmctl.protocols import DatasetBundle, Split
+from ebmctl.contracts import DatasetBundle, Split
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import nn
 
 from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.hookspecs import hookimpl
-from ebmctl.protocols import ModelSpec
+from ebmctl.contracts import ModelSpec
 from ebmctl.testing import plugin_registered, run_cli
 
 TAU, TEMPERATURE = 0.1, 0.025  # drift τ²/(2T) = 0.2

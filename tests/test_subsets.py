@@ -16,7 +16,7 @@ import torch
 
 from ebmctl.data_utils import make_bundle, pick_subset
 from ebmctl.api import hookimpl
-from ebmctl.protocols import DatasetSpec, Split
+from ebmctl.contracts import DatasetSpec, Split
 from ebmctl.testing import plugin_registered, run_cli
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))

@@ -9,7 +9,7 @@ import torch
 
 from ebmctl.defense import Defense
 from ebmctl.errors import ConfigError
-from ebmctl.protocols import Task
+from ebmctl.contracts import Task
 
 
 @dataclass

@@ -41,7 +41,7 @@ from ebmctl.attacks.losses import LOSSES, LossFn, resolve_loss
 from ebmctl.attacks.threat import ascent_step, project, random_start
 from ebmctl.defense import Defense, average_outputs
 from ebmctl.errors import ConfigError
-from ebmctl.protocols import Task
+from ebmctl.contracts import Task
 from ebmctl.seeds import make_generator
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ebmctl.errors import ConfigError
-from ebmctl.protocols import Task
+from ebmctl.contracts import Task
 
 LOSSES = ("ce", "margin", "dlr")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -22,7 +22,7 @@ from ebmctl.artifacts import atomic_write_bytes
 from ebmctl.attacks.base import Attack, AttackOutcome
 from ebmctl.defense import Defense
 from ebmctl.errors import ConfigError
-from ebmctl.protocols import Task
+from ebmctl.contracts import Task
 
 
 def _part_path(parts_dir: Path, label: str, attack: str, seed: int, start: int) -> Path:

@@ -21,7 +21,7 @@ from ebmctl.evaluate.plots import save_grid
 from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
-from ebmctl.protocols import DatasetBundle
+from ebmctl.contracts import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (

@@ -37,7 +37,7 @@ from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.hat import HatEBM
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
-from ebmctl.protocols import DatasetBundle
+from ebmctl.contracts import DatasetBundle
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.ebm import ebm_data_meta
 from ebmctl.training.checkpoint import (

@@ -28,7 +28,7 @@ from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.sngan import project_to_sphere
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
-from ebmctl.protocols import DatasetBundle
+from ebmctl.contracts import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.ebm import ebm_data_meta
