@@ -9,11 +9,10 @@ import click
 import typer
 
 from ebmctl import __version__
-from ebmctl.commands import attack, info, purify, quickstart, train
+from ebmctl.commands import attack, info, purify, quickstart, synthesize, train
 from ebmctl.commands import fix as fix_command
 from ebmctl.commands import lyapunov as lyapunov_command
 from ebmctl.commands import ood as ood_command
-from ebmctl.commands import synthesize as synthesize_command
 from ebmctl.commands import bench as bench_command
 from ebmctl.commands import import_model as import_model_command
 from ebmctl.commands import report as report_command
@@ -61,12 +60,12 @@ app.add_typer(train.app, name="train")
 app.add_typer(info.profiles_app, name="profiles")
 app.add_typer(purify.app)
 app.add_typer(attack.app)
-app.command("quickstart")(quickstart.quickstart_cmd)
+app.add_typer(quickstart.app)
 app.command("plugins")(info.plugins_cmd)
 app.command("inspect")(info.inspect_cmd)
 app.add_typer(fix_command.app, name="fix")
 app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
-app.command("synthesize")(synthesize_command.synthesize_cmd)
+app.add_typer(synthesize.app)
 app.command("ood")(ood_command.ood_cmd)
 app.command("bench")(bench_command.bench_cmd)
 app.command("import-model")(import_model_command.import_model_cmd)

@@ -206,9 +206,10 @@ def overrides(flags: Mapping[str, Any]) -> list[str]:
     return items
 
 
-def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = None) -> Config:
+def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = None, *,
+                default_profile: str | None = None) -> Config:
     """The resolved profile of this invocation: the profile named by ``--profile`` (root or
-    command), then every ``--set`` in order, then the command's own ``flags`` (profile key ->
+    command; else ``default_profile``, else the schema defaults), then every ``--set`` in order, then the command's own ``flags`` (profile key ->
     value or None; see :func:`overrides`), then ``--device``/``--seed``; then the task's
     defaults for keys still at their schema default.
 
@@ -222,7 +223,7 @@ def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = Non
     opts = (ctx.find_object(GlobalOptions) if ctx is not None else None) or GlobalOptions()
     items = [*opts.sets, *overrides(flags or {}),
              *overrides({"run.device": opts.device or None, "run.seed": opts.seed})]
-    return with_task_defaults(resolve(opts.profile, items))
+    return with_task_defaults(resolve(opts.profile or default_profile, items))
 
 
 # Transitional, until every command reads the context object.

@@ -13,7 +13,9 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import command, make_config
+
+app = typer.Typer()
 
 
 def _settings_hash(cfg, sections: tuple[str, ...]) -> str:
@@ -22,11 +24,12 @@ def _settings_hash(cfg, sections: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
+@app.command("quickstart", cls=command())
 def quickstart_cmd(
+    ctx: typer.Context,
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="cache + outputs "
                                             "(default: run.out_dir/quickstart)"),
     retrain: bool = typer.Option(False, "--retrain", help="ignore cached models"),
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
 ):
     """Train (if not cached) an EBM and a classifier on the embedded digits, attack, print table."""
     import time
@@ -40,7 +43,7 @@ def quickstart_cmd(
     from ebmctl.training.ebm import train_ebm
     from ebmctl.training.task_model import train_task_model
 
-    cfg = make_config(profile or "quick", set_, device, seed)
+    cfg = make_config(ctx, default_profile="quick")
     dev = setup_device(cfg)
     work = work_dir or Path(cfg["run.out_dir"]) / "quickstart"
     t0 = time.time()

@@ -7,14 +7,30 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, ForceOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import (
+    ForceOpt,
+    command,
+    ebm_option,
+    langevin_steps_option,
+    make_config,
+    n_images_option,
+    out_dir_option,
+)
+
+app = typer.Typer()
+
+#: Spellings before the flags meant the same in every command (kept for one release).
+OLD_SPELLINGS = {"--model": "--ebm", "-m": "--ebm", "--n": "--n-images",
+                 "--steps": "--langevin-steps", "-o": "--out-dir"}
 
 
+@app.command("synthesize", cls=command(aliases=OLD_SPELLINGS))
 def synthesize_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="EBM or Hat EBM artifact"),
-    n: Optional[int] = typer.Option(None, "--n", help="images to sample (synth.n)"),
-    steps: Optional[int] = typer.Option(None, "--steps", "-k",
-                                        help="Langevin steps (default: the model's training K)"),
+    ctx: typer.Context,
+    ebm: Path = ebm_option(..., "to sample from"),
+    n: Optional[int] = n_images_option(None, "to sample (synth.n)"),
+    steps: Optional[int] = langevin_steps_option(None, "(synth.steps; default: the model's "
+                                                 "training K)"),
     init: Optional[str] = typer.Option(None, "--init", help="plain EBM: noise | data"),
     mode: Optional[str] = typer.Option(None, "--mode", help="Hat EBM: conditional | joint "
                                        "(default: the mode it was trained in)"),
@@ -22,10 +38,8 @@ def synthesize_cmd(
                                               "whose features give the proxy quality score"),
     fid_features: Optional[Path] = typer.Option(None, "--fid-features", help="local Inception-v3 "
                                                 "safetensors state dict for FID"),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="output folder "
-                                           "(default: run.out_dir/synthesize-<model>)"),
+    out_dir: Optional[Path] = out_dir_option(None, "(default: run.out_dir/synthesize-<ebm>)"),
     force: ForceOpt = False,
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
 ):
     """Sample images (K Langevin steps from noise/data, or Hat EBM chains) and score them.
     A folder that already holds a synthesis (report.json, grid.png or images/) is replaced only
@@ -36,25 +50,17 @@ def synthesize_cmd(
     from ebmctl.errors import ConfigError
     from ebmctl.synthesis import run_synthesis
 
-    extra = []
-    if n is not None:
-        extra.append(f"synth.n={n}")
-    if steps is not None:
-        if steps < 1:
-            raise ConfigError("--steps must be >= 1")
-        extra.append(f"synth.steps={steps}")
-    if init is not None:
-        extra.append(f"synth.init={init}")
-    if fid_features is not None:
-        extra.append(f"quality.fid_features={fid_features}")
+    if steps is not None and steps < 1:
+        raise ConfigError("--langevin-steps must be >= 1")
     if mode is not None and mode not in ("conditional", "joint"):
         raise ConfigError(f"--mode must be conditional or joint, got {mode!r}")
-    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    cfg = make_config(ctx, {"synth.n": n, "synth.steps": steps, "synth.init": init,
+                            "quality.fid_features": fid_features})
     dev = setup_device(cfg)
-    out_dir = out_dir or Path(cfg["run.out_dir"]) / f"synthesize-{model.stem}"
+    out_dir = out_dir or Path(cfg["run.out_dir"]) / f"synthesize-{ebm.stem}"
     earlier = sorted((out_dir / "images").glob("*.png"))[:1]
     for path in [out_dir / "report.json", out_dir / "grid.png", *earlier]:
         claim_output(path, force=force, option="--out-dir")
-    report = run_synthesis(cfg, model, out_dir, dev, mode=mode, classifier=classifier)
+    report = run_synthesis(cfg, ebm, out_dir, dev, mode=mode, classifier=classifier)
     for name, row in report.get("quality", {}).items():
         info(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
