@@ -17,7 +17,7 @@ per process, any other value must equal W), rank r keeps only shard r, draws its
 positives and its chains with generators keyed (seed, update, r), runs Langevin on them, and the
 network is wrapped in DistributedDataParallel, so the averaged gradient is that of the mean of
 the W shard losses. One process with ``train.shards = W`` runs the W shards in turn and reaches
-the same weights (:func:`ebmctl.training.ebm.train_ebm`). Rank 0 writes the artifact, grids, log
+the same weights (:func:`ebmctl.training.convergent.train_ebm`). Rank 0 writes the artifact, grids, log
 and checkpoints; checkpoints gather every shard of the bank, so ``--resume`` continues exactly.
 
 One node, two processes::

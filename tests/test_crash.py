@@ -118,7 +118,7 @@ def test_train_ebm_killed_and_resumed_matches_uninterrupted(tmp_path):
     argv = ["--seed", "7", "train", "ebm", "--profile", "quick", *_sets(EBM_SETS),
             "--out", str(out)]
     # killed inside update 7 (the 7th Langevin call): the last checkpoint is at update 6
-    run_killed_at(argv, "ebmctl.training.ebm:langevin", 7, tmp_path)
+    run_killed_at(argv, "ebmctl.training.convergent:langevin", 7, tmp_path)
     assert not out.exists(), "a killed run must not leave a final artifact"
     assert int(load_artifact(ckpt, "checkpoint").meta["ebmctl.step"]) == 6
 
@@ -269,7 +269,7 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(tmp_path):
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import ebmctl.training.ebm as tr
+    import ebmctl.training.convergent as tr
 
     real, calls = tr.langevin, {"n": 0}
 

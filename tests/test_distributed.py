@@ -108,7 +108,7 @@ def test_train_shards_follow_the_launch():
 
 
 def test_shard_settings_that_cannot_work_are_one_line_errors(tmp_path):
-    import ebmctl.training.ebm as tr
+    import ebmctl.training.convergent as tr
     from ebmctl.errors import ConfigError
     from ebmctl.profiles import resolve
     from ebmctl.testing import run_cli, tiny_bundle
@@ -127,7 +127,7 @@ def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(
     """train.shards=2 in one process: shard s's chains come from bank block s, the artifact
     reloads and records the shards, and a crash + --resume (checkpoint holds every shard) ends
     with the uninterrupted run's weights."""
-    import ebmctl.training.ebm as tr
+    import ebmctl.training.convergent as tr
     from ebmctl.artifacts import load_artifact
     from ebmctl.profiles import resolve
     from ebmctl.seeds import make_generator

@@ -149,7 +149,7 @@ def test_eot_predict_and_replicate_layout(tmp_path):
 
 
 def test_ebm_training_resume_is_exact(tmp_path, crash_on_call):
-    import ebmctl.training.ebm as tr
+    import ebmctl.training.convergent as tr
     from ebmctl.testing import tiny_bundle
 
     bundle = tiny_bundle(n=48)

@@ -110,7 +110,7 @@ def test_sgd_switch_happens_at_the_configured_update_without_momentum(tmp_path, 
                                                                        switch):
     """With train.sgd_switch_step = s the first s updates use Adam, and from update s+1 on
     plain SGD (no momentum) at train.lr_sgd; 0 (the quick profile) never switches."""
-    import ebmctl.training.ebm as ebm_training
+    import ebmctl.training.convergent as ebm_training
     from ebmctl.profiles import resolve
 
     seen = []

@@ -42,7 +42,7 @@ def _train(which: str, out: Path, seed: int):
     bundle = tiny_bundle()
     sets = [f"run.seed={seed}"]
     if which == "convergent":
-        from ebmctl.training.ebm import train_ebm
+        from ebmctl.training.convergent import train_ebm
 
         return train_ebm(resolve(None, EBM + sets), bundle, out, CPU)
     if which == "midrun":

@@ -58,7 +58,7 @@ def test_file_digest_is_the_sha256_of_the_bytes(tmp_path):
 
 
 def test_train_ebm_resume_with_other_tau_and_lr_is_an_error_naming_them(tmp_path, monkeypatch):
-    import ebmctl.training.ebm as tr
+    import ebmctl.training.convergent as tr
 
     bundle, out = tiny_bundle(), tmp_path / "e.safetensors"
     _interrupted(monkeypatch, tr, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
@@ -79,7 +79,7 @@ def test_train_ebm_resume_with_other_tau_and_lr_is_an_error_naming_them(tmp_path
 
 def test_force_resume_may_change_safe_keys_only_and_the_artifact_records_them(tmp_path,
                                                                               monkeypatch):
-    import ebmctl.training.ebm as tr
+    import ebmctl.training.convergent as tr
 
     bundle, out = tiny_bundle(), tmp_path / "e.safetensors"
     _interrupted(monkeypatch, tr, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
@@ -164,7 +164,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
 
 
 def test_an_old_checkpoint_without_a_fingerprint_is_checked_against_its_profile(tmp_path):
-    import ebmctl.training.ebm as tr
+    import ebmctl.training.convergent as tr
     from ebmctl.nn.ebm import LightweightEBM
     from ebmctl.training.checkpoint import checkpoint_path, save_checkpoint
 

@@ -40,7 +40,7 @@ def quickstart_cmd(
     from ebmctl.units import format_radius
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.evaluate.report import format_table, report_notes, run_evaluation
-    from ebmctl.training.ebm import train_ebm
+    from ebmctl.training.convergent import train_ebm
     from ebmctl.training.task_model import train_task_model
 
     cfg = make_config(ctx, default_profile="quick")

@@ -51,7 +51,7 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
     under ``torchrun -m ebmctl.distributed`` (train.shards)."""
     from ebmctl.context import load_dataset, setup_device
     from ebmctl.errors import ConfigError
-    from ebmctl.training.ebm import train_ebm
+    from ebmctl.training.convergent import train_ebm
     from ebmctl.training.midrun import RECIPES, train_midrun
 
     extra = ([f"train.steps={steps}"] if steps is not None else []) + (

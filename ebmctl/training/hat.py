@@ -39,7 +39,7 @@ from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.seeds import derive_seed, make_generator
-from ebmctl.training.ebm import ebm_data_meta
+from ebmctl.training.convergent import ebm_data_meta
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     finish_energy_run,

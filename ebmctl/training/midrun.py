@@ -24,14 +24,13 @@ from ebmctl.console import info, progress_bar
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
-from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.sngan import project_to_sphere
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
-from ebmctl.training.ebm import ebm_data_meta
+from ebmctl.training.convergent import ebm_arch_args, ebm_data_meta
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     finish_energy_run,
@@ -131,22 +130,6 @@ def rejuvenate(states: torch.Tensor, p: float, source: RejuvenationSource,
     if n:
         out[mask] = source.draw(n, gen).to(out.dtype)
     return out, mask
-
-
-def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
-    """Architecture arguments of ``ebm.arch`` from the profile (lightweight or SNGAN EBM)."""
-    arch = cfg["ebm.arch"]
-    spec = get_registries().models.get(arch)
-    if spec.kind != "ebm":
-        raise ConfigError(f"ebm.arch {arch!r} is a {spec.kind!r} architecture, not an EBM")
-    if arch == "sngan-ebm":
-        return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
-                      "width": cfg["ebm.channels"], "spectral_norm": cfg["ebm.spectral_norm"],
-                      "activation": cfg["ebm.activation"], "pool": cfg["ebm.pool"],
-                      **smooth_leaky_args(cfg)}
-    from ebmctl.training.ebm import ebm_arch_args as convergent_args
-
-    return convergent_args(cfg, bundle)
 
 
 @keeps_global_rng

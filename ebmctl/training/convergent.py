@@ -39,14 +39,17 @@ from ebmctl.units import to_internal, to_public
 
 
 def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
+    """Architecture arguments of ``ebm.arch`` from the profile (lightweight or SNGAN EBM); the
+    mid-run and Hat recipes read them here too."""
     arch = cfg["ebm.arch"]
     spec = get_registries().models.get(arch)
     if spec.kind != "ebm":
         raise ConfigError(f"ebm.arch {arch!r} is a {spec.kind!r} architecture, not an EBM")
     if arch == "sngan-ebm":
-        from ebmctl.training.midrun import ebm_arch_args as any_ebm_args
-
-        return any_ebm_args(cfg, bundle)
+        return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
+                      "width": cfg["ebm.channels"], "spectral_norm": cfg["ebm.spectral_norm"],
+                      "activation": cfg["ebm.activation"], "pool": cfg["ebm.pool"],
+                      **smooth_leaky_args(cfg)}
     return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
                   "channels": cfg["ebm.channels"], "activation": cfg["ebm.activation"],
                   "leak": cfg["ebm.leak"], **smooth_leaky_args(cfg)}
