@@ -3,8 +3,8 @@
 Built-in plugins import only these names (a test enforces it). Anything else is internal.
 
 The library API for users who bring their own classifier (docs/python-api.md) lives here too:
-:func:`defend`, :func:`evaluate`, :func:`load_ebm` and :class:`DefendedModel` (listed in
-``LIBRARY``; also ``ebmctl.defend`` etc. at the top level).
+:func:`defend`, :func:`evaluate`, :func:`load_ebm` and :class:`DefendedModel` (in ``__all__``
+and listed again in ``LIBRARY``; also ``ebmctl.defend`` etc. at the top level).
 """
 
 from ebmctl.artifacts import (
@@ -28,7 +28,7 @@ from ebmctl.defended import defend as defend
 from ebmctl.defended import load_ebm as load_ebm
 from ebmctl.defense import Defense, EnergyModel, TaskModel, adapt_images, average_outputs
 from ebmctl.evaluate.library import evaluate as evaluate
-from ebmctl.evaluate.plots import save_grid, save_image01
+from ebmctl.evaluate.plots import save_grid, save_image01, save_tiles
 from ebmctl.errors import (
     ArtifactError,
     ConfigError,
@@ -43,6 +43,7 @@ from ebmctl.images import announce_image_notes, read_image01, read_label_map
 from ebmctl.profiles import Config
 from ebmctl.contracts import DataRequest, DatasetBundle, DatasetSpec, ModelSpec, Split, Task
 from ebmctl.seeds import derive_seed, make_generator
+from ebmctl.units import format_radius
 
 __all__ = [
     "Artifact", "ArtifactError", "Attack", "AttackOutcome", "Config", "ConfigError",
@@ -54,6 +55,9 @@ __all__ = [
     "project", "random_start", "save_artifact", "save_grid", "save_image01",
     "split_indices",
     "announce_image_notes", "read_image01", "read_label_map",
+    "format_radius", "save_tiles",
+    # the library API for users who bring their own classifier (docs/python-api.md)
+    "DefendedModel", "defend", "evaluate", "load_ebm",
 ]
 
 #: the library API for users (not part of the plugin contract above)

@@ -97,6 +97,10 @@ def evaluation_split(bundle):
     raise InputError(f"dataset {bundle.name!r} has no test or validation images")
 
 
+def _rounded(e: torch.Tensor) -> list[float]:
+    return [float(f"{v:.7g}") for v in e.tolist()]
+
+
 def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict:
     """Energies of held-out in-distribution images (the profile's dataset, default: the model's
     training set) and of each OOD set, resized to the model's input; AUROC, FPR@95%TPR, JSON
@@ -145,8 +149,11 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
         "temperature": temperature,
         "in_distribution": {"dataset": in_bundle.name, "n": int(len(e_in)),
                             "energy_mean": round(float(e_in.mean()), 6),
-                            "energy_std": round(float(e_in.std()) if len(e_in) > 1 else 0.0, 6)},
-        "out_of_distribution": {k: ood_metrics(e_in, v) for k, v in e_out.items()},
+                            "energy_std": round(float(e_in.std()) if len(e_in) > 1 else 0.0, 6),
+                            "energies": _rounded(e_in)},
+        # per-image energies: the HTML page's histograms and ROC curves are drawn from them
+        "out_of_distribution": {k: {**ood_metrics(e_in, v), "energies": _rounded(v)}
+                                for k, v in e_out.items()},
         "config": cfg.to_dict(), "environment": environment(cfg, device),
     }
     save_histograms(out.with_suffix(".png"),

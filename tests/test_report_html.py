@@ -90,3 +90,58 @@ def test_bad_report_inputs_are_one_line_errors(tmp_path, content):
     r = run_cli(["report", str(path)])
     assert r.exit_code != 0 and r.output.strip().startswith("Error:"), r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+GALLERY_SETS = ["attack.n_images=4", "attack.batch_size=4", "attack.steps=2",
+                "attack.eot_reps=1", "defense.steps=2", "defense.eot_reps=2",
+                "attack.sanity=false", "run.device=cpu", "langevin.precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def attack_page(digits_artifacts, tmp_path_factory):
+    """`ebmctl attack` on the digits artifacts, undefended and defended: its JSON and page."""
+    clf, ebm = digits_artifacts
+    out = tmp_path_factory.mktemp("att") / "attack-report.json"
+    r = run_cli(["attack", "--profile", "quick", "-m", str(clf), "--ebm", str(ebm),
+                 "--eps", "8/255", "-o", str(out)] + sum((["--set", s] for s in GALLERY_SETS), []))
+    assert r.exit_code == 0, r.output
+    return out, out.with_suffix(".html")
+
+
+def test_attack_page_shows_a_gallery_per_model_with_the_purified_copies(attack_page):
+    out, page_path = attack_page
+    for label in ("undefended", "defended"):
+        assert out.with_name(f"attack-report.{label}-gallery.png").stat().st_size > 1000
+    page = page_path.read_text()
+    p = _Collect()
+    p.feed(page)
+    assert len(p.srcs) == 3  # curves + one gallery per model, inlined
+    text = " ".join(p.text)
+    assert "undefended: clean / adversarial / perturbation magnified" in text
+    assert "defended: clean / adversarial / perturbation magnified / purified" in text
+
+
+@pytest.mark.slow
+def test_headless_chromium_renders_the_attack_page(attack_page, tmp_path):
+    """The page as a browser shows it: a screenshot that is not blank (Debian's chromium)."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium binary (apt-get install chromium)")
+    _, page_path = attack_page
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+           f"--screenshot={shot}", "--window-size=1200,2400", page_path.resolve().as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), r.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape[0] >= 1000
+    assert pixels.var() > 100.0  # a blank (single-colour) page has variance 0
+    # the images were decoded: some rows hold many dark pixels, as text alone never does
+    assert (pixels < 100).mean(axis=1).max() > 0.2

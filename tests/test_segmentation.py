@@ -334,7 +334,7 @@ def test_defended_attack_reports_both_models(tiny_segmenter, tmp_path):
     assert d["fraction_not_broken"] == pytest.approx(sum(d["per_image_robust"]) / d["n_evaluated"])
     assert len(d["per_image_dice_clean"]) == 6
     assert rep["defense"]["ebm"] == str(ebm)
-    assert len(rep["task_report"]["panel_columns"]) == 7
+    assert len(rep["task_report"]["panel_columns"]) == 8  # with the purified adversarial
 
 
 def test_attack_rejects_classifier_for_segmentation(tmp_path):

@@ -33,7 +33,7 @@ def lyapunov_cmd(
     out: OutOpt = None, force: ForceOpt = False,
 ):
     """Maximal Lyapunov exponent of the Langevin map T_η (Benettin, common noise) vs η, and
-    (--checks) how purification forgets an adversarial start. Writes JSON + PNG."""
+    (--checks) how purification forgets an adversarial start. Writes JSON + PNG + HTML."""
     from ebmctl.artifacts import atomic_write_json, claim_output
     from ebmctl.console import info, out_console, progress_bar
     from ebmctl.context import environment, get_task, load_dataset, setup_device
@@ -59,13 +59,20 @@ def lyapunov_cmd(
         raise ConfigError(f"--out must be a .json file, got {out}")
     out = out or Path(cfg["run.out_dir"]) / "lyapunov.json"
     memory_out = out.with_name(out.stem + ".memory.json")
-    planned = ([out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png")]
-               if exponent else []) + ([memory_out, memory_out.with_suffix(".png")]
-                                       if checks else [])
+    planned = ([out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png"),
+                out.with_suffix(".html")] if exponent else []) + (
+        [memory_out, memory_out.with_suffix(".png"), memory_out.with_suffix(".html")]
+        if checks else [])
     for path in planned:
         claim_output(path, force=force)
     ly.exponent_settings(cfg).validate()
     dev = setup_device(cfg)
+    from ebmctl.evaluate.html import write_html
+    from ebmctl.importers import resolve_model_argument
+
+    # SOURCE[@WEIGHTS] as `ebmctl import-model` takes, imported once
+    ebm = resolve_model_argument(ebm, cfg["run.out_dir"]) if ebm is not None else None
+    model = resolve_model_argument(model, cfg["run.out_dir"]) if model is not None else None
     energy = EnergyModel.load(ebm or default_ebm(), dev)
     task = get_task(cfg) if checks else None
     task_model = TaskModel.load(model, dev) if checks else None
@@ -90,7 +97,8 @@ def lyapunov_cmd(
         grid = samples[:, :min(8, samples.shape[1])]
         save_grid(grid.reshape(-1, *grid.shape[2:]), out.with_name(out.stem + ".samples.png"),
                   nrow=grid.shape[1])
-        written += [out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png")]
+        written += [out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png"),
+                    write_html(out)]
         _print_exponents(out_console(), report)
     if checks:
         held = pick_subset(data, cfg["lyapunov.memory_images"])
@@ -100,7 +108,7 @@ def lyapunov_cmd(
         mem_out = memory_out
         atomic_write_json(mem_out, mem)
         ly.plot_memory(mem_out.with_suffix(".png"), mem, title)
-        written += [mem_out, mem_out.with_suffix(".png")]
+        written += [mem_out, mem_out.with_suffix(".png"), write_html(mem_out)]
         _print_memory(out_console(), mem)
     info("wrote " + ", ".join(str(p) for p in written))
 

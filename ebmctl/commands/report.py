@@ -1,4 +1,5 @@
-"""`ebmctl report RUN.json [-o FILE.html]`: a self-contained HTML page for an attack report."""
+"""`ebmctl report RUN.json [-o FILE.html]`: a self-contained HTML page for an attack, ood or
+lyapunov report."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ from ebmctl.commands.common import ForceOpt
 
 
 def report_cmd(
-    run: Path = typer.Argument(..., help="report JSON of `ebmctl attack` (or ebmctl.evaluate)"),
+    run: Path = typer.Argument(..., help="report JSON of `ebmctl attack`, `ebmctl ood`, "
+                               "`ebmctl lyapunov` (or ebmctl.evaluate)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: beside "
                                        "the JSON, .html)"),
     force: ForceOpt = False,
 ):
-    """Render an attack report as one self-contained HTML page (no network: plots and images
-    inlined): headline table with 95% intervals, curves, adversarial images, sanity checks,
-    config and versions."""
+    """Render a report as one self-contained HTML page (no network: plots and images inlined).
+    attack: headline table with 95% intervals, curves, gallery of clean / adversarial /
+    perturbation / purified images, sanity checks, config and versions; ood: energy histograms,
+    ROC curves and the AUROC table; lyapunov: exponent vs eta and its table (or the forgetting
+    curves of --checks). The kind is read from the JSON's "command" field."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
     from ebmctl.evaluate.html import write_html

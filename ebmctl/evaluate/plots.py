@@ -133,3 +133,122 @@ def save_histograms(path: str | Path, groups: dict[str, Sequence[float]], xlabel
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _tile_array(x: torch.Tensor) -> np.ndarray:
+    """[C,H,W] in [0,1] (C = 1 or 3) → [H,W] or [H,W,3] float array for ``imshow``."""
+    x = x.detach().float().cpu().clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x[:3].permute(1, 2, 0).numpy()
+
+
+def _show(ax, tile: torch.Tensor) -> None:
+    arr = _tile_array(tile)
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def save_tiles(path: str | Path, tiles: Sequence[torch.Tensor], titles: Sequence[str],
+               title: str = "") -> list[str]:
+    """One row of titled image tiles in one PNG (e.g. a segmentation panel).
+
+    Args:
+        tiles: [C,H,W] tensors in [0,1], C = 1 (drawn gray) or 3.
+        titles: one per tile (wrapped to the tile's width).
+        title: the figure's title (e.g. the sample and the threat model).
+
+    Returns:
+        The tile titles as drawn, read back from the figure (line breaks as spaces).
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(tiles) != len(titles):
+        raise ValueError(f"{len(tiles)} tiles but {len(titles)} titles")
+    fig, axes = plt.subplots(1, len(tiles), figsize=(1.7 * len(tiles), 2.6), dpi=100,
+                             squeeze=False)
+    for ax, tile, text in zip(axes[0], tiles, titles):
+        _show(ax, tile)
+        ax.set_title(textwrap.fill(text, 20), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93) if title else None)
+    drawn = [ax.get_title().replace("\n", " ") for ax in axes[0]]
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return drawn
+
+
+def magnify_perturbation(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: float
+                         ) -> tuple[torch.Tensor, str]:
+    """The perturbation δ = x_adv − x of [B,C,H,W] images as a viewable image in [0,1], and how
+    it was scaled. ℓ∞: δ/(2ε) + 0.5, so −ε is black, 0 mid-gray and +ε white; ℓ2 (whose
+    per-pixel values are far below ε): each image's δ divided by 2·max|δ| instead."""
+    delta = (x_adv.float() - x.float()).cpu()
+    if norm == "linf" and eps > 0:
+        return (delta / (2 * eps) + 0.5).clamp(0, 1), "(x_adv - x)/(2 eps) + 0.5"
+    peak = delta.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *[1] * (delta.dim() - 1))
+    return (delta / (2 * peak) + 0.5).clamp(0, 1), "(x_adv - x)/(2 max|x_adv - x|) + 0.5"
+
+
+def save_gallery(path: str | Path, x: torch.Tensor, x_adv: torch.Tensor, *, norm: str,
+                 eps: float, purified: torch.Tensor | None = None,
+                 purified_label: str = "purified adversarial", title: str = "") -> list[str]:
+    """Clean / adversarial / magnified perturbation (/ purified adversarial) of the same images,
+    one column per image, one row each, in one PNG.
+
+    Args:
+        x, x_adv: [B,C,H,W] in [0,1] (C = 1 or 3), the clean and the adversarial images.
+        norm, eps: the threat model (``"linf"`` | ``"l2"``; ε in [0,1] pixel units); see
+            :func:`magnify_perturbation` for how δ is scaled.
+        purified: [B,C,H,W] one purified copy of each adversarial image, or None (undefended).
+
+    Returns:
+        The row labels as drawn, top to bottom.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ebmctl.units import format_radius
+
+    delta, scale = magnify_perturbation(x, x_adv, norm, eps)
+    rows = [("clean", x), (f"adversarial ({norm} eps = {format_radius(eps)})", x_adv),
+            (f"perturbation, magnified: {scale}", delta)]
+    if purified is not None:
+        rows.append((purified_label, purified))
+    n = len(x)
+    # fixed margins, not tight_layout: a row label is wider than its first tile and may run on
+    # over the row, which tight_layout would pay for by shrinking every image
+    width, height = max(5.5, 1.05 * n + 0.3), 1.3 * len(rows) + 0.55
+    fig, axes = plt.subplots(len(rows), max(n, 1), figsize=(width, height), dpi=100,
+                             squeeze=False)
+    fig.subplots_adjust(left=0.15 / width, right=1 - 0.15 / width, bottom=0.1 / height,
+                        top=1 - 0.55 / height, wspace=0.08, hspace=0.3 / 1.0)
+    for r, (label, imgs) in enumerate(rows):
+        for i in range(n):
+            _show(axes[r][i], imgs[i])
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.12 / height, va="top")
+    drawn = [axes[r][0].get_title(loc="left") for r in range(len(rows))]
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return drawn
+
+
+def curve_axis_label(metric: str) -> str:
+    """The y label of an accuracy-vs-step curve: the metric itself for accuracy; for a task
+    scored by a rule (segmentation's Dice ratio) the curve is the fraction of images the rule
+    still counts as not broken, which is not the metric."""
+    if metric == "accuracy":
+        return "robust accuracy"
+    return f"fraction of images not broken (the {metric.capitalize()}-ratio rule)"

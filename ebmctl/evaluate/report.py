@@ -32,12 +32,13 @@ from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.attack_eval import evaluate_attack
 from ebmctl.evaluate.memory import MemoryProbe
+from ebmctl.evaluate.html import write_gallery
 from ebmctl.evaluate.resubmit import (
     check_resubmission_settings,
     resubmission_report,
     resubmission_rows,
 )
-from ebmctl.evaluate.plots import save_curves, save_grid
+from ebmctl.evaluate.plots import curve_axis_label, save_curves, save_grid
 from ebmctl.evaluate.stats import accuracy_interval, mean_std, still_falling
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
@@ -313,6 +314,7 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
     if masking is not None:
         row["gradient_masking"] = masking
     task_run = {"defense": defense, "x_adv": worst[-1]["x_adv"], "x_advs": x_advs,
+                "threat": {"norm": attacks[0].norm, "eps": attacks[0].eps},
                 "result": {k: worst[-1][k] for k in ("natural_ok", "robust_ok")}}
     return row, task_run
 
@@ -481,6 +483,9 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
             curves[f"{label} ({name})"] = (list(range(len(a["accuracy_curve"]))),
                                           a["accuracy_curve"])
         save_grid(task_runs[label]["x_adv"][:64], out.with_name(out.stem + f".{label}-adv.png"))
+        write_gallery(out.with_name(out.stem + f".{label}-gallery.png"), label, x,
+                      task_runs[label]["x_adv"], defense, task_runs[label]["threat"],
+                      (seeds[-1], "gallery", label))
     if (cfg["attack.sanity"] if sanity is None else sanity) and runs:
         report["sanity"] = sanity_checks(cfg, task, model, x, y, device, report["results"], runs)
         failed = [c["check"] for c in report["sanity"]["checks"] if not c["pass"]]
@@ -491,10 +496,7 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
         report["adversarials_file"] = _save_adversarials(cfg, out, report, task_runs, x, y)
     atomic_write_json(out, report)
     save_curves(out.with_suffix(".png"), curves, "attack step",
-                # for tasks scored by a rule (the Dice ratio), the curve is the fraction of
-                # images the rule still counts as unbroken, not the metric itself
-                (f"robust {task.metric_name}" if task.metric_name == "accuracy"
-                 else "fraction of images not broken") + "\n(worst restart, mean over seeds)",
+                curve_axis_label(task.metric_name) + "\n(worst restart, mean over seeds)",
                 f"{bundle.name}: {cfg['attack.norm']} eps={format_radius(attack_radius(cfg))}")
     shutil.rmtree(parts_dir, ignore_errors=True)  # the report now holds every per-image result
     return report

@@ -7,15 +7,18 @@ from pathlib import Path
 
 import torch
 
-from ebmctl.api import save_grid
+from ebmctl.api import format_radius, save_tiles
 from ebmctl_segmentation.metrics import confusion_matrix, dice_score, mean_iou
 
 #: Mask colours: background black, then distinct colours per class.
 PALETTE = torch.tensor([[0, 0, 0], [255, 200, 0], [0, 160, 255], [230, 40, 40], [60, 200, 80],
                         [200, 80, 220], [255, 255, 255]], dtype=torch.float32) / 255
-PANEL_COLUMNS = ["image", "mask", "prediction clean (undefended)", "attacked image (undefended)",
-                 "prediction attacked (undefended)", "attacked image (defended)",
-                 "prediction attacked (defended)"]
+#: A panel's tiles, left to right (the undefended ones only with an undefended run, the
+#: defended ones only with a defended run); "{eps}" becomes the radius, e.g. "8/255".
+PANEL_COLUMNS = ["image", "true mask", "clean prediction (undefended)",
+                 "adversarial, eps = {eps} (vs undefended)", "its prediction (undefended)",
+                 "adversarial, eps = {eps} (vs defended)",
+                 "purified adversarial (1 replicate)", "defended prediction (mean of H)"]
 
 
 def colour_masks(labels: torch.Tensor) -> torch.Tensor:
@@ -61,8 +64,14 @@ def segmentation_extras(task, x: torch.Tensor, y: torch.Tensor, runs: dict, out:
             "per_image_dice_clean": d_clean.tolist(),
             "per_image_dice_attacked": d_adv.tolist(),
         }
-        preds[label] = (p_clean, p_adv, x_adv.cpu())
-    files = write_panels(x, y, preds, out, task.panels)
+        purified = None
+        if label == "defended" and task.panels > 0:
+            # what the segmenter saw: one purified copy of each adversarial image shown
+            n = min(task.panels, len(x_adv))
+            purified = defense.purify(x_adv[:n].to(dev), (*key, label, "panel")).cpu()
+        preds[label] = (p_clean, p_adv, x_adv.cpu(), purified)
+    threat = next((r["threat"] for r in runs.values() if r.get("threat")), None)
+    files, columns = write_panels(x, y, preds, out, task.panels, threat)
     rows = [[label, f"{r['mean_dice_clean']:.3f}", f"{r['mean_dice_attacked']:.3f}",
              f"{r['miou_clean']:.3f}", f"{r['miou_attacked']:.3f}",
              f"{r['fraction_not_broken']:.3f}", str(r["n_excluded_zero_clean_dice"])]
@@ -70,7 +79,7 @@ def segmentation_extras(task, x: torch.Tensor, y: torch.Tensor, runs: dict, out:
     return {
         "results": results,
         "files": files,
-        "panel_columns": [c for c in PANEL_COLUMNS if _column_present(c, preds)],
+        "panel_columns": columns,
         "table": {"title": f"segmentation (Dice ratio >= {task.threshold} = not broken)",
                   "columns": ["model", "Dice clean", "Dice attacked", "mIoU clean",
                               "mIoU attacked", "not broken", "excluded (clean Dice 0)"],
@@ -78,29 +87,53 @@ def segmentation_extras(task, x: torch.Tensor, y: torch.Tensor, runs: dict, out:
     }
 
 
-def _column_present(column: str, preds: dict) -> bool:
-    if "(undefended)" in column:
-        return "undefended" in preds
-    if "(defended)" in column:
-        return "defended" in preds
-    return True
+def panel_titles(preds: dict, threat: dict | None) -> list[str]:
+    """The titles of a panel's tiles for the runs in ``preds`` (PANEL_COLUMNS order), the
+    radius printed as k/255 when it is a whole number of 255ths."""
+    eps = "?" if not threat else (
+        format_radius(threat["eps"]) + ("" if threat.get("norm") == "linf"
+                                        else f" ({threat.get('norm')})"))
+    titles = []
+    for column in PANEL_COLUMNS:
+        if "(undefended)" in column or "(vs undefended)" in column:
+            if "undefended" not in preds:
+                continue
+        elif column not in PANEL_COLUMNS[:2] and "defended" not in preds:
+            continue
+        titles.append(column.format(eps=eps))
+    return titles
 
 
-def write_panels(x, y, preds: dict, out: Path, n: int) -> list[str]:
-    """One PNG per sample: image, mask, then the predictions (columns in PANEL_COLUMNS order)."""
-    files = []
+def write_panels(x, y, preds: dict, out: Path, n: int, threat: dict | None = None
+                 ) -> tuple[list[str], list[str]]:
+    """One titled PNG per sample (``<out stem>.panel-NNN.png``): image, true mask, then per run
+    the adversarial image and the predictions (tiles and titles in PANEL_COLUMNS order).
+
+    Args:
+        x: [B,C,H,W] images in [0,1]; y: [B,H,W] label maps.
+        preds: run label ("undefended" / "defended") → (clean prediction [B,H,W], attacked
+            prediction [B,H,W], adversarial images [B,C,H,W], one purified copy of the first
+            adversarial images [≥n,C,H,W] or None).
+        threat: {"norm", "eps"} of the attack (ε in [0,1] pixel units), for the titles.
+
+    Returns:
+        (files written, the tile titles as drawn).
+    """
+    files, titles = [], panel_titles(preds, threat)
     n = min(n, len(x))
-    upscale = max(1, 96 // max(1, x.shape[-1]))
     for i in range(n):
         tiles = [_rgb(x[i:i + 1].cpu()), colour_masks(y[i:i + 1])]
         if "undefended" in preds:
-            p_clean, p_adv, xa = preds["undefended"]
+            p_clean, p_adv, xa, _ = preds["undefended"]
             tiles += [colour_masks(p_clean[i:i + 1]), _rgb(xa[i:i + 1]),
                       colour_masks(p_adv[i:i + 1])]
         if "defended" in preds:
-            _, p_adv, xa = preds["defended"]
-            tiles += [_rgb(xa[i:i + 1]), colour_masks(p_adv[i:i + 1])]
+            _, p_adv, xa, purified = preds["defended"]
+            # without the purified copy (no EBM steps) the defended input is the adversarial
+            pur = purified[i:i + 1] if purified is not None else xa[i:i + 1]
+            tiles += [_rgb(xa[i:i + 1]), _rgb(pur), colour_masks(p_adv[i:i + 1])]
         path = out.with_name(f"{out.stem}.panel-{i:03d}.png")
-        save_grid(torch.cat(tiles).float(), path, nrow=len(tiles), upscale=upscale)
+        drawn = save_tiles(path, [t[0].float() for t in tiles], titles,
+                           title=f"{out.stem}: evaluated image {i}")
         files.append(str(path))
-    return files
+    return files, (drawn if n else titles)

@@ -1,0 +1,238 @@
+"""The figures a new user reads: titled segmentation panels, the attack gallery (clean /
+adversarial / magnified perturbation / purified), the curve's axis for rule-scored tasks, and the
+HTML pages of `ebmctl ood` and `ebmctl lyapunov` (beside their JSON and via `ebmctl report`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+
+from ebmctl.evaluate import html as html_mod
+from ebmctl.evaluate.plots import curve_axis_label, magnify_perturbation, save_gallery
+from ebmctl.testing import run_cli
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.hrefs, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "src" in a:
+            self.srcs.append(a["src"])
+        if "href" in a:
+            self.hrefs.append(a["href"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(page: str) -> _Collect:
+    p = _Collect()
+    p.feed(page)
+    p.close()
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.I)  # nothing fetched
+    assert all(s.startswith("data:image/png;base64,") for s in p.srcs) and not p.hrefs
+    return p
+
+
+# --- segmentation panels ----------------------------------------------------------------------
+
+def _seg_preds(n=2, size=12):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, size, size, generator=g)
+    y = torch.randint(0, 2, (n, size, size), generator=g)
+    pred = torch.randint(0, 2, (n, size, size), generator=g)
+    return x, y, pred
+
+
+def test_segmentation_panels_title_every_tile_with_the_radius_as_k_over_255(tmp_path):
+    from ebmctl_segmentation.report import write_panels
+
+    x, y, pred = _seg_preds()
+    preds = {"undefended": (pred, pred, x.clone(), None),
+             "defended": (pred, pred, x.clone(), x.clone() * 0.5)}
+    files, titles = write_panels(x, y, preds, tmp_path / "rep.json", 2,
+                                 {"norm": "linf", "eps": 8 / 255})
+    assert titles == ["image", "true mask", "clean prediction (undefended)",
+                      "adversarial, eps = 8/255 (vs undefended)", "its prediction (undefended)",
+                      "adversarial, eps = 8/255 (vs defended)",
+                      "purified adversarial (1 replicate)", "defended prediction (mean of H)"]
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["rep.panel-000.png", "rep.panel-001.png"]
+    from PIL import Image
+
+    w, h = Image.open(files[0]).size
+    assert w > 4 * h  # one row of eight tiles
+
+
+def test_undefended_only_panels_drop_the_defended_tiles(tmp_path):
+    from ebmctl_segmentation.report import write_panels
+
+    x, y, pred = _seg_preds(1)
+    _, titles = write_panels(x, y, {"undefended": (pred, pred, x, None)}, tmp_path / "r.json",
+                             1, {"norm": "l2", "eps": 0.5})
+    assert titles == ["image", "true mask", "clean prediction (undefended)",
+                      "adversarial, eps = 0.5 (l2) (vs undefended)",
+                      "its prediction (undefended)"]
+
+
+def test_curve_axis_of_a_rule_scored_task_says_what_it_plots(monkeypatch):
+    labels = []
+
+    def capture(fig):
+        labels.append(fig.axes[0].get_ylabel())
+        return b"png"
+
+    monkeypatch.setattr(html_mod, "_fig_png", capture)
+    rep = {"metric": "dice", "results": {"undefended": {"attacks": {
+        "pgd": {"accuracy_curve": [1.0, 0.6, 0.5]}}}}}
+    assert html_mod._curves_png(rep) == b"png"
+    assert "fraction of images not broken" in labels[0] and "Dice-ratio" in labels[0]
+    assert "robust dice" not in labels[0]
+    assert curve_axis_label("accuracy") == "robust accuracy"
+
+
+# --- the attack gallery -----------------------------------------------------------------------
+
+def test_perturbation_is_magnified_so_plus_minus_eps_spans_black_to_white():
+    x = torch.full((1, 1, 1, 3), 0.5)
+    eps = 8 / 255
+    x_adv = x + torch.tensor([-eps, 0.0, eps]).view(1, 1, 1, 3)
+    img, how = magnify_perturbation(x, x_adv, "linf", eps)
+    assert torch.allclose(img.flatten(), torch.tensor([0.0, 0.5, 1.0]), atol=1e-6)
+    assert "2 eps" in how
+    # l2: per-pixel values are tiny next to eps, so each image is scaled by its own peak
+    img, _ = magnify_perturbation(x, x + torch.tensor([0.0, 0.01, -0.02]).view(1, 1, 1, 3),
+                                  "l2", 1.0)
+    assert torch.allclose(img.flatten(), torch.tensor([0.5, 0.75, 0.0]), atol=1e-6)
+
+
+def test_gallery_rows(tmp_path):
+    x = torch.rand(3, 1, 8, 8)
+    rows = save_gallery(tmp_path / "g.png", x, (x + 0.03).clamp(0, 1), norm="linf",
+                        eps=8 / 255, purified=x)
+    assert rows[0] == "clean" and rows[1] == "adversarial (linf eps = 8/255)"
+    assert rows[2].startswith("perturbation, magnified") and rows[3] == "purified adversarial"
+    assert len(save_gallery(tmp_path / "u.png", x, x, norm="linf", eps=8 / 255)) == 3
+
+
+def test_write_gallery_purifies_the_adversarials_of_a_defended_label(digits_artifacts, tmp_path):
+    from ebmctl.defense import Defense, EnergyModel, TaskModel
+    from ebmctl.evaluate.html import write_gallery
+
+    clf, ebm = digits_artifacts
+    model, energy = TaskModel.load(clf, CPU), EnergyModel.load(ebm, CPU)
+    x = torch.rand(5, 1, 8, 8)
+    threat = {"norm": "linf", "eps": 8 / 255}
+    rows = write_gallery(tmp_path / "d.png", "defended", x, x, Defense(model, energy, steps=2),
+                         threat, (0, "t"), n=4)
+    assert rows[-1] == "purified adversarial (1 replicate)" and len(rows) == 4
+    rows = write_gallery(tmp_path / "u.png", "undefended", x, x, Defense(model), threat,
+                         (0, "t"))
+    assert len(rows) == 3 and (tmp_path / "u.png").stat().st_size > 1000
+
+
+# --- ood ----------------------------------------------------------------------------------------
+
+def _ood_ebm(tmp_path):
+    from ebmctl.artifacts import model_tensors, save_artifact
+    from ebmctl.plugins import get_registries
+
+    args = {"in_channels": 1, "image_size": 8, "channels": 4}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # test-only weight init
+        net = get_registries().models.get("lightweight").build(**args)
+    return save_artifact(tmp_path / "ebm.safetensors", model_tensors(net), kind="ebm",
+                         arch="lightweight", arch_args=args,
+                         data={"range": "[-1,1]", "image_size": 8, "channels": 1,
+                               "dataset": "digits"},
+                         extra={"tau": 0.01, "temperature": 0.5})
+
+
+def test_roc_area_equals_the_reported_auroc():
+    from ebmctl.ood import auroc
+
+    g = np.random.default_rng(0)
+    pos, neg = g.normal(1, 1, 40).round(1), g.normal(0, 1, 30).round(1)  # with ties
+    fpr, tpr = html_mod.roc_curve(pos, neg)
+    assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(pos, neg), abs=1e-12)
+
+
+def test_ood_writes_a_page_with_histograms_roc_and_the_auroc_table(tmp_path):
+    model = _ood_ebm(tmp_path)
+    out = tmp_path / "ood.json"
+    r = run_cli(["ood", "--model", model, "--ood", "uniform-noise", "--n-images", "30",
+                 "--out", out])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    row = rep["out_of_distribution"]["uniform-noise"]
+    assert len(rep["in_distribution"]["energies"]) == 30 and len(row["energies"]) == 30
+    page = out.with_suffix(".html").read_text()
+    p = _parse(page)
+    assert len(p.srcs) == 2  # histograms and ROC curves
+    assert f"{row['auroc']:.4f}" in page and f"{row['fpr_at_95_tpr']:.4f}" in page
+    assert "ROC" in " ".join(p.text)
+    again = tmp_path / "again.html"
+    r = run_cli(["report", str(out), "-o", str(again)])
+    assert r.exit_code == 0, r.output
+    assert again.read_text() == page
+
+
+# --- lyapunov -----------------------------------------------------------------------------------
+
+def test_lyapunov_writes_a_page_with_the_exponent_plot_and_table(tmp_path):
+    ebm = _ood_ebm(tmp_path)
+    out = tmp_path / "ly.json"
+    r = run_cli(["lyapunov", "--ebm", ebm, "--etas", "0.1,1", "--n-images", "2",
+                 "--set", "lyapunov.burn_in=1", "--set", "lyapunov.steps=3",
+                 "--set", "lyapunov.seeds=0", "--set", "lyapunov.separation_factors=1",
+                 "--out", out])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    page = out.with_suffix(".html").read_text()
+    p = _parse(page)
+    assert len(p.srcs) == 1
+    for row in rep["per_eta"]:
+        assert f"<td>{row['eta']:.4g}</td><td>{row['mean']:.3e}</td>" in page
+    r = run_cli(["lyapunov", "--ebm", ebm, "--etas", "0.1", "--out", out])
+    assert r.exit_code != 0 and "--force" in r.output  # the page is not replaced silently
+
+
+def test_report_renders_a_forgetting_curves_json(tmp_path):
+    curves = [{"k": k, "dist_common": 1.0 / (k + 1), "dist_independent": 1.0,
+               "dist_clean_copies": 0.9, "memory": 1.0 / (k + 1), "agree_common": 0.5,
+               "agree_independent": 0.5, "score_clean": 0.7, "score_adv": 0.2}
+              for k in (0, 2, 5)]
+    path = tmp_path / "ly.memory.json"
+    path.write_text(json.dumps({"command": "lyapunov", "curves": curves, "n_images": 4,
+                                "attack": {"attack": "pgd", "target": "task model"},
+                                "energy_gap": {}, "ebm": "e.safetensors", "dataset": "digits"}))
+    r = run_cli(["report", str(path)])
+    assert r.exit_code == 0, r.output
+    page = path.with_suffix(".html").read_text()
+    assert len(_parse(page).srcs) == 1 and "<td>0.333</td>" in page
+
+
+def test_report_rejects_a_json_of_another_command(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"command": "synthesize", "samples": []}))
+    r = run_cli(["report", str(path)])
+    assert r.exit_code != 0 and r.output.strip().startswith("Error:")
+    assert "ood" in r.output and len(r.output.strip().splitlines()) == 1
