@@ -9,8 +9,7 @@ import click
 import typer
 
 from ebmctl import __version__
-from ebmctl.commands import attack, info, purify, quickstart, synthesize, train
-from ebmctl.commands import fix as fix_command
+from ebmctl.commands import attack, fix, info, purify, quickstart, synthesize, train
 from ebmctl.commands import lyapunov as lyapunov_command
 from ebmctl.commands import ood as ood_command
 from ebmctl.commands import bench as bench_command
@@ -63,7 +62,7 @@ app.add_typer(attack.app)
 app.add_typer(quickstart.app)
 app.command("plugins")(info.plugins_cmd)
 app.command("inspect")(info.inspect_cmd)
-app.add_typer(fix_command.app, name="fix")
+app.add_typer(fix.app)
 app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
 app.add_typer(synthesize.app)
 app.command("ood")(ood_command.ood_cmd)

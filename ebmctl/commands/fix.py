@@ -8,27 +8,27 @@ from typing import Optional
 import typer
 
 from ebmctl.commands.common import (
-    DeviceOpt,
     ForceOpt,
-    OutOpt,
-    ProfileOpt,
-    SeedOpt,
-    SetOpt,
+    command,
+    ebm_option,
     make_config,
+    model_option,
+    out_dir_option,
+    out_option,
 )
 
-app = typer.Typer(help="Train and apply the fixer that restores purified images (thesis Ch. 5; "
+app = typer.Typer(name="fix",
+                  help="Train and apply the fixer that restores purified images (thesis Ch. 5; "
                        "docs/algorithms.md#fixer).",
                   no_args_is_help=True)
 
 
-@app.command("train")
+@app.command("train", cls=command())
 def fix_train_cmd(
-    ebm: Path = typer.Option(..., "--ebm", help="EBM artifact whose purification the fixer "
-                             "learns to undo (frozen)"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="task model artifact: the "
-                                         "perceptual-loss network when fix.feature_net = "
-                                         "classifier, and validation accuracy"),
+    ctx: typer.Context,
+    ebm: Path = ebm_option(..., "whose purification the fixer learns to undo (frozen)"),
+    model: Optional[Path] = model_option(None, "(optional): the perceptual-loss network when "
+                                         "fix.feature_net = classifier, and validation accuracy"),
     stage1_epochs: Optional[int] = typer.Option(None, "--stage1-epochs",
                                                 help="override fix.stage1_epochs (MSE)"),
     stage2_epochs: Optional[int] = typer.Option(None, "--stage2-epochs",
@@ -38,8 +38,9 @@ def fix_train_cmd(
     force_resume: bool = typer.Option(False, "--force-resume", help="resume even though the "
                                       "stage-2 epochs, patience or purification batch changed; "
                                       "the artifact records the changes"),
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None, force: ForceOpt = False,
+    out: Optional[Path] = out_option(None, "for the fixer artifact (default: "
+                                     "run.out_dir/<dataset>-fixer.safetensors)"),
+    force: ForceOpt = False,
 ):
     """Train a fixer with the EBM frozen: MSE stage, then perceptual stage with early stopping."""
     from ebmctl.artifacts import claim_output
@@ -49,12 +50,8 @@ def fix_train_cmd(
     from ebmctl.errors import ConfigError
     from ebmctl.fixing import FixerRun, train_fixer
 
-    extra = []
-    if stage1_epochs is not None:
-        extra.append(f"fix.stage1_epochs={stage1_epochs}")
-    if stage2_epochs is not None:
-        extra.append(f"fix.stage2_epochs={stage2_epochs}")
-    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    cfg = make_config(ctx, {"fix.stage1_epochs": stage1_epochs,
+                            "fix.stage2_epochs": stage2_epochs})
     out = claim_output(out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors",
                        force=force, resume=resume)
     dev = setup_device(cfg)
@@ -70,13 +67,13 @@ def fix_train_cmd(
     info(f"wrote {path}")
 
 
-@app.command("apply")
+@app.command("apply", cls=command(takes=("device",)))
 def fix_apply_cmd(
+    ctx: typer.Context,
     images: list[Path] = typer.Argument(..., help="image files (already purified) to fix"),
     fixer: Path = typer.Option(..., "--fixer", help="fixer artifact"),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="folder for outputs "
-                                           "(default: next to each input)"),
-    device: DeviceOpt = None, force: ForceOpt = False,
+    out_dir: Optional[Path] = out_dir_option(None, "(default: next to each input)"),
+    force: ForceOpt = False,
 ):
     """Apply a fixer to image files and write <name>.fixed.png in the input's size and mode
     (use `purify --fixer` to purify and fix in one go). Inputs with the same name get -2, -3,
@@ -87,7 +84,7 @@ def fix_apply_cmd(
     from ebmctl.fixing import fix_images, load_fixer
     from ebmctl.images import output_mode, read_image_like, save_image_like
 
-    cfg = make_config(None, [], device, None)
+    cfg = make_config(ctx)
     dev = setup_device(cfg)
     net = load_fixer(fixer, dev)
     channels = net.channels or 3
