@@ -9,10 +9,20 @@ import click
 import typer
 
 from ebmctl import __version__
-from ebmctl.commands import attack, fix, info, purify, quickstart, synthesize, train
+from ebmctl.commands import (
+    attack,
+    bench,
+    fix,
+    inspect,
+    plugins,
+    profiles,
+    purify,
+    quickstart,
+    synthesize,
+    train,
+)
 from ebmctl.commands import lyapunov as lyapunov_command
 from ebmctl.commands import ood as ood_command
-from ebmctl.commands import bench as bench_command
 from ebmctl.commands import import_model as import_model_command
 from ebmctl.commands import report as report_command
 from ebmctl.commands.common import (
@@ -56,17 +66,17 @@ def main_options(
 
 
 app.add_typer(train.app, name="train")
-app.add_typer(info.profiles_app, name="profiles")
+app.add_typer(profiles.app)
 app.add_typer(purify.app)
 app.add_typer(attack.app)
 app.add_typer(quickstart.app)
-app.command("plugins")(info.plugins_cmd)
-app.command("inspect")(info.inspect_cmd)
+app.add_typer(plugins.app)
+app.add_typer(inspect.app)
 app.add_typer(fix.app)
 app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
 app.add_typer(synthesize.app)
 app.command("ood")(ood_command.ood_cmd)
-app.command("bench")(bench_command.bench_cmd)
+app.add_typer(bench.app)
 app.command("import-model")(import_model_command.import_model_cmd)
 app.command("report")(report_command.report_cmd)
 

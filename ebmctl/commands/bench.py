@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import DeviceOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt, make_config
+from ebmctl.commands.common import command, langevin_steps_option, make_config, out_option
+
+app = typer.Typer()
 
 
 def _int_list(text: str, name: str) -> tuple[int, ...]:
@@ -23,10 +26,11 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
+@app.command("bench", cls=command(aliases={"--steps": "--langevin-steps"}))
 def bench_cmd(
+    ctx: typer.Context,
     batch: str = typer.Option("100,1500", "--batch", "-b", help="sampler batch sizes"),
-    steps: int = typer.Option(0, "--steps", "-k", help="Langevin steps per timing "
-                              "(0: 50 on CUDA, 3 on CPU)"),
+    steps: int = langevin_steps_option(0, "per timing (0: 50 on CUDA, 3 on CPU)"),
     repeats: int = typer.Option(3, "--repeats", help="interleaved rounds per measurement"),
     image_size: int = typer.Option(32, "--image-size", help="EBM input size (32: CIFAR-10)"),
     channels: int = typer.Option(3, "--channels", help="EBM input channels"),
@@ -35,14 +39,14 @@ def bench_cmd(
                                       help="also time each precision/layout/compile variant"),
     attack: bool = typer.Option(True, "--attack/--no-attack",
                                 help="time BPDA+EOT and full-gradient attack steps"),
-    attack_steps: int = typer.Option(0, "--attack-steps", help="K of the attack benches "
-                                     "(0: 1500 on CUDA, 20 on CPU)"),
+    attack_steps: int = typer.Option(0, "--attack-steps", help="Langevin steps K of the defense "
+                                     "in the attack benches (0: 1500 on CUDA, 20 on CPU)"),
     child_naive: bool = typer.Option(True, "--child-naive/--no-child-naive",
                                      help="CPU: also time the naive loop in a fresh process "
                                      "with OpenMP's default settings"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None,
+    out: Optional[Path] = out_option(None, "for the JSON report (.json; a PNG of image-steps/s "
+                                     "vs batch beside it)"),
 ):
     """Measure the sampler (tuned vs naive image-steps/s), attack steps/s and peak memory.
 
@@ -54,7 +58,7 @@ def bench_cmd(
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.plots import save_curves
 
-    for name, value in (("--steps", steps), ("--attack-steps", attack_steps)):
+    for name, value in (("--langevin-steps", steps), ("--attack-steps", attack_steps)):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0")
     for name, value in (("--repeats", repeats), ("--image-size", image_size),
@@ -69,7 +73,7 @@ def bench_cmd(
                      channels=channels, width=width, steps=steps, repeats=repeats,
                      all_variants=all_variants, attack=attack, attack_steps=attack_steps,
                      child_naive=child_naive)
-    cfg = make_config(profile, set_, device, seed)
+    cfg = make_config(ctx)
     dev = setup_device(cfg)
     with progress_bar(len(plan.batches) + int(attack), f"bench on {dev}", quiet=as_json) as bar:
         report = run_bench(plan, dev, progress=lambda: bar.advance(1))
