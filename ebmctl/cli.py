@@ -14,6 +14,7 @@ from ebmctl.commands import (
     bench,
     fix,
     inspect,
+    ood,
     plugins,
     profiles,
     purify,
@@ -22,7 +23,6 @@ from ebmctl.commands import (
     train,
 )
 from ebmctl.commands import lyapunov as lyapunov_command
-from ebmctl.commands import ood as ood_command
 from ebmctl.commands import import_model as import_model_command
 from ebmctl.commands import report as report_command
 from ebmctl.commands.common import (
@@ -75,7 +75,7 @@ app.add_typer(inspect.app)
 app.add_typer(fix.app)
 app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
 app.add_typer(synthesize.app)
-app.command("ood")(ood_command.ood_cmd)
+app.add_typer(ood.app)
 app.add_typer(bench.app)
 app.command("import-model")(import_model_command.import_model_cmd)
 app.command("report")(report_command.report_cmd)

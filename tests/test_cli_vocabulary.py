@@ -88,7 +88,7 @@ def test_message_flags_and_profile_keys_exist():
 @pytest.mark.parametrize("argv,needle", [
     (["attack"], "Missing option '--model'"),
     (["fix", "train"], "Missing option '--ebm'"),
-    (["ood"], "Missing option '--model'"),
+    (["ood"], "Missing option '--ebm'"),
     (["attack", "--model", "m.safetensors", "--no-such-flag"], "No such option: --no-such-flag"),
     (["no-such-command"], "No such command 'no-such-command'"),
     (["attack", "-m", "m.safetensors", "--n-images", "many"], "Invalid value for '--n-images'"),

@@ -195,11 +195,118 @@ def test_authors_wrn_converts_and_classifies_like_their_layout(tmp_path):
         assert torch.allclose(model(x), ref.eval()(x * 2 - 1), atol=1e-5)
 
 
-def test_import_model_function_refuses_robustbench_without_network(tmp_path):
-    from ebmctl.errors import NotAvailableError
+# --- robustbench:NAME from a local RobustBench model directory -------------------------------
 
-    with pytest.raises(NotAvailableError):
-        import_model("robustbench:Standard", tmp_path / "x.safetensors")
+class _TinyZooNet(nn.Module):
+    """Stands in for a model-zoo architecture: normalises inside with constructor-set buffers
+    (mu, sigma) that RobustBench checkpoints lack, as its AugMix models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mu", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("sigma", torch.full((1, 3, 1, 1), 0.25))
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc(((x - self.mu) / self.sigma).flatten(1))
+
+
+@pytest.fixture
+def fake_robustbench(monkeypatch):
+    """An importable ``robustbench.model_zoo.models`` whose zoo holds cifar10/Linf/Tiny (the
+    real package's enums compared by value, as here) and an ensemble."""
+    import enum
+    import sys
+    import types
+
+    class Dataset(enum.Enum):
+        cifar_10 = "cifar10"
+
+    class Threat(enum.Enum):
+        Linf = "Linf"
+
+    zoo = {Dataset.cifar_10: {Threat.Linf: {"Tiny": {"model": _TinyZooNet, "gdrive_id": "x"},
+                                            "Pair": {"model": _TinyZooNet,
+                                                     "gdrive_id": ["a", "b"]}}}}
+    for name in ("robustbench", "robustbench.model_zoo"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    models = types.ModuleType("robustbench.model_zoo.models")
+    models.model_dicts = zoo
+    monkeypatch.setitem(sys.modules, "robustbench.model_zoo.models", models)
+    monkeypatch.delenv("ROBUSTBENCH_DIR", raising=False)
+
+
+def _zoo_dir(tmp_path, name="Tiny"):
+    torch.manual_seed(0)  # test-only weight init
+    ref = _TinyZooNet().eval()
+    d = tmp_path / "models" / "cifar10" / "Linf"
+    d.mkdir(parents=True)
+    # RobustBench's checkpoint shape: {"state_dict": ...} with DataParallel's "module." prefix,
+    # and without the constant mu/sigma buffers
+    state = {f"module.{k}": v for k, v in ref.state_dict().items() if k not in ("mu", "sigma")}
+    torch.save({"state_dict": state, "epoch": 100}, d / f"{name}.pt")
+    return ref, tmp_path / "models"
+
+
+def test_robustbench_model_imports_from_a_local_directory(fake_robustbench, tmp_path):
+    ref, models = _zoo_dir(tmp_path)
+    out = tmp_path / "rb.safetensors"
+    r = run_cli(["import-model", "robustbench:Tiny", "--robustbench-dir", str(models),
+                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = _meta(out)
+    assert meta["ebmctl.arch"] == "robustbench"
+    assert meta["ebmctl.arch_args"] == {"name": "Tiny", "dataset": "cifar10", "threat": "Linf"}
+    imported = meta["ebmctl.extra"]["imported"]
+    assert imported["source"] == "robustbench:cifar10/Linf/Tiny"
+    assert imported["weights_sha256"] == file_digest(models / "cifar10" / "Linf" / "Tiny.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # [0,1] images straight in: the zoo model normalises itself
+        assert torch.allclose(TaskModel.load(out, CPU)(x), ref(x), atol=1e-6)
+
+
+def test_robustbench_source_works_as_model_argument_via_the_env(fake_robustbench, tmp_path,
+                                                                 monkeypatch):
+    from ebmctl.importers import resolve_model_argument
+
+    _, models = _zoo_dir(tmp_path)
+    monkeypatch.setenv("ROBUSTBENCH_DIR", str(models))
+    path = resolve_model_argument("robustbench:cifar10/Linf/Tiny", tmp_path / "cache")
+    assert path.parent == tmp_path / "cache" / "imported" and path.is_file()
+    assert resolve_model_argument("robustbench:Tiny", tmp_path / "cache") == path  # reused
+
+
+@pytest.mark.parametrize("setup,args,needle", [
+    ("none", ["robustbench:Tiny"], "ROBUSTBENCH_DIR"),
+    ("dir", ["robustbench:Missing"], "Missing.pt"),
+    ("dir", ["robustbench:cifar10/Linf/Missing"], "never downloads"),
+    ("dir", ["robustbench:svhn/Linf/Tiny"], "robustbench dataset 'svhn'"),
+    ("dir", ["robustbench:Tiny", "--num-classes", "10"], "--num-classes does not apply"),
+    ("dir", ["robustbench:Pair"], "ensemble"),
+    ("dir", ["torchvision:resnet18"], "--robustbench-dir applies to robustbench"),
+])
+def test_robustbench_error_paths_are_one_line(fake_robustbench, tmp_path, setup, args, needle):
+    _, models = _zoo_dir(tmp_path)
+    _zoo_dir(tmp_path / "pair", "Pair")
+    (models / "cifar10" / "Linf" / "Pair.pt").write_bytes(
+        (tmp_path / "pair" / "models" / "cifar10" / "Linf" / "Pair.pt").read_bytes())
+    extra = ["--robustbench-dir", str(models)] if setup == "dir" else []
+    r = run_cli(["import-model", *args, *extra, "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code != 0 and r.output.strip().startswith("Error:"), r.output
+    assert needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_robustbench_missing_package_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    _zoo_dir(tmp_path)
+    monkeypatch.setitem(sys.modules, "robustbench", None)  # import robustbench -> ImportError
+    r = run_cli(["import-model", "robustbench:Tiny", "--robustbench-dir",
+                 str(tmp_path / "models"), "--out", str(tmp_path / "x.safetensors")])
+    assert r.exit_code != 0 and r.output.strip().startswith("Error:")
+    assert "pip install 'ebmctl[robustbench]'" in r.output
+    assert len(r.output.strip().splitlines()) == 1
 
 
 # --- the README's "Import your model" section, as written ---------------------------------

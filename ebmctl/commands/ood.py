@@ -8,24 +8,27 @@ from typing import Optional
 import typer
 
 from ebmctl.commands.common import (
-    DeviceOpt,
     ForceOpt,
-    OutOpt,
-    ProfileOpt,
-    SeedOpt,
-    SetOpt,
+    command,
+    ebm_option,
     make_config,
+    n_images_option,
+    out_option,
 )
 
+app = typer.Typer()
 
+
+@app.command("ood", cls=command(aliases={"--model": "--ebm", "-m": "--ebm"}))
 def ood_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="EBM or Hat EBM artifact "
-                               "(or ebm-defense:ebm@FILE)"),
+    ctx: typer.Context,
+    ebm: Path = ebm_option(..., "whose energy scores the images (or ebm-defense:ebm@FILE)"),
     ood_sets: Optional[list[str]] = typer.Option(None, "--ood", help="OOD dataset NAME or "
                                                  "NAME=ROOT (repeatable; default ood.sets)"),
-    n_images: Optional[int] = typer.Option(None, "--n-images", help="images per set"),
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None, force: ForceOpt = False,
+    n_images: Optional[int] = n_images_option(None, "per set (ood.n_images)"),
+    out: Optional[Path] = out_option(None, "for the report JSON (default: "
+                                     "run.out_dir/ood-<ebm>.json; PNG and HTML beside it)"),
+    force: ForceOpt = False,
 ):
     """Score held-out in-distribution images and OOD sets by energy; report AUROC and FPR@95
     (JSON at --out, histogram PNG and an HTML page with the ROC curves next to it; existing
@@ -37,16 +40,15 @@ def ood_cmd(
     from ebmctl.context import setup_device
     from ebmctl.ood import run_ood
 
-    extra = [f"ood.n_images={n_images}"] if n_images is not None else []
-    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    cfg = make_config(ctx, {"ood.n_images": n_images})
     dev = setup_device(cfg)
-    out = out or Path(cfg["run.out_dir"]) / f"ood-{model.stem}.json"
+    out = out or Path(cfg["run.out_dir"]) / f"ood-{ebm.stem}.json"
     for path in (out, out.with_suffix(".png"), out.with_suffix(".html")):
         claim_output(path, force=force)
     from ebmctl.importers import resolve_model_argument
 
-    model = resolve_model_argument(model, cfg["run.out_dir"])  # ebm-defense:ebm@FILE
-    report = run_ood(cfg, model, dev, out, ood_sets)
+    ebm = resolve_model_argument(ebm, cfg["run.out_dir"])  # ebm-defense:ebm@FILE
+    report = run_ood(cfg, ebm, dev, out, ood_sets)
     ind = report["in_distribution"]
     table = Table(title=f"in-distribution: {ind['dataset']} ({ind['n']} held-out images), "
                         f"mean energy {ind['energy_mean']:.4g}")
