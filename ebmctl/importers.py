@@ -4,6 +4,10 @@ Sources (``SOURCE`` of ``ebmctl import-model``):
 
 * ``torchvision:<name>``: a torchvision architecture built with ``weights=None`` (never a
   download), its weights from ``--weights FILE``; ``timm:<name>`` likewise (timm optional);
+* ``robustbench:<name>`` (or ``robustbench:<dataset>/<threat>/<name>``): a RobustBench model from
+  a *local* model directory in RobustBench's layout ``<dir>/<dataset>/<threat>/<name>.pt``
+  (``--robustbench-dir`` or ``$ROBUSTBENCH_DIR``; never downloaded), its architecture from
+  ``robustbench.model_zoo`` (the optional ``robustbench`` extra);
 * ``path/to/module.py:factory``: the user's own architecture, ``factory(**kwargs)`` returning an
   ``nn.Module``. This runs that file's code, now and every time the artifact is loaded;
 * ``ebm-defense:ebm`` / ``ebm-defense:wrn``: the EBM and WideResNet state dicts released with
@@ -162,6 +166,52 @@ def ebm_defense_wrn(**kw) -> nn.Module:
     return EbmDefenseWRN(**kw)
 
 
+#: RobustBench's datasets and threat models (robustbench.model_zoo.enums), the folders of its
+#: model directory, and what the datasets' models take: classes and input size
+ROBUSTBENCH_DATASETS = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224)}
+ROBUSTBENCH_THREATS = ("Linf", "L2", "corruptions")
+
+
+def _robustbench_zoo() -> dict:
+    """``robustbench.model_zoo.models.model_dicts``.
+
+    Raises:
+        NotAvailableError: robustbench is not installed (or fails to import).
+    """
+    try:
+        from robustbench.model_zoo.models import model_dicts
+    except ImportError as exc:
+        raise NotAvailableError(f"robustbench:<name> needs the robustbench package ({exc}): "
+                                "pip install 'ebmctl[robustbench]'") from None
+    return model_dicts
+
+
+def _robustbench_entry(zoo: dict, name: str, dataset: str, threat: str) -> dict:
+    for ds, threats in zoo.items():
+        if getattr(ds, "value", ds) != dataset:
+            continue
+        for tm, models in threats.items():
+            if getattr(tm, "value", tm) == threat and name in models:
+                return models[name]
+    raise ConfigError(f"robustbench has no model {name!r} for {dataset}/{threat} in its "
+                      "model zoo (check the name and the folders it sits in)")
+
+
+def robustbench_classifier(name: str, dataset: str, threat: str, mean: list | None = None,
+                           std: list | None = None) -> nn.Module:
+    """The architecture RobustBench's model zoo builds for ``dataset/threat/name`` (random
+    weights; the model takes [0,1] images and normalises inside). Needs ``robustbench``.
+
+    Raises:
+        NotAvailableError: robustbench missing. ConfigError: unknown name, or an ensemble.
+    """
+    entry = _robustbench_entry(_robustbench_zoo(), name, dataset, threat)
+    if isinstance(entry.get("gdrive_id"), (list, tuple)):
+        raise ConfigError(f"robustbench:{name} is an ensemble of several checkpoints; ebmctl "
+                          "imports single models only")
+    return Normalized(entry["model"](), mean, std)
+
+
 def register_import_models(register) -> None:
     """Register the architectures imported artifacts rebuild (called by the core plugin)."""
     from ebmctl.contracts import ModelSpec
@@ -170,6 +220,9 @@ def register_import_models(register) -> None:
                        "a torchvision architecture (ebmctl import-model torchvision:NAME)"))
     register(ModelSpec("timm", "classifier", timm_classifier,
                        "a timm architecture (ebmctl import-model timm:NAME; needs timm)"))
+    register(ModelSpec("robustbench", "classifier", robustbench_classifier,
+                       "a RobustBench model-zoo architecture (ebmctl import-model "
+                       "robustbench:NAME; needs robustbench)"))
     register(ModelSpec("python-factory", "classifier", python_factory,
                        "the user's module.py:factory (runs that file's code on every load)"))
     register(ModelSpec("ebm-defense-wrn", "classifier", ebm_defense_wrn,
@@ -178,10 +231,11 @@ def register_import_models(register) -> None:
 
 # --- weights files ---------------------------------------------------------------------
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | Path, wrappers: tuple[str, ...] = (
+        "state_dict", "model", "model_state_dict", "net")) -> dict[str, torch.Tensor]:
     """A state dict (name → tensor) from ``.safetensors`` or a ``.pt``/``.pth`` file read with
-    ``torch.load(weights_only=True)``. A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper
-    and DataParallel's ``module.`` prefix are unwrapped.
+    ``torch.load(weights_only=True)``. ``{"state_dict": ...}``-style wrappers (``wrappers``,
+    tried in order, nested ones too) and DataParallel's ``module.`` prefix are unwrapped.
 
     Raises:
         InputError: missing file or unknown suffix.
@@ -210,10 +264,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         raise InputError(f"{p}: weights must be .safetensors or a "
                          f"{'/'.join(STATE_DICT_SUFFIXES)} state dict")
-    for wrapper in ("state_dict", "model", "model_state_dict", "net"):
+    for wrapper in wrappers:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
+            state = state[wrapper]  # e.g. RobustBench's {"last": {"state_dict": ...}}
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ArtifactError(f"{p} does not hold a state dict (a mapping of names to tensors)")
@@ -265,14 +318,16 @@ def parse_source(source: str) -> tuple[str, str]:
     if re.fullmatch(r".+\.py:[A-Za-z_][A-Za-z0-9_]*", source.strip()):
         return "python", source.strip()
     raise ConfigError(f"unknown model source {source!r}: use torchvision:NAME, timm:NAME, "
-                      "path/to/module.py:factory, ebm-defense:ebm or ebm-defense:wrn")
+                      "robustbench:NAME, path/to/module.py:factory, ebm-defense:ebm or "
+                      "ebm-defense:wrn")
 
 
 def import_model(source: str, out: str | Path, *, weights: str | Path | None = None,
                  num_classes: int | None = None, mean: list[float] | None = None,
                  std: list[float] | None = None, image_size: int = 0, channels: int = 3,
                  task: str = "classification", langevin_eps: float = EBM_DEFENSE_EPS,
-                 factory_kwargs: dict | None = None) -> Path:
+                 factory_kwargs: dict | None = None,
+                 robustbench_dir: str | Path | None = None) -> Path:
     """Convert ``source`` (+ ``weights``) into an ebmctl artifact at ``out``.
 
     Args:
@@ -285,6 +340,9 @@ def import_model(source: str, out: str | Path, *, weights: str | Path | None = N
         image_size: the input size the model needs (0 = any; ebmctl resizes to it).
         channels: input channels.
         langevin_eps: ε of the authors' update (``ebm-defense:ebm``); τ = ε, T = ε²/2.
+        robustbench_dir: RobustBench model directory (default ``$ROBUSTBENCH_DIR``); the
+            ``robustbench:*`` weights are ``<dir>/<dataset>/<threat>/<name>.pt`` unless
+            ``weights`` names the file.
 
     Returns:
         ``out``.
@@ -296,6 +354,8 @@ def import_model(source: str, out: str | Path, *, weights: str | Path | None = N
     from ebmctl.artifacts import file_digest, model_tensors, save_artifact
 
     scheme, name = parse_source(source)
+    if scheme == "robustbench":
+        return _import_robustbench(source, name, out, weights, robustbench_dir)
     state = load_state_dict_file(weights) if weights is not None else None
     provenance = {"source": source, "weights": str(weights) if weights else None,
                   "weights_sha256": file_digest(weights) if weights else None}
@@ -304,9 +364,6 @@ def import_model(source: str, out: str | Path, *, weights: str | Path | None = N
             raise ConfigError("ebm-defense:* needs --weights FILE (the state dict the authors "
                               "released)")
         return _import_ebm_defense(name, state, out, provenance, langevin_eps)
-    if scheme == "robustbench":
-        raise NotAvailableError("robustbench:<name> is not supported by this build; save the "
-                                "model's state_dict() and import it with module.py:factory")
     if num_classes is None:
         num_classes = _infer_num_classes(state) or 1000
     norm = {"mean": mean, "std": std}
@@ -332,6 +389,118 @@ def import_model(source: str, out: str | Path, *, weights: str | Path | None = N
     return save_artifact(out, model_tensors(net), kind="classifier", arch=arch, arch_args=args,
                          task=task, data=data, extra={"imported": provenance,
                                                       "normalisation": norm})
+
+
+def parse_robustbench_name(name: str) -> tuple[str | None, str | None, str]:
+    """(dataset, threat, model name) of ``NAME`` or ``DATASET/THREAT/NAME``.
+
+    Raises:
+        ConfigError: an unknown dataset or threat model.
+    """
+    parts = name.split("/")
+    if len(parts) == 1:
+        return None, None, parts[0]
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"robustbench:{name}: use robustbench:NAME or "
+                          "robustbench:DATASET/THREAT/NAME (e.g. cifar10/Linf/Standard)")
+    dataset, threat, model = parts
+    if dataset not in ROBUSTBENCH_DATASETS:
+        raise ConfigError(f"robustbench dataset {dataset!r}: choose from "
+                          f"{', '.join(ROBUSTBENCH_DATASETS)}")
+    if threat not in ROBUSTBENCH_THREATS:
+        raise ConfigError(f"robustbench threat model {threat!r}: choose from "
+                          f"{', '.join(ROBUSTBENCH_THREATS)}")
+    return dataset, threat, model
+
+
+def locate_robustbench(name: str, directory: str | Path | None) -> tuple[str, str, str, Path]:
+    """(dataset, threat, model name, checkpoint) of ``robustbench:name`` in a local RobustBench
+    model directory (``directory``, else ``$ROBUSTBENCH_DIR``), laid out as RobustBench's
+    ``load_model`` writes it: ``<dir>/<dataset>/<threat>/<name>.pt``. Nothing is downloaded.
+
+    Raises:
+        ConfigError: no directory given, or the bare name sits under several datasets/threats.
+        InputError: the directory or the checkpoint is missing.
+    """
+    import os
+
+    directory = directory or os.environ.get("ROBUSTBENCH_DIR")
+    if not directory:
+        raise ConfigError("robustbench:<name> reads a local RobustBench model directory "
+                          "(ebmctl never downloads): give --robustbench-dir DIR or set "
+                          "ROBUSTBENCH_DIR, or name the checkpoint with --weights / @FILE")
+    root = Path(directory)
+    if not root.is_dir():
+        raise InputError(f"RobustBench model directory not found: {root}")
+    dataset, threat, model = parse_robustbench_name(name)
+    if dataset is not None:
+        found = [(dataset, threat, root / dataset / threat / f"{model}.pt")]
+        found = [f for f in found if f[2].is_file()]
+    else:
+        found = [(d, t, root / d / t / f"{model}.pt") for d in ROBUSTBENCH_DATASETS
+                 for t in ROBUSTBENCH_THREATS if (root / d / t / f"{model}.pt").is_file()]
+    if not found:
+        where = (root / dataset / threat if dataset else root / "<dataset>" / "<threat>")
+        raise InputError(f"no RobustBench checkpoint {where / (model + '.pt')} (RobustBench "
+                         "layout <dir>/<dataset>/<threat>/<name>.pt; ebmctl never downloads)")
+    if len(found) > 1:
+        options = ", ".join(f"robustbench:{d}/{t}/{model}" for d, t, _ in found)
+        raise ConfigError(f"robustbench:{model} is in several folders; name one: {options}")
+    return found[0][0], found[0][1], model, found[0][2]
+
+
+def _robustbench_state(path: Path, dataset: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict with RobustBench's own key fixes (robustbench.utils
+    ``load_model``): the ``last`` / ``state_dict`` wrappers, the ``module.`` and ``model.``
+    prefixes dropped, and ImageNet's ``model.`` (its normalising wrapper) put back."""
+    state = load_state_dict_file(path, wrappers=("last", "state_dict"))
+    for prefix in ("module.", "model."):
+        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    if dataset == "imagenet":
+        state = {f"model.{k}": v for k, v in state.items()}
+    return state
+
+
+def _import_robustbench(source: str, name: str, out, weights, directory) -> Path:
+    from ebmctl.artifacts import file_digest, model_tensors, save_artifact
+
+    if weights is not None:
+        dataset, threat, model = parse_robustbench_name(name)
+        path = Path(weights)
+        if not path.is_file():
+            raise InputError(f"weights file not found: {path}")
+    else:
+        dataset, threat, model, path = locate_robustbench(name, directory)
+    zoo = _robustbench_zoo()
+    if dataset is None:  # a bare name with an explicit file: the zoo says where it belongs
+        hits = [(getattr(d, "value", d), getattr(t, "value", t)) for d, threats in zoo.items()
+                for t, models in threats.items() if model in models]
+        if len(hits) != 1:
+            raise ConfigError(f"robustbench:{model} is {'in several' if hits else 'in no'} "
+                              "model-zoo folders; name it as robustbench:DATASET/THREAT/NAME")
+        dataset, threat = hits[0]
+    if dataset not in ROBUSTBENCH_DATASETS:
+        raise ConfigError(f"robustbench dataset {dataset!r} is not supported (choose from "
+                          f"{', '.join(ROBUSTBENCH_DATASETS)})")
+    net = robustbench_classifier(model, dataset, threat)
+    state = _robustbench_state(path, dataset)
+    # some zoo architectures hold their input normalisation as constructor-set buffers that
+    # the released checkpoints lack (robustbench loads those with strict=False); keep them
+    constants = {k: v for k, v in net.net.state_dict().items()
+                 if k not in state and k.rsplit(".", 1)[-1] in ("mu", "sigma", "mean", "std")
+                 and k not in dict(net.net.named_parameters())}
+    _load_strict(net.net, {**state, **constants}, f"{source} from {path}")
+    net.eval()
+    classes, size = ROBUSTBENCH_DATASETS[dataset]
+    provenance = {"source": f"robustbench:{dataset}/{threat}/{model}", "weights": str(path),
+                  "weights_sha256": file_digest(path)}
+    norm = {"mean": None, "std": None, "note": "the RobustBench model normalises inside"}
+    return save_artifact(out, model_tensors(net), kind="classifier", arch="robustbench",
+                         arch_args={"name": model, "dataset": dataset, "threat": threat},
+                         task="classification",
+                         data={"range": "[0,1]", "image_size": size, "channels": 3,
+                               "num_classes": classes, "normalisation": norm},
+                         extra={"imported": provenance, "normalisation": norm})
 
 
 def _infer_num_classes(state: dict[str, torch.Tensor] | None) -> int | None:
@@ -398,8 +567,10 @@ def describe(path: str | Path) -> str:
 
 def resolve_model_argument(value: str | Path, cache_dir: str | Path) -> Path:
     """What ``--model`` / ``--ebm`` accept: an artifact path, or ``SOURCE[@WEIGHTS]`` (e.g.
-    ``torchvision:resnet18@rn18.pt``, ``ebm-defense:wrn@clf.pth``), imported once into
-    ``cache_dir/imported/`` (keyed by the source and the weights' SHA-256) and reused.
+    ``torchvision:resnet18@rn18.pt``, ``ebm-defense:wrn@clf.pth``, ``robustbench:NAME`` read
+    from ``$ROBUSTBENCH_DIR``), imported once into ``cache_dir/imported/`` (keyed by the source
+    and the weights' SHA-256) and reused. Every command's ``--model``/``--ebm`` resolves
+    through here.
 
     Raises:
         ConfigError / InputError / ArtifactError: as :func:`import_model`.
@@ -416,6 +587,10 @@ def resolve_model_argument(value: str | Path, cache_dir: str | Path) -> Path:
         scheme, name = parse_source(source)
     except ConfigError:
         return Path(text)  # not a source: the artifact loader reports the missing file
+    if scheme == "robustbench" and not weights:  # from $ROBUSTBENCH_DIR, one cache entry
+        dataset, threat, name, located = locate_robustbench(name, None)
+        name = f"{dataset}/{threat}/{name}"
+        source, weights = f"robustbench:{name}", str(located)
     digest = file_digest(weights) if weights and Path(weights).is_file() else ""
     key = hashlib.sha256(f"{source}|{digest}|{weights if not digest else ''}".encode())
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{scheme}-{name}".rsplit("/", 1)[-1])[:60]

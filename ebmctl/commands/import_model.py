@@ -1,6 +1,6 @@
 """`ebmctl import-model SOURCE --out FILE.safetensors`: a classifier or EBM from elsewhere
-(torchvision, timm, the user's module.py:factory, the thesis authors' checkpoints) as an ebmctl
-artifact (see :mod:`ebmctl.importers`)."""
+(torchvision, timm, a local RobustBench model directory, the user's module.py:factory, the
+thesis authors' checkpoints) as an ebmctl artifact (see :mod:`ebmctl.importers`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from ebmctl.commands.common import ForceOpt
 
 
 def import_model_cmd(
-    source: str = typer.Argument(..., help="torchvision:NAME | timm:NAME | path/module.py:factory "
-                                 "(runs that file's code) | ebm-defense:ebm | ebm-defense:wrn"),
+    source: str = typer.Argument(..., help="torchvision:NAME | timm:NAME | robustbench:NAME | "
+                                 "path/module.py:factory (runs that file's code) | "
+                                 "ebm-defense:ebm | ebm-defense:wrn"),
     out: Path = typer.Option(..., "--out", "-o", help="artifact to write (.safetensors)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors, or a .pt/.pth "
                                            "state dict (read with weights_only=True; a pickled "
@@ -28,6 +29,10 @@ def import_model_cmd(
     channels: int = typer.Option(3, "--channels", help="input channels"),
     langevin_eps: float = typer.Option(0.01, "--langevin-eps", help="ebm-defense:ebm: the "
                                        "authors' noise eps (tau = eps, T = eps^2/2)"),
+    robustbench_dir: Optional[Path] = typer.Option(None, "--robustbench-dir", help="robustbench:"
+                                                   "NAME: local RobustBench model directory "
+                                                   "<dir>/<dataset>/<threat>/<name>.pt (default "
+                                                   "$ROBUSTBENCH_DIR; never downloads)"),
     force: ForceOpt = False,
 ):
     """Convert a model from SOURCE into an ebmctl artifact that --model / --ebm accept; the
@@ -41,8 +46,21 @@ def import_model_cmd(
         raise ConfigError("--num-classes must be >= 1")
     if image_size < 0 or channels < 1:
         raise ConfigError("--image-size must be >= 0 and --channels >= 1")
+    robustbench = source.strip().startswith("robustbench:")
+    if robustbench_dir is not None and not robustbench:
+        raise ConfigError("--robustbench-dir applies to robustbench:NAME sources only")
+    if robustbench:  # the zoo fixes classes, size and normalisation: a flag would be ignored
+        given = [flag for flag, v in (("--num-classes", num_classes), ("--mean", mean),
+                                      ("--std", std), ("--image-size", image_size or None),
+                                      ("--channels", None if channels == 3 else channels))
+                 if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not "
+                              "apply to robustbench:NAME (the model zoo fixes classes, input "
+                              "size and normalisation)")
     claim_output(out, force=force)
     path = import_model(source, out, weights=weights, num_classes=num_classes,
                         mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
-                        image_size=image_size, channels=channels, langevin_eps=langevin_eps)
+                        image_size=image_size, channels=channels, langevin_eps=langevin_eps,
+                        robustbench_dir=robustbench_dir)
     info(f"wrote {path}: {describe(path)}")
