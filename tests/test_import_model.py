@@ -363,3 +363,26 @@ def test_attack_takes_a_source_at_weights_directly(resnet_pt, tmp_path, monkeypa
     r = run_cli(["attack", "--profile", "quick", "--model", "torchvision:resnet18@missing.pt",
                  "--undefended-only", *TINY])
     assert r.exit_code != 0 and "weights file not found" in r.output
+
+
+def test_other_commands_take_a_source_at_weights(tmp_path, monkeypatch):
+    """--ebm / --model of purify and ood resolve SOURCE@WEIGHTS like attack's, importing once."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)  # test-only weight init
+    torch.save(authors_ebm().state_dict(), "ebm.pth")
+    Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save("img.png")
+    r = run_cli(["purify", "img.png", "--ebm", "ebm-defense:ebm@ebm.pth", "-k", "2"])
+    assert r.exit_code == 0, r.output
+    assert Path("img.purified.png").is_file()
+    r = run_cli(["ood", "--ebm", "ebm-defense:ebm@ebm.pth", "--ood", "uniform-noise",
+                 "--n-images", "8", "--out", "ood.json"])
+    assert r.exit_code == 0, r.output
+    imported = list(Path("runs").rglob("imported/*.safetensors"))
+    assert len(imported) == 1  # the second command reused the first one's import
+    assert json.loads(Path("ood.json").read_text())["model"] == str(imported[0])
+    r = run_cli(["purify", "img.png", "--ebm", "ebm-defense:ebm@nope.pth", "--force"])
+    assert r.exit_code != 0 and "weights file not found" in r.output

@@ -55,6 +55,11 @@ def fix_train_cmd(
     out = claim_output(out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors",
                        force=force, resume=resume)
     dev = setup_device(cfg)
+    from ebmctl.importers import resolve_model_argument
+
+    # SOURCE[@WEIGHTS] as `ebmctl import-model` takes (e.g. torchvision:resnet18@rn.pt)
+    ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
+    model = resolve_model_argument(model, cfg["run.out_dir"]) if model else None
     energy = EnergyModel.load(ebm, dev)
     task = get_task(cfg)
     task_model = TaskModel.load(model, dev) if model else None

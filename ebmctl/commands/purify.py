@@ -58,6 +58,10 @@ def purify_cmd(
     if not images:
         raise InputError("no images given")
     dev = setup_device(cfg)
+    if ebm is not None:  # ebm-defense:ebm@FILE as `ebmctl import-model` takes
+        from ebmctl.importers import resolve_model_argument
+
+        ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
     energy = EnergyModel.load(ebm or default_ebm(), dev)
     k = cfg["defense.steps"] if steps is None else steps
     if steps is None and cfg.provenance.get("defense.steps") == "default":
