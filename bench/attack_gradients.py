@@ -25,7 +25,8 @@ def one(args) -> dict:
     import torch
 
     from ebmctl.attacks.gradients import eot_gradient
-    from ebmctl.defense import Defense, EnergyModel, TaskModel
+    from ebmctl.defense import Defense
+    from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.nn.ebm import LightweightEBM
     from ebmctl_classification.models import SmallCNN
     from ebmctl_classification.task import ClassificationTask

@@ -19,7 +19,8 @@ import torch
 
 from ebmctl.artifacts import atomic_write_json, load_artifact
 from ebmctl.context import load_dataset
-from ebmctl.defense import Defense, EnergyModel, TaskModel
+from ebmctl.defense import Defense
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.profiles import resolve
 from ebmctl.shipped import DEFAULT_CLASSIFIER, DEFAULT_EBM

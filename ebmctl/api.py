@@ -26,7 +26,8 @@ from ebmctl.data_utils import (
 from ebmctl.defended import DefendedModel as DefendedModel  # the library API (LIBRARY)
 from ebmctl.defended import defend as defend
 from ebmctl.defended import load_ebm as load_ebm
-from ebmctl.defense import Defense, EnergyModel, TaskModel, adapt_images, average_outputs
+from ebmctl.defense import Defense, adapt_images, average_outputs
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.evaluate.library import evaluate as evaluate
 from ebmctl.evaluate.plots import save_grid, save_image01, save_tiles
 from ebmctl.errors import (

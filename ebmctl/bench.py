@@ -5,7 +5,7 @@ Every sampler figure is a ratio taken *within one run*: the naive reference loop
 sampler alternate (naive, tuned, naive, tuned, ...) on the same network and batch, so a shared or
 throttled machine slows both alike. The naive reference is the purification loop as the authors'
 code runs it: fp32, eager, parameters requiring grad, contiguous memory, one ``autograd.grad`` per
-step. The tuned sampler is :func:`ebmctl.sampling.langevin` with the settings chosen for the device.
+step. The tuned sampler is :func:`ebmctl.sampling.langevin.langevin` with the settings chosen for the device.
 
 Besides wall time, CPU time of this process is recorded: on a machine shared with other jobs it
 is the steadier measure of work done (it excludes time spent waiting for a core).
@@ -30,7 +30,7 @@ from torch import nn
 
 from ebmctl.device import cpu_has_native_bf16, resolve_precision
 from ebmctl.nn.ebm import LightweightEBM
-from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin, sampling_net
+from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin, sampling_net
 from ebmctl.seeds import derive_seed, make_generator
 
 # The thesis' Ch. 2 EBM as its authors run it: drift coefficient 1, noise 0.01
@@ -180,7 +180,7 @@ def step_agreement(net: nn.Module, x: torch.Tensor, settings: LangevinSettings) 
     cosine of the two drifts (per image, min and mean) and their relative difference."""
     xs = x.contiguous(memory_format=torch.channels_last) if (
         settings.channels_last and x.dim() == 4) else x
-    from ebmctl.sampling import frozen
+    from ebmctl.sampling.langevin import frozen
 
     with frozen(net):
         _, ref = energy_and_grad(net, x, "fp32")
@@ -265,7 +265,8 @@ def sampler_bench(device: torch.device, batch: int, *, image_size: int = 32, cha
 
 def _small_defense(device: torch.device, image_size: int, channels: int, width: int,
                    steps: int, reps: int, settings: LangevinSettings):
-    from ebmctl.defense import Defense, EnergyModel, TaskModel
+    from ebmctl.defense import Defense
+    from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.plugins import get_registries
 
     with torch.random.fork_rng(devices=[]):

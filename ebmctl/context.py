@@ -17,7 +17,7 @@ from ebmctl.contracts import DataRequest, DatasetBundle, Task
 
 def setup_device(cfg: Config) -> torch.device:
     set_threads(cfg["run.threads"])
-    from ebmctl.sampling import set_compile_default
+    from ebmctl.sampling.langevin import set_compile_default
 
     set_compile_default(cfg["langevin.compile"])  # LangevinSettings(compile=None) follows the profile
     return resolve_device(cfg["run.device"])

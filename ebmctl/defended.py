@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ebmctl.defense import Defense, EnergyModel, average_outputs
+from ebmctl.defense import Defense, average_outputs
+from ebmctl.models import EnergyModel
 from ebmctl.errors import ConfigError, InputError
 
 #: EBMs shipped inside the package, by name (see :mod:`ebmctl.shipped`)

@@ -1,35 +1,23 @@
 """Purification and the EOT defense (docs/algorithms.md#purification-and-the-eot-defense),
-and the EBM↔task-model adapter.
+and the image adapter every model uses.
 
-Public images are [0,1]; :class:`EnergyModel` and :class:`TaskModel` convert to their own
-range, size and channels, so an EBM can defend a task model of another resolution.
+Public images are [0,1]; the models of :mod:`ebmctl.models` (:class:`~ebmctl.models.EnergyModel`,
+:class:`~ebmctl.models.TaskModel`) convert to their own range, size and channels with
+:func:`adapt_images`, so an EBM can defend a task model of another resolution.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ebmctl.artifacts import load_model
 from ebmctl.errors import ArtifactError
-from ebmctl.sampling import LangevinSettings, langevin_chunked
-from ebmctl.seeds import make_generator
-from ebmctl.units import to_internal, to_public
 
-TASK_MODEL_KINDS = ("classifier", "segmenter")
-
-
-def task_model_kinds() -> tuple[str, ...]:
-    """The built-in task model kinds plus the model kind of every registered task (plugins)."""
-    from ebmctl.plugins import get_registries
-
-    tasks = get_registries().tasks
-    extra = sorted({tasks.get(n).model_kind for n in tasks} - set(TASK_MODEL_KINDS))
-    return TASK_MODEL_KINDS + tuple(extra)
+if TYPE_CHECKING:
+    from ebmctl.models import EnergyModel, TaskModel
 
 
 def adapt_images(x: torch.Tensor, size: int | tuple[int, int], channels: int) -> torch.Tensor:
@@ -49,80 +37,6 @@ def adapt_images(x: torch.Tensor, size: int | tuple[int, int], channels: int) ->
         shrink = x.shape[-1] > hw[1] or x.shape[-2] > hw[0]
         x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=shrink)
     return x
-
-
-@dataclass
-class EnergyModel:
-    """An EBM with the Langevin constants stored in its artifact
-    (docs/algorithms.md#langevin-update)."""
-
-    net: nn.Module
-    tau: float
-    temperature: float
-    image_size: int
-    channels: int
-    path: str = ""
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> "EnergyModel":
-        net, art = load_model(path, "ebm")
-        extra, data = art.extra, art.data
-        try:
-            tau, temp = float(extra["tau"]), float(extra["temperature"])
-            size, ch = int(data["image_size"]), int(data["channels"])
-        except (KeyError, TypeError, ValueError):
-            raise ArtifactError(f"{path}: EBM artifact lacks tau/temperature/image size metadata") from None
-        if not (tau > 0 and temp > 0):
-            raise ArtifactError(f"{path}: EBM artifact has invalid tau/temperature")
-        return cls(net.to(device).eval(), tau, temp, size, ch, str(path))
-
-    def settings(self, precision: str = "fp32", eta: float = 1.0,
-                 channels_last: bool = False) -> LangevinSettings:
-        return LangevinSettings(self.tau, self.temperature, eta, precision, channels_last)
-
-    def energy01(self, x01: torch.Tensor) -> torch.Tensor:
-        """Model energy U = U_net / T of [0,1] images (adapted to the EBM's size/channels)."""
-        z = to_internal(adapt_images(x01, self.image_size, self.channels))
-        return self.net(z) / self.temperature
-
-    def purify01(self, x01: torch.Tensor, steps: int, key: tuple, *, precision: str = "fp32",
-                 chunk_size: int = 2048, eta: float = 1.0, channels_last: bool = False,
-                 clamp: bool = False, native: bool = False) -> torch.Tensor:
-        """K Langevin steps from [0,1] images; returns [0,1]-unit images of the input's shape,
-        unclamped unless ``clamp``. Noise is derived from ``key`` (per chunk). With ``native``
-        the EBM runs convolutionally at the input's own size instead of resizing."""
-        in_size, in_ch = tuple(x01.shape[-2:]), x01.shape[1]
-        z = to_internal(adapt_images(x01, 0 if native else self.image_size, self.channels))
-        if steps > 0:
-            dev = z.device
-            z = langevin_chunked(self.net, z, steps, self.settings(precision, eta, channels_last),
-                                 chunk_size, lambda i: make_generator(dev, *key, "chunk", i))
-        out = adapt_images(to_public(z), in_size, in_ch)
-        return out.clamp(0, 1) if clamp else out
-
-
-class TaskModel(nn.Module):
-    """A task network taking [0,1] images at its own size; converts to its input range."""
-
-    def __init__(self, net: nn.Module, input_range: str = "[-1,1]", image_size: int = 0,
-                 channels: int = 0, kind: str = "classifier", task: str = "classification"):
-        super().__init__()
-        self.net, self.input_range = net, input_range
-        self.image_size, self.channels, self.kind, self.task = image_size, channels, kind, task
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> "TaskModel":
-        net, art = load_model(path, task_model_kinds())
-        data = art.data
-        model = cls(net, data.get("range", "[-1,1]"), int(data.get("image_size", 0)),
-                    int(data.get("channels", 0)), art.kind, art.meta.get("ebmctl.task", ""))
-        return model.to(device).eval()
-
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        x = adapt_images(x01, self.image_size, self.channels)
-        if self.input_range == "[-1,1]":
-            x = to_internal(x)
-        return self.net(x)
 
 
 def average_outputs(outputs: torch.Tensor, mode: str = "logits") -> torch.Tensor:

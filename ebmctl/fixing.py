@@ -22,7 +22,8 @@ from torch import nn
 from ebmctl.artifacts import atomic_write_json, load_model, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.data_utils import pick_subset
-from ebmctl.defense import EnergyModel, TaskModel, adapt_images
+from ebmctl.defense import adapt_images
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ArtifactError, ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.plugins import get_registries

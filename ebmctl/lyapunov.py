@@ -28,7 +28,7 @@ from torch import nn
 
 from ebmctl.defense import adapt_images
 from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.sampling import LangevinSettings, frozen, langevin
+from ebmctl.sampling.langevin import LangevinSettings, frozen, langevin
 from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
 
@@ -137,7 +137,7 @@ def quadratic_exponent(eigenvalues: Sequence[float], drift: float) -> float:
 
 def net_grad_fn(net: nn.Module, dtype: torch.dtype = torch.float64) -> GradFn:
     """∇_x U_net(x) of a (frozen) network, in ``dtype``. The network is copied so the caller's
-    model keeps its precision; callers wrap use in :func:`ebmctl.sampling.frozen`."""
+    model keeps its precision; callers wrap use in :func:`ebmctl.sampling.langevin.frozen`."""
     model = copy.deepcopy(net).to(dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)

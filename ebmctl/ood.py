@@ -112,8 +112,7 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
     from ebmctl.context import environment, load_dataset
     from ebmctl.data_utils import pick_subset
     from ebmctl.evaluate.plots import save_histograms
-    from ebmctl.hat import HatModel
-    from ebmctl.synthesis import config_for_model, load_energy_model
+    from ebmctl.models import config_for_model, load_energy_model
 
     out = Path(out)
     cfg = config_for_model(cfg, model_path)
@@ -139,11 +138,10 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
         for label, x in ood_x.items():
             e_out[label] = energies(model.energy01, x, device)
             bar.advance(1, label)
-    is_hat = isinstance(model, HatModel)
-    temperature = model.settings.temperature if is_hat else model.temperature
+    temperature = model.temperature
     report = {
         "command": "ood", "model": str(model_path),
-        "model_kind": "hat-ebm" if is_hat else "ebm",
+        "model_kind": model.kind,
         "score": "energy U(x) = U_net(x)/T evaluated on the image (no sampling); "
                  "in-distribution is the positive class with score -U(x)",
         "temperature": temperature,

@@ -11,55 +11,17 @@ from pathlib import Path
 
 import torch
 
-from ebmctl.artifacts import atomic_write_json, read_header
+from ebmctl.artifacts import atomic_write_json
 from ebmctl.console import info
 from ebmctl.context import environment, load_dataset
 from ebmctl.data_utils import pick_subset
-from ebmctl.defense import EnergyModel, TaskModel
 from ebmctl.device import resolve_precision
-from ebmctl.errors import ArtifactError, ConfigError
+from ebmctl.errors import ConfigError
 from ebmctl.evaluate.plots import save_grid, save_image01
 from ebmctl.evaluate.quality import classifier_features, inception_features, quality_report
-from ebmctl.hat import HatModel
+from ebmctl.models import EnergyModel, TaskModel, config_for_model, load_energy_model
 from ebmctl.profiles import Config
 from ebmctl.seeds import make_generator
-
-ENERGY_KINDS = ("ebm", "hat-ebm")
-
-
-def artifact_kind(path: str | Path) -> str:
-    meta, _ = read_header(path)
-    kind = meta.get("ebmctl.kind", "")
-    if kind not in ENERGY_KINDS:
-        raise ArtifactError(f"{path} is a {kind or 'non-ebmctl'!r} artifact; synthesize and ood "
-                            "need an 'ebm' or 'hat-ebm' artifact")
-    return kind
-
-
-def load_energy_model(path: str | Path, device) -> EnergyModel | HatModel:
-    """A plain EBM or a Hat EBM, whichever the artifact holds."""
-    if artifact_kind(path) == "hat-ebm":
-        return HatModel.load(path, device)
-    return EnergyModel.load(path, device)
-
-
-def artifact_dataset(path: str | Path) -> str:
-    import json
-
-    meta, _ = read_header(path)
-    try:
-        return str(json.loads(meta.get("ebmctl.data", "{}")).get("dataset", ""))
-    except json.JSONDecodeError:
-        return ""
-
-
-def config_for_model(cfg: Config, path: str | Path) -> Config:
-    """Use the model's training dataset unless the profile or --set chose one explicitly."""
-    name = artifact_dataset(path)
-    if name and cfg.provenance.get("data.dataset") in ("default", None) and cfg["data.dataset"] != name:
-        return cfg.with_overrides({"data.dataset": name}, "model artifact")
-    return cfg
-
 
 def sample_plain(model: EnergyModel, n: int, steps: int, init: str, data01: torch.Tensor | None,
                  key: tuple, precision: str = "fp32", chunk_size: int = 2048) -> dict:
@@ -87,7 +49,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     model = load_energy_model(model_path, device)
     n, seed = cfg["synth.n"], cfg["run.seed"]
     precision = resolve_precision(cfg["langevin.precision"], device)
-    is_hat = isinstance(model, HatModel)
+    is_hat = model.kind == "hat-ebm"
     if mode and not is_hat:
         raise ConfigError("--mode applies to Hat EBMs only; this is a plain EBM")
     needs_data = (not is_hat and cfg["synth.init"] == "data") or classifier or \

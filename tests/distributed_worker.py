@@ -13,7 +13,8 @@ N_IMAGES, CHUNK, SEED = 8, 3, 5  # chunks at 0, 3, 6: rank 0 runs two of them, r
 
 def build():
     from ebmctl.bench import lightweight_net
-    from ebmctl.defense import Defense, EnergyModel, TaskModel
+    from ebmctl.defense import Defense
+    from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.plugins import get_registries
     from ebmctl.testing import tiny_bundle
 

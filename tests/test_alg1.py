@@ -13,7 +13,8 @@ from ebmctl.attacks.full_eot import FullGradientEOT, SmoothedGradientEOT
 from ebmctl.attacks.gradients import eot_gradient, purify_differentiable
 from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.attacks.threat import project
-from ebmctl.defense import Defense, EnergyModel, TaskModel
+from ebmctl.defense import Defense
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.evaluate.attack_eval import evaluate_attack
 from ebmctl.evaluate.report import run_label, worst_case
 from ebmctl.nn.ebm import LightweightEBM

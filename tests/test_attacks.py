@@ -15,9 +15,10 @@ from ebmctl.attacks.losses import dlr_loss, margin_loss
 from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
-from ebmctl.defense import Defense, EnergyModel, TaskModel
+from ebmctl.defense import Defense
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.nn.ebm import LightweightEBM
-from ebmctl.sampling import LangevinSettings, langevin
+from ebmctl.sampling.langevin import LangevinSettings, langevin
 from ebmctl.testing import tiny_bundle
 from ebmctl_classification.task import ClassificationTask
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ebmctl import bench
-from ebmctl.sampling import LangevinSettings, langevin
+from ebmctl.sampling.langevin import LangevinSettings, langevin
 from ebmctl.testing import run_cli
 
 TINY = dict(image_size=8, channels=1, width=4)

@@ -310,7 +310,7 @@ def test_a_diverged_model_never_overwrites_a_checkpoint(tmp_path):
 
 def test_nan_in_the_sampler_is_a_numerical_error():
     from ebmctl.errors import NumericalError
-    from ebmctl.sampling import LangevinSettings, langevin
+    from ebmctl.sampling.langevin import LangevinSettings, langevin
 
     class Exploding(torch.nn.Module):
         def forward(self, x):

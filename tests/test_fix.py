@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from ebmctl.artifacts import load_artifact, model_tensors, save_artifact
-from ebmctl.defense import Defense, EnergyModel, TaskModel
+from ebmctl.defense import Defense
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.fixing import (
     ClassifierFeatures,

@@ -13,7 +13,7 @@ from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve
 from ebmctl.registry import Registry
-from ebmctl.sampling import LangevinSettings, langevin
+from ebmctl.sampling.langevin import LangevinSettings, langevin
 
 
 def test_unknown_profile_key_names_closest():
@@ -132,7 +132,8 @@ def test_langevin_does_not_touch_parameter_grads():
 
 
 def test_eot_predict_and_replicate_layout(tmp_path):
-    from ebmctl.defense import Defense, EnergyModel, TaskModel
+    from ebmctl.defense import Defense
+    from ebmctl.models import EnergyModel, TaskModel
 
     clf = TaskModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)),
                     "[-1,1]", 8, 1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ebmctl.hat import HatModel, HatSettings, hat_langevin, initial_state
+from ebmctl.models import HatModel
+from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state
 from ebmctl.nn.hat import HatEBM
 from ebmctl.profiles import resolve
 from ebmctl.seeds import make_generator

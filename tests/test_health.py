@@ -11,7 +11,7 @@ from torch import nn
 from ebmctl.artifacts import load_artifact
 from ebmctl.profiles import resolve
 from ebmctl.contracts import DatasetBundle, Split
-from ebmctl.sampling import LangevinSettings
+from ebmctl.sampling.langevin import LangevinSettings
 from ebmctl.testing import run_cli
 from ebmctl.training.health import LABELS_NOT_MEASURED, health_horizon, run_health_check
 

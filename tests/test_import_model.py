@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ebmctl.artifacts import file_digest, read_header
-from ebmctl.defense import EnergyModel, TaskModel
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.importers import EbmDefenseWRN, import_model
-from ebmctl.sampling import langevin
+from ebmctl.sampling.langevin import langevin
 from ebmctl.testing import run_cli
 
 CPU = torch.device("cpu")

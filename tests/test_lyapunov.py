@@ -10,7 +10,7 @@ from torch import nn
 
 from ebmctl import lyapunov as ly
 from ebmctl.errors import ConfigError
-from ebmctl.sampling import LangevinSettings
+from ebmctl.sampling.langevin import LangevinSettings
 from ebmctl.seeds import make_generator
 
 # Diagonal quadratic energy on 1×4×4 images: one slow direction (factor 1 − 0.2·0.5 = 0.9),

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import ebmctl
-from ebmctl.defense import EnergyModel, average_outputs
+from ebmctl.defense import average_outputs
+from ebmctl.models import EnergyModel
 from ebmctl.errors import ArtifactError, ConfigError, InputError
 from ebmctl.nn.ebm import LightweightEBM
 

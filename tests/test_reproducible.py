@@ -67,7 +67,7 @@ def _train(which: str, out: Path, seed: int):
                              "run.threads=1", *sets])  # dropout draws from the global RNG
         return train_task_model(cfg, bundle, get_task(cfg), out, CPU)
     if which == "fixer":
-        from ebmctl.defense import EnergyModel
+        from ebmctl.models import EnergyModel
         from ebmctl.fixing import FixerRun, train_fixer
 
         art = save_valid(out.parent / "art")
@@ -116,7 +116,7 @@ ATTACK = ["attack.steps=2", "attack.eot_reps=2", "attack.restarts=1", "defense.s
 
 def _setup(tmp_path):
     from ebmctl.context import get_task
-    from ebmctl.defense import EnergyModel, TaskModel
+    from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.evaluate.report import build_defense, make_attack
 
     art = save_valid(tmp_path / "art")

@@ -138,7 +138,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
         changed, key = base.with_overrides({"model.lr": 0.01}), "model.lr"
     else:
         import ebmctl.fixing as mod
-        from ebmctl.defense import EnergyModel
+        from ebmctl.models import EnergyModel
 
         art = save_valid(tmp_path / "art")
 

@@ -12,9 +12,9 @@ import warnings
 import pytest
 import torch
 
-import ebmctl.sampling as sampling
+import ebmctl.sampling.langevin as sampling
 from ebmctl.bench import lightweight_net, step_agreement
-from ebmctl.sampling import LangevinSettings, frozen, langevin, set_compile_default
+from ebmctl.sampling.langevin import LangevinSettings, frozen, langevin, set_compile_default
 from ebmctl.testing import tiny_bundle
 from ebmctl.units import to_internal
 

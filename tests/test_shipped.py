@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ebmctl.artifacts import load_artifact
-from ebmctl.defense import EnergyModel, TaskModel
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.shipped import DEFAULT_CLASSIFIER, DEFAULT_EBM
 from ebmctl.testing import run_cli
 

@@ -16,7 +16,7 @@ from torch import nn
 from ebmctl.artifacts import load_artifact, load_model
 from ebmctl.nn.ebm import LightweightEBM, SmoothLeakyReLU, make_activation
 from ebmctl.profiles import resolve
-from ebmctl.sampling import LangevinSettings, langevin
+from ebmctl.sampling.langevin import LangevinSettings, langevin
 from ebmctl.testing import run_cli
 
 TINY = ["run.threads=1", "data.max_train=48", "train.steps=1", "train.mcmc_steps=2",

@@ -15,7 +15,8 @@ from ebmctl.attacks.bpda_eot import BPDAEOT
 from ebmctl.attacks.full_eot import FullGradientEOT
 from ebmctl.attacks.gradients import purify_differentiable
 from ebmctl.attacks.loop import SteppedAttack
-from ebmctl.defense import Defense, EnergyModel, TaskModel, average_outputs
+from ebmctl.defense import Defense, average_outputs
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.report import (
     check_options_used,

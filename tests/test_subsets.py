@@ -163,7 +163,7 @@ def test_fixer_training_and_validation_images_are_class_mixed(cfg, artifacts, mo
                                                               tmp_path):
     import ebmctl.fixing as fixing
     from ebmctl.context import load_dataset
-    from ebmctl.defense import EnergyModel, TaskModel
+    from ebmctl.models import EnergyModel, TaskModel
 
     seen = []
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ebmctl.artifacts import load_artifact
-from ebmctl.defense import TaskModel
+from ebmctl.models import TaskModel
 from ebmctl.evaluate.report import evaluation_images
 from ebmctl.profiles import resolve
 from ebmctl.testing import run_cli

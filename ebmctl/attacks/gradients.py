@@ -33,7 +33,7 @@ from torch import nn
 from ebmctl.device import autocast
 from ebmctl.defense import Defense, adapt_images, average_outputs
 from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.sampling import LangevinSettings, frozen, langevin
+from ebmctl.sampling.langevin import LangevinSettings, frozen, langevin
 from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
 
@@ -171,7 +171,7 @@ def langevin_differentiable(net: nn.Module, x: torch.Tensor, steps: int,
                             ) -> torch.Tensor:
     """K Langevin steps from ``x`` (internal units) whose output is differentiable w.r.t. ``x``.
 
-    The forward values equal :func:`ebmctl.sampling.langevin` given the same noise. Noise comes
+    The forward values equal :func:`ebmctl.sampling.langevin.langevin` given the same noise. Noise comes
     from ``noise(k)`` if given, else from generators derived from ``key`` per segment. The
     backward pass differentiates through ``backward_net`` (default ``net``; a
     :func:`smoothed_copy` for the smoothed attack). Memory: about K/S stored states plus one

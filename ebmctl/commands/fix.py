@@ -46,7 +46,7 @@ def fix_train_cmd(
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
     from ebmctl.context import get_task, load_dataset, setup_device
-    from ebmctl.defense import EnergyModel, TaskModel
+    from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.errors import ConfigError
     from ebmctl.fixing import FixerRun, train_fixer
 

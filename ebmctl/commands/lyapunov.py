@@ -38,7 +38,7 @@ def lyapunov_cmd(
     from ebmctl.console import info, out_console, progress_bar
     from ebmctl.context import environment, get_task, load_dataset, setup_device
     from ebmctl.data_utils import pick_subset
-    from ebmctl.defense import EnergyModel, TaskModel
+    from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.plots import save_grid
     from ebmctl import lyapunov as ly

@@ -46,7 +46,7 @@ def purify_cmd(
     from ebmctl.artifacts import claim_output, output_stems
     from ebmctl.console import info
     from ebmctl.context import setup_device
-    from ebmctl.defense import EnergyModel
+    from ebmctl.models import EnergyModel
     from ebmctl.device import resolve_precision
     from ebmctl.errors import ConfigError, InputError
     from ebmctl.images import output_mode, read_image_like, save_image_like

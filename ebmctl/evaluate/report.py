@@ -27,7 +27,8 @@ from ebmctl.artifacts import atomic_write_bytes, atomic_write_json
 from ebmctl.attacks.base import Attack
 from ebmctl.console import info, progress_bar
 from ebmctl.context import environment, get_task, load_dataset
-from ebmctl.defense import Defense, EnergyModel, TaskModel
+from ebmctl.defense import Defense
+from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.attack_eval import evaluate_attack

@@ -22,7 +22,7 @@ from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.contracts import DatasetBundle
-from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
+from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.checkpoint import (
     ResumeGuard,

@@ -32,7 +32,7 @@ from ebmctl.artifacts import (
 from ebmctl.console import info, progress_bar
 from ebmctl.errors import ArtifactError, ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
-from ebmctl.hat import HatSettings, hat_langevin, initial_state
+from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state
 from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.hat import HatEBM
 from ebmctl.plugins import get_registries

@@ -20,7 +20,7 @@ import torch
 
 from ebmctl.console import info
 from ebmctl.evaluate.plots import save_grid
-from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
+from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
 from ebmctl.units import to_internal, to_public
 
 # A chain is "oversaturated" when more than this share of its pixels leaves [-1, 1] by more than
@@ -63,7 +63,7 @@ def load_health_classifier(cfg, device):
     path = cfg["train.health_classifier"]
     if not path:
         return None
-    from ebmctl.defense import TaskModel
+    from ebmctl.models import TaskModel
     from ebmctl.errors import ConfigError
 
     model = TaskModel.load(path, torch.device(device))

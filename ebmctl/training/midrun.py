@@ -28,7 +28,7 @@ from ebmctl.nn.sngan import project_to_sphere
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.contracts import DatasetBundle
-from ebmctl.sampling import LangevinSettings, energy_and_grad, langevin
+from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.convergent import ebm_arch_args, ebm_data_meta
 from ebmctl.training.checkpoint import (

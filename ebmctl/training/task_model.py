@@ -9,7 +9,7 @@ import torch
 
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
-from ebmctl.defense import TaskModel
+from ebmctl.models import TaskModel
 from ebmctl.errors import ConfigError
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config

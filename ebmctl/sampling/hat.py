@@ -1,6 +1,6 @@
 """Hat EBM sampling (docs/algorithms.md#hat-ebm-sampling): alternating Langevin on the
-residual Y and the latent Z of U(Y, Z) = H(G(Z) + Y), and the loaded-artifact wrapper used by
-`synthesize`/`ood`.
+residual Y and the latent Z of U(Y, Z) = H(G(Z) + Y). The loaded artifact is
+:class:`ebmctl.models.HatModel`.
 
 Update with temperature T (thesis §6.7.5), Y first, then Z with the new Y (Eqs. 6.6, 6.7):
 
@@ -14,17 +14,12 @@ residual ablation, §6.7.1). The generator is frozen and deterministic while sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ebmctl.artifacts import load_model
-from ebmctl.defense import adapt_images
-from ebmctl.errors import ArtifactError, ConfigError, NumericalError
+from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.nn.hat import HatEBM
-from ebmctl.sampling import frozen
-from ebmctl.seeds import make_generator
-from ebmctl.units import to_internal, to_public
+from ebmctl.sampling.langevin import frozen
 
 MODES = ("conditional", "joint")
 
@@ -112,57 +107,3 @@ def initial_state(model: HatEBM, n: int, generator: torch.Generator, device) -> 
     with torch.no_grad():
         shape = model.generate(z[:1]).shape[1:]
     return z, torch.zeros((n, *shape), device=device)
-
-
-@dataclass
-class HatModel:
-    """A trained Hat EBM artifact with its sampling constants."""
-
-    net: HatEBM
-    settings: HatSettings
-    mcmc_steps: int
-    image_size: int
-    channels: int
-    path: str = ""
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> "HatModel":
-        net, art = load_model(path, "hat-ebm")
-        extra, data = art.extra, art.data
-        try:
-            settings = HatSettings(float(extra["eps_y"]), float(extra["eps_z"]),
-                                   float(extra["temperature"]), str(extra["mode"]),
-                                   bool(extra.get("residual", True)),
-                                   float(extra.get("residual_prior", 0.0)))
-            steps = int(extra["mcmc_steps"])
-            size, ch = int(data["image_size"]), int(data["channels"])
-        except (KeyError, TypeError, ValueError, ConfigError):
-            raise ArtifactError(f"{path}: Hat EBM artifact lacks valid sampling metadata") from None
-        return cls(net.to(device).eval(), settings, steps, size, ch, str(path))
-
-    def energy01(self, x01: torch.Tensor) -> torch.Tensor:
-        """Model energy H(x)/T of [0,1] images evaluated directly, no latent sampling (thesis
-        §6.5.4)."""
-        x = to_internal(adapt_images(x01, self.image_size, self.channels))
-        return self.net(x) / self.settings.temperature
-
-    def sample01(self, n: int, steps: int, key: tuple, *, mode: str | None = None,
-                 chunk_size: int = 1024) -> dict[str, torch.Tensor]:
-        """``n`` samples in [0,1] units: ``samples`` = G(Z_K) + Y_K, ``generator`` = G(Z_0) (the
-        generator alone), and the final ``z`` and ``y``. Noise is derived from ``key``."""
-        settings = self.settings
-        if mode and mode != settings.mode:
-            settings = HatSettings(settings.eps_y, settings.eps_z, settings.temperature, mode,
-                                   settings.residual, settings.residual_prior)
-        dev = next(self.net.parameters()).device
-        parts: dict[str, list[torch.Tensor]] = {"samples": [], "generator": [], "z": [], "y": []}
-        for i, start in enumerate(range(0, n, chunk_size)):
-            gen = make_generator(dev, *key, "chunk", i)
-            z0, y0 = initial_state(self.net, min(chunk_size, n - start), gen, dev)
-            z, y = hat_langevin(self.net, z0, y0, steps, settings, gen)
-            with torch.no_grad():
-                parts["generator"].append(to_public(self.net.generate(z0)))
-                parts["samples"].append(to_public(self.net.generate(z) + y))
-            parts["z"].append(z)
-            parts["y"].append(y)
-        return {k: torch.cat(v) for k, v in parts.items()}
