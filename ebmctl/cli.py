@@ -65,7 +65,7 @@ def main_options(
     warn_failures()
 
 
-app.add_typer(train.app, name="train")
+app.add_typer(train.app)
 app.add_typer(profiles.app)
 app.add_typer(purify.app)
 app.add_typer(attack.app)

@@ -207,11 +207,18 @@ def overrides(flags: Mapping[str, Any]) -> list[str]:
 
 
 def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = None, *,
-                default_profile: str | None = None) -> Config:
-    """The resolved profile of this invocation: the profile named by ``--profile`` (root or
-    command; else ``default_profile``, else the schema defaults), then every ``--set`` in order, then the command's own ``flags`` (profile key ->
-    value or None; see :func:`overrides`), then ``--device``/``--seed``; then the task's
-    defaults for keys still at their schema default.
+                default_profile: str | None = None, defaults: Mapping[str, Any] | None = None,
+                implied: Mapping[str, Any] | None = None) -> Config:
+    """The resolved profile of this invocation, later layers winning:
+
+    1. the schema defaults, with the command's own ``defaults`` (profile key -> value) on top;
+    2. the profile named by ``--profile`` (root or command; else ``default_profile``);
+    3. ``implied``: values a flag implies but an explicit ``--set`` may still change;
+    4. every ``--set`` in order (root first, then the command's);
+    5. the command's ``flags`` (profile key -> value, None for a flag not given; see
+       :func:`overrides`), then ``--device`` and ``--seed``;
+
+    then the task's defaults for the keys still at their schema default.
 
     Raises:
         ConfigError: an unknown profile, key or bad value, naming it.
@@ -220,10 +227,14 @@ def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = Non
 
     if ctx is None or isinstance(ctx, str):  # transitional: (profile, sets, device, seed)
         return _legacy_make_config(ctx, flags, device, seed)
-    opts = (ctx.find_object(GlobalOptions) if ctx is not None else None) or GlobalOptions()
-    items = [*opts.sets, *overrides(flags or {}),
+    opts = ctx.find_object(GlobalOptions) or GlobalOptions()
+    items = [*overrides(implied or {}), *opts.sets, *overrides(flags or {}),
              *overrides({"run.device": opts.device or None, "run.seed": opts.seed})]
-    return with_task_defaults(resolve(opts.profile or default_profile, items))
+    cfg = resolve(opts.profile or default_profile, items)
+    changed = {k: v for k, v in (defaults or {}).items() if cfg.provenance.get(k) == "default"}
+    if changed:  # still "default": a profile or --set would have replaced them
+        cfg = cfg.with_overrides(changed, "default")
+    return with_task_defaults(cfg)
 
 
 # Transitional, until every command reads the context object.

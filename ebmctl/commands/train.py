@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
 from ebmctl.commands.common import (
-    DeviceOpt,
     ForceOpt,
-    OutOpt,
-    ProfileOpt,
-    SeedOpt,
-    SetOpt,
+    command,
     make_config,
+    out_option,
+    updates_option,
 )
 from ebmctl.console import info
 
-app = typer.Typer(help="Train EBMs and task models.", no_args_is_help=True)
+app = typer.Typer(name="train", help="Train EBMs and task models.", no_args_is_help=True)
 
 ResumeOpt = typer.Option(False, "--resume", help="continue from the run's checkpoint (an error "
                          "if it was trained with other settings)")
 ForceResumeOpt = typer.Option(False, "--force-resume", help="resume even though the number of "
                               "updates, logging/checkpoint frequency or sharding changed; the "
                               "artifact records the changes (other settings cannot change)")
+EpochsOpt = typer.Option(None, "--epochs", help="override model.epochs")
+#: ``--steps`` counted training updates before ``-k/--langevin-steps`` and ``--updates`` split
+#: the two meanings (kept for one release).
+OLD_STEPS = {"--steps": "--updates"}
+
+
+def _out(what: str) -> Any:
+    return out_option(None, f"for the {what} artifact (default: "
+                            f"run.out_dir/<dataset>-{what}.safetensors)")
 
 
 def default_out(cfg, what: str) -> Path:
@@ -38,13 +46,13 @@ def claimed_out(out: Path | None, cfg, what: str, force: bool, resume: bool = Fa
     return claim_output(out or default_out(cfg, what), force=force, resume=resume)
 
 
-@app.command("ebm")
-def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
-                  seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                  force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
-                  steps: int = typer.Option(None, "--steps", help="override train.steps"),
-                  recipe: str = typer.Option(None, "--recipe",
-                                             help="override train.recipe: convergent | midrun")):
+@app.command("ebm", cls=command(aliases=OLD_STEPS))
+def train_ebm_cmd(ctx: typer.Context, out: Optional[Path] = _out("ebm"),
+                  resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
+                  force: ForceOpt = False,
+                  updates: Optional[int] = updates_option(None, "J (train.steps)"),
+                  recipe: Optional[str] = typer.Option(None, "--recipe", help="override "
+                                                       "train.recipe: convergent | midrun")):
     """Train an EBM: convergent learning (persistent noise bank, Adam then SGD;
     docs/algorithms.md#convergent-training) or mid-run learning (rejuvenated bank, annealed Adam;
     docs/algorithms.md#mid-run-training) per train.recipe. Convergent training runs data-parallel
@@ -54,9 +62,7 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
     from ebmctl.training.convergent import train_ebm
     from ebmctl.training.midrun import RECIPES, train_midrun
 
-    extra = ([f"train.steps={steps}"] if steps is not None else []) + (
-        [f"train.recipe={recipe}"] if recipe is not None else [])
-    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    cfg = make_config(ctx, {"train.steps": updates, "train.recipe": recipe})
     trainers = {"convergent": train_ebm, "midrun": train_midrun}
     if cfg["train.recipe"] not in trainers:
         raise ConfigError(f"unknown train.recipe {cfg['train.recipe']!r}; choose from "
@@ -74,14 +80,12 @@ def train_ebm_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: Devic
     info(f"wrote {path}")
 
 
-def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: str | None,
-                force_resume: bool = False, force: bool = False):
+def _train_task(cfg, out, resume, kind_check: str | None, force_resume: bool = False,
+                force: bool = False):
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.training.task_model import train_task_model
 
-    cfg = make_config(profile, (set_ or []) + ([f"model.epochs={epochs}"] if epochs is not None else []),
-                      device, seed)
     task = get_task(cfg)
     if kind_check and task.model_kind != kind_check:
         raise ConfigError(f"task {task.name!r} trains a {task.model_kind!r}, not a {kind_check!r}; "
@@ -94,44 +98,36 @@ def _train_task(profile, set_, device, seed, out, resume, epochs, kind_check: st
     info(f"wrote {path}")
 
 
-@app.command("classifier")
-def train_classifier_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
-                         seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                         force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
-                         epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
+@app.command("classifier", cls=command())
+def train_classifier_cmd(ctx: typer.Context, out: Optional[Path] = _out("classifier"),
+                         resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
+                         force: ForceOpt = False, epochs: Optional[int] = EpochsOpt):
     """Train the classifier of the classification task."""
-    _train_task(profile, set_, device, seed, out, resume, epochs, "classifier", force_resume,
-                force)
+    _train_task(make_config(ctx, {"model.epochs": epochs}), out, resume, "classifier",
+                force_resume, force)
 
 
-@app.command("segmenter")
-def train_segmenter_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
-                        seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                        force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
-                        epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
+@app.command("segmenter", cls=command())
+def train_segmenter_cmd(ctx: typer.Context, out: Optional[Path] = _out("segmenter"),
+                        resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
+                        force: ForceOpt = False, epochs: Optional[int] = EpochsOpt):
     """Train the segmenter of the segmentation task (task.name = segmentation unless the profile
     names another task that trains a segmenter)."""
-    cfg_sets = list(set_ or [])
-    if make_config(profile, cfg_sets, device, seed).provenance.get("task.name") == "default":
-        cfg_sets.append("task.name=segmentation")
-    _train_task(profile, cfg_sets, device, seed, out, resume, epochs, "segmenter", force_resume,
-                force)
+    cfg = make_config(ctx, {"model.epochs": epochs}, defaults={"task.name": "segmentation"})
+    _train_task(cfg, out, resume, "segmenter", force_resume, force)
 
 
-@app.command("autoencoder")
-def train_autoencoder_cmd(profile: ProfileOpt = None, set_: SetOpt = None,
-                          device: DeviceOpt = None, seed: SeedOpt = None, out: OutOpt = None,
+@app.command("autoencoder", cls=command(aliases=OLD_STEPS))
+def train_autoencoder_cmd(ctx: typer.Context, out: Optional[Path] = _out("generator"),
                           force: ForceOpt = False,
-                          steps: int = typer.Option(None, "--steps",
-                                                    help="override autoencoder.steps")):
+                          updates: Optional[int] = updates_option(None, "(autoencoder.steps)")):
     """Train an encoder + SNGAN-style decoder with MSE (docs/algorithms.md#autoencoder-generator);
     the decoder is saved as a generator artifact for mid-run rejuvenation and the retrofit Hat
     EBM."""
     from ebmctl.context import load_dataset, setup_device
     from ebmctl.training.autoencoder import encoder_path, train_autoencoder
 
-    cfg = make_config(profile, (set_ or []) + (
-        [f"autoencoder.steps={steps}"] if steps is not None else []), device, seed)
+    cfg = make_config(ctx, {"autoencoder.steps": updates})
     out = claimed_out(out, cfg, "generator", force)
     claimed_out(encoder_path(out), cfg, "encoder", force)
     dev = setup_device(cfg)
@@ -140,37 +136,37 @@ def train_autoencoder_cmd(profile: ProfileOpt = None, set_: SetOpt = None,
     info(f"wrote {path}")
 
 
-@app.command("model")
-def train_model_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
-                    seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                    force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
-                    epochs: int = typer.Option(None, "--epochs", help="override model.epochs")):
+@app.command("model", cls=command())
+def train_model_cmd(ctx: typer.Context,
+                    out: Optional[Path] = out_option(None, "for the task model artifact "
+                                                     "(default: run.out_dir/<dataset>-<kind>"
+                                                     ".safetensors, kind: classifier, "
+                                                     "segmenter, ...)"),
+                    resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
+                    force: ForceOpt = False, epochs: Optional[int] = EpochsOpt):
     """Train the task model of whichever task the profile names (task.name)."""
-    _train_task(profile, set_, device, seed, out, resume, epochs, None, force_resume, force)
+    _train_task(make_config(ctx, {"model.epochs": epochs}), out, resume, None, force_resume, force)
 
 
-@app.command("hat")
-def train_hat_cmd(profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None,
-                  seed: SeedOpt = None, out: OutOpt = None, resume: bool = ResumeOpt,
-                  force_resume: bool = ForceResumeOpt, force: ForceOpt = False,
-                  steps: int = typer.Option(None, "--steps", help="override train.steps"),
-                  mode: str = typer.Option(None, "--mode", help="override hat.mode: "
-                                           "conditional | joint"),
-                  generator: Path = typer.Option(None, "--generator", help="pretrained generator "
-                                                 "artifact (hat.generator); kept frozen unless "
-                                                 "hat.train_generator = true")):
+@app.command("hat", cls=command(aliases=OLD_STEPS))
+def train_hat_cmd(ctx: typer.Context, out: Optional[Path] = _out("hat-ebm"),
+                  resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
+                  force: ForceOpt = False,
+                  updates: Optional[int] = updates_option(None, "(train.steps)"),
+                  mode: Optional[str] = typer.Option(None, "--mode", help="override hat.mode: "
+                                                     "conditional | joint"),
+                  generator: Optional[Path] = typer.Option(None, "--generator", help="pretrained "
+                                                           "generator artifact (hat.generator); "
+                                                           "kept frozen unless "
+                                                           "hat.train_generator = true")):
     """Train a Hat EBM (docs/algorithms.md#hat-ebm-training): hat network H over generator G, tandem
     training of G from a historical bank, or H alone around a pretrained G (refinement /
     retrofit)."""
     from ebmctl.context import load_dataset, setup_device
     from ebmctl.training.hat import train_hat
 
-    extra = [f"train.steps={steps}"] if steps is not None else []
-    if mode is not None:
-        extra.append(f"hat.mode={mode}")
-    if generator is not None:
-        extra += [f"hat.generator={generator}", "hat.train_generator=false"]
-    cfg = make_config(profile, extra + (set_ or []), device, seed)
+    cfg = make_config(ctx, {"train.steps": updates, "hat.mode": mode, "hat.generator": generator},
+                      implied={"hat.train_generator": False if generator is not None else None})
     out = claimed_out(out, cfg, "hat-ebm", force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
