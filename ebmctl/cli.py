@@ -13,20 +13,19 @@ from ebmctl.commands import (
     attack,
     bench,
     fix,
+    import_model,
     inspect,
+    lyapunov,
     ood,
     plugins,
     profiles,
     purify,
     quickstart,
+    report,
     synthesize,
     train,
 )
-from ebmctl.commands import lyapunov as lyapunov_command
-from ebmctl.commands import import_model as import_model_command
-from ebmctl.commands import report as report_command
 from ebmctl.commands.common import (
-    GLOBAL,
     DebugOpt,
     DeviceOpt,
     GlobalOptions,
@@ -59,33 +58,21 @@ def main_options(
     """Global options apply to every command; a command that reads a profile also takes them
     after its name, and those take precedence."""
     ctx.obj = GlobalOptions(profile, tuple(set_ or ()), device, seed, debug)
-    GLOBAL.update(profile=profile, set=set_ or [], device=device, seed=seed, debug=debug)
     from ebmctl.plugins import warn_failures
 
     warn_failures()
 
 
-app.add_typer(train.app)
-app.add_typer(profiles.app)
-app.add_typer(purify.app)
-app.add_typer(attack.app)
-app.add_typer(quickstart.app)
-app.add_typer(plugins.app)
-app.add_typer(inspect.app)
-app.add_typer(fix.app)
-app.command("lyapunov")(lyapunov_command.lyapunov_cmd)
-app.add_typer(synthesize.app)
-app.add_typer(ood.app)
-app.add_typer(bench.app)
-app.command("import-model")(import_model_command.import_model_cmd)
-app.command("report")(report_command.report_cmd)
+# Each module exports a typer app; a nameless one adds its command(s), a named one a group.
+for module in (purify, attack, quickstart, plugins, inspect, lyapunov, synthesize, ood, bench,
+               import_model, report, train, profiles, fix):
+    app.add_typer(module.app)
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; never lets a traceback escape unless --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    GLOBAL.update(profile=None, set=[], device=None, seed=None, debug=debug)
     try:
         rv = app(args=argv, prog_name="ebmctl", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import functools
 from dataclasses import dataclass, replace
-from pathlib import Path  # noqa: F401  (transitional OutOpt)
 from typing import Annotated, Any, Mapping, Optional
 
 import typer
@@ -206,7 +205,7 @@ def overrides(flags: Mapping[str, Any]) -> list[str]:
     return items
 
 
-def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = None, *,
+def make_config(ctx: Any, flags: Mapping[str, Any] | None = None, *,
                 default_profile: str | None = None, defaults: Mapping[str, Any] | None = None,
                 implied: Mapping[str, Any] | None = None) -> Config:
     """The resolved profile of this invocation, later layers winning:
@@ -225,8 +224,6 @@ def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = Non
     """
     from ebmctl.context import with_task_defaults
 
-    if ctx is None or isinstance(ctx, str):  # transitional: (profile, sets, device, seed)
-        return _legacy_make_config(ctx, flags, device, seed)
     opts = ctx.find_object(GlobalOptions) or GlobalOptions()
     items = [*overrides(implied or {}), *opts.sets, *overrides(flags or {}),
              *overrides({"run.device": opts.device or None, "run.seed": opts.seed})]
@@ -236,21 +233,3 @@ def make_config(ctx: Any, flags: Any = None, device: Any = None, seed: Any = Non
         cfg = cfg.with_overrides(changed, "default")
     return with_task_defaults(cfg)
 
-
-# Transitional, until every command reads the context object.
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="output file")]
-GLOBAL: dict = {"profile": None, "set": [], "device": None, "seed": None, "debug": False}
-
-
-def _legacy_make_config(profile: str | None, sets: list[str] | None, device: str | None = None,
-                        seed: int | None = None) -> Config:
-    items = list(GLOBAL["set"] or []) + list(sets or [])
-    dev = device or GLOBAL["device"]
-    sd = seed if seed is not None else GLOBAL["seed"]
-    if dev:
-        items.append(f"run.device={dev}")
-    if sd is not None:
-        items.append(f"run.seed={sd}")
-    from ebmctl.context import with_task_defaults
-
-    return with_task_defaults(resolve(profile or GLOBAL["profile"], items))

@@ -9,14 +9,17 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import ForceOpt
+from ebmctl.commands.common import ForceOpt, out_option
+
+app = typer.Typer()
 
 
+@app.command("import-model")
 def import_model_cmd(
     source: str = typer.Argument(..., help="torchvision:NAME | timm:NAME | robustbench:NAME | "
                                  "path/module.py:factory (runs that file's code) | "
                                  "ebm-defense:ebm | ebm-defense:wrn"),
-    out: Path = typer.Option(..., "--out", "-o", help="artifact to write (.safetensors)"),
+    out: Path = out_option(..., "for the artifact (.safetensors)"),
     weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors, or a .pt/.pth "
                                            "state dict (read with weights_only=True; a pickled "
                                            "module is refused)"),

@@ -9,28 +9,33 @@ from typing import Optional
 import typer
 
 from ebmctl.commands.common import (
-    DeviceOpt,
     ForceOpt,
-    OutOpt,
-    ProfileOpt,
-    SeedOpt,
-    SetOpt,
+    command,
+    ebm_option,
     make_config,
+    model_option,
+    n_images_option,
+    out_option,
 )
 
+app = typer.Typer()
 
+
+@app.command("lyapunov", cls=command())
 def lyapunov_cmd(
-    ebm: Optional[Path] = typer.Option(None, "--ebm", help="EBM artifact (default: shipped)"),
-    model: Optional[Path] = typer.Option(None, "--model", "-m",
-                                         help="task model for --checks (agreement, attacks)"),
+    ctx: typer.Context,
+    ebm: Optional[Path] = ebm_option(None, "(default: shipped)"),
+    model: Optional[Path] = model_option(None, "for --checks (agreement, attacks)"),
     checks: bool = typer.Option(False, "--checks",
                                 help="also run the memorylessness checks (needs --model)"),
     exponent: bool = typer.Option(True, "--exponent/--no-exponent",
                                   help="run Benettin's method over lyapunov.etas"),
     etas: Optional[str] = typer.Option(None, "--etas", help="η grid, e.g. 0.01,0.1,1,10"),
-    n_images: Optional[int] = typer.Option(None, "--n-images", help="lyapunov.n_images"),
-    profile: ProfileOpt = None, set_: SetOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-    out: OutOpt = None, force: ForceOpt = False,
+    n_images: Optional[int] = n_images_option(None, "to start from (lyapunov.n_images)"),
+    out: Optional[Path] = out_option(None, "for the exponent report (.json; default: "
+                                     "run.out_dir/lyapunov.json; PNG, HTML and "
+                                     "<name>.memory.json beside it)"),
+    force: ForceOpt = False,
 ):
     """Maximal Lyapunov exponent of the Langevin map T_η (Benettin, common noise) vs η, and
     (--checks) how purification forgets an adversarial start. Writes JSON + PNG + HTML."""
@@ -44,12 +49,7 @@ def lyapunov_cmd(
     from ebmctl import lyapunov as ly
     from ebmctl.shipped import default_ebm
 
-    extra = []
-    if etas:
-        extra.append(f"lyapunov.etas={etas}")
-    if n_images is not None:
-        extra.append(f"lyapunov.n_images={n_images}")
-    cfg = make_config(profile, (set_ or []) + extra, device, seed)
+    cfg = make_config(ctx, {"lyapunov.etas": etas or None, "lyapunov.n_images": n_images})
     if not exponent and not checks:
         raise ConfigError("nothing to do: --no-exponent without --checks")
     if checks and model is None:

@@ -8,14 +8,17 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import ForceOpt
+from ebmctl.commands.common import ForceOpt, out_option
+
+app = typer.Typer()
 
 
+@app.command("report")
 def report_cmd(
     run: Path = typer.Argument(..., help="report JSON of `ebmctl attack`, `ebmctl ood`, "
                                "`ebmctl lyapunov` (or ebmctl.evaluate)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default: beside "
-                                       "the JSON, .html)"),
+    out: Optional[Path] = out_option(None, "for the HTML page (default: beside the JSON, "
+                                     ".html)"),
     force: ForceOpt = False,
 ):
     """Render a report as one self-contained HTML page (no network: plots and images inlined).
