@@ -16,7 +16,8 @@ from ebmctl.attacks.transfer import Transfer
 from ebmctl.hookspecs import hookimpl
 from ebmctl.nn.ebm import lightweight_ebm
 from ebmctl.nn.hat import hat_ebm
-from ebmctl.nn.sngan import encoder, fixer_resnet, sngan_ebm, sngan_generator
+from ebmctl.nn.fixer import fixer_resnet
+from ebmctl.nn.sngan import encoder, sngan_ebm, sngan_generator
 from ebmctl.contracts import ModelSpec
 
 

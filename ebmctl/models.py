@@ -232,6 +232,39 @@ class HatModel:
         return {k: torch.cat(v) for k, v in parts.items()}
 
 
+# --- the fixer (thesis Ch. 5; docs/algorithms.md#fixer) ----------------------------------
+
+class Fixer(nn.Module):
+    """Wraps a fixer network working on [-1,1] images (tanh output) so that it maps [0,1]
+    images to [0,1]-unit images of the same size. Images with another channel count are
+    converted in and back, so a gray EBM's fixer can sit in an RGB pipeline and vice versa."""
+
+    def __init__(self, net: nn.Module, channels: int = 0):
+        super().__init__()
+        self.net, self.channels = net, channels
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        in_ch = x01.shape[1]
+        x = adapt_images(x01, 0, self.channels) if self.channels else x01
+        out = to_public(self.net(to_internal(x)))
+        return adapt_images(out, 0, in_ch) if out.shape[1] != in_ch else out
+
+
+def load_fixer(path: str | Path, device: torch.device) -> Fixer:
+    """Load a fixer artifact as a frozen, eval-mode :class:`Fixer` (input gradients still flow)."""
+    net, art = load_model(path, "fixer")
+    fixer = Fixer(net, int(art.data.get("channels", 0) or 0)).to(device).eval()
+    for p in fixer.parameters():
+        p.requires_grad_(False)
+    return fixer
+
+
+def fix_images(fixer: Fixer, x01: torch.Tensor) -> torch.Tensor:
+    """The fixer applied to [0,1] images [B,C,H,W] without gradients (``purify --fixer``)."""
+    with torch.no_grad():
+        return fixer(x01)
+
+
 # --- loading whichever energy model an artifact holds ----------------------------------------
 
 ENERGY_KINDS = ("ebm", "hat-ebm")

@@ -179,7 +179,7 @@ def test_fix_train_killed_and_resumed_matches_uninterrupted(tmp_path):
     # evaluate_losses runs once before training and once per epoch: its 5th call ends epoch 4
     # (the second perceptual epoch), so the kill lands after that epoch's training, before its
     # checkpoint; the checkpoint of epoch 3 (Adam moments, best weights so far) is the one left
-    run_killed_at(argv + ["--out", out], "ebmctl.fixing:evaluate_losses", 5, tmp_path)
+    run_killed_at(argv + ["--out", out], "ebmctl.training.fixer:evaluate_losses", 5, tmp_path)
     assert not out.exists()
     assert int(load_artifact(ckpt, "checkpoint").meta["ebmctl.step"]) == 3
     r = run_fresh(argv + ["--out", out, "--resume"], tmp_path)

@@ -13,15 +13,9 @@ from ebmctl.artifacts import load_artifact, model_tensors, save_artifact
 from ebmctl.defense import Defense
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ArtifactError, ConfigError
-from ebmctl.fixing import (
-    ClassifierFeatures,
-    Fixer,
-    FixerRun,
-    VGGFeatures,
-    load_fixer,
-    perceptual_loss,
-    train_fixer,
-)
+from ebmctl.models import Fixer, load_fixer
+from ebmctl.training.fixer import FixerRun, train_fixer
+from ebmctl.training.perceptual import ClassifierFeatures, VGGFeatures, perceptual_loss
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve
 from ebmctl.testing import tiny_bundle
@@ -74,7 +68,7 @@ def test_stage1_lowers_reconstruction_loss_and_round_trips(tmp_path, bundle):
     y = fixer(x)
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
     # Round trip: the reloaded fixer equals the network rebuilt from the saved tensors.
-    from ebmctl.fixing import fixer_arch_args
+    from ebmctl.training.fixer import fixer_arch_args
 
     arch, args = fixer_arch_args(cfg, 1)
     from ebmctl.plugins import get_registries
@@ -160,7 +154,7 @@ def test_vgg_features_from_local_safetensors(tmp_path):
 
 def _clf_and_fixer():
     torch.manual_seed(1)
-    from ebmctl.nn.sngan import ImageToImageResNet
+    from ebmctl.nn.fixer import ImageToImageResNet
     from ebmctl_classification.models import SmallCNN
 
     clf = TaskModel(SmallCNN(1, 3, 4, 8), "[-1,1]", 8, 1).eval()

@@ -68,13 +68,13 @@ def _train(which: str, out: Path, seed: int):
         return train_task_model(cfg, bundle, get_task(cfg), out, CPU)
     if which == "fixer":
         from ebmctl.models import EnergyModel
-        from ebmctl.fixing import FixerRun, train_fixer
+        from ebmctl.training.fixer import FixerRun, train_fixer
 
         art = save_valid(out.parent / "art")
         cfg = resolve(None, ["fix.stage1_epochs=1", "fix.stage2_epochs=0", "fix.width=4",
                              "fix.blocks=1", "fix.purify_steps=1", "fix.batch_size=16",
                              "fix.feature_net=vgg16", "run.threads=1", *sets])
-        import ebmctl.fixing as fixing
+        import ebmctl.training.fixer as fixing
 
         real = fixing.build_feature_net
         fixing.build_feature_net = lambda *a: torch.nn.Identity()  # no VGG weights needed

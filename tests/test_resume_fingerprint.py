@@ -137,7 +137,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
         base = resolve("quick", ["model.epochs=2", "model.width=4", "run.threads=1"])
         changed, key = base.with_overrides({"model.lr": 0.01}), "model.lr"
     else:
-        import ebmctl.fixing as mod
+        import ebmctl.training.fixer as mod
         from ebmctl.models import EnergyModel
 
         art = save_valid(tmp_path / "art")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ebmctl.artifacts import build_model, load_artifact, model_tensors, save_artifact
+from ebmctl.nn.fixer import ImageToImageResNet
 from ebmctl.nn.sngan import (
     Encoder,
-    ImageToImageResNet,
     SNGANDiscriminatorEBM,
     SNGANGenerator,
     project_to_sphere,

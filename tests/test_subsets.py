@@ -161,7 +161,7 @@ def test_lyapunov_start_images_are_class_mixed(toy, artifacts, monkeypatch, tmp_
 
 def test_fixer_training_and_validation_images_are_class_mixed(cfg, artifacts, monkeypatch,
                                                               tmp_path):
-    import ebmctl.fixing as fixing
+    import ebmctl.training.fixer as fixing
     from ebmctl.context import load_dataset
     from ebmctl.models import EnergyModel, TaskModel
 

@@ -48,7 +48,7 @@ def fix_train_cmd(
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.errors import ConfigError
-    from ebmctl.fixing import FixerRun, train_fixer
+    from ebmctl.training.fixer import FixerRun, train_fixer
 
     cfg = make_config(ctx, {"fix.stage1_epochs": stage1_epochs,
                             "fix.stage2_epochs": stage2_epochs})
@@ -86,7 +86,7 @@ def fix_apply_cmd(
     from ebmctl.artifacts import claim_output, output_stems
     from ebmctl.console import info
     from ebmctl.context import setup_device
-    from ebmctl.fixing import fix_images, load_fixer
+    from ebmctl.models import fix_images, load_fixer
     from ebmctl.images import output_mode, read_image_like, save_image_like
 
     cfg = make_config(ctx)

@@ -74,7 +74,7 @@ def purify_cmd(
             k = recorded
     fixer_net = None
     if fixer is not None:
-        from ebmctl.fixing import load_fixer
+        from ebmctl.models import load_fixer
 
         fixer_net = load_fixer(fixer, dev)
     # Read everything and claim every output first, so that a bad file or an existing output
@@ -102,7 +102,7 @@ def purify_cmd(
         out = energy.purify01(x, k, (cfg["run.seed"], "purify", str(path), i), precision=precision,
                               chunk_size=cfg["langevin.chunk_size"], clamp=cfg["defense.clamp"])
         if fixer_net is not None:  # after resizing back, as in the defense
-            from ebmctl.fixing import fix_images
+            from ebmctl.models import fix_images
 
             out = fix_images(fixer_net, out)
         mode = output_mode(meta)

@@ -514,7 +514,7 @@ def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, un
         runs.append(("defended", build_defense(cfg, model, ebm, device),
                      [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     if defended and fixer_path is not None:
-        from ebmctl.fixing import load_fixer
+        from ebmctl.models import load_fixer
 
         runs.append(("defended+fixer",
                      build_defense(cfg, model, ebm, device, fixer=load_fixer(fixer_path, device)),

@@ -1,6 +1,6 @@
 """SNGAN-style networks (docs/algorithms.md#sngan-networks): the discriminator EBM, the
-generator, the same-resolution residual image-to-image net used by the fixer, and a
-convolutional encoder.
+generator and a convolutional encoder. The fixer's image-to-image net, built from the same
+residual blocks, is in :mod:`ebmctl.nn.fixer`.
 
 Every constructor takes JSON-able keyword arguments only, so artifacts rebuild them from
 ``ebmctl.arch_args``. Spectral normalisation uses ``torch.nn.utils.parametrizations``: its
@@ -183,38 +183,6 @@ class SNGANDiscriminatorEBM(nn.Module):
         return self.head(h).squeeze(1)
 
 
-# --- fixer: same-resolution image-to-image net (docs/algorithms.md#fixer) ---------------
-
-class ResBlock(nn.Module):
-    """BN-ReLU-conv3×3-BN-ReLU-conv3×3 + identity: an SNGAN generator block without upsampling."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.bn1, self.bn2 = nn.BatchNorm2d(width), nn.BatchNorm2d(width)
-        self.conv1 = nn.Conv2d(width, width, 3, 1, 1)
-        self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.relu(self.bn1(x)))
-        return x + self.conv2(F.relu(self.bn2(h)))
-
-
-class ImageToImageResNet(nn.Module):
-    """conv stem → ``n_blocks`` ResBlocks → BN-ReLU-conv3×3 → tanh. Input and output are images
-    of the same size in [-1, 1]; works at any resolution (fully convolutional)."""
-
-    def __init__(self, channels: int = 3, width: int = 64, n_blocks: int = 4):
-        super().__init__()
-        self.stem = nn.Conv2d(channels, width, 3, 1, 1)
-        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(n_blocks)])
-        self.bn = nn.BatchNorm2d(width)
-        self.out = nn.Conv2d(width, channels, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.stem(x))
-        return torch.tanh(self.out(F.relu(self.bn(h))))
-
-
 # --- encoder (autoencoder inference net, docs/algorithms.md#autoencoder-generator) ---
 
 def project_to_sphere(z: torch.Tensor) -> torch.Tensor:
@@ -254,10 +222,6 @@ def sngan_generator(**kw) -> SNGANGenerator:
 
 def sngan_ebm(**kw) -> SNGANDiscriminatorEBM:
     return SNGANDiscriminatorEBM(**kw)
-
-
-def fixer_resnet(**kw) -> ImageToImageResNet:
-    return ImageToImageResNet(**kw)
 
 
 def encoder(**kw) -> Encoder:

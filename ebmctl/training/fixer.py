@@ -1,11 +1,13 @@
-"""The Fixer (thesis Ch. 5; docs/algorithms.md#fixer): an image-to-image network G applied after
-Langevin purification.
+"""Training the Fixer (thesis Ch. 5; docs/algorithms.md#fixer): an image-to-image network G applied
+after Langevin purification.
 
 G is trained with the EBM frozen, in two stages on pairs (x̂, x) with x̂ ~ T(x):
 stage 1 minimises ‖G(x̂) − x‖² (MSE warm-up), stage 2 a perceptual (feature-reconstruction)
 loss on a frozen feature network, with early stopping on the validation split. The defense then
-averages f(G(T_h(x))) over replicates; :class:`Fixer` maps [0,1] images to [0,1]-unit images so
-it slots into :class:`ebmctl.defense.Defense` unchanged and stays differentiable for attacks.
+averages f(G(T_h(x))) over replicates; :class:`ebmctl.models.Fixer` maps [0,1] images to
+[0,1]-unit images so it slots into :class:`ebmctl.defense.Defense` unchanged and stays
+differentiable for attacks. The network is :mod:`ebmctl.nn.fixer`, the losses
+:mod:`ebmctl.training.perceptual`.
 """
 
 from __future__ import annotations
@@ -16,20 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ebmctl.artifacts import atomic_write_json, load_model, model_tensors, save_artifact
+from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
+from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.data_utils import pick_subset
-from ebmctl.defense import adapt_images
-from ebmctl.models import EnergyModel, TaskModel
-from ebmctl.errors import ArtifactError, ConfigError, NumericalError
+from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
+from ebmctl.models import EnergyModel, Fixer, TaskModel
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
-from ebmctl.contracts import DatasetBundle, Task
-from ebmctl.registry import did_you_mean
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (
     ResumeGuard,
@@ -39,34 +38,7 @@ from ebmctl.training.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from ebmctl.units import to_internal, to_public
-
-# --- the fixer in public units --------------------------------------------------------------
-
-
-class Fixer(nn.Module):
-    """Wraps a fixer network working on [-1,1] images (tanh output) so that it maps [0,1]
-    images to [0,1]-unit images of the same size. Images with another channel count are
-    converted in and back, so a gray EBM's fixer can sit in an RGB pipeline and vice versa."""
-
-    def __init__(self, net: nn.Module, channels: int = 0):
-        super().__init__()
-        self.net, self.channels = net, channels
-
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        in_ch = x01.shape[1]
-        x = adapt_images(x01, 0, self.channels) if self.channels else x01
-        out = to_public(self.net(to_internal(x)))
-        return adapt_images(out, 0, in_ch) if out.shape[1] != in_ch else out
-
-
-def load_fixer(path: str | Path, device: torch.device) -> Fixer:
-    """Load a fixer artifact as a frozen, eval-mode :class:`Fixer` (input gradients still flow)."""
-    net, art = load_model(path, "fixer")
-    fixer = Fixer(net, int(art.data.get("channels", 0) or 0)).to(device).eval()
-    for p in fixer.parameters():
-        p.requires_grad_(False)
-    return fixer
+from ebmctl.training.perceptual import build_feature_net, mse_loss, perceptual_loss
 
 
 def fixer_arch_args(cfg: Config, channels: int) -> tuple[str, dict]:
@@ -75,158 +47,6 @@ def fixer_arch_args(cfg: Config, channels: int) -> tuple[str, dict]:
     if spec.kind != "fixer":
         raise ConfigError(f"fix.arch {arch!r} is a {spec.kind!r} architecture, not a fixer")
     return arch, {"channels": channels, "width": cfg["fix.width"], "n_blocks": cfg["fix.blocks"]}
-
-
-# --- feature networks for the perceptual loss ------------------------------------------------
-
-#: torchvision ``vgg16().features`` index of each ReLU output.
-VGG16_LAYERS = {
-    "relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8, "relu3_1": 11, "relu3_2": 13,
-    "relu3_3": 15, "relu4_1": 18, "relu4_2": 20, "relu4_3": 22, "relu5_1": 25, "relu5_2": 27,
-    "relu5_3": 29,
-}
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_CONVERT_HINT = ("convert torchvision's vgg16 .pth once with: python -c \"import torch, "
-                 "safetensors.torch as st; st.save_file(torch.load('vgg16.pth', "
-                 "weights_only=True), 'vgg16.safetensors')\"")
-
-
-_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-
-
-def vgg16_features(n_layers: int) -> nn.Sequential:
-    """The first ``n_layers`` modules of torchvision's ``vgg16().features`` (same indices, so
-    its state-dict keys load), built without the unused deeper layers or the classifier."""
-    layers: list[nn.Module] = []
-    cin = 3
-    for v in _VGG16_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            # Not in place: captured activations must not be overwritten by later layers.
-            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
-            cin = v
-        if len(layers) >= n_layers:
-            break
-    return nn.Sequential(*layers[:n_layers])
-
-
-class VGGFeatures(nn.Module):
-    """Frozen VGG-16 activations at named ReLU layers, loaded from a local safetensors file in
-    torchvision's state-dict format (``features.N.weight`` ...). Never downloads."""
-
-    def __init__(self, weights: str | Path, layers: list[str]):
-        super().__init__()
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        unknown = [name for name in layers if name not in VGG16_LAYERS]
-        if unknown or not layers:
-            name = unknown[0] if unknown else ""
-            raise ConfigError(f"unknown VGG-16 layer {name!r} in fix.vgg_layers"
-                              f"{did_you_mean(name, list(VGG16_LAYERS))}")
-        path = Path(weights) if weights else None
-        if path is None:
-            raise ConfigError("fix.feature_net = 'vgg16' needs a local VGG-16 weights file: set "
-                              "fix.vgg_weights=PATH (torchvision's vgg16 state dict as "
-                              ".safetensors; ebmctl never downloads), or use "
-                              "fix.feature_net=classifier")
-        if not path.is_file():
-            raise ConfigError(f"VGG-16 weights file not found: {path} (fix.vgg_weights)")
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError):
-            raise ArtifactError(f"{path} is not a safetensors file; {_CONVERT_HINT}") from None
-        self.index = [VGG16_LAYERS[name] for name in layers]
-        features = vgg16_features(max(self.index) + 1)
-        own = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        expected = features.state_dict()
-        missing = sorted(set(expected) - set(own))
-        if missing:
-            raise ArtifactError(f"{path} lacks VGG-16 tensors {['features.' + m for m in missing[:3]]}"
-                                " (expected torchvision's vgg16 state dict)")
-        for k, v in expected.items():
-            if tuple(own[k].shape) != tuple(v.shape):
-                raise ArtifactError(f"{path}: tensor features.{k} has shape {tuple(own[k].shape)}, "
-                                    f"VGG-16 expects {tuple(v.shape)}")
-        features.load_state_dict({k: own[k].float() for k in expected})
-        self.features = features.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
-
-    def forward(self, x01: torch.Tensor) -> list[torch.Tensor]:
-        h = (adapt_images(x01, 0, 3) - self.mean) / self.std
-        wanted, out = set(self.index), []
-        for i, layer in enumerate(self.features):
-            h = layer(h)
-            if i in wanted:
-                out.append(h)
-        return out
-
-
-_ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.ELU, nn.Softplus)
-
-
-class ClassifierFeatures(nn.Module):
-    """Activations of named modules of the task model (download-free perceptual loss).
-
-    ``layers`` are module names of the task network (``features.3``) or ``output`` for its
-    raw outputs; empty means every activation module (or the output if it has none)."""
-
-    def __init__(self, model: TaskModel, layers: list[str]):
-        super().__init__()
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        modules = dict(model.net.named_modules())
-        if not layers:
-            layers = [n for n, m in modules.items() if isinstance(m, _ACTIVATION_TYPES)] or ["output"]
-        for name in layers:
-            if name != "output" and (name not in modules or name == ""):
-                choices = [n for n in modules if n] + ["output"]
-                raise ConfigError(f"task model has no layer {name!r} (fix.classifier_layers)"
-                                  f"{did_you_mean(name, choices)}")
-        self.layers = list(layers)
-        self._captured: list[torch.Tensor] = []
-        for name in self.layers:
-            if name != "output":
-                modules[name].register_forward_hook(
-                    lambda _m, _i, out: self._captured.append(out))
-
-    def forward(self, x01: torch.Tensor) -> list[torch.Tensor]:
-        self._captured = []
-        out = self.model(x01)
-        feats = list(self._captured)
-        self._captured = []
-        return feats + ([out] if "output" in self.layers else [])
-
-
-def build_feature_net(cfg: Config, task_model: TaskModel | None, device) -> nn.Module:
-    kind = cfg["fix.feature_net"]
-    if kind == "vgg16":
-        return VGGFeatures(cfg["fix.vgg_weights"], list(cfg["fix.vgg_layers"])).to(device)
-    if task_model is None:
-        raise ConfigError("fix.feature_net = 'classifier' needs the task model: pass --model FILE")
-    return ClassifierFeatures(task_model, list(cfg["fix.classifier_layers"])).to(device)
-
-
-# --- losses -----------------------------------------------------------------------------------
-
-def mse_loss(fixed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Stage 1: mean squared error in [0,1] units."""
-    return F.mse_loss(fixed, target)
-
-
-def perceptual_loss(features: nn.Module, fixed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Stage 2 (thesis §5.2.1): (1/(C_j H_j W_j))·‖φ_j(G(x̂)) − φ_j(x)‖², batch- and
-    layer-averaged."""
-    with torch.no_grad():
-        want = features(target)
-    got = features(fixed)
-    return sum(F.mse_loss(g, w) for g, w in zip(got, want)) / len(got)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -484,8 +304,3 @@ def _write_plots(out: Path, history: list[dict], fixer: Fixer, val_x, val_hat, d
         fixed = fixer(val_hat[:n].to(device)).cpu()
     save_grid(torch.cat([val_x[:n], val_hat[:n].clamp(0, 1), fixed]),
               out.with_suffix(".samples.png"), nrow=n)
-
-
-def fix_images(fixer: Fixer, x01: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return fixer(x01)
