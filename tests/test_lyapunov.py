@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ebmctl import lyapunov as ly
+from ebmctl.dynamics import benettin as ly
+from ebmctl.dynamics import forgetting as fg
 from ebmctl.errors import ConfigError
 from ebmctl.sampling.langevin import LangevinSettings
 from ebmctl.seeds import make_generator
@@ -131,19 +132,19 @@ def test_forgetting_curves_contract_exactly_with_common_noise():
     settings = LangevinSettings(tau=0.1, temperature=0.1 ** 2 / (2 * DRIFT))
     gens = [make_generator("cpu", 0, name) for name in ("a", "b", "c")]
 
-    def readout(v: ly.ChainViews, k: int) -> dict:
+    def readout(v: fg.ChainViews, k: int) -> dict:
         return {"dist_common": ly.row_norms(v.clean - v.adv_common),
                 "dist_independent": ly.row_norms(v.clean - v.adv_indep),
                 "dist_clean_copies": ly.row_norms(v.clean - v.clean_indep)}
 
-    raw = ly.forgetting_curves(net, settings, x, x_adv, [0, 5, 60], readout=readout,
+    raw = fg.forgetting_curves(net, settings, x, x_adv, [0, 5, 60], readout=readout,
                                generators=gens)
     assert sorted(raw) == [0, 5, 60]
     factor = (1 - DRIFT * EIGEN.float()) ** 5
     expected = ly.row_norms(factor * (x - x_adv))
     assert torch.allclose(raw[5]["dist_common"], expected, rtol=1e-4, atol=1e-6)
     assert torch.equal(raw[0]["dist_clean_copies"], torch.zeros(6))
-    rows = ly.summarise_forgetting(raw, ly.row_norms(x - x_adv))
+    rows = fg.summarise_forgetting(raw, ly.row_norms(x - x_adv))
     assert rows[0]["memory"] == pytest.approx(1.0)
     # after 60 steps the slowest direction keeps 0.9^60 ≈ 0.2% of the offset: forgotten
     assert rows[-1]["memory"] < 0.2

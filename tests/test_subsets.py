@@ -133,7 +133,7 @@ class _Seen(Exception):
 
 
 def test_lyapunov_start_images_are_class_mixed(toy, artifacts, monkeypatch, tmp_path):
-    import ebmctl.lyapunov as ly
+    import ebmctl.dynamics.report as ly
     from ebmctl.errors import ConfigError
 
     seen = {}

@@ -46,7 +46,7 @@ def lyapunov_cmd(
     from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.plots import save_grid
-    from ebmctl import lyapunov as ly
+    from ebmctl.dynamics import report as ly
     from ebmctl.shipped import default_ebm
 
     cfg = make_config(ctx, {"lyapunov.etas": etas or None, "lyapunov.n_images": n_images})
