@@ -174,9 +174,10 @@ def data_parallel(net: torch.nn.Module, ctx: DistContext, device: torch.device
 def evaluate_attack_sharded(attack, defense, task, x: torch.Tensor, y: torch.Tensor, *,
                             seed: int, batch_size: int, device: torch.device, label: str,
                             ctx: DistContext, progress: Callable[[int], None] | None = None
-                            ) -> dict:
+                            ):
     """:func:`ebmctl.evaluate.attack_eval.evaluate_attack` over the ranks: same chunks, same
-    keys, one merged summary (``seconds`` and ``image_steps`` are totals over the ranks)."""
+    keys, one merged :class:`~ebmctl.evaluate.results.SeedResult` (``seconds`` and
+    ``image_steps`` are totals over the ranks)."""
     from ebmctl.evaluate.attack_eval import summarise
 
     def one_chunk(start: int) -> dict:
@@ -189,11 +190,10 @@ def evaluate_attack_sharded(attack, defense, task, x: torch.Tensor, y: torch.Ten
                 "image_steps": defense.image_steps - before}
 
     parts = run_chunks(one_chunk, len(x), batch_size, ctx)
-    res = summarise([p["outcome"] for p in parts])
-    res.update(seconds=round(sum(p["seconds"] for p in parts), 2),
-               image_steps=sum(p["image_steps"] for p in parts), chunks_reused=0,
-               world_size=ctx.world_size)
-    return res
+    return summarise([p["outcome"] for p in parts], seed=seed,
+                     seconds=sum(p["seconds"] for p in parts),
+                     image_steps=sum(p["image_steps"] for p in parts), chunks_reused=0,
+                     world_size=ctx.world_size)
 
 
 #: Global ``ebmctl`` options that take a value (the value is not the command's name).

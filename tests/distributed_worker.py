@@ -38,7 +38,7 @@ def comparable(res: dict) -> dict:
     keep = ("n_images", "natural", "adversarial", "robust_by_step", "accuracy_curve",
             "natural_ok", "robust_ok", "per_image", "image_steps")
     out = {k: res[k] for k in keep}
-    out["x_adv"] = res["_x_adv"].flatten().tolist()
+    out["x_adv"] = res.x_adv.flatten().tolist()
     return out
 
 

@@ -17,6 +17,7 @@ from ebmctl.defense import Defense
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.evaluate.attack_eval import evaluate_attack
 from ebmctl.evaluate.report import run_label, worst_case
+from ebmctl.evaluate.results import SeedResult
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve
 from ebmctl.testing import tiny_bundle
@@ -176,22 +177,28 @@ def test_the_headline_is_the_per_image_worst_case_over_attacks():
     defense = ScriptedDefense(verify_wrong={(0, 1): {0, 1, 2, 3}})
     cfg = resolve(None, ["attack.batch_size=4"])
     for label in ("undefended", "defended"):
-        row, run = run_label(cfg, label, defense, [first(steps=2), second(steps=2)],
-                             ClassificationTask(), x, y, torch.device("cpu"), [0], {})
+        row = run_label(cfg, label, defense, [first(steps=2), second(steps=2)],
+                        ClassificationTask(), x, y, torch.device("cpu"), [0], {})
         assert row["attacks"]["first"]["adversarial_mean"] == 0.5
         assert row["attacks"]["second"]["adversarial_mean"] == 0.5
         assert row["adversarial"] == 0.0 and row["per_image_robust"] == [0, 0, 0, 0]
         # each image's saved adversarial comes from the attack that broke it
-        torch.testing.assert_close(run["x_adv"][:, 0], x[:, 0] + STEP)
+        torch.testing.assert_close(row.x_adv[:, 0], x[:, 0] + STEP)
 
 
 def test_worst_case_combines_per_seed_and_keeps_natural_failures():
-    per = {"a": [{"seed": 0, "natural_ok": [True, True, False], "robust_ok": [True, False, False]}],
-           "b": [{"seed": 0, "natural_ok": [True, True, False], "robust_ok": [False, True, False]}]}
-    xs = {"a": [torch.zeros(3, 1)], "b": [torch.ones(3, 1)]}
-    (w,) = worst_case(per, xs)
-    assert w["adversarial"] == 0.0 and w["natural"] == pytest.approx(2 / 3)
-    assert w["x_adv"].flatten().tolist() == [1.0, 0.0, 0.0]  # first breaking attack, in order
+    def seed0(robust_ok: list[bool], x_adv: torch.Tensor) -> SeedResult:
+        nat = [True, True, False]
+        return SeedResult(seed=0, natural=2 / 3, adversarial=sum(robust_ok) / 3,
+                          robust_by_step=[], accuracy_curve=[], natural_ok=nat,
+                          robust_ok=robust_ok, per_image=[], seconds=0.0, image_steps=0,
+                          chunks_reused=0, x_adv=x_adv)
+
+    per = {"a": [seed0([True, False, False], torch.zeros(3, 1))],
+           "b": [seed0([False, True, False], torch.ones(3, 1))]}
+    (w,) = worst_case(per)
+    assert w.adversarial == 0.0 and w.natural == pytest.approx(2 / 3)
+    assert w.x_adv.flatten().tolist() == [1.0, 0.0, 0.0]  # first breaking attack, in order
 
 
 def test_apgd_does_not_halve_again_right_after_a_reduction_without_improvement():

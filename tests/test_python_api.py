@@ -223,7 +223,9 @@ def test_evaluate_returns_the_cli_report(digits):
     assert r["adversarial"] <= min(a["adversarial_mean"] for a in r["attacks"].values())
     assert rep["sanity"]["checks"] and "eps0_control" in r
     assert rep["threat"]["eps"] == pytest.approx(0.1) and rep["seeds"] == [0, 1]
-    json.dumps(rep)  # the same JSON-ready report as the CLI
+    # the CLI's report type; its JSON is what `ebmctl attack` writes, and it reads the same
+    assert type(rep).__name__ == "AttackReport"
+    assert json.loads(json.dumps(rep.to_json())) == rep
     assert any("worst case" in row[1] for row in format_table(rep))
     with pytest.raises(InputError):
         ebmctl.evaluate(model, x[:4] * 16, y[:4])

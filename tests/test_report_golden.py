@@ -163,7 +163,7 @@ def _capture(clf, ebm, fixer, tmp_path: Path, monkeypatch) -> dict:
     sweep = run_sweep(resolve("quick", TINY + ["attack.sanity=false", "attack.seeds=0"]), clf,
                       ebm, CPU, tmp_path / "s.json", "defense.steps", [1, 2])
     got["sweep"] = {"returned": sweep, "json": json.loads((tmp_path / "s.json").read_text())}
-    from ebmctl.defense import TaskModel
+    from ebmctl.models import TaskModel
 
     model = TaskModel.load(clf, CPU)  # a classifier taking [0,1] images
     x, y = _digits(8)

@@ -45,7 +45,7 @@ def run_json(tmp_path_factory):
     rep = ebmctl.evaluate(model, x, y, attacks=["pgd", "fgsm"], eps=8 / 255, steps=3,
                           step_size=2 / 255, batch_size=8)
     path = d / "attack-report.json"
-    path.write_text(json.dumps(rep))
+    path.write_text(json.dumps(rep.to_json()))
     save_grid(x, d / "attack-report.undefended-adv.png")
     return path, rep
 

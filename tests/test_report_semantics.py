@@ -18,6 +18,7 @@ from ebmctl.evaluate.report import (
     run_evaluation,
     summarise_attack,
 )
+from ebmctl.evaluate.results import SeedResult
 from ebmctl.evaluate.stats import still_falling, wilson_interval
 from ebmctl.profiles import resolve
 from ebmctl.testing import run_cli
@@ -65,19 +66,28 @@ def test_eps_follows_the_norm_chosen_by_a_profile_or_set(digits_artifacts, tmp_p
     assert rep["threat"]["step_size"] == pytest.approx(0.7 / 4)
 
 
+class _Attack:
+    description, per_step_curve = "", True
+
+    def __init__(self, name: str, gradient: str):
+        self.name, self.gradient = name, gradient
+
+    def gradient_mode(self):
+        return self.gradient
+
+
+def _seed_result(natural: float, adversarial: float, curve: list[float]) -> SeedResult:
+    """A seed's result with only its figures (no per-image rows)."""
+    return SeedResult(seed=0, natural=natural, adversarial=adversarial, robust_by_step=[curve],
+                      accuracy_curve=curve, natural_ok=[], robust_ok=[], per_image=[],
+                      seconds=1.0, image_steps=0, chunks_reused=0, x_adv=torch.zeros(0))
+
+
 def test_a_curve_still_falling_at_its_end_is_flagged_not_converged():
     assert still_falling([1.0, 0.8, 0.7, 0.7, 0.7, 0.69])
     assert not still_falling([1.0, 0.6, 0.5, 0.5, 0.5, 0.5])
-    per_seed = [{"seed": 0, "natural": 1.0, "adversarial": 0.4, "seconds": 1.0, "image_steps": 0,
-                 "accuracy_curve": [1.0, 0.8, 0.6, 0.5, 0.45, 0.4]}]
-
-    class A:
-        name, description, per_step_curve = "x", "", True
-
-        def gradient_mode(self):
-            return "bpda"
-
-    row = summarise_attack(A(), per_seed, 100)
+    per_seed = [_seed_result(1.0, 0.4, [1.0, 0.8, 0.6, 0.5, 0.45, 0.4])]
+    row = summarise_attack(_Attack("x", "bpda"), per_seed, 100)
     assert row["converged"] is False and row["adversarial_std"] is None
     assert row["adversarial_ci"] == [pytest.approx(0.3094, abs=1e-3),
                                      pytest.approx(0.4980, abs=1e-3)]
@@ -89,11 +99,19 @@ def test_a_curve_still_falling_at_its_end_is_flagged_not_converged():
 
 
 def test_gradient_masking_is_suspected_when_a_transfer_attack_wins():
-    attacks = {"bpda-eot": {"gradient": "bpda", "adversarial_mean": 0.6},
-               "transfer": {"gradient": "classifier only", "adversarial_mean": 0.4}}
-    assert masking_verdict(attacks, 0.02)["suspected"] is True
-    attacks["transfer"]["adversarial_mean"] = 0.7
-    assert masking_verdict(attacks, 0.02)["suspected"] is False
+    def rows(transfer: float) -> dict:
+        return {"bpda-eot": summarise_attack(_Attack("bpda-eot", "bpda"),
+                                             [_seed_result(1.0, 0.6, [1.0, 0.6])], 100),
+                "transfer": summarise_attack(_Attack("transfer", "classifier only"),
+                                             [_seed_result(1.0, transfer, [1.0, transfer])],
+                                             100)}
+
+    verdict = masking_verdict(rows(0.4), 0.02)
+    assert verdict["suspected"] is True and verdict["attack"] == "transfer"
+    assert (verdict["white_box"], verdict["non_white_box"]) == (0.6, 0.4)
+    assert masking_verdict(rows(0.7), 0.02)["suspected"] is False
+    # within the tolerance is not suspected
+    assert masking_verdict(rows(0.59), 0.02)["suspected"] is False
 
 
 def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(digits_artifacts, tmp_path):

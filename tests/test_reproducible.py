@@ -138,7 +138,7 @@ def test_an_attack_with_the_same_seed_and_batch_size_reproduces_bit_identically(
         runs.append(evaluate_attack(attack, defense(), task, x, y, seed=3, batch_size=2,
                                     device=CPU, label="defended"))
     a, b = runs
-    assert torch.equal(a["_x_adv"], b["_x_adv"]) and a["per_image"] == b["per_image"]
+    assert torch.equal(a.x_adv, b.x_adv) and a.per_image == b.per_image
 
 
 def test_one_chunk_alone_equals_the_same_chunk_inside_the_full_run(tmp_path):
@@ -150,5 +150,5 @@ def test_one_chunk_alone_equals_the_same_chunk_inside_the_full_run(tmp_path):
     start = 2  # what a resumed or sharded run computes for this chunk: keyed by its start
     alone = attack.run(defense(), task, x[start:start + 2], y[start:start + 2],
                        (3, "defended", start))
-    assert torch.equal(alone.x_adv, full["_x_adv"][start:start + 2])
-    assert alone.robust_ok.tolist() == full["robust_ok"][start:start + 2]
+    assert torch.equal(alone.x_adv, full.x_adv[start:start + 2])
+    assert alone.robust_ok.tolist() == full.robust_ok[start:start + 2]

@@ -253,17 +253,17 @@ def test_a_diagnostic_run_is_labelled_and_kept_out_of_the_headline():
     fixed = type("D", (Scripted,), {"name": "fixed"})
     cfg = resolve(None, ["attack.batch_size=4"])
     # "honest" runs one step only, so step 1's verification never reaches it
-    row, _ = run_label(cfg, "defended", defense,
-                       [honest(steps=0), fixed(steps=2, common_noise_defender=True)], TASK, x,
-                       y, torch.device("cpu"), [0], {})
+    row = run_label(cfg, "defended", defense,
+                    [honest(steps=0), fixed(steps=2, common_noise_defender=True)], TASK, x, y,
+                    torch.device("cpu"), [0], {})
     assert row["attacks"]["fixed"]["adversarial_mean"] == 0.0
     assert row["attacks"]["fixed"]["diagnostic"] is True
     assert "diagnostic" not in row["attacks"]["honest"] and "diagnostic" not in row
     assert row["adversarial"] == 1.0 and row["attack"] == "honest"
     table = format_table({"results": {"defended": row}})
     assert any("DIAGNOSTIC" in r[1] for r in table)
-    only, _ = run_label(cfg, "defended", defense, [fixed(steps=2, common_noise_defender=True)],
-                        TASK, x, y, torch.device("cpu"), [0], {})
+    only = run_label(cfg, "defended", defense, [fixed(steps=2, common_noise_defender=True)],
+                     TASK, x, y, torch.device("cpu"), [0], {})
     assert only["diagnostic"] is True
 
 

@@ -22,6 +22,7 @@ from ebmctl.artifacts import atomic_write_bytes
 from ebmctl.attacks.base import Attack, AttackOutcome
 from ebmctl.defense import Defense
 from ebmctl.errors import ConfigError
+from ebmctl.evaluate.results import SeedResult
 from ebmctl.contracts import Task
 
 
@@ -60,7 +61,14 @@ def evaluate_attack(attack: Attack, defense: Defense, task: Task, x: torch.Tenso
                     y: torch.Tensor, *, seed: int, batch_size: int, device: torch.device,
                     label: str, progress: Callable[[int], None] | None = None,
                     parts_dir: Path | None = None, fingerprint: str = "",
-                    resume: bool = False) -> dict:
+                    resume: bool = False) -> SeedResult:
+    """``attack`` on seed ``seed`` over the images ``x`` [M,C,H,W] in [0,1] (targets ``y``), in
+    chunks of ``batch_size`` keyed (seed, label, chunk start); under torchrun the chunks are
+    spread over the ranks. ``progress`` advances by evaluation points.
+
+    Raises:
+        ConfigError: a part in ``parts_dir`` written with other settings (under ``resume``).
+    """
     from ebmctl.distributed import current, evaluate_attack_sharded
 
     if current().active:  # under torchrun: chunks spread over the ranks, results merged
@@ -93,9 +101,8 @@ def evaluate_attack(attack: Attack, defense: Defense, task: Task, x: torch.Tenso
                 _save_part(part, outcome, {"fingerprint": fingerprint, "seconds": dt,
                                            "image_steps": steps_done, "info": outcome.info})
         outcomes.append(outcome)
-    res = summarise(outcomes)
-    res.update(seconds=round(seconds, 2), image_steps=image_steps, chunks_reused=reused)
-    return res
+    return summarise(outcomes, seed=seed, seconds=seconds, image_steps=image_steps,
+                     chunks_reused=reused)
 
 
 def worst_case_curve(natural_ok: torch.Tensor, ok_by_step: torch.Tensor) -> torch.Tensor:
@@ -125,19 +132,17 @@ def per_image(natural_ok: torch.Tensor, robust_ok: torch.Tensor,
     return rows
 
 
-def summarise(outcomes: list[AttackOutcome]) -> dict:
+def summarise(outcomes: list[AttackOutcome], *, seed: int, seconds: float, image_steps: int,
+              chunks_reused: int = 0, world_size: int | None = None) -> SeedResult:
+    """One seed's chunk outcomes, in image order, as a :class:`SeedResult` (``seconds``
+    rounded to 0.01)."""
     nat = torch.cat([o.natural_ok for o in outcomes])
     rob = torch.cat([o.robust_ok for o in outcomes])
     by_step = torch.cat([o.ok_by_step for o in outcomes], dim=2)  # [R, N+1, M]
-    n = len(nat)
-    return {
-        "n_images": n,
-        "natural": nat.float().mean().item(),
-        "adversarial": rob.float().mean().item(),
-        "robust_by_step": [by_step[r].float().mean(1).tolist() for r in range(by_step.shape[0])],
-        "accuracy_curve": worst_case_curve(nat, by_step).tolist(),
-        "natural_ok": nat.tolist(),
-        "robust_ok": rob.tolist(),
-        "per_image": per_image(nat, rob, by_step),
-        "_x_adv": torch.cat([o.x_adv for o in outcomes]),
-    }
+    return SeedResult(
+        seed=seed, natural=nat.float().mean().item(), adversarial=rob.float().mean().item(),
+        robust_by_step=[by_step[r].float().mean(1).tolist() for r in range(by_step.shape[0])],
+        accuracy_curve=worst_case_curve(nat, by_step).tolist(),
+        natural_ok=nat.tolist(), robust_ok=rob.tolist(), per_image=per_image(nat, rob, by_step),
+        seconds=round(seconds, 2), image_steps=image_steps, chunks_reused=chunks_reused,
+        x_adv=torch.cat([o.x_adv for o in outcomes]), world_size=world_size)

@@ -14,6 +14,7 @@ from torch import nn
 
 from ebmctl.attacks.base import Attack
 from ebmctl.errors import ConfigError, InputError
+from ebmctl.evaluate.results import AttackReport
 
 #: the attack that follows each gradient mode of a defended model
 ATTACK_FOR_GRADIENT = {"bpda": "bpda-eot", "full": "full-eot", "smooth": "smooth-eot"}
@@ -35,7 +36,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              restarts: int = 1, eot_reps: int | None = None, verify_reps: int | None = None,
              seeds: Sequence[int] = (0,), batch_size: int = 50, random_start: bool = True,
              sanity: bool = True, task: str = "classification",
-             device: torch.device | str | None = None) -> dict:
+             device: torch.device | str | None = None) -> AttackReport:
     """Attack ``model`` on the images ``x`` and return the same report as ``ebmctl attack``.
 
     Args:
@@ -65,11 +66,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         device: where to run (default: the model's parameters' device).
 
     Returns:
-        The report dict: ``results.<label>`` (``label`` = ``undefended`` or ``defended``) with
+        The :class:`~ebmctl.evaluate.results.AttackReport` ``ebmctl attack`` builds, read like
+        its JSON: ``results.<label>`` (``label`` = ``undefended`` or ``defended``) with
         ``natural``, ``adversarial`` (per-image worst case over attacks), ``*_ci`` (95%
         Wilson), ``attacks.<name>`` rows with ``accuracy_curve`` and ``converged``,
-        ``per_image_robust``, ``eps0_control``; ``sanity``; ``threat``; ``config``. It is
-        JSON-serialisable (``ebmctl.evaluate.report.format_table`` renders it).
+        ``per_image_robust``, ``eps0_control``; ``sanity``; ``threat``; ``config``
+        (``report["results"]["defended"]["adversarial"]``, or the typed fields
+        ``report.results["defended"].adversarial.mean``). ``report.to_json()`` is the JSON;
+        ``ebmctl.evaluate.report.format_table`` renders it.
 
     Raises:
         InputError: ``x`` not 4-d, outside [0,1], or ``len(x) != len(y)``.
@@ -77,12 +81,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     from ebmctl.context import environment, get_task
     from ebmctl.evaluate.report import (
-        attack_radius,
-        attack_step_size,
         check_options_used,
         make_attack,
         run_label,
         sanity_checks,
+        threat_of,
     )
     from ebmctl.plugins import get_registries
     from ebmctl.profiles import resolve
@@ -126,26 +129,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     label = "defended" if stochastic else "undefended"
     defense = defended.defense
     seeds = cfg["attack.seeds"]
-    row, _ = run_label(cfg, label, defense, built, task_obj, x, y, device, seeds, {})
-    report = {
-        "command": "evaluate", "task": task_obj.name, "metric": task_obj.metric_name,
-        "dataset": "tensors given to ebmctl.evaluate", "split": None, "n_images": len(x),
-        "seeds": list(seeds),
-        "threat": {"norm": norm, "eps": attack_radius(cfg), "step_size": attack_step_size(cfg),
-                   "steps": cfg["attack.steps"], "restarts": cfg["attack.restarts"],
-                   "units": "[0,1] pixels"},
-        "defense": {"steps": defended.steps if stochastic else 0,
-                    "eot_reps": defense.reps, "attack_eot_reps": cfg["attack.eot_reps"],
-                    "average": defense.average, "gradient": defended.gradient,
-                    "input_range": list(defended.input_range),
-                    "ebm": defended.ebm.path if defended.ebm is not None else None},
-        "semantics": "adversarial = per-image worst case over every attack, restart and step "
-                     "(mean over seeds); attacks.<name> = each attack alone; *_ci = 95% Wilson "
-                     "interval over n_images",
-        "model": type(defended.model).__name__, "results": {label: row},
-        "environment": environment(cfg, device), "config": cfg.to_dict(),
-    }
+    results = {label: run_label(cfg, label, defense, built, task_obj, x, y, device, seeds, {})}
+    checks = None
     if sanity:
-        report["sanity"] = sanity_checks(cfg, task_obj, defended.task_model, x, y, device,
-                                         report["results"], [(label, defense, built)])
-    return report
+        checks, results = sanity_checks(cfg, task_obj, defended.task_model, x, y, device,
+                                        results, [(label, defense, built)])
+    return AttackReport(
+        command="evaluate", task=task_obj.name, metric=task_obj.metric_name,
+        dataset="tensors given to ebmctl.evaluate", split=None, n_images=len(x),
+        seeds=list(seeds), threat=threat_of(cfg),
+        defense={"steps": defended.steps if stochastic else 0,
+                 "eot_reps": defense.reps, "attack_eot_reps": cfg["attack.eot_reps"],
+                 "average": defense.average, "gradient": defended.gradient,
+                 "input_range": list(defended.input_range),
+                 "ebm": defended.ebm.path if defended.ebm is not None else None},
+        model=type(defended.model).__name__, results=results,
+        environment=environment(cfg, device), config=cfg.to_dict(), sanity=checks)

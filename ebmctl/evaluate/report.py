@@ -18,7 +18,9 @@ import hashlib
 import inspect
 import json
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import save as st_save
@@ -40,7 +42,22 @@ from ebmctl.evaluate.resubmit import (
     resubmission_rows,
 )
 from ebmctl.evaluate.plots import curve_axis_label, save_curves, save_grid
-from ebmctl.evaluate.stats import accuracy_interval, mean_std, still_falling
+from ebmctl.evaluate.results import (
+    AttackReport,
+    AttackRow,
+    Eps0Control,
+    Estimate,
+    MaskingVerdict,
+    ModelResult,
+    SanityCheck,
+    SanityReport,
+    SeedResult,
+    SweepReport,
+    SweepRow,
+    Threat,
+    WorstCase,
+)
+from ebmctl.evaluate.stats import still_falling
 from ebmctl.plugins import get_registries
 from ebmctl.profiles import Config
 from ebmctl.units import format_radius
@@ -203,121 +220,103 @@ def _fingerprint(cfg: Config, model_path: Path, ebm_path: Path | None,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _fraction_row(prefix: str, values: list[float], n: int) -> dict:
-    """``prefix``, ``prefix_std`` (None for one seed) and ``prefix_ci`` (95% Wilson over the n
-    images, of the mean over seeds)."""
-    m, s = mean_std(values)
-    return {prefix: m, f"{prefix}_std": s, f"{prefix}_ci": accuracy_interval(m, n)}
-
-
-def summarise_attack(attack: Attack, per_seed: list[dict], n: int) -> dict:
-    """One attack's row: means over seeds with intervals, the worst-restart curve and whether
-    it converged (None when its curve does not measure the defense step by step)."""
-    curve = [sum(r["accuracy_curve"][i] for r in per_seed) / len(per_seed)
-             for i in range(len(per_seed[0]["accuracy_curve"]))]
-    nat, adv = _fraction_row("natural", [r["natural"] for r in per_seed], n), \
-        _fraction_row("adversarial", [r["adversarial"] for r in per_seed], n)
+def summarise_attack(attack: Attack, per_seed: list[SeedResult], n: int,
+                     memory: dict | None = None) -> AttackRow:
+    """One attack's row: means over seeds with intervals, the worst-restart curve (mean over
+    seeds) and whether it converged (None when its curve does not measure the defense step by
+    step)."""
+    curve = [sum(r.accuracy_curve[i] for r in per_seed) / len(per_seed)
+             for i in range(len(per_seed[0].accuracy_curve))]
     converged = (not still_falling(curve)) if getattr(attack, "per_step_curve", True) else None
-    return {"attack": attack.name, "description": attack.description,
-            "gradient": getattr(attack, "gradient_mode", lambda: "exact")(),
-            "natural_mean": nat["natural"], "natural_std": nat["natural_std"],
-            "natural_ci": nat["natural_ci"],
-            "adversarial_mean": adv["adversarial"], "adversarial_std": adv["adversarial_std"],
-            "adversarial_ci": adv["adversarial_ci"], "n_images": n, "n_seeds": len(per_seed),
-            "accuracy_curve": curve, "converged": converged,
-            "seconds": round(sum(r["seconds"] for r in per_seed), 2),
-            "image_steps": sum(r["image_steps"] for r in per_seed), "per_seed": per_seed}
+    return AttackRow(
+        name=attack.name, description=attack.description,
+        gradient=getattr(attack, "gradient_mode", lambda: "exact")(),
+        natural=Estimate.over_seeds([r.natural for r in per_seed], n),
+        adversarial=Estimate.over_seeds([r.adversarial for r in per_seed], n), n_images=n,
+        accuracy_curve=curve, converged=converged,
+        seconds=round(sum(r.seconds for r in per_seed), 2),
+        image_steps=sum(r.image_steps for r in per_seed), per_seed=list(per_seed),
+        memory=memory, diagnostic=bool(getattr(attack, "diagnostic", False)))
 
 
-def worst_case(per_attack: dict[str, list[dict]], x_advs: dict[str, list[torch.Tensor]]
-               ) -> list[dict]:
+def worst_case(per_attack: dict[str, list[SeedResult]]) -> list[WorstCase]:
     """Per seed, the per-image worst case over attacks: an image is robust iff it passed the
     natural check and every attack left it unbroken. Its adversarial image is the first
     breaking attack's (in run order), else the last attack's final iterate.
 
-    Returns one dict per seed: natural, adversarial, natural_ok, robust_ok, x_adv.
+    Args:
+        per_attack: attack name → its results, one per seed (same seeds, same order), in run
+            order.
     """
     names = list(per_attack)
     out = []
     for s in range(len(per_attack[names[0]])):
-        nat = torch.tensor(per_attack[names[0]][s]["natural_ok"], dtype=torch.bool)
+        nat = torch.tensor(per_attack[names[0]][s].natural_ok, dtype=torch.bool)
         rob = torch.ones_like(nat)  # unbroken by the attacks so far
-        x_adv = x_advs[names[-1]][s].clone()
+        x_adv = per_attack[names[-1]][s].x_adv.clone()
         for name in names:
             r = per_attack[name][s]
-            ok = torch.tensor(r["robust_ok"], dtype=torch.bool)
-            nat &= torch.tensor(r["natural_ok"], dtype=torch.bool)
+            ok = torch.tensor(r.robust_ok, dtype=torch.bool)
+            nat &= torch.tensor(r.natural_ok, dtype=torch.bool)
             broke = rob & ~ok  # first broken by this attack
-            x_adv[broke] = x_advs[name][s][broke]
+            x_adv[broke] = r.x_adv[broke]
             rob &= ok
         rob &= nat
-        out.append({"seed": per_attack[names[0]][s]["seed"], "natural": nat.float().mean().item(),
-                    "adversarial": rob.float().mean().item(), "natural_ok": nat.tolist(),
-                    "robust_ok": rob.tolist(), "x_adv": x_adv})
+        out.append(WorstCase(seed=per_attack[names[0]][s].seed,
+                             natural=nat.float().mean().item(),
+                             adversarial=rob.float().mean().item(), natural_ok=nat.tolist(),
+                             robust_ok=rob.tolist(), x_adv=x_adv))
     return out
 
 
-def masking_verdict(attacks: dict[str, dict], tolerance: float) -> dict | None:
-    """"gradient masking suspected" when an attack whose gradient never passes the purifier
-    (transfer, gradient-free) leaves fewer images robust than every white-box attack."""
-    white = {n: a["adversarial_mean"] for n, a in attacks.items()
-             if a["gradient"] not in NON_WHITE_BOX}
-    other = {n: a["adversarial_mean"] for n, a in attacks.items()
-             if a["gradient"] in NON_WHITE_BOX}
+def masking_verdict(attacks: dict[str, AttackRow], tolerance: float) -> MaskingVerdict | None:
+    """The row's verdict: the strongest attack whose gradient never passes the purifier
+    (transfer, gradient-free) against the strongest white-box one, means over seeds; None
+    unless both kinds ran."""
+    white = {n: a.adversarial.mean for n, a in attacks.items()
+             if a.gradient not in NON_WHITE_BOX}
+    other = {n: a.adversarial.mean for n, a in attacks.items()
+             if a.gradient in NON_WHITE_BOX}
     if not white or not other:
         return None
-    best_white, best_other = min(white.values()), min(other.values())
     name = min(other, key=other.get)
-    return {"suspected": best_other < best_white - tolerance, "white_box": best_white,
-            "non_white_box": best_other, "attack": name, "tolerance": tolerance}
+    return MaskingVerdict.compare(min(white.values()), other[name], name, tolerance)
+
+
+def attack_seeds(cfg: Config, attack: Attack, defense: Defense, task, x, y, device,
+                 seeds: list[int], label: str, parts: dict) -> AttackRow:
+    """One attack on every seed against one model (chunks resumable through ``parts``: the
+    keywords ``parts_dir``, ``fingerprint``, ``resume`` of :func:`evaluate_attack`)."""
+    batch = cfg["attack.batch_size"]
+    total = len(seeds) * _progress_units(attack, len(x), batch)
+    probe = MemoryProbe(device).start()
+    with progress_bar(total, f"attack {label} ({attack.name})") as bar:
+        per_seed = [evaluate_attack(attack, defense, task, x, y, seed=s, batch_size=batch,
+                                    device=device, label=label, progress=bar.advance, **parts)
+                    for s in seeds]
+    return summarise_attack(attack, per_seed, len(x), memory=probe.read())
 
 
 def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], task, x, y,
-              device, seeds: list[int], parts: dict) -> tuple[dict, dict]:
-    """Every attack on every seed against one model; returns (the label's results, the task
-    run handed to the task's report extras)."""
-    per_attack: dict[str, dict] = {}
-    raw: dict[str, list[dict]] = {}
-    x_advs: dict[str, list[torch.Tensor]] = {}
-    batch = cfg["attack.batch_size"]
-    for attack in attacks:
-        per_seed = []
-        total = len(seeds) * _progress_units(attack, len(x), batch)
-        probe = MemoryProbe(device).start()
-        with progress_bar(total, f"attack {label} ({attack.name})") as bar:
-            for s in seeds:
-                res = evaluate_attack(attack, defense, task, x, y, seed=s, batch_size=batch,
-                                      device=device, label=label, progress=bar.advance, **parts)
-                x_advs.setdefault(attack.name, []).append(res.pop("_x_adv"))
-                per_seed.append({"seed": s, **res})
-        raw[attack.name] = per_seed
-        per_attack[attack.name] = summarise_attack(attack, per_seed, len(x))
-        per_attack[attack.name]["memory"] = probe.read()
-        if getattr(attack, "diagnostic", False):
-            per_attack[attack.name]["diagnostic"] = True
-    # a diagnostic run (the defender's noise fixed) never enters the headline, unless it is
-    # all there is, and then the whole row says so
-    headline = [n for n in raw if not per_attack[n].get("diagnostic")] or list(raw)
-    worst = worst_case({n: raw[n] for n in headline}, x_advs)
-    row = {"attack": min(headline, key=lambda n: per_attack[n]["adversarial_mean"]),
-           "n_images": len(x), "n_seeds": len(seeds),
-           **_fraction_row("natural", [w["natural"] for w in worst], len(x)),
-           **_fraction_row("adversarial", [w["adversarial"] for w in worst], len(x)),
-           "per_image_robust": [int(v) for v in worst[0]["robust_ok"]],
-           "converged": all(a["converged"] is not False for a in per_attack.values()),
-           "seconds": round(sum(a["seconds"] for a in per_attack.values()), 1),
-           "image_steps": sum(a["image_steps"] for a in per_attack.values()),
-           "attacks": per_attack}
-    if all(per_attack[n].get("diagnostic") for n in headline):
-        row["diagnostic"] = True
-    masking = masking_verdict({n: per_attack[n] for n in headline},
-                              cfg["attack.sanity_tolerance"])
-    if masking is not None:
-        row["gradient_masking"] = masking
-    task_run = {"defense": defense, "x_adv": worst[-1]["x_adv"], "x_advs": x_advs,
-                "threat": {"norm": attacks[0].norm, "eps": attacks[0].eps},
-                "result": {k: worst[-1][k] for k in ("natural_ok", "robust_ok")}}
-    return row, task_run
+              device, seeds: list[int], parts: dict) -> ModelResult:
+    """Every attack on every seed against one model: each attack's row and the per-image worst
+    case over the headline attacks (a diagnostic run, the defender's noise fixed, never enters
+    the headline unless it is all there is, and then the whole row says so)."""
+    rows = {a.name: attack_seeds(cfg, a, defense, task, x, y, device, seeds, label, parts)
+            for a in attacks}
+    headline = [n for n, r in rows.items() if not r.diagnostic] or list(rows)
+    worst = worst_case({n: rows[n].per_seed for n in headline})
+    return ModelResult(
+        attack=min(headline, key=lambda n: rows[n].adversarial.mean), n_images=len(x),
+        n_seeds=len(seeds), natural=Estimate.over_seeds([w.natural for w in worst], len(x)),
+        adversarial=Estimate.over_seeds([w.adversarial for w in worst], len(x)),
+        per_image_robust=[int(v) for v in worst[0].robust_ok],
+        converged=all(r.converged is not False for r in rows.values()),
+        seconds=round(sum(r.seconds for r in rows.values()), 1),
+        image_steps=sum(r.image_steps for r in rows.values()), attacks=rows, worst=worst,
+        diagnostic=all(rows[n].diagnostic for n in headline),
+        gradient_masking=masking_verdict({n: rows[n] for n in headline},
+                                         cfg["attack.sanity_tolerance"]))
 
 
 def _progress_units(attack: Attack, n_images: int, batch: int) -> int:
@@ -327,41 +326,43 @@ def _progress_units(attack: Attack, n_images: int, batch: int) -> int:
 
 
 def _quick(cfg: Config, attack: Attack, defense: Defense, task, x, y, device, label: str,
-           seed: int) -> dict:
+           seed: int) -> SeedResult:
     """One seed of one attack, no parts on disk (the sanity checks and the ε = 0 control)."""
     batch = cfg["attack.batch_size"]
     total = _progress_units(attack, len(x), batch)
     with progress_bar(total, f"check {label} ({attack.name})") as bar:
-        res = evaluate_attack(attack, defense, task, x, y, seed=seed, batch_size=batch,
-                              device=device, label=label, progress=bar.advance)
-    res.pop("_x_adv")
-    return res
+        return evaluate_attack(attack, defense, task, x, y, seed=seed, batch_size=batch,
+                               device=device, label=label, progress=bar.advance)
 
 
 def eps_zero_control(cfg: Config, label: str, defense: Defense, attacks: list[Attack], task,
-                     x, y, device, seed: int) -> dict:
+                     x, y, device, seed: int) -> Eps0Control:
     """The first attack at ε = 0: nothing moves, so any image it "breaks" is broken by Alg. 1's
     repeated stochastic verification alone. ``inflation`` = natural − ε0 accuracy."""
     att = make_attack(cfg, attacks[0].name, defense.stochastic, eps=0.0, cls=type(attacks[0]))
     res = _quick(cfg, att, defense, task, x, y, device, f"{label}-eps0", seed)
-    return {"attack": att.name, "seed": seed, "n_images": len(x), "natural": res["natural"],
-            "adversarial": res["adversarial"],
-            "adversarial_ci": accuracy_interval(res["adversarial"], len(x)),
-            "inflation": res["natural"] - res["adversarial"],
-            "per_image_robust": [int(v) for v in res["robust_ok"]]}
+    return Eps0Control(attack=att.name, seed=seed, n_images=len(x), natural=res.natural,
+                       adversarial=res.adversarial,
+                       per_image_robust=[int(v) for v in res.robust_ok])
 
 
 def sanity_checks(cfg: Config, task, model: TaskModel, x: torch.Tensor, y: torch.Tensor,
-                  device, results: dict, runs: list) -> dict:
+                  device, results: dict[str, ModelResult], runs: list
+                  ) -> tuple[SanityReport, dict[str, ModelResult]]:
     """Checks that can fail; a failed check flags an attack or evaluation bug (or, for the
-    transfer check, gradient masking)."""
+    transfer check, gradient masking). Returns the checks and ``results`` with each checked
+    model's ε = 0 control and the transfer check's masking verdict filled in."""
     checks = _undefended_checks(cfg, task, model, x, y, device, results)
+    results = dict(results)
     for label, defense, attacks in runs:
-        checks += _model_checks(cfg, label, defense, attacks, task, x, y, device, results[label])
-    return {"checks": checks, "all_pass": all(c["pass"] for c in checks)}
+        more, results[label] = _model_checks(cfg, label, defense, attacks, task, x, y, device,
+                                             results[label])
+        checks += more
+    return SanityReport(checks), results
 
 
-def _undefended_checks(cfg: Config, task, model, x, y, device, results: dict) -> list[dict]:
+def _undefended_checks(cfg: Config, task, model, x, y, device,
+                       results: dict[str, ModelResult]) -> list[SanityCheck]:
     bare = build_defense(cfg, model, None, device)
     n = min(cfg["attack.sanity_images"], len(x))
     norm, tol = cfg["attack.norm"], cfg["attack.sanity_tolerance"]
@@ -370,88 +371,152 @@ def _undefended_checks(cfg: Config, task, model, x, y, device, results: dict) ->
     large = pgd_cls(norm=norm, eps=big, step_size=big / 8, steps=max(20, cfg["attack.steps"]),
                     restarts=1, random_start=True)
     res = _quick(cfg, large, bare, task, x[:n], y[:n], device, "sanity-large-eps", 0)
-    checks = [{"check": "a large radius drives the undefended model to ~0", "radius": big,
-               "images": n, "adversarial": res["adversarial"],
-               "pass": res["adversarial"] <= 0.05}]
+    checks = [SanityCheck("a large radius drives the undefended model to ~0",
+                          res.adversarial <= 0.05,
+                          {"radius": big, "images": n, "adversarial": res.adversarial})]
     eps = attack_radius(cfg)
     single = _quick(cfg, fgsm_cls(norm=norm, eps=eps), bare, task, x, y, device,
-                    "sanity-fgsm", 0)["adversarial"]
+                    "sanity-fgsm", 0).adversarial
     und = results.get("undefended")
-    iterative = und["adversarial"] if und else _quick(
+    iterative = und.adversarial.mean if und else _quick(
         cfg, make_attack(cfg, "pgd", False), bare, task, x, y, device, "sanity-pgd",
-        0)["adversarial"]
-    checks.append({"check": f"iterative attack at least as strong as one FGSM step "
-                            f"(undefended, tolerance {tol})",
-                   "fgsm": single, "iterative": iterative, "pass": iterative <= single + tol})
+        0).adversarial
+    checks.append(SanityCheck(f"iterative attack at least as strong as one FGSM step "
+                              f"(undefended, tolerance {tol})", iterative <= single + tol,
+                              {"fgsm": single, "iterative": iterative}))
     return checks
 
 
 def _model_checks(cfg: Config, label: str, defense: Defense, attacks: list[Attack], task, x, y,
-                  device, row: dict) -> list[dict]:
+                  device, row: ModelResult) -> tuple[list[SanityCheck], ModelResult]:
     """Per model: the ε = 0 control, accuracy non-increasing in ε, and (defended) transfer not
-    stronger than the white-box attacks."""
-    tol, seed = cfg["attack.sanity_tolerance"], row["attacks"][attacks[0].name]["per_seed"][0][
-        "seed"]
-    control = eps_zero_control(cfg, label, defense, attacks, task, x, y, device, seed)
-    row["eps0_control"] = control
+    stronger than the white-box attacks. Returns the checks and ``row`` with its control and
+    masking verdict."""
+    tol = cfg["attack.sanity_tolerance"]
+    first = row.attacks[attacks[0].name].per_seed[0]
+    control = eps_zero_control(cfg, label, defense, attacks, task, x, y, device, first.seed)
+    row = replace(row, eps0_control=control)
     checks = []
     if not defense.stochastic:
-        checks.append({"check": f"{label}: eps = 0 leaves the deterministic model at its "
-                                "natural accuracy", **control,
-                       "pass": abs(control["inflation"]) < 1e-9})
+        checks.append(SanityCheck(f"{label}: eps = 0 leaves the deterministic model at its "
+                                  "natural accuracy", abs(control.inflation) < 1e-9,
+                                  control.to_json()))
     n = min(cfg["attack.sanity_images"], len(x))
     eps = attack_radius(cfg)
     half = make_attack(cfg, attacks[0].name, defense.stochastic, eps=eps / 2,
                        cls=type(attacks[0]))
-    at_half = _quick(cfg, half, defense, task, x[:n], y[:n], device, f"{label}-half-eps", seed)
-    first = row["attacks"][attacks[0].name]["per_seed"][0]
-    at_eps = sum(first["robust_ok"][:n]) / n
-    at_zero = sum(control["per_image_robust"][:n]) / n
-    curve = [at_zero, at_half["adversarial"], at_eps]
-    checks.append({"check": f"{label}: accuracy does not rise with eps ({attacks[0].name}, "
-                            f"first {n} images, tolerance {tol})",
-                   "eps": [0.0, eps / 2, eps], "adversarial": curve,
-                   "pass": all(b <= a + tol for a, b in zip(curve, curve[1:]))})
+    at_half = _quick(cfg, half, defense, task, x[:n], y[:n], device, f"{label}-half-eps",
+                     first.seed)
+    curve = [sum(control.per_image_robust[:n]) / n, at_half.adversarial,
+             sum(first.robust_ok[:n]) / n]
+    checks.append(SanityCheck(f"{label}: accuracy does not rise with eps ({attacks[0].name}, "
+                              f"first {n} images, tolerance {tol})",
+                              all(b <= a + tol for a, b in zip(curve, curve[1:])),
+                              {"eps": [0.0, eps / 2, eps], "adversarial": curve}))
     if defense.stochastic:
-        checks.append(_transfer_check(cfg, label, defense, task, x, y, device, row, seed))
-    return checks
+        check, masking = _transfer_check(cfg, label, defense, task, x, y, device, row,
+                                         first.seed)
+        checks.append(check)
+        row = replace(row, gradient_masking=masking)
+    return checks, row
 
 
-def _transfer_check(cfg, label, defense, task, x, y, device, row, seed) -> dict:
+def _transfer_check(cfg: Config, label: str, defense: Defense, task, x, y, device,
+                    row: ModelResult, seed: int) -> tuple[SanityCheck, MaskingVerdict | None]:
+    """A transfer attack from the bare classifier against the per-image worst case over the
+    white-box attacks, on the first seed; the same verdict as :func:`masking_verdict`. A
+    failed check replaces the row's verdict; a passed one leaves it (or records "not
+    suspected" where the row had none)."""
     tol = cfg["attack.sanity_tolerance"]
-    if "transfer" in row["attacks"]:
-        transfer = row["attacks"]["transfer"]["per_seed"][0]["adversarial"]
+    if "transfer" in row.attacks:
+        transfer = row.attacks["transfer"].per_seed[0].adversarial
     else:
         att = make_attack(cfg, "transfer", True)
         transfer = _quick(cfg, att, defense, task, x, y, device, f"{label}-transfer",
-                          seed)["adversarial"]
-    white = [a["per_seed"][0]["robust_ok"] for a in row["attacks"].values()
-             if a["gradient"] not in NON_WHITE_BOX]
+                          seed).adversarial
+    white = {n: a.per_seed[:1] for n, a in row.attacks.items()
+             if a.gradient not in NON_WHITE_BOX}
     if not white:
-        return {"check": f"{label}: transfer not stronger than white-box", "pass": True,
-                "note": "no white-box attack was run"}
-    robust = [all(col) for col in zip(*white)]
-    white_acc = sum(robust) / len(robust)
-    ok = transfer >= white_acc - tol
-    row.setdefault("gradient_masking", {"suspected": False})
-    if not ok:
-        row["gradient_masking"] = {"suspected": True, "white_box": white_acc,
-                                   "non_white_box": transfer, "attack": "transfer",
-                                   "tolerance": tol}
-    return {"check": f"{label}: a transfer attack from the bare classifier is not stronger "
-                     f"than the white-box attacks (tolerance {tol}); if it is, gradient "
-                     "masking is suspected", "transfer": transfer, "white_box": white_acc,
-            "pass": ok}
+        return SanityCheck(f"{label}: transfer not stronger than white-box", True,
+                           {"note": "no white-box attack was run"}), row.gradient_masking
+    (worst,) = worst_case(white)
+    white_acc = sum(worst.robust_ok) / len(worst.robust_ok)
+    verdict = MaskingVerdict.compare(white_acc, transfer, "transfer", tol)
+    check = SanityCheck(f"{label}: a transfer attack from the bare classifier is not stronger "
+                        f"than the white-box attacks (tolerance {tol}); if it is, gradient "
+                        "masking is suspected", not verdict.suspected,
+                        {"transfer": transfer, "white_box": white_acc})
+    if verdict.suspected:
+        return check, verdict
+    return check, row.gradient_masking or MaskingVerdict(False)
+
+
+class PlannedRun(NamedTuple):
+    """One model to attack: its report label, its defense and its attacks (built before any
+    work is done)."""
+
+    label: str
+    defense: Defense
+    attacks: list[Attack]
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What :func:`run_evaluation` attacks, with what, on which images: the task, the task
+    model, the evaluation images ``x`` [M,C,H,W] in [0,1] and targets ``y``, the attack seeds,
+    one :class:`PlannedRun` per model, where finished chunks are kept (``parts``: the
+    keywords of :func:`evaluate_attack`) and the report's header fields."""
+
+    task: Any
+    model: TaskModel
+    dataset: str
+    x: torch.Tensor
+    y: torch.Tensor
+    seeds: list[int]
+    runs: list[PlannedRun]
+    parts: dict
+    header: dict
 
 
 def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
                    out: Path, *, undefended: bool = True, defended: bool = True,
                    method: str | None = None, resume: bool = False,
                    save_adversarials: bool = False, sanity: bool | None = None,
-                   fixer_path: Path | None = None) -> dict:
+                   fixer_path: Path | None = None) -> AttackReport:
     """Attack the undefended and/or defended model and write the report (JSON, curves PNG,
-    adversarial grid). ``fixer_path`` adds a "defended+fixer" run (purification then the
-    fixer, thesis Ch. 6) next to "defended", with the same attacks and seeds."""
+    adversarial grids and galleries). ``fixer_path`` adds a "defended+fixer" run
+    (purification then the fixer, thesis Ch. 6) next to "defended", with the same attacks and
+    seeds. Planning (:func:`plan_evaluation`), running (:func:`run_label` per model, resumable
+    per chunk), then checks and extras (:func:`complete_report`) and writing
+    (:func:`write_report`).
+
+    Raises:
+        ConfigError: a model for another task, no EBM for a defended run, settings that would
+            be ignored, or parts of another evaluation under ``resume``.
+    """
+    plan = plan_evaluation(cfg, model_path, ebm_path, device, Path(out), undefended=undefended,
+                           defended=defended, method=method, resume=resume,
+                           fixer_path=fixer_path)
+    results = {}
+    for label, defense, attacks in plan.runs:
+        row = run_label(cfg, label, defense, attacks, plan.task, plan.x, plan.y, device,
+                        plan.seeds, plan.parts)
+        if cfg["evaluate.resubmissions"] > 0 and defense.stochastic:
+            row = replace(row, resubmission=resubmission_report(
+                cfg, label, defense, plan.task, plan.x, plan.y, device, row))
+        results[label] = row
+    report = complete_report(cfg, plan, results, device, Path(out),
+                             sanity=cfg["attack.sanity"] if sanity is None else sanity,
+                             save_adversarials=save_adversarials)
+    write_report(cfg, plan, report, Path(out))
+    return report
+
+
+def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
+                    out: Path, *, undefended: bool, defended: bool, method: str | None,
+                    resume: bool, fixer_path: Path | None) -> EvaluationPlan:
+    """Load the models, build every defense and attack, pick the images: every setting is
+    checked before any work is done."""
     task = get_task(cfg)
     model = TaskModel.load(model_path, device)
     if model.task and model.task != task.name:
@@ -462,63 +527,41 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
         raise ConfigError("a defended evaluation needs an EBM (--ebm FILE)")
     runs = plan_runs(cfg, model, ebm, device, undefended, defended, method, fixer_path)
     bundle, x, y = evaluation_images(cfg, model)
-    seeds = cfg["attack.seeds"] or [cfg["run.seed"]]
-    out = Path(out)
     parts_dir = out.with_name(out.stem + ".parts")
     fingerprint = _fingerprint(cfg, model_path, ebm_path if defended else None,
                                fixer_path if defended else None)
     if resume and not parts_dir.exists():
         info(f"--resume: no partial results in {parts_dir}; starting from scratch")
-    parts = {"parts_dir": parts_dir, "fingerprint": fingerprint, "resume": resume}
-    report = _report_header(cfg, task, bundle, x, seeds, runs, model_path, ebm_path, fixer_path,
-                            defended, device)
-    curves, task_runs = {}, {}
-    for label, defense, attacks in runs:
-        row, task_runs[label] = run_label(cfg, label, defense, attacks, task, x, y, device,
-                                          seeds, parts)
-        if cfg["evaluate.resubmissions"] > 0 and defense.stochastic:
-            row["resubmission"] = resubmission_report(cfg, label, defense, task, x, y, device,
-                                                      row, task_runs[label])
-        report["results"][label] = row
-        for name, a in row["attacks"].items():
-            curves[f"{label} ({name})"] = (list(range(len(a["accuracy_curve"]))),
-                                          a["accuracy_curve"])
-        save_grid(task_runs[label]["x_adv"][:64], out.with_name(out.stem + f".{label}-adv.png"))
-        write_gallery(out.with_name(out.stem + f".{label}-gallery.png"), label, x,
-                      task_runs[label]["x_adv"], defense, task_runs[label]["threat"],
-                      (seeds[-1], "gallery", label))
-    if (cfg["attack.sanity"] if sanity is None else sanity) and runs:
-        report["sanity"] = sanity_checks(cfg, task, model, x, y, device, report["results"], runs)
-        failed = [c["check"] for c in report["sanity"]["checks"] if not c["pass"]]
-        if failed:
-            info("sanity check failed: " + "; ".join(failed))
-    _task_extras(task, x, y, task_runs, out, seeds, report)
-    if save_adversarials:
-        report["adversarials_file"] = _save_adversarials(cfg, out, report, task_runs, x, y)
-    atomic_write_json(out, report)
-    save_curves(out.with_suffix(".png"), curves, "attack step",
-                curve_axis_label(task.metric_name) + "\n(worst restart, mean over seeds)",
-                f"{bundle.name}: {cfg['attack.norm']} eps={format_radius(attack_radius(cfg))}")
-    shutil.rmtree(parts_dir, ignore_errors=True)  # the report now holds every per-image result
-    return report
+    header = {"command": "attack", "task": task.name, "metric": task.metric_name,
+              "dataset": bundle.name, "split": "test", "n_images": len(x),
+              "threat": threat_of(cfg), "defense": _defense_settings(
+                  cfg, device, ebm_path if defended else None, fixer_path if defended else None),
+              "model": str(model_path), "environment": environment(cfg, device),
+              "config": cfg.to_dict()}
+    return EvaluationPlan(task=task, model=model, dataset=bundle.name, x=x, y=y,
+                          seeds=list(cfg["attack.seeds"] or [cfg["run.seed"]]), runs=runs,
+                          parts={"parts_dir": parts_dir, "fingerprint": fingerprint,
+                                 "resume": resume}, header=header)
 
 
 def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, undefended: bool,
-              defended: bool, method: str | None, fixer_path: Path | None) -> list[tuple]:
-    """(label, defense, attacks) for each model evaluated; every attack built before any work."""
+              defended: bool, method: str | None, fixer_path: Path | None
+              ) -> list[PlannedRun]:
+    """One :class:`PlannedRun` per model evaluated; every attack built before any work."""
     runs = []
     if undefended:
-        runs.append(("undefended", build_defense(cfg, model, None, device),
-                     [make_attack(cfg, m, False) for m in method_list(cfg, None, False)]))
+        runs.append(PlannedRun("undefended", build_defense(cfg, model, None, device),
+                               [make_attack(cfg, m, False) for m in method_list(cfg, None, False)]))
     if defended:
-        runs.append(("defended", build_defense(cfg, model, ebm, device),
-                     [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
+        runs.append(PlannedRun("defended", build_defense(cfg, model, ebm, device),
+                               [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     if defended and fixer_path is not None:
         from ebmctl.models import load_fixer
 
-        runs.append(("defended+fixer",
-                     build_defense(cfg, model, ebm, device, fixer=load_fixer(fixer_path, device)),
-                     [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
+        runs.append(PlannedRun(
+            "defended+fixer",
+            build_defense(cfg, model, ebm, device, fixer=load_fixer(fixer_path, device)),
+            [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     check_options_used(cfg, [a for _, _, attacks in runs for a in attacks])
     for _, defense, attacks in runs:  # e.g. attack.gradient_steps > defense.steps, before work
         for a in attacks:
@@ -527,46 +570,85 @@ def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, un
     return runs
 
 
-def _report_header(cfg, task, bundle, x, seeds, runs, model_path, ebm_path, fixer_path,
-                   defended, device) -> dict:
-    return {
-        "command": "attack", "task": task.name, "metric": task.metric_name,
-        "dataset": bundle.name, "split": "test", "n_images": len(x), "seeds": list(seeds),
-        "threat": {"norm": cfg["attack.norm"], "eps": attack_radius(cfg),
-                   "step_size": attack_step_size(cfg), "steps": cfg["attack.steps"],
-                   "restarts": cfg["attack.restarts"], "units": "[0,1] pixels"},
-        "defense": {"steps": cfg["defense.steps"], "eot_reps": cfg["defense.eot_reps"],
-                    # "auto" is bf16 on a CPU with native bf16 (and on CUDA): figures can move
-                    "precision": resolve_precision(cfg["langevin.precision"], device),
-                    "attack_eot_reps": cfg["attack.eot_reps"], "average": cfg["defense.average"],
-                    "ebm": str(ebm_path) if (defended and ebm_path) else None,
-                    "fixer": str(fixer_path) if (defended and fixer_path) else None},
-        "semantics": "adversarial = per-image worst case over every attack, restart and step "
-                     "(mean over seeds); attacks.<name> = each attack alone; *_ci = 95% Wilson "
-                     "interval over n_images",
-        "model": str(model_path), "results": {}, "environment": environment(cfg, device),
-        "config": cfg.to_dict(),
-    }
+def threat_of(cfg: Config) -> Threat:
+    """The profile's threat model (radius and step of the norm in force)."""
+    return Threat(norm=cfg["attack.norm"], eps=attack_radius(cfg),
+                  step_size=attack_step_size(cfg), steps=cfg["attack.steps"],
+                  restarts=cfg["attack.restarts"])
 
 
-def _task_extras(task, x, y, task_runs: dict, out: Path, seeds: list, report: dict) -> None:
-    """Task-specific figures (e.g. Dice and mIoU for segmentation); the loop stays generic."""
-    extras_fn = getattr(task, "evaluation_extras", None)
-    extras = extras_fn(x, y, task_runs, out, (seeds[-1], "report")) if extras_fn else None
+def _defense_settings(cfg: Config, device, ebm_path: Path | None,
+                      fixer_path: Path | None) -> dict:
+    return {"steps": cfg["defense.steps"], "eot_reps": cfg["defense.eot_reps"],
+            # "auto" is bf16 on a CPU with native bf16 (and on CUDA): figures can move
+            "precision": resolve_precision(cfg["langevin.precision"], device),
+            "attack_eot_reps": cfg["attack.eot_reps"], "average": cfg["defense.average"],
+            "ebm": str(ebm_path) if ebm_path else None,
+            "fixer": str(fixer_path) if fixer_path else None}
+
+
+def _hook_runs(plan: EvaluationPlan, results: dict[str, ModelResult]) -> dict[str, dict]:
+    """What ``Task.evaluation_extras`` receives per label (docs/hook-reference.md)."""
+    runs = {}
+    for label, defense, attacks in plan.runs:
+        r = results[label]
+        runs[label] = {"defense": defense, "x_adv": r.x_adv,
+                       "x_advs": {n: [s.x_adv for s in a.per_seed] for n, a in r.attacks.items()},
+                       "threat": {"norm": attacks[0].norm, "eps": attacks[0].eps},
+                       "result": {"natural_ok": r.worst[-1].natural_ok,
+                                  "robust_ok": r.worst[-1].robust_ok}}
+    return runs
+
+
+def complete_report(cfg: Config, plan: EvaluationPlan, results: dict[str, ModelResult], device,
+                    out: Path, *, sanity: bool, save_adversarials: bool) -> AttackReport:
+    """The report of a finished run: sanity checks (which add each model's ε = 0 control and
+    the transfer verdict), the task's extra figures and the adversarial export."""
+    checks = None
+    if sanity and plan.runs:
+        checks, results = sanity_checks(cfg, plan.task, plan.model, plan.x, plan.y, device,
+                                        results, plan.runs)
+        if checks.failed:
+            info("sanity check failed: " + "; ".join(checks.failed))
+    extras_fn = getattr(plan.task, "evaluation_extras", None)
+    extras = extras_fn(plan.x, plan.y, _hook_runs(plan, results), out,
+                       (plan.seeds[-1], "report")) if extras_fn else None
     for label, values in ((extras or {}).pop("results", None) or {}).items():
-        report["results"][label].update(values)
-    if extras:
-        report["task_report"] = extras
+        results[label] = replace(results[label], extras={**results[label].extras, **values})
+    report = AttackReport(**plan.header, seeds=plan.seeds, results=results, sanity=checks,
+                          task_report=extras or None)
+    if save_adversarials:
+        report = replace(report, adversarials_file=_save_adversarials(cfg, out, report,
+                                                                       plan.x, plan.y))
+    return report
 
 
-def _save_adversarials(cfg, out: Path, report: dict, task_runs: dict, x, y) -> str:
+def write_report(cfg: Config, plan: EvaluationPlan, report: AttackReport, out: Path) -> None:
+    """The JSON, the accuracy-vs-step curves, each model's adversarial grid and gallery; then
+    the parts folder goes (the JSON holds every per-image result)."""
+    atomic_write_json(out, report.to_json())
+    curves = {f"{label} ({name})": (list(range(len(a.accuracy_curve))), a.accuracy_curve)
+              for label, r in report.results.items() for name, a in r.attacks.items()}
+    save_curves(out.with_suffix(".png"), curves, "attack step",
+                curve_axis_label(plan.task.metric_name) + "\n(worst restart, mean over seeds)",
+                f"{plan.dataset}: {cfg['attack.norm']} eps={format_radius(attack_radius(cfg))}")
+    for label, defense, attacks in plan.runs:
+        x_adv = report.results[label].x_adv
+        save_grid(x_adv[:64], out.with_name(out.stem + f".{label}-adv.png"))
+        write_gallery(out.with_name(out.stem + f".{label}-gallery.png"), label, plan.x, x_adv,
+                      defense, {"norm": attacks[0].norm, "eps": attacks[0].eps},
+                      (plan.seeds[-1], "gallery", label))
+    shutil.rmtree(plan.parts["parts_dir"], ignore_errors=True)
+
+
+def _save_adversarials(cfg, out: Path, report: AttackReport, x, y) -> str:
     adv_path = out.with_suffix(".adv.safetensors")
     tensors = {}
-    for label, r in report["results"].items():
-        for name, a in r["attacks"].items():
-            for s, x_adv in zip(a["per_seed"], task_runs[label]["x_advs"][name]):
-                tensors[f"{label}.{name}.seed{s['seed']}"] = x_adv.float().contiguous()
-        tensors[f"{label}.worst-case"] = task_runs[label]["x_adv"].float().contiguous()
+    for label, r in report.results.items():
+        for name, a in r.attacks.items():
+            for s in a.per_seed:
+                tensors[f"{label}.{name}.seed{s.seed}"] = s.x_adv.float().contiguous()
+        tensors[f"{label}.worst-case"] = r.x_adv.float().contiguous()
     tensors["x_natural"], tensors["y"] = x.float().contiguous(), y.contiguous()
     atomic_write_bytes(adv_path, st_save(tensors, metadata={
         "ebmctl.kind": "adversarials", "ebmctl.config": cfg.to_json()}))
@@ -575,7 +657,7 @@ def _save_adversarials(cfg, out: Path, report: dict, task_runs: dict, x, y) -> s
 
 def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
               out: Path, key: str, values: list, *, method: str | None = None,
-              resume: bool = False) -> dict:
+              resume: bool = False) -> SweepReport:
     """Defended evaluation for each value of one profile key (e.g. defense.steps for the
     thesis' K study, attack.eot_reps for H_adv); writes per-value reports, a sweep JSON and a
     plot of natural and adversarial figures against the value."""
@@ -587,26 +669,18 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
         rep = run_evaluation(sub, model_path, ebm_path, device,
                              out.with_name(f"{out.stem}.{key}={v}.json"), undefended=False,
                              defended=True, method=method, resume=resume, sanity=False)
-        r = rep["results"]["defended"]
-        rows.append({"value": sub[key], **{k: r[k] for k in (
-            "natural", "natural_std", "natural_ci", "adversarial", "adversarial_std",
-            "adversarial_ci", "converged", "seconds", "image_steps")},
-            "attack": r["attack"],
-            "attacks": {n: {"natural": a["natural_mean"], "adversarial": a["adversarial_mean"],
-                            "adversarial_std": a["adversarial_std"],
-                            "converged": a["converged"]}
-                        for n, a in r["attacks"].items()}})
-    report = {"command": "attack --sweep", "key": key, "values": [r["value"] for r in rows],
-              "metric": rep["metric"], "n_images": rep["n_images"], "seeds": rep["seeds"],
-              "threat": rep["threat"], "rows": rows, "config": cfg.to_dict(),
-              "environment": environment(cfg, device)}
-    atomic_write_json(out, report)
-    xs = [float(r["value"]) for r in rows]
+        rows.append(SweepRow(sub[key], rep.results["defended"]))
+    report = SweepReport(key=key, metric=rep.metric, n_images=rep.n_images, seeds=rep.seeds,
+                         threat=rep.threat, rows=rows, config=cfg.to_dict(),
+                         environment=environment(cfg, device))
+    atomic_write_json(out, report.to_json())
+    xs = [float(r.value) for r in rows]
     positive = all(v > 0 for v in xs)
     save_curves(out.with_suffix(".png"),
-                {"natural": (xs, [r["natural"] for r in rows]),
-                 "adversarial (per-image worst case)": (xs, [r["adversarial"] for r in rows])},
-                key, rep["metric"], f"sweep over {key}",
+                {"natural": (xs, [r.result.natural.mean for r in rows]),
+                 "adversarial (per-image worst case)": (
+                     xs, [r.result.adversarial.mean for r in rows])},
+                key, rep.metric, f"sweep over {key}",
                 logx=positive and max(xs) / min(xs) >= 20)
     return report
 

@@ -25,6 +25,7 @@ import torch
 from ebmctl.console import progress_bar
 from ebmctl.defense import Defense
 from ebmctl.errors import ConfigError
+from ebmctl.evaluate.results import ModelResult
 from ebmctl.evaluate.stats import accuracy_interval
 from ebmctl.profiles import Config
 
@@ -119,14 +120,13 @@ def resubmit_images(defense: Defense, task, x_adv: torch.Tensor, y: torch.Tensor
 
 
 def resubmission_report(cfg: Config, label: str, defense: Defense, task, x: torch.Tensor,
-                        y: torch.Tensor, device: torch.device, row: dict, task_run: dict
-                        ) -> dict:
+                        y: torch.Tensor, device: torch.device, row: ModelResult) -> dict:
     """Worst-of-N re-evaluation of a label's final adversarial images, seed = the last
     attack seed: the per-image worst case over attacks (``worst_case``) and each attack's own
     (``attacks.<name>``). Clean scores come from one natural check with H_def replicates."""
     n_sub, reps = cfg["evaluate.resubmissions"], list(cfg["evaluate.eot_reps"])
     batch = cfg["attack.batch_size"]
-    seed = next(iter(row["attacks"].values()))["per_seed"][-1]["seed"]
+    seed = next(iter(row.attacks.values())).per_seed[-1].seed
     key = (seed, label)
     clean = []
     for start in range(0, len(x), batch):
@@ -134,11 +134,11 @@ def resubmission_report(cfg: Config, label: str, defense: Defense, task, x: torc
                               (*key, "resubmit-natural", start))
         clean.append(task.score(out, y[start:start + batch].to(device)).float().cpu())
     clean_score = torch.cat(clean)
-    sets = [("worst_case", task_run["x_adv"], task_run["result"]["natural_ok"],
-             task_run["result"]["robust_ok"])]
-    for name, a in row["attacks"].items():
-        last = a["per_seed"][-1]
-        sets.append((name, task_run["x_advs"][name][-1], last["natural_ok"], last["robust_ok"]))
+    worst = row.worst[-1]
+    sets = [("worst_case", worst.x_adv, worst.natural_ok, worst.robust_ok)]
+    for name, a in row.attacks.items():
+        last = a.per_seed[-1]
+        sets.append((name, last.x_adv, last.natural_ok, last.robust_ok))
     total = len(sets) * len(reps) * n_sub * ((len(x) + batch - 1) // batch)
     report = {"seed": seed, "resubmissions": n_sub, "eot_reps": reps,
               "semantics": "eot_verdict = Alg. 1 (broken at any step, H_def); mean = mean "
