@@ -54,17 +54,11 @@ def attack_cmd(
     --method / attack.methods), with sanity checks; report JSON + PNG."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console
-    from ebmctl.units import format_radius
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError
-    from ebmctl.evaluate.report import (
-        format_accuracy,
-        format_table,
-        report_notes,
-        run_evaluation,
-        run_sweep,
-    )
-    from ebmctl.profiles import parse_set_options
+    from ebmctl.evaluate.report import report_notes, run_evaluation, run_sweep
+    from ebmctl.evaluate.tables import results_table, sweep_table, task_table
+    from ebmctl.config import parse_set_options
 
     cfg = make_config(ctx, {"attack.norm": norm or None, "attack.n_images": n_images,
                             "attack.seeds": seeds or None, "task.name": task or None})
@@ -88,8 +82,6 @@ def attack_cmd(
     model = resolve_model_argument(model, cfg["run.out_dir"])
     if ebm is not None:
         ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
-    from rich.table import Table
-
     if sweep:
         (key, raw), = parse_set_options([sweep]).items()
         values = [cfg.schema.coerce(key, v) if cfg.schema else v
@@ -100,18 +92,7 @@ def attack_cmd(
         for path in (out, out.with_suffix(".png")):  # --resume continues its own report
             claim_output(path, force=force, resume=resume)
         rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume)
-        table = Table(title=f"sweep over {key}: {rep['n_images']} test images, seeds "
-                            f"{rep['seeds']}")
-        for col in (key, "strongest attack", f"natural {rep['metric']}",
-                    f"adversarial {rep['metric']} (worst case per image)", "converged"):
-            table.add_column(col)
-        for r in rep["rows"]:
-            table.add_row(str(r["value"]), r["attack"],
-                          format_accuracy(r["natural"], r["natural_std"], r["natural_ci"]),
-                          format_accuracy(r["adversarial"], r["adversarial_std"],
-                                          r["adversarial_ci"]),
-                          "yes" if r["converged"] else "NOT converged")
-        out_console().print(table)
+        out_console().print(sweep_table(rep))
         info(f"wrote {out} and {out.with_suffix('.png')}")
         return
     out = out or Path(cfg["run.out_dir"]) / "attack-report.json"
@@ -120,25 +101,12 @@ def attack_cmd(
     report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
                             defended=defended, method=method, resume=resume,
                             save_adversarials=save_adversarials, fixer_path=fixer)
-
-    table = Table(title=f"{report['dataset']} ({report['n_images']} test images), "
-                        f"{report['threat']['norm']} eps={format_radius(report['threat']['eps'])}")
-    for col in ("model", "attack", f"natural {report['metric']} [95% CI]",
-                f"adversarial {report['metric']} [95% CI]", "converged"):
-        table.add_column(col)
-    for row in format_table(report):
-        table.add_row(*row)
-    out_console().print(table)
+    out_console().print(results_table(report))
     for note in report_notes(report):
         info(note)
-    task_table = report.get("task_report", {}).get("table")
-    if task_table:
-        extra_table = Table(title=task_table["title"])
-        for col in task_table["columns"]:
-            extra_table.add_column(col)
-        for row in task_table["rows"]:
-            extra_table.add_row(*row)
-        out_console().print(extra_table)
+    extra = task_table(report)
+    if extra is not None:
+        out_console().print(extra)
     sanity = report.get("sanity")
     if sanity:
         for c in sanity["checks"]:

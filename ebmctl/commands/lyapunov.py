@@ -46,6 +46,7 @@ def lyapunov_cmd(
     from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.plots import save_grid
+    from ebmctl.evaluate.tables import exponent_summary, exponent_table, memory_table
     from ebmctl.dynamics import report as ly
     from ebmctl.shipped import default_ebm
 
@@ -99,7 +100,8 @@ def lyapunov_cmd(
                   nrow=grid.shape[1])
         written += [out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png"),
                     write_html(out)]
-        _print_exponents(out_console(), report)
+        out_console().print(exponent_table(report))
+        out_console().print(exponent_summary(report))
     if checks:
         held = pick_subset(data, cfg["lyapunov.memory_images"])
         mem = ly.memory_report(cfg, energy, task, task_model, held.x.to(dev), held.y.to(dev), dev,
@@ -109,37 +111,6 @@ def lyapunov_cmd(
         atomic_write_json(mem_out, mem)
         ly.plot_memory(mem_out.with_suffix(".png"), mem, title)
         written += [mem_out, mem_out.with_suffix(".png"), write_html(mem_out)]
-        _print_memory(out_console(), mem)
+        out_console().print(memory_table(mem))
     info("wrote " + ", ".join(str(p) for p in written))
 
-
-def _print_exponents(console, report: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"max Lyapunov exponent per step (d0={report['separation']:g}, "
-                        f"{report['n_images']} images x {len(report['seeds'])} seeds)")
-    for col in ("eta", "mean", "std", "se", "> 0"):
-        table.add_column(col)
-    for r in report["per_eta"]:
-        table.add_row(f"{r['eta']:.4g}", f"{r['mean']:.3e}", f"{r['std']:.2e}", f"{r['se']:.2e}",
-                      "yes" if r["positive"] else "")
-    console.print(table)
-    zc = report["zero_crossing"]
-    console.print(f"zero crossing: {'none on the grid' if zc is None else f'eta = {zc:.3g}'}; "
-                  f"eta* (first > {report['zero_tol_se']:g} SE): {report['eta_star']}")
-
-
-def _print_memory(console, mem: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"forgetting curves ({mem['n_images']} images, attack "
-                        f"{mem['attack']['attack']} on the {mem['attack']['target']})")
-    for col in ("k", "dist common", "dist indep", "dist clean copies", "memory",
-                "agree common", "agree indep", "score clean", "score adv"):
-        table.add_column(col)
-    for r in mem["curves"]:
-        table.add_row(str(r["k"]), f"{r['dist_common']:.3f}", f"{r['dist_independent']:.3f}",
-                      f"{r['dist_clean_copies']:.3f}", f"{r['memory']:.3f}",
-                      f"{r['agree_common']:.3f}", f"{r['agree_independent']:.3f}",
-                      f"{r['score_clean']:.3f}", f"{r['score_adv']:.3f}")
-    console.print(table)

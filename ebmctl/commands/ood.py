@@ -33,11 +33,10 @@ def ood_cmd(
     """Score held-out in-distribution images and OOD sets by energy; report AUROC and FPR@95
     (JSON at --out, histogram PNG and an HTML page with the ROC curves next to it; existing
     files are replaced only with --force)."""
-    from rich.table import Table
-
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console
     from ebmctl.context import setup_device
+    from ebmctl.evaluate.tables import ood_table
     from ebmctl.ood import run_ood
 
     cfg = make_config(ctx, {"ood.n_images": n_images})
@@ -49,15 +48,7 @@ def ood_cmd(
 
     ebm = resolve_model_argument(ebm, cfg["run.out_dir"])  # ebm-defense:ebm@FILE
     report = run_ood(cfg, ebm, dev, out, ood_sets)
-    ind = report["in_distribution"]
-    table = Table(title=f"in-distribution: {ind['dataset']} ({ind['n']} held-out images), "
-                        f"mean energy {ind['energy_mean']:.4g}")
-    for col in ("OOD set", "n", "mean energy", "AUROC", "FPR@95%TPR"):
-        table.add_column(col)
-    for name, row in report["out_of_distribution"].items():
-        table.add_row(name, str(row["n"]), f"{row['energy_mean']:.4g}", f"{row['auroc']:.4f}",
-                      f"{row['fpr_at_95_tpr']:.4f}")
-    out_console().print(table)
+    out_console().print(ood_table(report))
     from ebmctl.evaluate.html import write_html
 
     info(f"wrote {out}, {out.with_suffix('.png')} and {write_html(out)}")

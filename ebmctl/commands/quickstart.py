@@ -34,12 +34,10 @@ def quickstart_cmd(
     """Train (if not cached) an EBM and a classifier on the embedded digits, attack, print table."""
     import time
 
-    from rich.table import Table
-
     from ebmctl.console import info, out_console
-    from ebmctl.units import format_radius
     from ebmctl.context import get_task, load_dataset, setup_device
-    from ebmctl.evaluate.report import format_table, report_notes, run_evaluation
+    from ebmctl.evaluate.report import report_notes, run_evaluation
+    from ebmctl.evaluate.tables import quickstart_table
     from ebmctl.training.convergent import train_ebm
     from ebmctl.training.task_model import train_task_model
 
@@ -64,15 +62,7 @@ def quickstart_cmd(
     out = work / "report.json"
     report = run_evaluation(cfg, clf_path, ebm_path, dev, out)
     total_seconds = round(time.time() - t0, 1)
-    table = Table(title=f"{bundle.name}: {report['n_images']} test images, "
-                        f"{report['threat']['norm']} eps={format_radius(report['threat']['eps'])}, "
-                        f"K_def={cfg['defense.steps']}, H_def={cfg['defense.eot_reps']}")
-    for col in ("model", "attack", f"natural {task.metric_name} [95% CI]",
-                f"adversarial {task.metric_name} [95% CI]", "converged"):
-        table.add_column(col)
-    for row in format_table(report):
-        table.add_row(*row)
-    out_console().print(table)
+    out_console().print(quickstart_table(report, cfg["defense.steps"], cfg["defense.eot_reps"]))
     for note in report_notes(report):
         info(note)
     res = report["results"]
