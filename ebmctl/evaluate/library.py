@@ -79,18 +79,46 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         InputError: ``x`` not 4-d, outside [0,1], or ``len(x) != len(y)``.
         ConfigError: an unknown attack name or invalid threat settings.
     """
-    from ebmctl.context import environment, get_task
-    from ebmctl.evaluate.report import (
-        check_options_used,
-        make_attack,
-        run_label,
-        sanity_checks,
-        threat_of,
-    )
+    from ebmctl.context import get_task
+    from ebmctl.evaluate.report import check_options_used, make_attack, run_label, sanity_checks
     from ebmctl.plugins import get_registries
-    from ebmctl.profiles import resolve
 
     defended = _as_defended(model)
+    x = _checked_images(x, y)
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"unknown norm {norm!r}; choose from linf, l2")
+    if device is None:
+        device = next((p.device for p in defended.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    stochastic = defended.stochastic
+    cfg = _profile(defended, task=task, norm=norm, eps=eps, steps=steps, step_size=step_size,
+                   restarts=restarts, eot_reps=eot_reps, verify_reps=verify_reps, seeds=seeds,
+                   batch_size=batch_size, random_start=random_start)
+    task_obj = get_task(cfg)
+    if attacks is None:
+        attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if stochastic else "pgd"]
+    registry = get_registries().attacks
+    built = [a if isinstance(a, Attack) else make_attack(cfg, a, stochastic,
+                                                         cls=registry.get(a)) for a in attacks]
+    if not built:
+        raise ConfigError("give at least one attack")
+    check_options_used(cfg, built)
+    label = "defended" if stochastic else "undefended"
+    results = {label: run_label(cfg, label, defended.defense, built, task_obj, x, y, device,
+                                cfg["attack.seeds"], {})}
+    checks = None
+    if sanity:
+        checks, results = sanity_checks(cfg, task_obj, defended.task_model, x, y, device,
+                                        results, [(label, defended.defense, built)])
+    return _report(cfg, defended, task_obj, len(x), device, results, checks)
+
+
+def _checked_images(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x`` detached as float, after checking it is [N,C,H,W] in [0,1] with N = len(y) > 0.
+
+    Raises:
+        InputError: naming what is wrong.
+    """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise InputError("x must be an image tensor [N,C,H,W] in [0,1]")
     if len(x) != len(y) or len(x) == 0:
@@ -99,12 +127,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     x = x.detach().float()
     if x.min() < 0 or x.max() > 1:
         raise InputError("x must be in [0,1] pixel units (ebmctl's eps and step size are too)")
-    if norm not in ("linf", "l2"):
-        raise ConfigError(f"unknown norm {norm!r}; choose from linf, l2")
-    if device is None:
-        device = next((p.device for p in defended.parameters()), torch.device("cpu"))
-    device = torch.device(device)
-    stochastic = defended.stochastic
+    return x
+
+
+def _profile(defended, *, task: str, norm: str, eps: float, steps: int,
+             step_size: float | None, restarts: int, eot_reps: int | None,
+             verify_reps: int | None, seeds: Sequence[int], batch_size: int,
+             random_start: bool):
+    """The default profile with :func:`evaluate`'s arguments and the wrapper's defense settings
+    on top (provenance "ebmctl.evaluate"), so the CLI's code reads them as it reads a
+    profile."""
+    from ebmctl.profiles import resolve
+
     over: dict = {"task.name": task, "attack.norm": norm, "attack.steps": int(steps),
                   "attack.restarts": int(restarts), "attack.batch_size": int(batch_size),
                   "attack.seeds": [int(s) for s in seeds], "attack.random_start": random_start,
@@ -116,29 +150,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         over["attack.step_size" if norm == "linf" else "attack.step_size_l2"] = step_size
     if eot_reps is not None:
         over["attack.eot_reps"] = eot_reps
-    cfg = resolve(None).with_overrides(over, "ebmctl.evaluate")
-    task_obj = get_task(cfg)
-    if attacks is None:
-        attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if stochastic else "pgd"]
-    registry = get_registries().attacks
-    built = [a if isinstance(a, Attack) else make_attack(cfg, a, stochastic,
-                                                         cls=registry.get(a)) for a in attacks]
-    if not built:
-        raise ConfigError("give at least one attack")
-    check_options_used(cfg, built)
-    label = "defended" if stochastic else "undefended"
+    return resolve(None).with_overrides(over, "ebmctl.evaluate")
+
+
+def _report(cfg, defended, task, n_images: int, device, results: dict,
+            checks) -> AttackReport:
+    """The :class:`AttackReport` of an ``ebmctl.evaluate`` call: the CLI's, with the wrapper's
+    defense settings and the model's class name in place of artifact paths."""
+    from ebmctl.context import environment
+    from ebmctl.evaluate.report import threat_of
+
     defense = defended.defense
-    seeds = cfg["attack.seeds"]
-    results = {label: run_label(cfg, label, defense, built, task_obj, x, y, device, seeds, {})}
-    checks = None
-    if sanity:
-        checks, results = sanity_checks(cfg, task_obj, defended.task_model, x, y, device,
-                                        results, [(label, defense, built)])
     return AttackReport(
-        command="evaluate", task=task_obj.name, metric=task_obj.metric_name,
-        dataset="tensors given to ebmctl.evaluate", split=None, n_images=len(x),
-        seeds=list(seeds), threat=threat_of(cfg),
-        defense={"steps": defended.steps if stochastic else 0,
+        command="evaluate", task=task.name, metric=task.metric_name,
+        dataset="tensors given to ebmctl.evaluate", split=None, n_images=n_images,
+        seeds=list(cfg["attack.seeds"]), threat=threat_of(cfg),
+        defense={"steps": defended.steps if defended.stochastic else 0,
                  "eot_reps": defense.reps, "attack_eot_reps": cfg["attack.eot_reps"],
                  "average": defense.average, "gradient": defended.gradient,
                  "input_range": list(defended.input_range),
