@@ -41,7 +41,7 @@ from ebmctl.errors import (
 )
 from ebmctl.hookspecs import hookimpl
 from ebmctl.images import announce_image_notes, read_image01, read_label_map
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.contracts import DataRequest, DatasetBundle, DatasetSpec, ModelSpec, Split, Task
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.units import format_radius

@@ -11,7 +11,7 @@ from ebmctl import __version__
 from ebmctl.device import resolve_device, set_threads
 from ebmctl.errors import EbmctlError, InputError
 from ebmctl.plugins import get_registries
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.contracts import DataRequest, DatasetBundle, Task
 
 

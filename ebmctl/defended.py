@@ -247,7 +247,7 @@ def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
         ConfigError: an unknown ``gradient`` or ``average``, steps < 0, reps < 1, a bad range.
         InputError / ArtifactError: ``ebm`` cannot be loaded.
     """
-    from ebmctl.profiles import core_schema
+    from ebmctl.config import core_schema
 
     schema = core_schema().keys
     if ebm is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
-from ebmctl.artifacts import load_model, read_header
+from ebmctl.artifacts import load_artifact, load_model, read_header
 from ebmctl.defense import adapt_images
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.nn.hat import HatEBM
@@ -31,7 +31,7 @@ from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
 
 if TYPE_CHECKING:
-    from ebmctl.profiles import Config
+    from ebmctl.config import Config
 
 
 class EnergyFunction(Protocol):
@@ -138,6 +138,17 @@ class EnergyModel:
         out = adapt_images(to_public(z), in_size, in_ch)
         return out.clamp(0, 1) if clamp else out
 
+    def recorded_defense_steps(self) -> int | None:
+        """The K_def (``defense.steps``) recorded in this EBM's training profile, or None when
+        it recorded none. An EBM is trained to stay realistic only for its own horizon, so this
+        is the K to purify with when the user chose none (the thesis default is 1500).
+
+        Raises:
+            ArtifactError: the artifact cannot be read.
+        """
+        recorded = load_artifact(self.path, "ebm").config.get("defense", {}).get("steps")
+        return recorded if isinstance(recorded, int) and recorded >= 0 else None
+
 
 class TaskModel(nn.Module):
     """A task network taking [0,1] images at its own size; converts to its input range."""
@@ -147,6 +158,7 @@ class TaskModel(nn.Module):
         super().__init__()
         self.net, self.input_range = net, input_range
         self.image_size, self.channels, self.kind, self.task = image_size, channels, kind, task
+        self.path = ""  # the artifact it was loaded from (TaskModel.load)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> "TaskModel":
@@ -154,7 +166,19 @@ class TaskModel(nn.Module):
         data = art.data
         model = cls(net, data.get("range", "[-1,1]"), int(data.get("image_size", 0)),
                     int(data.get("channels", 0)), art.kind, art.meta.get("ebmctl.task", ""))
+        model.path = str(path)
         return model.to(device).eval()
+
+    def check_task(self, task: str) -> None:
+        """Refuse a model trained for another task than ``task`` (the profile's task.name); a
+        model that records no task passes.
+
+        Raises:
+            ConfigError: naming the model file, its task and the profile's.
+        """
+        if self.task and self.task != task:
+            raise ConfigError(f"{self.path or 'the task model'} is a model for task "
+                              f"{self.task!r}, but the profile's task.name is {task!r}")
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         x = adapt_images(x01, self.image_size, self.channels)

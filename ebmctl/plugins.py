@@ -19,7 +19,7 @@ import pluggy
 
 from ebmctl import __version__, hookspecs
 from ebmctl.errors import EbmctlError, PluginError
-from ebmctl.profiles import Schema, core_schema
+from ebmctl.config import Schema, core_schema
 from ebmctl.registry import Registry
 
 #: Built-in plugins: (plugin name, module). They are also declared as entry points.

@@ -20,7 +20,7 @@ from ebmctl.errors import ConfigError
 from ebmctl.evaluate.plots import save_grid, save_image01
 from ebmctl.evaluate.quality import classifier_features, inception_features, quality_report
 from ebmctl.models import EnergyModel, TaskModel, config_for_model, load_energy_model
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.seeds import make_generator
 
 def sample_plain(model: EnergyModel, n: int, steps: int, init: str, data01: torch.Tensor | None,

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Mapping, Optional
 import typer
 from typer.core import TyperCommand, TyperOption
 
-from ebmctl.profiles import Config, resolve
+from ebmctl.config import Config
+from ebmctl.profiles import resolve
 
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p",
                                                     help="profile name or path to a .toml file")]

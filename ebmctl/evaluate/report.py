@@ -59,7 +59,7 @@ from ebmctl.evaluate.results import (
 )
 from ebmctl.evaluate.stats import still_falling
 from ebmctl.plugins import get_registries
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.units import format_radius
 
 #: attacks whose gradients never pass the purifier: if one beats the white-box attacks, the

@@ -27,7 +27,7 @@ from ebmctl.defense import Defense
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.results import ModelResult
 from ebmctl.evaluate.stats import accuracy_interval
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 
 
 def check_resubmission_settings(cfg: Config, runs: list[tuple]) -> None:

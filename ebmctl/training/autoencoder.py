@@ -21,7 +21,7 @@ from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.nn.sngan import Encoder, SNGANGenerator, project_to_sphere
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.units import to_internal, to_public

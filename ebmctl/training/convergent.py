@@ -20,7 +20,7 @@ from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
 from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.plugins import get_registries
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import derive_seed, make_generator

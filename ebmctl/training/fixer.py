@@ -28,7 +28,7 @@ from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.models import EnergyModel, Fixer, TaskModel
 from ebmctl.plugins import get_registries
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (
     ResumeGuard,

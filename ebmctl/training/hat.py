@@ -36,7 +36,7 @@ from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state
 from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.hat import HatEBM
 from ebmctl.plugins import get_registries
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.training.convergent import ebm_data_meta

@@ -26,7 +26,7 @@ from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
 from ebmctl.nn.sngan import project_to_sphere
 from ebmctl.plugins import get_registries
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng

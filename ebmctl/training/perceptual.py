@@ -14,7 +14,7 @@ from torch import nn
 from ebmctl.defense import adapt_images
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.models import TaskModel
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.registry import did_you_mean
 
 # --- feature networks for the perceptual loss ------------------------------------------------

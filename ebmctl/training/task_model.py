@@ -12,7 +12,7 @@ from ebmctl.console import info, progress_bar
 from ebmctl.models import TaskModel
 from ebmctl.errors import ConfigError
 from ebmctl.plugins import get_registries
-from ebmctl.profiles import Config
+from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.seeds import derive_seed, keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (

@@ -1,0 +1,494 @@
+"""Configuration mechanics: the schema of profile keys, their parsing and checks, and the resolved
+:class:`Config` (schema defaults < profile file < ``--set`` overrides).
+
+Every key is declared in a schema (core keys here, plugin keys through the
+``ebmctl_profile_schema`` hook); an unknown key or a bad value is a ConfigError naming it.
+Finding and reading profile files is :mod:`ebmctl.profiles`; this module imports no plugin.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ebmctl.errors import ConfigError
+from ebmctl.registry import did_you_mean
+from ebmctl.units import parse_fraction
+
+
+@dataclass
+class Key:
+    kind: str  # int, float, fraction, str, bool, int_list, float_list, str_list
+    default: Any
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+
+class Schema:
+    def __init__(self) -> None:
+        self.keys: dict[str, Key] = {}
+
+    def add(self, name: str, kind: str, default: Any, help: str = "", *, minimum=None,
+            maximum=None, choices=None) -> None:
+        if "." not in name:
+            raise ConfigError(f"profile key {name!r} must be 'section.key'")
+        if kind not in _PARSERS:
+            raise ConfigError(f"profile key {name!r} has unknown kind {kind!r}")
+        self.keys[name] = Key(kind, default, help, minimum, maximum,
+                              tuple(choices) if choices else None)
+
+    def coerce(self, name: str, value: Any) -> Any:
+        if name not in self.keys:
+            raise ConfigError(f"unknown profile key {name!r}{did_you_mean(name, list(self.keys))}")
+        key = self.keys[name]
+        try:
+            out = _PARSERS[key.kind](value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            raise ConfigError(
+                f"bad value {value!r} for profile key {name!r}: expected {key.kind}"
+            ) from None
+        for item in out if isinstance(out, list) else [out]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"bad value {value!r} for profile key {name!r}: not finite")
+            if key.minimum is not None and isinstance(item, (int, float)) and item < key.minimum:
+                raise ConfigError(
+                    f"bad value {value!r} for profile key {name!r}: must be >= {key.minimum}")
+            if key.maximum is not None and isinstance(item, (int, float)) and item > key.maximum:
+                raise ConfigError(
+                    f"bad value {value!r} for profile key {name!r}: must be <= {key.maximum}")
+            if key.choices is not None and item not in key.choices:
+                raise ConfigError(
+                    f"bad value {value!r} for profile key {name!r}: "
+                    f"choose from {', '.join(key.choices)}")
+        return out
+
+
+def _parse_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(v, str) and v.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(v)
+
+
+def _parse_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError(v)
+        return int(v)
+    return int(str(v).strip())
+
+
+def _parse_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    return float(v)
+
+
+def _parse_str(v: Any) -> str:
+    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+        raise ValueError(v)
+    return str(v)
+
+
+def _list_of(parse: Callable[[Any], Any]) -> Callable[[Any], list]:
+    def parser(v: Any) -> list:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                v = json.loads(text)
+            else:
+                v = [p for p in text.split(",") if p.strip()]
+        if not isinstance(v, (list, tuple)):
+            v = [v]
+        return [parse(item) for item in v]
+
+    return parser
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "int": _parse_int,
+    "float": _parse_float,
+    "fraction": parse_fraction,
+    "str": _parse_str,
+    "bool": _parse_bool,
+    "int_list": _list_of(_parse_int),
+    "float_list": _list_of(_parse_float),
+    "str_list": _list_of(_parse_str),
+}
+
+
+def core_schema() -> Schema:
+    s = Schema()
+    a = s.add
+    # run
+    a("run.seed", "int", 0, "base seed; every random draw is derived from it", minimum=0)
+    a("run.device", "str", "auto", "auto | cpu | cuda | cuda:N")
+    a("run.threads", "int", 0, "CPU threads (0 = torch default)", minimum=0)
+    a("run.out_dir", "str", "runs", "where commands write artifacts and reports")
+    # data
+    a("data.dataset", "str", "digits", "dataset name (see `ebmctl plugins`)")
+    a("data.root", "str", "", "local root folder of the dataset (never downloaded)")
+    a("data.image_size", "int", 0, "resize images to this size (0 = native)", minimum=0)
+    a("data.channels", "int", 0, "convert to this many channels (0 = native)", minimum=0,
+      maximum=4)
+    a("data.val_fraction", "float", 0.1, "validation share of the training data", minimum=0,
+      maximum=0.9)
+    a("data.test_fraction", "float", 0.2, "test share where a set has no test split",
+      minimum=0, maximum=0.9)
+    a("data.split_seed", "int", 0, "seed of the deterministic split", minimum=0)
+    a("data.max_train", "int", 0, "cap on training images (0 = all)", minimum=0)
+    a("data.allow_pickle", "bool", False,
+      "opt in to reading CIFAR python batches (pickles can run code)")
+    # task + task model
+    a("task.name", "str", "classification", "task plugin")
+    a("task.dice_mode", "str", "foreground", "segmentation Dice aggregation")
+    a("task.dice_ratio_threshold", "float", 0.5, "segmentation broken iff Dice ratio below",
+      minimum=0, maximum=1)
+    a("model.arch", "str", "small-cnn", "task model architecture")
+    a("model.width", "int", 32, "base width of the task model", minimum=1)
+    a("model.depth", "int", 28, "depth (WRN)", minimum=1)
+    a("model.widen_factor", "int", 10, "widen factor (WRN)", minimum=1)
+    a("model.dropout", "float", 0.0, "dropout", minimum=0, maximum=1)
+    a("model.epochs", "int", 30, "task model training epochs", minimum=0)
+    a("model.batch_size", "int", 128, "task model batch size", minimum=1)
+    a("model.optimizer", "str", "adam", "adam | sgd", choices=("adam", "sgd"))
+    a("model.lr", "float", 1e-3, "task model learning rate", minimum=0)
+    a("model.momentum", "float", 0.9, "SGD momentum", minimum=0, maximum=1)
+    a("model.weight_decay", "float", 0.0, "weight decay", minimum=0)
+    a("model.lr_milestones", "float_list", [], "fractions of training where lr drops 10x "
+      "(model.lr_schedule = step)")
+    a("model.channels_last", "bool", False, "train the task model in channels_last memory "
+      "format (about 1.7x faster for ResNet-9 on CPU)")
+    a("model.lr_schedule", "str", "step", "step (drops at model.lr_milestones) | onecycle "
+      "(linear warm-up to model.lr, then linear decay to 0)", choices=("step", "onecycle"))
+    a("model.warmup_fraction", "float", 0.25, "fraction of training spent warming up "
+      "(model.lr_schedule = onecycle)", minimum=0, maximum=1)
+    a("model.augment", "bool", False, "random crop (pad 4) + horizontal flip")
+    a("model.flip", "bool", True, "horizontal flip in augmentation")
+    # ebm
+    a("ebm.arch", "str", "lightweight", "EBM architecture")
+    a("ebm.channels", "int", 32, "base channels n_f", minimum=1)
+    a("ebm.activation", "str", "leaky_relu", "leaky_relu (the thesis) | smooth_leaky (MEFA's "
+      "smoothed leaky ReLU, coefficients ebm.smooth_*) | silu | softplus (β = 10) | elu | relu",
+      choices=("leaky_relu", "smooth_leaky", "silu", "softplus", "elu", "relu"))
+    a("ebm.leak", "float", 0.05, "LeakyReLU slope", minimum=0, maximum=1)
+    # smooth_leaky: f(x) = a·x + b·√(x² + c) − d (Du, Hill & Cai 2026, MEFA); slopes a+b (x ≫ √c)
+    # and a−b (x ≪ −√c): the defaults give 1.0 and 0.02, and d = b·√c makes f(0) = 0.
+    a("ebm.smooth_linear", "float", 0.51, "smooth_leaky: a, the coefficient of x")
+    a("ebm.smooth_root", "float", 0.49, "smooth_leaky: b, the coefficient of √(x² + c)")
+    a("ebm.smooth_eps", "float", 1e-4, "smooth_leaky: c under the root; the kink is rounded "
+      "over |x| ≲ √c", minimum=1e-12)
+    a("ebm.smooth_offset", "float", 0.0049, "smooth_leaky: d, subtracted (b·√c gives f(0) = 0)")
+    # langevin
+    a("langevin.tau", "float", 0.01, "Langevin step size τ (internal [-1,1] units)", minimum=0)
+    a("langevin.temperature", "float", 5e-5, "temperature T: drift τ²/(2T)", minimum=1e-12)
+    a("langevin.precision", "str", "fp32", "fp32 | bf16 | auto",
+      choices=("fp32", "bf16", "fp16", "auto"))
+    a("langevin.channels_last", "bool", False, "channels_last memory format")
+    a("langevin.chunk_size", "int", 2048, "max images per sampler batch", minimum=1)
+    a("langevin.compile", "bool", False, "torch.compile the Langevin step")
+    # train (EBM)
+    a("train.steps", "int", 150000, "parameter updates J", minimum=0)
+    a("train.mcmc_steps", "int", 100, "Langevin steps K per update", minimum=1)
+    a("train.batch_size", "int", 100, "positives / negatives per update", minimum=1)
+    a("train.bank_size", "int", 0, "persistent bank size (0 = training-set size)", minimum=0)
+    a("train.bank_init", "str", "uniform", "uniform | gaussian | data",
+      choices=("uniform", "gaussian", "data"))
+    a("train.data_noise", "float", 0.02, "τ_data", minimum=0)
+    a("train.lr_adam", "float", 1e-4, "Adam learning rate", minimum=0)
+    a("train.lr_sgd", "float", 5e-5, "SGD learning rate after the switch", minimum=0)
+    a("train.sgd_switch_step", "int", 50000, "update at which Adam becomes SGD (0 = never)",
+      minimum=0)
+    a("train.adam_beta1", "float", 0.9, "Adam β1", minimum=0, maximum=1)
+    a("train.adam_beta2", "float", 0.999, "Adam β2", minimum=0, maximum=1)
+    a("train.checkpoint_every", "int", 1000, "updates between checkpoints", minimum=1)
+    a("train.log_every", "int", 50, "updates between log lines", minimum=1)
+    a("train.longrun_steps", "int", 0, "older name of train.health_horizon (used when that "
+      "is 0)", minimum=0)
+    a("train.shards", "int", 1, "data-parallel shards of convergent EBM training: the bank "
+      "splits into this many contiguous blocks and each update's batch into as many parts, each "
+      "with its own random stream and the loss averaged; under torchrun one shard per process "
+      "(1 = as many as processes); in one process the shards run in turn", minimum=1)
+    # defense
+    a("defense.steps", "int", 1500, "K_def purification steps", minimum=0)
+    a("defense.eot_reps", "int", 150, "H_def replicates", minimum=1)
+    a("defense.average", "str", "logits", "logits | softmax | logsoftmax",
+      choices=("logits", "softmax", "logsoftmax"))
+    a("defense.clamp", "bool", False, "clamp purified images to the valid range")
+    # attack
+    a("attack.method", "str", "bpda-eot", "attack for the defended model")
+    a("attack.undefended_method", "str", "pgd", "attack for the undefended model")
+    a("attack.norm", "str", "linf", "linf | l2", choices=("linf", "l2"))
+    a("attack.eps", "fraction", 8 / 255, "radius in [0,1] pixel units", minimum=0, maximum=1)
+    a("attack.eps_l2", "fraction", 0.5, "l2 radius used when attack.norm = l2", minimum=0)
+    a("attack.step_size", "fraction", 2 / 255, "α in [0,1] pixel units", minimum=0, maximum=1)
+    a("attack.steps", "int", 50, "PGD steps N (a report flags a curve still falling over its "
+      "last 20% of steps as not converged)", minimum=0)
+    a("attack.eot_reps", "int", 15, "H_adv replicates", minimum=1)
+    a("attack.restarts", "int", 5, "random restarts", minimum=1)
+    a("attack.n_images", "int", 100, "test images to attack", minimum=1)
+    a("attack.batch_size", "int", 50, "images attacked together", minimum=1)
+    a("attack.seeds", "int_list", [0], "attack seeds (each a full evaluation)")
+    a("attack.random_start", "bool", True, "random start in the ε-ball")
+    # output
+    a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
+      minimum=0)
+    # hat ebm, synthesize, ood (docs/algorithms.md#hat-ebm)
+    a("hat.mode", "str", "conditional", "conditional (Z fixed, Y sampled) | joint (Y and Z)",
+      choices=("conditional", "joint"))
+    a("hat.arch", "str", "sngan-ebm", "hat network H (an EBM architecture; no spectral norm)")
+    a("hat.width", "int", 128, "width of the hat network", minimum=1)
+    a("hat.generator_arch", "str", "sngan-generator", "generator G architecture")
+    a("hat.generator_width", "int", 256, "width of the generator", minimum=1)
+    a("hat.latent_dim", "int", 128, "latent size m of G", minimum=1)
+    a("hat.generator", "str", "", "pretrained generator artifact (refinement/retrofit); "
+      "empty = train G from scratch in tandem")
+    a("hat.train_generator", "bool", True, "train G from the historical bank (Alg. 5)")
+    a("hat.eps_y", "float", 1e-4, "Langevin ε of the residual image Y", minimum=0)
+    a("hat.eps_z", "float", 5e-3, "Langevin ε of the latent Z (joint mode)", minimum=0)
+    a("hat.bank_size", "int", 10000, "historical (X, Z) bank size", minimum=1)
+    a("hat.lr_generator", "float", 1e-4, "generator Adam learning rate", minimum=0)
+    a("hat.grad_clip", "float", 0.0, "hat gradient-norm clip (0 = off)", minimum=0)
+    a("hat.lr_decay_step", "int", 0, "divide both learning rates by 10 from this update "
+      "(0 = never)", minimum=0)
+    a("hat.gen_loss_scale", "float", 1000.0, "generator loss = scale · MSE (the 1/(2η²))",
+      minimum=0)
+    a("hat.residual", "bool", True, "sample the residual Y (false: the thesis' §6.7.1 ablation)")
+    a("hat.residual_prior", "float", 0.0, "τ_res of the optional prior τ_res·‖Y‖²", minimum=0)
+    a("synth.n", "int", 64, "images to sample", minimum=1)
+    a("synth.steps", "int", 0, "Langevin steps (0 = the model's training K)", minimum=0)
+    a("synth.init", "str", "noise", "plain EBM chains start from noise | data",
+      choices=("noise", "data"))
+    a("ood.n_images", "int", 1000, "images per dataset scored", minimum=1)
+    a("ood.sets", "str_list", ["uniform-noise"], "out-of-distribution datasets "
+      "(NAME or NAME=ROOT)")
+    a("quality.fid_features", "str", "", "local feature network for FID (safetensors "
+      "Inception-v3 state dict); empty = proxy score only")
+    a("quality.n_reference", "int", 1000, "real images in the quality reference set", minimum=2)
+    # lyapunov (docs/algorithms.md#sampler-dynamics)
+    a("lyapunov.etas", "float_list",
+      [round(10 ** (-2 + 3 * i / 12), 6) for i in range(13)],
+      "noise scales η of T_η (log grid over [1e-2, 1e1])")
+    a("lyapunov.n_images", "int", 64, "start images (from lyapunov.split)", minimum=1)
+    a("lyapunov.split", "str", "test", "split the start images come from",
+      choices=("train", "val", "test"))
+    a("lyapunov.seeds", "int_list", [0], "noise seeds per image (exponents average over both)")
+    a("lyapunov.burn_in", "int", 1000, "steps B before measuring", minimum=0)
+    a("lyapunov.steps", "int", 2000, "measured steps S", minimum=1)
+    a("lyapunov.separation", "float", 1e-3, "finite separation d_0 (l2, internal units)",
+      minimum=1e-300)
+    a("lyapunov.separation_factors", "float_list", [],
+      "also run with d_0 times each factor (sensitivity check, e.g. [0.1, 10])")
+    a("lyapunov.renorm_every", "int", 1, "renormalise the separation every r steps", minimum=1)
+    a("lyapunov.precision", "str", "float64", "float64 | float32",
+      choices=("float64", "float32"))
+    a("lyapunov.zero_tol", "float", 3.0, "η* = first η whose mean exceeds this many SEs",
+      minimum=0)
+    a("lyapunov.memory_steps", "int_list", [0, 1, 3, 10, 30, 100, 300, 1000, 1500, 3000],
+      "checkpoints k of the forgetting curves (--checks)")
+    a("lyapunov.memory_images", "int", 64, "images attacked for the forgetting curves",
+      minimum=1)
+    a("lyapunov.attack", "str", "pgd", "attack that makes the adversarial images")
+    a("lyapunov.attack_defended", "bool", False,
+      "attack the EBM-defended model (e.g. bpda-eot) instead of the bare task model")
+    # midrun (docs/algorithms.md#mid-run-training), SNGAN EBM options, training health, autoencoder
+    a("train.recipe", "str", "convergent", "EBM training recipe: convergent (thesis Alg. 2) | "
+      "midrun (thesis Alg. 4)")
+    a("train.target_horizon", "int", 2000, "K_def the mid-run chains should stay realistic for",
+      minimum=1)
+    a("train.rejuv_prob", "float", 0.0, "rejuvenation probability per update (0 = K/K_def)",
+      minimum=0, maximum=1)
+    a("train.rejuv_source", "str", "data", "where rejuvenated states come from: data | generator",
+      choices=("data", "generator"))
+    a("train.rejuv_generator", "str", "", "frozen generator artifact for rejuvenation")
+    a("train.lr_drops", "int_list", [], "updates at which the mid-run Adam lr is multiplied by "
+      "train.lr_drop_factor (the thesis authors' code: [50000, 75000, 100000, 125000])")
+    a("train.lr_drop_factor", "float", 0.1, "lr factor at each of train.lr_drops", minimum=0,
+      maximum=1)
+    a("train.health_chains", "int", 64, "held-out images the end-of-run health check starts "
+      "chains from (0 = skip the check)", minimum=0)
+    a("train.health_horizon", "int", 0, "long-run horizon L (Langevin steps) at which the "
+      "end-of-run health verdict is decided; chains also stop at K and K_def = defense.steps "
+      "(0 = the longest of 10·K, defense.steps and, for the mid-run recipe, "
+      "train.target_horizon)", minimum=0)
+    a("train.health_classifier", "str", "", "classifier artifact for label survival in the "
+      "health check (share of chains keeping their start image's label at K, K_def and L); "
+      "empty = not measured")
+    a("ebm.spectral_norm", "bool", True, "spectral normalisation in the SNGAN EBM")
+    a("ebm.pool", "str", "sum", "SNGAN EBM global pooling: sum | mean", choices=("sum", "mean"))
+    a("autoencoder.latent_dim", "int", 128, "latent size m (projected to the sphere of radius √m)",
+      minimum=1)
+    a("autoencoder.width", "int", 64, "decoder (SNGAN generator) width", minimum=1)
+    a("autoencoder.encoder_width", "int", 32, "encoder base width", minimum=1)
+    a("autoencoder.steps", "int", 2000, "autoencoder updates", minimum=0)
+    a("autoencoder.batch_size", "int", 64, "autoencoder batch size", minimum=1)
+    a("autoencoder.lr", "float", 2e-4, "autoencoder Adam learning rate", minimum=0)
+    a("autoencoder.mse_scale", "float", 1000.0, "loss = scale · MSE (thesis §6.5.2)", minimum=0)
+    # segmentation (universal defender: docs/algorithms.md#universal-defender)
+    a("defense.ebm", "str", "", "EBM artifact of the defense when --ebm is not given; it may "
+      "come from another dataset (e.g. a CIFAR-10 EBM in front of a segmenter)")
+    # attack suite (issue 4; docs/algorithms.md#attacks)
+    a("attack.methods", "str_list", [], "attacks on the defended model, each reported; the "
+      "headline is the per-image worst case over them (empty = attack.method)")
+    a("attack.step_size_l2", "fraction", 0.0, "α of the l2 attacks, in [0,1] pixel units "
+      "(attack.step_size is the linf step); 0 = eps_l2/4", minimum=0)
+    a("attack.loss", "str", "ce", "loss of the gradient attacks: ce (the task's) | margin | dlr",
+      choices=("ce", "margin", "dlr"))
+    a("attack.sanity_tolerance", "float", 0.02, "tolerance of the sanity checks that compare "
+      "two accuracies (fraction of images)", minimum=0, maximum=1)
+    a("attack.gradient", "str", "bpda", "how APGD's gradient passes the purifier",
+      choices=("bpda", "full", "smooth"))
+    a("attack.smooth_temperature", "float", 0.1, "softplus temperature of the smoothed "
+      "backward pass (pre-activation units)", minimum=1e-6)
+    a("attack.checkpoint_segment", "int", 0, "Langevin steps per checkpoint segment of the "
+      "full-gradient attacks (0 = sqrt(K))", minimum=0)
+    a("attack.square_p_init", "float", 0.8, "Square attack: initial window share of pixels",
+      minimum=0, maximum=1)
+    # issue 18: the attacks the field now uses against purification (all off by default)
+    a("attack.final_iterate_only", "bool", False, "MEFA protocol: no per-step screening or "
+      "verification; each restart's last iterate is verified once with H_def (default: "
+      "broken at any step, the thesis' Alg. 1)")
+    a("attack.gradient_steps", "int", 0, "K' of the surrogate chain the full/smooth gradient "
+      "differentiates through while the defense still runs defense.steps (0 = defense.steps; "
+      "must be <= defense.steps)", minimum=0)
+    a("attack.common_noise", "bool", False, "fix the Langevin noise of the attacker's H_adv "
+      "replicates for a whole restart (the same at every attack step)")
+    a("attack.common_noise_defender", "bool", False, "DIAGNOSTIC: also fix the H_def "
+      "verification noise; such rows are marked diagnostic and never the headline")
+    a("attack.energy_weight", "float", 0.0, "λ of the defense-aware loss: the attacker "
+      "maximises loss - λ·U(x_adv), U the defending EBM's energy (U_net/T)", minimum=0)
+    a("evaluate.resubmissions", "int", 0, "N independent re-purifications of each final "
+      "adversarial image (worst-of-N, DiffHammer); 0 = off", minimum=0)
+    a("evaluate.eot_reps", "int_list", [1, 30, 100], "H replicates of each resubmission (one "
+      "evaluation per value); used when evaluate.resubmissions > 0", minimum=1)
+    a("attack.sanity", "bool", True, "run the sanity checks in every attack report")
+    a("attack.sanity_eps", "float", 0.5, "large radius of the sanity check (linf; l2 uses "
+      "it times sqrt(D))", minimum=0)
+    a("attack.sanity_images", "int", 50, "images of the large-radius sanity check", minimum=1)
+    # fix (the fixer network: docs/algorithms.md#fixer)
+    a("fix.arch", "str", "fixer-resnet", "fixer architecture (a 'fixer' model)")
+    a("fix.width", "int", 64, "fixer width", minimum=1)
+    a("fix.blocks", "int", 4, "fixer ResBlocks", minimum=0)
+    a("fix.stage1_epochs", "int", 40, "stage 1 (MSE) epochs", minimum=0)
+    a("fix.stage2_epochs", "int", 100, "stage 2 (perceptual) epochs, early-stopped", minimum=0)
+    a("fix.stage1_input", "str", "purified", "stage 1 inputs: purified (Eq. 5.3) | natural",
+      choices=("purified", "natural"))
+    a("fix.feature_net", "str", "classifier", "perceptual-loss network: vgg16 (needs "
+      "fix.vgg_weights) | classifier (the task model, no download)",
+      choices=("vgg16", "classifier"))
+    a("fix.vgg_weights", "str", "", "local VGG-16 weights (torchvision state dict, .safetensors)")
+    a("fix.vgg_layers", "str_list", ["relu2_2"], "VGG-16 layers of the perceptual loss")
+    a("fix.classifier_layers", "str_list", [], "task-model module names for the perceptual "
+      "loss ('output' = logits); empty = every activation module")
+    a("fix.lr", "float", 1e-4, "fixer Adam learning rate", minimum=0)
+    a("fix.batch_size", "int", 64, "fixer batch size", minimum=1)
+    a("fix.patience", "int", 10, "stage 2 early-stopping patience (epochs)", minimum=1)
+    a("fix.min_delta", "float", 0.0, "smallest validation improvement that counts", minimum=0)
+    a("fix.purify_steps", "int", 0, "Langevin steps making the inputs (0 = defense.steps)",
+      minimum=0)
+    a("fix.purify_batch", "int", 512, "images purified together", minimum=1)
+    a("fix.repurify_every", "int", 1, "epochs between fresh purified copies of the training "
+      "set (0 = purify once)", minimum=0)
+    a("fix.max_images", "int", 0, "cap on training images (0 = all)", minimum=0)
+    a("fix.val_images", "int", 0, "cap on validation images (0 = all)", minimum=0)
+    return s
+
+
+@dataclass
+class Config:
+    """A resolved profile: flat ``section.key`` values plus where each came from."""
+
+    values: dict[str, Any]
+    provenance: dict[str, str] = field(default_factory=dict)
+    name: str = "defaults"
+    schema: Schema | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            choices = list(self.values)
+            raise ConfigError(f"unknown profile key {key!r}{did_you_mean(key, choices)}") from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def section(self, name: str) -> dict[str, Any]:
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "override") -> "Config":
+        new = Config(dict(self.values), dict(self.provenance), self.name, self.schema)
+        for k, v in overrides.items():
+            new.values[k] = self.schema.coerce(k, v) if self.schema else v
+            new.provenance[k] = source
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        nested: dict[str, Any] = {}
+        for k, v in sorted(self.values.items()):
+            sec, key = k.split(".", 1)
+            nested.setdefault(sec, {})[key] = copy.deepcopy(v)
+        return nested
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, schema: Schema) -> "Config":
+        cfg = build_config(schema, {}, [], name="artifact")
+        data = json.loads(text)
+        flat = flatten(data)
+        # Keys from plugins that are not loaded now are kept as they are.
+        for k, v in flat.items():
+            cfg.values[k] = schema.coerce(k, v) if k in schema.keys else v
+            cfg.provenance[k] = "artifact"
+        return cfg
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables → flat ``section.key`` names (``{"a": {"b": 1}}`` → ``{"a.b": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build_config(schema: Schema, profile_values: dict[str, Any], set_items: list[str],
+                 name: str = "defaults") -> Config:
+    values: dict[str, Any] = {}
+    prov: dict[str, str] = {}
+    for k, key in schema.keys.items():
+        values[k] = copy.deepcopy(key.default)
+        prov[k] = "default"
+    for k, v in profile_values.items():
+        values[k] = schema.coerce(k, v)
+        prov[k] = f"profile {name}"
+    for k, v in parse_set_options(set_items).items():
+        values[k] = schema.coerce(k, v)
+        prov[k] = "--set"
+    return Config(values, prov, name, schema)
