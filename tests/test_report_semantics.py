@@ -146,3 +146,27 @@ def test_a_radius_of_whole_255ths_is_printed_as_such():
     assert format_radius(8 / 255) == "8/255" and format_radius(2 / 255) == "2/255"
     assert format_radius(0.1) == "0.1" and format_radius(0.5) == "0.5"
     assert format_radius(0.0) == "0"
+
+
+def test_the_returned_report_is_the_file_and_carries_the_images_apart(digits_artifacts,
+                                                                        tmp_path):
+    """run_evaluation returns the typed report whose JSON is the file; the adversarial images
+    ride on typed fields (the worst case's is the first breaking attack's) and never reach
+    the JSON."""
+    clf, ebm = digits_artifacts
+    sets = ["attack.n_images=4", "attack.batch_size=4", "attack.steps=1", "attack.eot_reps=1",
+            "attack.restarts=1", "defense.steps=1", "defense.eot_reps=1", "attack.seeds=0,1",
+            "attack.sanity=false", "run.device=cpu", "langevin.precision=fp32",
+            "attack.undefended_method=pgd,fgsm"]
+    out = tmp_path / "r.json"
+    rep = run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"), out,
+                         defended=False)
+    on_disk = json.loads(out.read_text())
+    assert rep == on_disk and rep.to_json() == on_disk
+    assert "x_adv" not in out.read_text()
+    row = rep.results["undefended"]
+    assert row["adversarial"] == row.adversarial.mean and row.n_seeds == 2
+    pgd, fgsm = row.attacks["pgd"].per_seed[-1], row.attacks["fgsm"].per_seed[-1]
+    for i in range(4):
+        first = pgd if not pgd.robust_ok[i] else fgsm
+        assert torch.equal(row.x_adv[i], first.x_adv[i])
