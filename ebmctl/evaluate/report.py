@@ -10,6 +10,12 @@ accuracy does not rise with ε; a transfer attack from the bare classifier is no
 the white-box attacks (else "gradient masking suspected"); ε = 0 leaves a deterministic model at
 its natural accuracy and, for a stochastic defense, measures how far Alg. 1's repeated
 verification alone falls below natural (the protocol's own inflation of attack success).
+
+:func:`run_evaluation` reads in four steps: :func:`plan_evaluation` (what to attack, with what,
+on which images; every setting checked before any work), :func:`run_label` per model (each
+attack on each seed, resumable per chunk), :func:`complete_report` (sanity checks, the task's
+figures, the adversarial export) and :func:`write_report` (JSON, curves, grids, galleries). The
+records it builds are in :mod:`ebmctl.evaluate.results`.
 """
 
 from __future__ import annotations
