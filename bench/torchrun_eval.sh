@@ -5,5 +5,5 @@
 set -euo pipefail
 n="$1"; clf="$2"; ebm="$3"; out="$4"; shift 4
 torchrun="${TORCHRUN:-.venv/bin/torchrun}"
-"$torchrun" --standalone --nproc_per_node "$n" -m ebmctl.distributed \
+"$torchrun" --standalone --nproc_per_node "$n" -m ebmctl.torchrun \
     attack --profile quick -m "$clf" --ebm "$ebm" -o "$out" "$@"

@@ -43,7 +43,7 @@ def comparable(res: dict) -> dict:
 
 
 def run(ctx):
-    from ebmctl.distributed import evaluate_attack_sharded
+    from ebmctl.evaluate.attack_eval import evaluate_attack_sharded
 
     torch.set_num_threads(1)
     attack, defense, task, x, y = build()

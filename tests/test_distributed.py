@@ -76,11 +76,27 @@ def test_torchrun_two_gloo_processes_merge_to_the_single_process_report(tmp_path
 
 
 def test_main_without_torchrun_is_a_plain_cli_run(monkeypatch, capsys):
+    from ebmctl.torchrun import main
+
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
-    assert D.main(["plugins"]) == 0
+    assert main(["plugins"]) == 0
     assert "classification" in capsys.readouterr().out
     assert not D.current().active
+
+
+@pytest.mark.parametrize("module", ["ebmctl.torchrun", "ebmctl.distributed"])
+def test_both_launcher_names_run_the_cli(module, tmp_path):
+    """``-m ebmctl.torchrun`` is the launcher; ``-m ebmctl.distributed``, its documented first
+    name, still runs it (outside torchrun: one plain CLI run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", module, "plugins"], capture_output=True,
+                          text=True, env={**env, **CHILD_ENV}, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "classification" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", module, "no-such-command"], capture_output=True,
+                          text=True, env={**env, **CHILD_ENV}, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
 
 
 # ---- data-parallel EBM training (train.shards) ----
@@ -167,7 +183,7 @@ def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(
 
 
 def test_torchrun_two_gloo_processes_train_the_one_process_shard_emulation(tmp_path):
-    """The training half of issue 10: ``torchrun -m ebmctl.distributed train ebm`` with 2 gloo
+    """The training half of issue 10: ``torchrun -m ebmctl.torchrun train ebm`` with 2 gloo
     processes (DDP, one bank shard each, train.shards left at 1 = one per process) gives the
     weights and training log of ``ebmctl train ebm --set train.shards=2`` in one process."""
     from ebmctl.artifacts import load_artifact
@@ -177,7 +193,7 @@ def test_torchrun_two_gloo_processes_train_the_one_process_shard_emulation(tmp_p
     args = ["--seed", "3", "train", "ebm", "--device", "cpu", "--profile", "quick", *sets]
     ddp, emu = tmp_path / "ddp.safetensors", tmp_path / "emu.safetensors"
     proc = subprocess.run(_torchrun() + ["--standalone", "--nproc_per_node", "2", "-m",
-                                         "ebmctl.distributed", *args, "--out", str(ddp)],
+                                         "ebmctl.torchrun", *args, "--out", str(ddp)],
                           capture_output=True, text=True, env={**os.environ, **CHILD_ENV},
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -258,7 +258,7 @@ def _reused(obj) -> int:
     ["train", "hat", "--force-resume"],
 ])
 def test_resume_under_torchrun_is_refused_where_it_would_be_ignored(argv, monkeypatch, capsys):
-    from ebmctl import distributed as D
+    from ebmctl import torchrun as D
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -270,7 +270,7 @@ def test_resume_under_torchrun_is_refused_where_it_would_be_ignored(argv, monkey
 
 
 def test_train_ebm_resume_under_torchrun_is_not_refused():
-    from ebmctl import distributed as D
+    from ebmctl import torchrun as D
 
     assert D.unsupported_under_torchrun(["--seed", "3", "train", "ebm", "--resume"]) is None
     assert D.unsupported_under_torchrun(["attack", "--model", "m"]) is None

@@ -21,6 +21,7 @@ from safetensors.torch import save as st_save
 from ebmctl.artifacts import atomic_write_bytes
 from ebmctl.attacks.base import Attack, AttackOutcome
 from ebmctl.defense import Defense
+from ebmctl.distributed import DistContext, current, run_chunks
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.results import SeedResult
 from ebmctl.contracts import Task
@@ -69,8 +70,6 @@ def evaluate_attack(attack: Attack, defense: Defense, task: Task, x: torch.Tenso
     Raises:
         ConfigError: a part in ``parts_dir`` written with other settings (under ``resume``).
     """
-    from ebmctl.distributed import current, evaluate_attack_sharded
-
     if current().active:  # under torchrun: chunks spread over the ranks, results merged
         return evaluate_attack_sharded(attack, defense, task, x, y, seed=seed,
                                        batch_size=batch_size, device=device, label=label,
@@ -88,13 +87,9 @@ def evaluate_attack(attack: Attack, defense: Defense, task: Task, x: torch.Tenso
             if progress is not None:
                 progress(attack.restarts * (attack.steps + 1))
         else:
-            xb = x[start:start + batch_size].to(device)
-            yb = y[start:start + batch_size].to(device)
-            before = defense.image_steps
-            t0 = time.time()
-            outcome = attack.run(defense, task, xb, yb, (seed, label, start), progress)
-            dt = time.time() - t0
-            steps_done = defense.image_steps - before
+            outcome, dt, steps_done = _run_chunk(attack, defense, task, x, y, start, seed=seed,
+                                                 batch_size=batch_size, device=device,
+                                                 label=label, progress=progress)
             seconds += dt
             image_steps += steps_done
             if part is not None:
@@ -103,6 +98,40 @@ def evaluate_attack(attack: Attack, defense: Defense, task: Task, x: torch.Tenso
         outcomes.append(outcome)
     return summarise(outcomes, seed=seed, seconds=seconds, image_steps=image_steps,
                      chunks_reused=reused)
+
+
+def _run_chunk(attack: Attack, defense: Defense, task: Task, x: torch.Tensor, y: torch.Tensor,
+               start: int, *, seed: int, batch_size: int, device: torch.device, label: str,
+               progress: Callable[[int], None] | None) -> tuple[AttackOutcome, float, int]:
+    """The attack on the chunk of images starting at start, keyed (seed, label, start):
+    its outcome, wall seconds and the Langevin image-steps the defense computed for it."""
+    xb = x[start:start + batch_size].to(device)
+    yb = y[start:start + batch_size].to(device)
+    before = defense.image_steps
+    t0 = time.time()
+    outcome = attack.run(defense, task, xb, yb, (seed, label, start), progress)
+    return outcome, time.time() - t0, defense.image_steps - before
+
+
+def evaluate_attack_sharded(attack: Attack, defense: Defense, task: Task, x: torch.Tensor,
+                            y: torch.Tensor, *, seed: int, batch_size: int, device: torch.device,
+                            label: str, ctx: DistContext,
+                            progress: Callable[[int], None] | None = None) -> SeedResult:
+    """:func:`evaluate_attack` over the ranks of a torchrun launch (:mod:`ebmctl.distributed`):
+    same chunks, same keys, one merged :class:`~ebmctl.evaluate.results.SeedResult`
+    (``seconds`` and ``image_steps`` are totals over the ranks)."""
+
+    def one_chunk(start: int) -> dict:
+        outcome, dt, steps_done = _run_chunk(attack, defense, task, x, y, start, seed=seed,
+                                             batch_size=batch_size, device=device, label=label,
+                                             progress=progress)
+        return {"outcome": outcome, "seconds": dt, "image_steps": steps_done}
+
+    parts = run_chunks(one_chunk, len(x), batch_size, ctx)
+    return summarise([p["outcome"] for p in parts], seed=seed,
+                     seconds=sum(p["seconds"] for p in parts),
+                     image_steps=sum(p["image_steps"] for p in parts), chunks_reused=0,
+                     world_size=ctx.world_size)
 
 
 def worst_case_curve(natural_ok: torch.Tensor, ok_by_step: torch.Tensor) -> torch.Tensor:

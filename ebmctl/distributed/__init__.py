@@ -6,10 +6,13 @@ random draw of an attack on it is keyed by (seed, label, chunk start) (see
 chunks r, r+W, r+2W, ...; the per-chunk outcomes are gathered and summarised in chunk order, so
 the merged report equals a single-process run with the same seeds and chunk size.
 
-``python -m ebmctl.distributed ARGS`` runs ``ebmctl ARGS`` in each launched process; while it
-runs, :func:`current` is the launch's context, ``ebmctl attack`` shards its chunks and
-``ebmctl train ebm`` its bank. Only rank 0 prints; all ranks of an evaluation hold the same
-merged results and write the same report atomically.
+``python -m ebmctl.torchrun ARGS`` (:mod:`ebmctl.torchrun`; ``-m ebmctl.distributed`` is the same
+launcher) runs ``ebmctl ARGS`` in each launched process; while it runs, :func:`current` is the
+launch's context, ``ebmctl attack`` shards its chunks
+(:func:`ebmctl.evaluate.attack_eval.evaluate_attack_sharded`) and ``ebmctl train ebm`` its bank.
+Only rank 0 prints; all ranks of an evaluation hold the same merged results and write the same
+report atomically. This module holds the process-group plumbing only and imports nothing of
+ebmctl's commands.
 
 Convergent EBM training (``ebmctl train ebm``) runs data-parallel: with W processes the
 persistent bank is split into W contiguous shards (``train.shards``; 1, the default, means one
@@ -17,29 +20,19 @@ per process, any other value must equal W), rank r keeps only shard r, draws its
 positives and its chains with generators keyed (seed, update, r), runs Langevin on them, and the
 network is wrapped in DistributedDataParallel, so the averaged gradient is that of the mean of
 the W shard losses. One process with ``train.shards = W`` runs the W shards in turn and reaches
-the same weights (:func:`ebmctl.training.convergent.train_ebm`). Rank 0 writes the artifact, grids, log
-and checkpoints; checkpoints gather every shard of the bank, so ``--resume`` continues exactly.
+the same weights (:func:`ebmctl.training.convergent.train_ebm`). Rank 0 writes the artifact,
+grids, log and checkpoints; checkpoints gather every shard of the bank, so ``--resume``
+continues exactly.
 
-One node, two processes::
-
-    torchrun --standalone --nproc_per_node 2 -m ebmctl.distributed attack --profile quick ...
-    torchrun --standalone --nproc_per_node 2 -m ebmctl.distributed train ebm --profile quick
-
-Several nodes (run on each node; node_rank 0..N-1; HOST:PORT reachable from all; training
-writes ``--out`` from rank 0, so resuming needs it on a filesystem every node sees)::
-
-    torchrun --nnodes N --node_rank R --nproc_per_node G --rdzv_backend c10d \\
-             --rdzv_endpoint HOST:29500 -m ebmctl.distributed attack --profile quick ...
-    torchrun --nnodes N --node_rank R --nproc_per_node G --rdzv_backend c10d \\
-             --rdzv_endpoint HOST:29500 -m ebmctl.distributed train ebm --profile quick ...
+Launch commands are in :mod:`ebmctl.torchrun`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -65,8 +58,20 @@ _CURRENT = DistContext()
 
 
 def current() -> DistContext:
-    """The context of the running ``python -m ebmctl.distributed`` launch (single otherwise)."""
+    """The context of the running ``python -m ebmctl.torchrun`` launch (single otherwise)."""
     return _CURRENT
+
+
+@contextlib.contextmanager
+def launched(ctx: DistContext) -> Iterator[DistContext]:
+    """Make ``ctx`` what :func:`current` returns until the block ends (the torchrun launcher,
+    :func:`ebmctl.torchrun.main`, runs the CLI inside it)."""
+    global _CURRENT
+    _CURRENT = ctx
+    try:
+        yield ctx
+    finally:
+        _CURRENT = DistContext()
 
 
 def env_context() -> DistContext:
@@ -169,96 +174,3 @@ def data_parallel(net: torch.nn.Module, ctx: DistContext, device: torch.device
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(net, device_ids=ids)
-
-
-def evaluate_attack_sharded(attack, defense, task, x: torch.Tensor, y: torch.Tensor, *,
-                            seed: int, batch_size: int, device: torch.device, label: str,
-                            ctx: DistContext, progress: Callable[[int], None] | None = None
-                            ):
-    """:func:`ebmctl.evaluate.attack_eval.evaluate_attack` over the ranks: same chunks, same
-    keys, one merged :class:`~ebmctl.evaluate.results.SeedResult` (``seconds`` and
-    ``image_steps`` are totals over the ranks)."""
-    from ebmctl.evaluate.attack_eval import summarise
-
-    def one_chunk(start: int) -> dict:
-        xb = x[start:start + batch_size].to(device)
-        yb = y[start:start + batch_size].to(device)
-        before = defense.image_steps
-        t0 = time.time()
-        outcome = attack.run(defense, task, xb, yb, (seed, label, start), progress)
-        return {"outcome": outcome, "seconds": time.time() - t0,
-                "image_steps": defense.image_steps - before}
-
-    parts = run_chunks(one_chunk, len(x), batch_size, ctx)
-    return summarise([p["outcome"] for p in parts], seed=seed,
-                     seconds=sum(p["seconds"] for p in parts),
-                     image_steps=sum(p["image_steps"] for p in parts), chunks_reused=0,
-                     world_size=ctx.world_size)
-
-
-#: Global ``ebmctl`` options that take a value (the value is not the command's name).
-_VALUE_OPTIONS = ("--profile", "-p", "--set", "-s", "--device", "--seed")
-
-
-def unsupported_under_torchrun(argv: list[str]) -> str | None:
-    """Why ``ebmctl argv`` cannot run as asked in a launch, or None. ``--resume`` continues
-    ``train ebm`` exactly (rank 0's checkpoints hold every bank shard). The sharded evaluation
-    keeps no per-chunk results, so ``attack --resume`` would silently start again, and the
-    other trainers are not data-parallel: a resume there is refused, never ignored."""
-    words, skip = [], False
-    for a in argv:
-        if skip or a in _VALUE_OPTIONS:
-            skip = not skip
-            continue
-        if not a.startswith("-"):
-            words.append(a)
-    command = " ".join(words[:2] if words[:1] in (["train"], ["fix"]) else words[:1])
-    if not any(a in ("--resume", "--force-resume") for a in argv) or command == "train ebm":
-        return None
-    if command == "attack":
-        return ("`ebmctl attack --resume` does not work under torchrun (the sharded evaluation "
-                "keeps no per-chunk results to resume from); rerun the launch without --resume, "
-                "or run `ebmctl attack --resume` in one process")
-    return (f"--resume under torchrun works for `ebmctl train ebm` only, not `ebmctl {command}`; "
-            f"run `ebmctl {command} --resume` in one process")
-
-
-def main(argv: list[str]) -> int:
-    """Join the torchrun launch, run ``ebmctl argv`` (rank 0's console only), leave the group."""
-    import contextlib
-    import sys
-
-    global _CURRENT
-    import ebmctl.openmp_policy  # noqa: F401
-    from ebmctl.cli import run
-
-    refused = unsupported_under_torchrun(argv) if env_context().active else None
-    if refused:  # every rank stops here, before joining the group; rank 0 says why
-        if env_context().is_main:
-            print(f"Error: {refused}", file=sys.stderr)
-        return 2
-    wants_cpu = any(a in ("cpu", "--device=cpu", "run.device=cpu") for a in argv)
-    ctx = init("cuda" if torch.cuda.is_available() and not wants_cpu else "cpu")
-    _CURRENT = ctx
-    try:
-        if ctx.is_main:
-            return run(argv)
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
-                contextlib.redirect_stderr(null):
-            code = run(argv)
-        if code:
-            print(f"rank {ctx.rank}: ebmctl exited with {code}", file=sys.stderr)
-        return code
-    finally:
-        _CURRENT = DistContext()
-        shutdown()
-
-
-if __name__ == "__main__":
-    import sys
-
-    # run through the imported module: under ``-m`` this file is ``__main__``, a second copy
-    # whose context ebmctl.distributed.current() would never see
-    from ebmctl.distributed import main as _main
-
-    sys.exit(_main(sys.argv[1:]))
