@@ -8,7 +8,7 @@ set -euo pipefail
 out="${1:-bench/results}"
 mkdir -p "$out"
 ebmctl="${EBMCTL:-.venv/bin/ebmctl}"
-"$ebmctl" bench --batch 128,800 --image-size 8 --channels 1 --steps 10 --repeats 3 \
-    --attack-steps 20 --out "$out/cpu-digits8.json"
-"$ebmctl" bench --batch 100,1500 --steps 2 --repeats 2 --no-attack --no-child-naive \
+"$ebmctl" bench --batch 128,800 --image-size 8 --channels 1 --langevin-steps 10 --repeats 3 \
+    --attack-langevin-steps 20 --out "$out/cpu-digits8.json"
+"$ebmctl" bench --batch 100,1500 --langevin-steps 2 --repeats 2 --no-attack --no-child-naive \
     --out "$out/cpu-cifar32.json"

@@ -8,5 +8,5 @@ set -euo pipefail
 out="${1:-bench/results}"
 mkdir -p "$out"
 ebmctl="${EBMCTL:-.venv/bin/ebmctl}"
-"$ebmctl" bench --device cuda --batch 100,1500 --steps 50 --repeats 5 --all-variants \
-    --attack-steps 1500 --out "$out/gpu-cifar32.json"
+"$ebmctl" bench --device cuda --batch 100,1500 --langevin-steps 50 --repeats 5 --all-variants \
+    --attack-langevin-steps 1500 --out "$out/gpu-cifar32.json"

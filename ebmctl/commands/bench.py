@@ -26,7 +26,8 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
     return values
 
 
-@app.command("bench", cls=command(aliases={"--steps": "--langevin-steps"}))
+@app.command("bench", cls=command(aliases={"--steps": "--langevin-steps",
+                                           "--attack-steps": "--attack-langevin-steps"}))
 def bench_cmd(
     ctx: typer.Context,
     batch: str = typer.Option("100,1500", "--batch", "-b", help="sampler batch sizes"),
@@ -39,8 +40,9 @@ def bench_cmd(
                                       help="also time each precision/layout/compile variant"),
     attack: bool = typer.Option(True, "--attack/--no-attack",
                                 help="time BPDA+EOT and full-gradient attack steps"),
-    attack_steps: int = typer.Option(0, "--attack-steps", help="Langevin steps K of the defense "
-                                     "in the attack benches (0: 1500 on CUDA, 20 on CPU)"),
+    attack_steps: int = typer.Option(0, "--attack-langevin-steps", help="the defense's Langevin "
+                                     "steps K in the attack benches (0: 1500 on CUDA, 20 on "
+                                     "CPU)"),
     child_naive: bool = typer.Option(True, "--child-naive/--no-child-naive",
                                      help="CPU: also time the naive loop in a fresh process "
                                      "with OpenMP's default settings"),
@@ -58,7 +60,7 @@ def bench_cmd(
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.plots import save_curves
 
-    for name, value in (("--langevin-steps", steps), ("--attack-steps", attack_steps)):
+    for name, value in (("--langevin-steps", steps), ("--attack-langevin-steps", attack_steps)):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0")
     for name, value in (("--repeats", repeats), ("--image-size", image_size),

@@ -47,7 +47,6 @@ def fix_train_cmd(
     from ebmctl.console import info
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.models import EnergyModel, TaskModel
-    from ebmctl.errors import ConfigError
     from ebmctl.training.fixer import FixerRun, train_fixer
 
     cfg = make_config(ctx, {"fix.stage1_epochs": stage1_epochs,
@@ -63,9 +62,8 @@ def fix_train_cmd(
     energy = EnergyModel.load(ebm, dev)
     task = get_task(cfg)
     task_model = TaskModel.load(model, dev) if model else None
-    if task_model is not None and task_model.task and task_model.task != task.name:
-        raise ConfigError(f"{model} is a model for task {task_model.task!r}, but the profile's "
-                          f"task.name is {task.name!r}")
+    if task_model is not None:
+        task_model.check_task(task.name)
     bundle = load_dataset(cfg)
     path = train_fixer(cfg, FixerRun(energy, bundle, task if task_model else None, task_model),
                        out, dev, resume, force_resume=force_resume)

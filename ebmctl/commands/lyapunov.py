@@ -77,9 +77,8 @@ def lyapunov_cmd(
     energy = EnergyModel.load(ebm or default_ebm(), dev)
     task = get_task(cfg) if checks else None
     task_model = TaskModel.load(model, dev) if checks else None
-    if task_model is not None and task_model.task and task_model.task != task.name:
-        raise ConfigError(f"{model} is a model for task {task_model.task!r}, but the profile's "
-                          f"task.name is {task.name!r}")
+    if task_model is not None:
+        task_model.check_task(task.name)
     bundle = load_dataset(cfg)
     data = bundle.split(cfg["lyapunov.split"])
     if len(data) == 0:

@@ -65,13 +65,8 @@ def purify_cmd(
     energy = EnergyModel.load(ebm or default_ebm(), dev)
     k = cfg["defense.steps"] if steps is None else steps
     if steps is None and cfg.provenance.get("defense.steps") == "default":
-        # An EBM is only trained to stay realistic for its own horizon: use the K_def its
-        # training profile recorded rather than the thesis default of 1500.
-        from ebmctl.artifacts import load_artifact
-
-        recorded = load_artifact(energy.path, "ebm").config.get("defense", {}).get("steps")
-        if isinstance(recorded, int) and recorded >= 0:
-            k = recorded
+        recorded = energy.recorded_defense_steps()
+        k = k if recorded is None else recorded
     fixer_net = None
     if fixer is not None:
         from ebmctl.models import load_fixer
