@@ -8,6 +8,7 @@ ratios at each K against issue 18's targets (memory ≤ 2×, time per step ≤ 3
 
     .venv/bin/python bench/attack_gradients.py --out runs/bench-attack.json        # CPU
     .venv/bin/python bench/attack_gradients.py --device cuda --images 8 --out runs/b.json
+    .venv/bin/python bench/attack_gradients.py --segments 12 --out runs/b.json  # + segment 12
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main() -> None:
     p.add_argument("--out", default="")
     p.add_argument("--no-checkpoint-k", type=int, default=100,
                    help="also run the full gradient without checkpointing at this K (0: skip)")
+    p.add_argument("--segments", default="",
+                   help="also run the full gradient at the largest K with these checkpoint "
+                        "segment lengths (attack.checkpoint_segment), e.g. 12,39")
     p.add_argument("--_one", default="", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="bpda", help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, default=100, help=argparse.SUPPRESS)
@@ -96,6 +100,8 @@ def main() -> None:
     configs = [(m, int(k), 0) for k in args.ks.split(",") for m in ("bpda", "full")]
     if args.no_checkpoint_k:
         configs.append(("full", args.no_checkpoint_k, args.no_checkpoint_k))
+    k_max = max(int(k) for k in args.ks.split(","))
+    configs += [("full", k_max, int(s)) for s in args.segments.split(",") if s]
     rows = []
     for mode, k, seg in configs:
         cmd = [sys.executable, __file__, "--_one", "1", "--mode", mode, "--k", str(k),
