@@ -13,7 +13,7 @@ from torch import nn
 
 from ebmctl.artifacts import file_digest, read_header
 from ebmctl.models import EnergyModel, TaskModel
-from ebmctl.importers import EbmDefenseWRN, import_model
+from ebmctl.importers import EbmDefenseWRN
 from ebmctl.sampling.langevin import langevin
 from ebmctl.testing import run_cli
 
