@@ -133,7 +133,8 @@ def test_gallery_rows(tmp_path):
 
 
 def test_write_gallery_purifies_the_adversarials_of_a_defended_label(digits_artifacts, tmp_path):
-    from ebmctl.defense import Defense, EnergyModel, TaskModel
+    from ebmctl.defense import Defense
+    from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.evaluate.html import write_gallery
 
     clf, ebm = digits_artifacts
