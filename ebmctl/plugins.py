@@ -1,5 +1,10 @@
 """Plugin manager: built-in plugins plus third-party ones from the ``ebmctl`` entry points.
 
+A :class:`PluginHost` owns one pluggy manager, the registries its plugins filled and what
+failed to load (as pytest's plugin manager does). The process uses :func:`default_host`, which the
+module-level functions (:func:`get_registries`, :func:`register_plugin`, :func:`reset`, ...) act
+on; tests and notebooks may build hosts of their own.
+
 Environment:
   EBMCTL_DISABLE_PLUGINS=1     load no third-party entry points (built-ins still load)
   EBMCTL_LOAD_PLUGINS=a,b      load only these third-party entry-point names
@@ -7,6 +12,7 @@ Environment:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as md
 import os
@@ -50,9 +56,6 @@ class Registries:
     profile_dirs: list[Path]
     plugins: dict[str, PluginInfo]
     failures: list[str]
-
-
-_state: dict[str, Any] = {"pm": None, "reg": None, "extra": []}
 
 
 def _new_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[str]]:
@@ -172,41 +175,82 @@ def _call_plugin_hook(impl, kwargs, failures, infos):
     return None
 
 
+class PluginHost:
+    """One plugin manager with its registries, built on first use: the built-in plugins, the
+    installed entry points (narrowed by ``EBMCTL_DISABLE_PLUGINS`` / ``EBMCTL_LOAD_PLUGINS``)
+    and the plugin objects registered at run time with :meth:`register`."""
+
+    def __init__(self) -> None:
+        self._extra: list[tuple[str, Any]] = []
+        self._pm: pluggy.PluginManager | None = None
+        self._reg: Registries | None = None
+
+    @property
+    def manager(self) -> pluggy.PluginManager:
+        self.registries()  # builds the manager with the registries
+        return self._pm
+
+    def registries(self) -> Registries:
+        """Tasks, datasets, models, attacks, the profile schema and profile folders of every
+        loaded plugin (loading them now if this host has not yet)."""
+        if self._reg is None:
+            pm, infos, failures = _new_manager()
+            for name, obj in self._extra:
+                if pm.has_plugin(name):
+                    pm.unregister(name=name)
+                pm.register(obj, name=name)
+                infos[name] = PluginInfo(name, "(registered at run time)", "-", False)
+            self._pm = pm
+            self._reg = _collect(pm, infos, failures)
+        return self._reg
+
+    def register(self, obj: Any, name: str) -> None:
+        """Add (or replace) a plugin object at run time; the registries are rebuilt on next use."""
+        self._extra = [(n, o) for n, o in self._extra if n != name] + [(name, obj)]
+        self.reset()
+
+    def unregister(self, name: str) -> None:
+        self._extra = [(n, o) for n, o in self._extra if n != name]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the loaded plugins (run-time registrations are kept): the next use reloads
+        them, e.g. after the environment variables changed."""
+        self._pm = None
+        self._reg = None
+
+    def warn_failures(self, stream=None) -> None:
+        stream = stream or sys.stderr
+        for msg in self.registries().failures:
+            print(f"Warning: {msg}", file=stream)
+
+
+@functools.cache
+def default_host() -> PluginHost:
+    """The process' plugin host (created on first use)."""
+    return PluginHost()
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
-    get_registries()
-    return _state["pm"]
+    return default_host().manager
 
 
 def get_registries() -> Registries:
-    if _state["reg"] is None:
-        pm, infos, failures = _new_manager()
-        for name, obj in _state["extra"]:
-            if pm.has_plugin(name):
-                pm.unregister(name=name)
-            pm.register(obj, name=name)
-            infos[name] = PluginInfo(name, "(registered at run time)", "-", False)
-        _state["pm"] = pm
-        _state["reg"] = _collect(pm, infos, failures)
-    return _state["reg"]
+    return default_host().registries()
 
 
 def register_plugin(obj: Any, name: str) -> None:
     """Register a plugin object at run time (tests, notebooks). Rebuilds the registries."""
-    _state["extra"] = [(n, o) for n, o in _state["extra"] if n != name] + [(name, obj)]
-    reset()
+    default_host().register(obj, name)
 
 
 def unregister_plugin(name: str) -> None:
-    _state["extra"] = [(n, o) for n, o in _state["extra"] if n != name]
-    reset()
+    default_host().unregister(name)
 
 
 def reset() -> None:
-    _state["pm"] = None
-    _state["reg"] = None
+    default_host().reset()
 
 
 def warn_failures(stream=None) -> None:
-    stream = stream or sys.stderr
-    for msg in get_registries().failures:
-        print(f"Warning: {msg}", file=stream)
+    default_host().warn_failures(stream)

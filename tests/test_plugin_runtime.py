@@ -177,3 +177,23 @@ def test_plugin_that_fails_to_import_is_named(monkeypatch):
     r = run_cli(["plugins", "--json"], env={"EBMCTL_DISABLE_PLUGINS": "1"})
     ebmctl.plugins.reset()
     assert r.exit_code == 0 and "broken-import" not in r.stdout
+
+
+def test_a_plugin_host_keeps_its_own_plugins():
+    """Plugin state lives in a PluginHost: a host of one's own does not touch the process'
+    default host, and a reset reloads the plugins but keeps run-time registrations."""
+    from ebmctl.plugins import PluginHost, default_host, get_registries
+
+    host = PluginHost()
+    host.register(ThrowawayPlugin(), "throwaway")
+    assert "squares" in host.registries().datasets and "parity" in host.registries().tasks
+    assert "squares" not in get_registries().datasets  # the default host never saw it
+    assert host is not default_host() and default_host() is default_host()
+    first = host.registries()
+    host.reset()
+    again = host.registries()
+    assert again is not first and "squares" in again.datasets
+    assert host.manager.has_plugin("throwaway")
+    host.unregister("throwaway")
+    assert "squares" not in host.registries().datasets
+    assert "digits" in host.registries().datasets  # the built-ins load in every host
