@@ -525,9 +525,7 @@ def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device
     checked before any work is done."""
     task = get_task(cfg)
     model = TaskModel.load(model_path, device)
-    if model.task and model.task != task.name:
-        raise ConfigError(f"{model_path} is a model for task {model.task!r}, but the profile's "
-                          f"task.name is {task.name!r}")
+    model.check_task(task.name)
     ebm = EnergyModel.load(ebm_path, device) if (defended and ebm_path) else None
     if defended and ebm is None:
         raise ConfigError("a defended evaluation needs an EBM (--ebm FILE)")
