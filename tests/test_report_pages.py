@@ -135,7 +135,7 @@ def test_gallery_rows(tmp_path):
 def test_write_gallery_purifies_the_adversarials_of_a_defended_label(digits_artifacts, tmp_path):
     from ebmctl.defense import Defense
     from ebmctl.models import EnergyModel, TaskModel
-    from ebmctl.evaluate.html import write_gallery
+    from ebmctl.evaluate.plots import write_gallery
 
     clf, ebm = digits_artifacts
     model, energy = TaskModel.load(clf, CPU), EnergyModel.load(ebm, CPU)

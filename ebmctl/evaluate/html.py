@@ -26,8 +26,6 @@ import numpy as np
 
 from ebmctl.errors import InputError
 
-#: images per model label in the attack gallery
-GALLERY_IMAGES = 8
 _STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}"
           "tr.headline{font-weight:bold;background:#eef}li.fail{color:#a00}"
@@ -94,39 +92,6 @@ def _read_png(path: Path) -> bytes | None:
 
 
 # --- attack ---------------------------------------------------------------------------------
-
-def write_gallery(path: str | Path, label: str, x, x_adv, defense, threat: dict, key: tuple,
-                  n: int = GALLERY_IMAGES) -> list[str]:
-    """The attack page's gallery PNG for one model label: the first ``n`` evaluated images clean,
-    adversarial (per-image worst case), their perturbation magnified, and (defended labels)
-    one purified copy of each adversarial image, through the fixer if the defense has one.
-
-    Args:
-        x, x_adv: [B,C,H,W] clean and adversarial images in [0,1].
-        defense: the :class:`ebmctl.defense.Defense` the label was attacked through.
-        threat: {"norm", "eps"} (ε in [0,1] pixel units).
-        key: the seed key of the purification noise.
-
-    Returns:
-        The gallery's row labels, top to bottom.
-    """
-    import torch
-
-    from ebmctl.evaluate.plots import save_gallery
-
-    n = min(n, len(x))
-    xs, advs = x[:n].detach().float().cpu(), x_adv[:n].detach().float().cpu()
-    purified, row = None, "purified adversarial (1 replicate)"
-    if defense.stochastic:
-        dev = next(defense.ebm.net.parameters()).device
-        with torch.no_grad():
-            purified = defense.transform(advs.to(dev), key).float().cpu()
-        if defense.fixer is not None:
-            row = "purified and fixed adversarial (1 replicate)"
-    return save_gallery(path, xs, advs, norm=threat["norm"], eps=float(threat["eps"]),
-                        purified=purified, purified_label=row, title=f"{label}: first {n} "
-                        "evaluated images (adversarial = per-image worst case)")
-
 
 def _curves_png(report: dict) -> bytes | None:
     from ebmctl.evaluate.plots import curve_axis_label

@@ -41,13 +41,12 @@ from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.attack_eval import evaluate_attack
 from ebmctl.evaluate.memory import MemoryProbe
-from ebmctl.evaluate.html import write_gallery
 from ebmctl.evaluate.resubmit import (
     check_resubmission_settings,
     resubmission_report,
     resubmission_rows,
 )
-from ebmctl.evaluate.plots import curve_axis_label, save_curves, save_grid
+from ebmctl.evaluate.plots import curve_axis_label, save_curves, save_grid, write_gallery
 from ebmctl.evaluate.results import (
     AttackReport,
     AttackRow,
