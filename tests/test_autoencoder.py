@@ -34,7 +34,7 @@ def test_autoencoder_learns_and_decoder_rejuvenates(tmp_path):
 
 
 def test_autoencoder_cli_bad_size_is_one_line_error(tmp_path):
-    r = run_cli(["train", "autoencoder", "--steps", "1", "--set", "data.image_size=12",
+    r = run_cli(["train", "autoencoder", "--updates", "1", "--set", "data.image_size=12",
                  "--out", str(tmp_path / "g.safetensors")])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert not (tmp_path / "g.safetensors").exists()

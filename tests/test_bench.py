@@ -62,7 +62,7 @@ def test_attack_bench_times_bpda_and_checkpointed_full_gradient_steps():
 def test_bench_cli_json_table_and_files(tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "--batch", "4,8", "--image-size", "8", "--channels", "1", "--width", "4",
-            "--steps", "1", "--repeats", "1", "--no-attack", "--no-child-naive"]
+            "--langevin-steps", "1", "--repeats", "1", "--no-attack", "--no-child-naive"]
     res = run_cli(args + ["--json", "--out", str(out)])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)

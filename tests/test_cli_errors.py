@@ -38,7 +38,7 @@ def assert_clean_error(result, needle: str):
 
 
 def test_purify_writes_png(tmp_path, tiny_ebm, png):
-    r = run_cli(["purify", str(png), "--ebm", str(tiny_ebm), "--steps", "5"])
+    r = run_cli(["purify", str(png), "--ebm", str(tiny_ebm), "-k", "5"])
     assert r.exit_code == 0, r.output
     out = tmp_path / "digit.purified.png"
     assert out.exists()
@@ -50,7 +50,7 @@ def test_purify_writes_png(tmp_path, tiny_ebm, png):
 def test_purify_replicates_and_larger_image(tmp_path, tiny_ebm):
     img = tmp_path / "big.png"
     save_image01(torch.rand(3, 20, 12), img)  # RGB, non-square: converted to gray with a notice
-    r = run_cli(["purify", str(img), "--ebm", str(tiny_ebm), "--steps", "2", "-H", "3",
+    r = run_cli(["purify", str(img), "--ebm", str(tiny_ebm), "-k", "2", "-H", "3",
                  "--out-dir", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
@@ -66,7 +66,7 @@ def test_purify_missing_image(tmp_path, tiny_ebm):
 def test_purify_corrupt_png_leaves_no_output(tmp_path, tiny_ebm, png):
     bad = tmp_path / "bad.png"
     bad.write_bytes(png.read_bytes()[:40])
-    r = run_cli(["purify", str(png), str(bad), "--ebm", str(tiny_ebm), "--steps", "1"])
+    r = run_cli(["purify", str(png), str(bad), "--ebm", str(tiny_ebm), "-k", "1"])
     assert_clean_error(r, "bad.png")
     assert not (tmp_path / "digit.purified.png").exists()
     assert not (tmp_path / "bad.purified.png").exists()

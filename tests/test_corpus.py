@@ -59,7 +59,7 @@ def _sets(inp: dict) -> list:
 
 
 COMMANDS: dict[str, Cmd] = {c.name: c for c in [
-    Cmd("purify", lambda i, o: ["purify", i["image"], "--ebm", i["ebm"], "--steps", "1",
+    Cmd("purify", lambda i, o: ["purify", i["image"], "--ebm", i["ebm"], "-k", "1",
                                 "--out-dir", o, *_sets(i)], reads=("image", "ebm")),
     Cmd("fix apply", lambda i, o: ["fix", "apply", i["image"], "--fixer", i["fixer"],
                                    "--out-dir", o], reads=("image", "fixer"),
@@ -70,9 +70,9 @@ COMMANDS: dict[str, Cmd] = {c.name: c for c in [
     Cmd("fix train", lambda i, o: ["fix", "train", "--ebm", i["ebm"],
                                    "--out", o / "fixer.safetensors", *_sets(i)],
         reads=("ebm",), uses=("task", "dataset")),
-    Cmd("synthesize", lambda i, o: ["synthesize", "--model", i["ebm"], "--steps", "1",
+    Cmd("synthesize", lambda i, o: ["synthesize", "--ebm", i["ebm"], "-k", "1",
                                     "--out-dir", o / "synth", *_sets(i)], reads=("ebm",)),
-    Cmd("ood", lambda i, o: ["ood", "--model", i["ebm"], "--out", o / "ood.json", *_sets(i)],
+    Cmd("ood", lambda i, o: ["ood", "--ebm", i["ebm"], "--out", o / "ood.json", *_sets(i)],
         reads=("ebm",), uses=("dataset",)),
     Cmd("lyapunov", lambda i, o: ["lyapunov", "--ebm", i["ebm"], "--out", o / "lyap.json",
                                   *_sets(i)], reads=("ebm",), uses=("dataset",)),
@@ -296,7 +296,7 @@ def test_same_stem_inputs_get_their_own_outputs(corpus, tmp_path):
     other = tmp_path / "elsewhere" / "good.png"
     other.parent.mkdir()
     other.write_bytes(good.read_bytes())
-    result = run_cli(["purify", good, other, "--ebm", valid["ebm"], "--steps", "1",
+    result = run_cli(["purify", good, other, "--ebm", valid["ebm"], "-k", "1",
                       "--out-dir", tmp_path / "out"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

@@ -323,7 +323,7 @@ def test_nan_in_the_sampler_is_a_numerical_error():
 
 def test_synthesize_and_training_reports_record_environment_and_profile(tmp_path):
     valid = save_valid(tmp_path / "artifacts")
-    r = run_cli(["--seed", "11", "synthesize", "--model", valid["ebm"], "--n", "2", "--steps",
+    r = run_cli(["--seed", "11", "synthesize", "--ebm", valid["ebm"], "--n-images", "2", "-k",
                  "1", "--out-dir", tmp_path / "synth", "--set", "run.threads=1"])
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "synth" / "report.json").read_text())

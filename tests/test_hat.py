@@ -157,7 +157,7 @@ def test_train_hat_cli_and_synthesize(tmp_path):
         sets += ["--set", s]
     r = run_cli(["train", "hat", *sets, "--out", out])
     assert r.exit_code == 0, r.output
-    r = run_cli(["synthesize", "--model", out, "--n", "6", "--steps", "3", "--mode",
+    r = run_cli(["synthesize", "--ebm", out, "--n-images", "6", "-k", "3", "--mode",
                  "conditional", "--out-dir", tmp_path / "syn", "--set", "run.threads=1"])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "syn" / "report.json").read_text())
@@ -170,6 +170,6 @@ def test_cli_bad_input_one_line(tmp_path):
     r = run_cli(["train", "hat", "--set", "hat.arch=sngan-generator", "--out",
                  tmp_path / "h.safetensors"])
     assert r.exit_code != 0 and "not an EBM" in r.stderr and "Traceback" not in r.output
-    r = run_cli(["synthesize", "--model", tmp_path / "missing.safetensors"])
+    r = run_cli(["synthesize", "--ebm", tmp_path / "missing.safetensors"])
     assert r.exit_code != 0 and "not found" in r.stderr
     assert not (tmp_path / "h.safetensors").exists()

@@ -108,7 +108,7 @@ def test_purify_output_has_the_inputs_size_and_mode(tmp_path, mode):
         im = im.convert(mode)
     src = tmp_path / "small.png"
     im.save(src)
-    r = run_cli(["purify", src, "--ebm", _shipped_ebm(), "--steps", "2", "--out-dir",
+    r = run_cli(["purify", src, "--ebm", _shipped_ebm(), "-k", "2", "--out-dir",
                  tmp_path / "o"])
     assert r.exit_code == 0, r.output
     out = Image.open(tmp_path / "o" / "small.purified.png")
@@ -136,7 +136,7 @@ def test_purify_drift_per_pixel_does_not_grow_with_the_image(tmp_path):
     Image.fromarray(img8).save(tmp_path / "one.png")
     Image.fromarray(np.tile(img8, (2, 2, 1))).save(tmp_path / "four.png")
     r = run_cli(["purify", tmp_path / "one.png", tmp_path / "four.png", "--ebm", _shipped_ebm(),
-                 "--steps", "50", "-H", "3", "--out-dir", tmp_path / "o"])
+                 "-k", "50", "-H", "3", "--out-dir", tmp_path / "o"])
     assert r.exit_code == 0, r.output
     drift = {n: np.mean([_drift(tmp_path / f"{n}.png", tmp_path / "o" / f"{n}.purified-{i:03d}.png")
                          for i in range(3)]) for n in ("one", "four")}
@@ -154,7 +154,7 @@ def test_purify_same_stem_inputs_and_existing_outputs(tmp_path, tiny_artifacts):
         Image.fromarray(np.full((8, 8), 100 if d == "a" else 200, np.uint8)).save(
             tmp_path / d / "x.png")
     argv = ["purify", tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "--ebm",
-            tiny_artifacts["ebm"], "--steps", "1", "--out-dir", tmp_path / "o"]
+            tiny_artifacts["ebm"], "-k", "1", "--out-dir", tmp_path / "o"]
     r = run_cli(argv)
     assert r.exit_code == 0, r.output
     outs = sorted(p.name for p in (tmp_path / "o").iterdir())
@@ -199,8 +199,8 @@ WRITERS = {
     "train hat": (["train", "hat"], "runs/digits-hat-ebm.safetensors"),
     "fix train": (["fix", "train", "--ebm", "{ebm}"], "runs/digits-fixer.safetensors"),
     "attack": (["attack", "--model", "{classifier}", "--ebm", "{ebm}"], "runs/attack-report.json"),
-    "ood": (["ood", "--model", "{ebm}"], "runs/ood-ok-ebm.json"),
-    "synthesize": (["synthesize", "--model", "{ebm}", "--steps", "1"],
+    "ood": (["ood", "--ebm", "{ebm}"], "runs/ood-ok-ebm.json"),
+    "synthesize": (["synthesize", "--ebm", "{ebm}", "-k", "1"],
                    "runs/synthesize-ok-ebm/report.json"),
     "lyapunov": (["lyapunov", "--ebm", "{ebm}"], "runs/lyapunov.json"),
 }

@@ -126,7 +126,7 @@ def test_ood_cli_writes_report_and_histogram(tmp_path):
 
     model = _tiny_ebm(tmp_path)
     out = tmp_path / "ood.json"
-    r = run_cli(["ood", "--model", model, "--ood", "uniform-noise", "--ood", "gaussian-noise",
+    r = run_cli(["ood", "--ebm", model, "--ood", "uniform-noise", "--ood", "gaussian-noise",
                  "--n-images", "40", "--out", out])
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
@@ -144,12 +144,12 @@ def test_ood_cli_bad_input_is_one_line(tmp_path):
     from ebmctl.testing import run_cli
 
     model = _tiny_ebm(tmp_path)
-    r = run_cli(["ood", "--model", model, "--ood", "no-such-set", "--out", tmp_path / "o.json"])
+    r = run_cli(["ood", "--ebm", model, "--ood", "no-such-set", "--out", tmp_path / "o.json"])
     assert r.exit_code != 0 and "Traceback" not in r.output and "no-such-set" in r.stderr
     assert not (tmp_path / "o.json").exists()
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not an artifact")
-    r = run_cli(["ood", "--model", bad, "--out", tmp_path / "o.json"])
+    r = run_cli(["ood", "--ebm", bad, "--out", tmp_path / "o.json"])
     assert r.exit_code != 0 and "Traceback" not in r.output
-    r = run_cli(["ood", "--model", model, "--ood", "mnist", "--out", tmp_path / "o.json"])
+    r = run_cli(["ood", "--ebm", model, "--ood", "mnist", "--out", tmp_path / "o.json"])
     assert r.exit_code != 0 and "data.root" in r.stderr

@@ -179,7 +179,7 @@ def test_roc_area_equals_the_reported_auroc():
 def test_ood_writes_a_page_with_histograms_roc_and_the_auroc_table(tmp_path):
     model = _ood_ebm(tmp_path)
     out = tmp_path / "ood.json"
-    r = run_cli(["ood", "--model", model, "--ood", "uniform-noise", "--n-images", "30",
+    r = run_cli(["ood", "--ebm", model, "--ood", "uniform-noise", "--n-images", "30",
                  "--out", out])
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())

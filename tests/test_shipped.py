@@ -79,7 +79,7 @@ def test_purify_without_ebm_uses_shipped_default(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     save_image01(torch.rand(3, 45, 61, generator=g), tmp_path / "photo.png")
-    r = run_cli(["purify", str(tmp_path / "photo.png"), "--steps", "3", "--out-dir",
+    r = run_cli(["purify", str(tmp_path / "photo.png"), "-k", "3", "--out-dir",
                  str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
     from PIL import Image

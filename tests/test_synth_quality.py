@@ -99,7 +99,7 @@ def _classifier(tmp_path):
 
 def test_synthesize_plain_ebm_from_noise_and_data_with_proxy_score(tmp_path):
     ebm, clf = _plain_ebm(tmp_path), _classifier(tmp_path)
-    r = run_cli(["synthesize", "--model", ebm, "--n", "8", "--steps", "4", "--init", "data",
+    r = run_cli(["synthesize", "--ebm", ebm, "--n-images", "8", "-k", "4", "--init", "data",
                  "--classifier", clf, "--out-dir", tmp_path / "a", "--set",
                  "quality.n_reference=40"])
     assert r.exit_code == 0, r.output
@@ -108,7 +108,7 @@ def test_synthesize_plain_ebm_from_noise_and_data_with_proxy_score(tmp_path):
     q = rep["quality"]["proxy_classifier_fd"]
     assert set(q) == {"ebm", "real_images_floor"} and all(v >= 0 for v in q.values())
     assert len(list((tmp_path / "a" / "images").glob("*.png"))) == 8
-    r = run_cli(["synthesize", "--model", ebm, "--n", "4", "--steps", "2", "--out-dir",
+    r = run_cli(["synthesize", "--ebm", ebm, "--n-images", "4", "-k", "2", "--out-dir",
                  tmp_path / "b", "--seed", "3"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "b" / "report.json").read_text())["init"] == "noise"
@@ -116,9 +116,9 @@ def test_synthesize_plain_ebm_from_noise_and_data_with_proxy_score(tmp_path):
 
 def test_synthesize_bad_input(tmp_path):
     ebm, clf = _plain_ebm(tmp_path), _classifier(tmp_path)
-    r = run_cli(["synthesize", "--model", ebm, "--mode", "joint", "--out-dir", tmp_path / "c"])
+    r = run_cli(["synthesize", "--ebm", ebm, "--mode", "joint", "--out-dir", tmp_path / "c"])
     assert r.exit_code != 0 and "Hat EBM" in r.stderr and not (tmp_path / "c").exists()
-    r = run_cli(["synthesize", "--model", clf, "--out-dir", tmp_path / "c"])
+    r = run_cli(["synthesize", "--ebm", clf, "--out-dir", tmp_path / "c"])
     assert r.exit_code != 0 and "'classifier'" in r.stderr and "Traceback" not in r.output
-    r = run_cli(["synthesize", "--model", ebm, "--steps", "0", "--out-dir", tmp_path / "c"])
+    r = run_cli(["synthesize", "--ebm", ebm, "--langevin-steps", "0", "--out-dir", tmp_path / "c"])
     assert r.exit_code != 0 and not (tmp_path / "c").exists()
