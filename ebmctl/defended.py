@@ -226,7 +226,7 @@ def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
     Args:
         model: any classifier taking images [B,C,H,W] in ``input_range`` and returning
             [B,num_classes] logits. It is used as is (its own normalisation inside).
-        ebm: an :class:`~ebmctl.defense.EnergyModel`, an EBM artifact path, a shipped name
+        ebm: an :class:`~ebmctl.models.EnergyModel`, an EBM artifact path, a shipped name
             (``"cifar10"``), or ``None`` for no defense (the wrapper is then ``model``).
             The EBM resizes and converts channels itself, so it may defend another resolution.
         steps: K Langevin steps per copy (default: the profile default ``defense.steps``).

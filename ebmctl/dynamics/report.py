@@ -51,7 +51,7 @@ def exponent_settings(cfg) -> ExponentSettings:
 
 
 def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) -> tuple[dict, torch.Tensor]:
-    """Benettin exponents of ``energy`` (an :class:`ebmctl.defense.EnergyModel`) over the η grid
+    """Benettin exponents of ``energy`` (an :class:`ebmctl.models.EnergyModel`) over the η grid
     for start images ``x01`` ([0,1] units), at d_0 and at d_0 × each ``separation_factors``.
     Returns (report dict, steady-state samples [n_eta, n, ...] in [0,1] units at d_0)."""
     settings = exponent_settings(cfg)

@@ -57,7 +57,7 @@ def health_horizon(cfg) -> int:
 
 
 def load_health_classifier(cfg, device):
-    """The classifier of ``train.health_classifier`` (a :class:`ebmctl.defense.TaskModel` taking
+    """The classifier of ``train.health_classifier`` (a :class:`ebmctl.models.TaskModel` taking
     [0,1] images), or None. Called when training starts, so a bad path fails before training
     rather than after it."""
     path = cfg["train.health_classifier"]
