@@ -47,21 +47,26 @@ job_leaky_common()  { attack "$LEAKY"  leaky-common-noise  0.1 --defended-only -
                         --set attack.common_noise=true --set attack.sanity=false; }
 job_smooth_common() { attack "$SMOOTH" smooth-common-noise 0.1 --defended-only --method full-eot \
                         --set attack.common_noise=true --set attack.sanity=false; }
-# the defense-aware loss (Tramer et al. 2020): loss - lambda * U(x_adv), lambda swept
-job_leaky_energy()  { for l in 0.0001 0.001 0.01; do attack "$LEAKY"  "leaky-energy-$l"  0.1 \
+# the defense-aware loss (Tramer et al. 2020): loss - lambda * U(x_adv), lambda swept around the
+# scale where lambda*|grad U| meets the mean |grad CE| (about 1e-4 for these EBMs)
+LAMBDAS=${LAMBDAS:-0.00001 0.0001 0.001}
+job_leaky_energy()  { for l in $LAMBDAS; do attack "$LEAKY"  "leaky-energy-$l"  0.1 \
                         --defended-only --method bpda-eot --set attack.energy_weight=$l \
                         --set attack.sanity=false; done; }
-job_smooth_energy() { for l in 0.0001 0.001 0.01; do attack "$SMOOTH" "smooth-energy-$l" 0.1 \
+job_smooth_energy() { for l in $LAMBDAS; do attack "$SMOOTH" "smooth-energy-$l" 0.1 \
                         --defended-only --method bpda-eot --set attack.energy_weight=$l \
                         --set attack.sanity=false; done; }
 # the eps sweep (0.1 is in *-main)
 job_leaky_sweep()  { for e in 0.05 0.15; do attack "$LEAKY"  "leaky-eps$e"  $e \
                        --method bpda-eot --set attack.sanity=false; done; }
 job_smooth_sweep() { for e in 0.05 0.15; do attack "$SMOOTH" "smooth-eps$e" $e \
-                       --method bpda-eot,full-eot --set attack.sanity=false; done; }
+                       --method bpda-eot --set attack.sanity=false; done; }
+# the exact chain gradient at the other radii (about 5x a BPDA run each)
+job_smooth_sweep_full() { for e in 0.15 0.05; do attack "$SMOOTH" "smooth-full-eps$e" $e \
+                            --defended-only --method full-eot --set attack.sanity=false; done; }
 
 ALL=(train_smooth leaky_main smooth_main leaky_apgd smooth_apgd smooth_surrogate leaky_common
-     smooth_common leaky_energy smooth_energy leaky_sweep smooth_sweep)
+     smooth_common leaky_energy smooth_energy leaky_sweep smooth_sweep smooth_sweep_full)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for j in "$@"; do
   echo "== $j"; "job_$j"
