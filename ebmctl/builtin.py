@@ -14,24 +14,34 @@ from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
 from ebmctl.hookspecs import hookimpl
-from ebmctl.nn.ebm import lightweight_ebm
+from ebmctl.nn.ebm import lightweight_args, lightweight_ebm, lightweight_hat_args
 from ebmctl.nn.hat import hat_ebm
-from ebmctl.nn.fixer import fixer_resnet
-from ebmctl.nn.sngan import encoder, sngan_ebm, sngan_generator
+from ebmctl.nn.fixer import fixer_args, fixer_resnet
+from ebmctl.nn.sngan import (
+    encoder,
+    sngan_ebm,
+    sngan_ebm_args,
+    sngan_generator,
+    sngan_generator_args,
+    sngan_hat_args,
+)
 from ebmctl.contracts import ModelSpec
 
 
 @hookimpl
 def ebmctl_register_models(register):
     register(ModelSpec("lightweight", "ebm", lightweight_ebm,
-                       "thesis lightweight ConvNet EBM (<700K params at 32x32x3)"))
+                       "thesis lightweight ConvNet EBM (<700K params at 32x32x3)",
+                       {"ebm": lightweight_args, "hat": lightweight_hat_args}))
     register(ModelSpec("sngan-ebm", "ebm", sngan_ebm,
                        "SNGAN ResNet discriminator EBM, spectral norm optional (Miyato et al. "
-                       "2018)"))
+                       "2018)", {"ebm": sngan_ebm_args, "hat": sngan_hat_args}))
     register(ModelSpec("sngan-generator", "generator", sngan_generator,
-                       "SNGAN ResNet generator, latent -> image in [-1,1] (Miyato et al. 2018)"))
+                       "SNGAN ResNet generator, latent -> image in [-1,1] (Miyato et al. 2018)",
+                       {"generator": sngan_generator_args}))
     register(ModelSpec("fixer-resnet", "fixer", fixer_resnet,
-                       "same-resolution residual image-to-image net (thesis Ch. 5 fixer)"))
+                       "same-resolution residual image-to-image net (thesis Ch. 5 fixer)",
+                       {"fixer": fixer_args}))
     register(ModelSpec("encoder", "encoder", encoder,
                        "conv encoder, latent on the sphere of radius sqrt(m) (thesis §6.5.2)"))
     register(ModelSpec("hat-ebm", "hat-ebm", hat_ebm,

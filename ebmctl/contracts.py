@@ -71,12 +71,29 @@ class DatasetSpec:
     needs_root: bool = False
 
 
+#: Reads an architecture's constructor arguments from the resolved profile (a ``Config``:
+#: ``profile["section.key"]``) and the dataset: ``reader(profile, bundle) -> dict`` of JSON values.
+ArgsReader = Callable[[Any, DatasetBundle], dict]
+
+
 @dataclass
 class ModelSpec:
+    """A registered architecture: ``build(**arch_args)`` returns the ``nn.Module``.
+
+    ``args_from`` maps a *role* the architecture can play in a run to the reader of its
+    arguments in that role (the pattern of timm's model entrypoints: the architecture, not its
+    callers, knows which profile keys it reads). Roles: ``ebm`` (``ebm.arch``), ``hat`` (the hat
+    network H of a Hat EBM, ``hat.arch``), ``generator`` (``hat.generator_arch``), ``fixer``
+    (``fix.arch``) and ``task`` (``model.arch``). A role the spec does not list uses that role's
+    default arguments (:data:`ebmctl.architectures.ROLES`). The arguments are recorded in every
+    artifact as ``arch_args`` and the model is rebuilt from them, so they must be JSON values.
+    """
+
     name: str
     kind: str  # ebm, classifier, segmenter, generator, fixer, hat-ebm, ...
     build: Callable[..., nn.Module]
     description: str = ""
+    args_from: dict[str, ArgsReader] = field(default_factory=dict)
 
 
 class Task:
@@ -102,9 +119,12 @@ class Task:
         """
         return self
 
-    def model_args(self, config, bundle: DatasetBundle) -> tuple[str, dict[str, Any]]:
-        """Return (architecture name, JSON-able arguments) of the task model to train."""
-        raise NotImplementedError
+    def model_args(self, config, bundle: DatasetBundle) -> tuple[str, dict[str, Any]] | None:
+        """(architecture name, JSON-able arguments) of the task model to train, or None (the
+        default): the architecture named by ``model.arch`` reads its own arguments (its
+        :class:`ModelSpec`'s ``args_from["task"]``). Override only when the task itself decides
+        them (e.g. a task that reuses a classifier with its own number of outputs)."""
+        return None
 
     def train_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Scalar loss minimised when training the task model."""

@@ -34,8 +34,10 @@ def ebmctl_register_datasets(register):
 def ebmctl_register_models(register):
     """Register architectures: call ``register(spec)`` with a :class:`ebmctl.api.ModelSpec`.
 
-    ``spec.build(**arch_args)`` returns an ``nn.Module``; ``arch_args`` are stored as JSON in
-    every artifact so the model can be rebuilt without pickle.
+    ``spec.build(**arch_args)`` returns an ``nn.Module``; ``spec.args_from`` maps each role the
+    architecture can play (``task``, ``ebm``, ``hat``, ``generator``, ``fixer``) to the reader of
+    its arguments from the resolved profile. ``arch_args`` are stored as JSON in every artifact
+    so the model can be rebuilt without pickle.
     """
 
 

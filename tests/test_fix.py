@@ -68,9 +68,9 @@ def test_stage1_lowers_reconstruction_loss_and_round_trips(tmp_path, bundle):
     y = fixer(x)
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
     # Round trip: the reloaded fixer equals the network rebuilt from the saved tensors.
-    from ebmctl.training.fixer import fixer_arch_args
+    from ebmctl.architectures import model_args
 
-    arch, args = fixer_arch_args(cfg, 1)
+    arch, args = model_args("fixer", cfg, bundle)
     from ebmctl.plugins import get_registries
 
     net = get_registries().models.get(arch).build(**args)

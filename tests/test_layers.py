@@ -45,6 +45,7 @@ LAYERS = {
     "ebmctl.defense": CORE,
     "ebmctl.sampling": CORE,
     "ebmctl.models": CORE,
+    "ebmctl.architectures": CORE,
     "ebmctl.nn": CORE,
     "ebmctl.defended": CORE,
     "ebmctl.images": CORE,

@@ -115,3 +115,20 @@ class LightweightEBM(nn.Module):
 
 def lightweight_ebm(**kw) -> LightweightEBM:
     return LightweightEBM(**kw)
+
+
+def lightweight_args(profile, bundle) -> dict:
+    """Arguments of an EBM in the ``ebm`` role: ``ebm.channels``, ``ebm.activation``,
+    ``ebm.leak`` (and the ``ebm.smooth_*`` coefficients for ``smooth_leaky``) at the data's
+    channels and size. Also the arguments of any registered EBM that declares none."""
+    return {"in_channels": bundle.channels, "image_size": bundle.image_size,
+            "channels": profile["ebm.channels"], "activation": profile["ebm.activation"],
+            "leak": profile["ebm.leak"], **smooth_leaky_args(profile)}
+
+
+def lightweight_hat_args(profile, bundle) -> dict:
+    """As the hat network H of a Hat EBM (role ``hat``): width ``hat.width``, the activation of
+    the ``ebm`` section."""
+    return {"in_channels": bundle.channels, "image_size": bundle.image_size,
+            "channels": profile["hat.width"], "activation": profile["ebm.activation"],
+            "leak": profile["ebm.leak"], **smooth_leaky_args(profile)}

@@ -45,3 +45,9 @@ class ImageToImageResNet(nn.Module):
 
 def fixer_resnet(**kw) -> ImageToImageResNet:
     return ImageToImageResNet(**kw)
+
+
+def fixer_args(profile, bundle) -> dict:
+    """A fixer (role ``fixer``): ``fix.width`` and ``fix.blocks`` at the data's channels."""
+    return {"channels": bundle.channels, "width": profile["fix.width"],
+            "n_blocks": profile["fix.blocks"]}

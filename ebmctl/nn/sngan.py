@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from ebmctl.nn.ebm import ACTIVATIONS, make_activation
+from ebmctl.nn.ebm import ACTIVATIONS, make_activation, smooth_leaky_args
 
 SNGAN_ACTIVATIONS = ACTIVATIONS
 
@@ -220,8 +220,36 @@ def sngan_generator(**kw) -> SNGANGenerator:
     return SNGANGenerator(**kw)
 
 
+def generator_args(profile, bundle) -> dict:
+    """A Hat EBM's generator G (role ``generator``): ``hat.latent_dim`` and
+    ``hat.generator_width`` at the data's size and channels."""
+    return {"latent_dim": profile["hat.latent_dim"], "image_size": bundle.image_size,
+            "channels": bundle.channels, "width": profile["hat.generator_width"]}
+
+
+def sngan_generator_args(profile, bundle) -> dict:
+    """:func:`generator_args` with G's batch norm fixed to mean 0 / variance 1 (thesis §6.5.3)."""
+    return {**generator_args(profile, bundle), "bn_fixed": True}
+
+
 def sngan_ebm(**kw) -> SNGANDiscriminatorEBM:
     return SNGANDiscriminatorEBM(**kw)
+
+
+def sngan_ebm_args(profile, bundle) -> dict:
+    """The SNGAN EBM in the ``ebm`` role: width ``ebm.channels``, ``ebm.spectral_norm``,
+    ``ebm.activation`` (with ``ebm.smooth_*``) and ``ebm.pool``."""
+    return {"in_channels": bundle.channels, "image_size": bundle.image_size,
+            "width": profile["ebm.channels"], "spectral_norm": profile["ebm.spectral_norm"],
+            "activation": profile["ebm.activation"], "pool": profile["ebm.pool"],
+            **smooth_leaky_args(profile)}
+
+
+def sngan_hat_args(profile, bundle) -> dict:
+    """As the hat network H (role ``hat``): width ``hat.width`` and no spectral norm (thesis
+    §6.5.1, §6.5.3); the architecture's own activation and pooling."""
+    return {"in_channels": bundle.channels, "image_size": bundle.image_size,
+            "width": profile["hat.width"], "spectral_norm": False}
 
 
 def encoder(**kw) -> Encoder:

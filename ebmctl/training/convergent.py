@@ -14,16 +14,15 @@ from pathlib import Path
 
 import torch
 
+from ebmctl.architectures import build_model
 from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
-from ebmctl.nn.ebm import smooth_leaky_args
-from ebmctl.plugins import get_registries
 from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
-from ebmctl.seeds import derive_seed, make_generator
+from ebmctl.seeds import make_generator
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     finish_energy_run,
@@ -36,23 +35,6 @@ from ebmctl.training.checkpoint import (
 )
 from ebmctl.training.health import load_health_classifier, run_health_check
 from ebmctl.units import to_internal, to_public
-
-
-def ebm_arch_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
-    """Architecture arguments of ``ebm.arch`` from the profile (lightweight or SNGAN EBM); the
-    mid-run and Hat recipes read them here too."""
-    arch = cfg["ebm.arch"]
-    spec = get_registries().models.get(arch)
-    if spec.kind != "ebm":
-        raise ConfigError(f"ebm.arch {arch!r} is a {spec.kind!r} architecture, not an EBM")
-    if arch == "sngan-ebm":
-        return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
-                      "width": cfg["ebm.channels"], "spectral_norm": cfg["ebm.spectral_norm"],
-                      "activation": cfg["ebm.activation"], "pool": cfg["ebm.pool"],
-                      **smooth_leaky_args(cfg)}
-    return arch, {"in_channels": bundle.channels, "image_size": bundle.image_size,
-                  "channels": cfg["ebm.channels"], "activation": cfg["ebm.activation"],
-                  "leak": cfg["ebm.leak"], **smooth_leaky_args(cfg)}
 
 
 def init_bank(kind: str, n: int, shape: tuple, data: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -94,12 +76,10 @@ def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.devic
     device = D.rank_device(ctx, torch.device(device))
     out = Path(out)
     ckpt_file = checkpoint_path(out)
-    arch, args = ebm_arch_args(cfg, bundle)
-    health_model = load_health_classifier(cfg, device) if ctx.is_main else None  # fail early
     seed = cfg["run.seed"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "ebm-init"))  # initial weights depend on the seed only
-        net = get_registries().models.get(arch).build(**args).to(device)
+    net, arch, args = build_model("ebm", cfg, bundle, (seed, "ebm-init"))
+    net = net.to(device)
+    health_model = load_health_classifier(cfg, device) if ctx.is_main else None  # fail early
     data = to_internal(bundle.train.x).to(device)
     shape = tuple(data.shape[1:])
     bank_size = cfg["train.bank_size"] or len(data)

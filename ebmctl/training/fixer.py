@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ebmctl.architectures import build_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.contracts import DatasetBundle, Task
@@ -27,9 +28,8 @@ from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.models import EnergyModel, Fixer, TaskModel
-from ebmctl.plugins import get_registries
 from ebmctl.config import Config
-from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
+from ebmctl.seeds import keeps_global_rng, make_generator
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     checkpoint_path,
@@ -39,14 +39,6 @@ from ebmctl.training.checkpoint import (
     save_checkpoint,
 )
 from ebmctl.training.perceptual import build_feature_net, mse_loss, perceptual_loss
-
-
-def fixer_arch_args(cfg: Config, channels: int) -> tuple[str, dict]:
-    arch = cfg["fix.arch"]
-    spec = get_registries().models.get(arch)
-    if spec.kind != "fixer":
-        raise ConfigError(f"fix.arch {arch!r} is a {spec.kind!r} architecture, not a fixer")
-    return arch, {"channels": channels, "width": cfg["fix.width"], "n_blocks": cfg["fix.blocks"]}
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -131,9 +123,8 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
     ckpt_file = checkpoint_path(out)
     bundle, energy = run.bundle, run.energy
     channels = bundle.channels
-    arch, args = fixer_arch_args(cfg, channels)
-    seed_global_rng(cfg["run.seed"], "fix-init")  # initial weights depend on the seed only
-    fixer = Fixer(get_registries().models.get(arch).build(**args), channels).to(device)
+    net, arch, args = build_model("fixer", cfg, bundle, (cfg["run.seed"], "fix-init"))
+    fixer = Fixer(net, channels).to(device)
     features = build_feature_net(cfg, run.task_model, device)
     seed, bs = cfg["run.seed"], cfg["fix.batch_size"]
     steps = cfg["fix.purify_steps"] or cfg["defense.steps"]

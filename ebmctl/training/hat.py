@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ebmctl.architectures import instantiate, model_args
 from ebmctl.artifacts import (
     load_model,
     model_tensors,
@@ -33,12 +34,10 @@ from ebmctl.console import info, progress_bar
 from ebmctl.errors import ArtifactError, ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
 from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state
-from ebmctl.nn.ebm import smooth_leaky_args
 from ebmctl.nn.hat import HatEBM
-from ebmctl.plugins import get_registries
 from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
-from ebmctl.seeds import derive_seed, make_generator
+from ebmctl.seeds import make_generator
 from ebmctl.training.convergent import ebm_data_meta
 from ebmctl.training.checkpoint import (
     ResumeGuard,
@@ -51,54 +50,18 @@ from ebmctl.training.checkpoint import (
 from ebmctl.units import to_internal, to_public
 
 
-def hat_net_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
-    """Architecture of the hat network. SNGAN-discriminator hats run without spectral norm
-    (thesis §6.5.1, §6.5.3)."""
-    arch = cfg["hat.arch"]
-    spec = get_registries().models.get(arch)
-    if spec.kind != "ebm":
-        raise ConfigError(f"hat.arch {arch!r} is a {spec.kind!r} architecture, not an EBM")
-    args: dict = {"in_channels": bundle.channels, "image_size": bundle.image_size}
-    if arch == "lightweight":
-        args.update(channels=cfg["hat.width"], activation=cfg["ebm.activation"],
-                    leak=cfg["ebm.leak"], **smooth_leaky_args(cfg))
-    else:
-        args.update(width=cfg["hat.width"], spectral_norm=False)
-    return arch, args
-
-
-def generator_args(cfg: Config, bundle: DatasetBundle) -> tuple[str, dict]:
-    arch = cfg["hat.generator_arch"]
-    spec = get_registries().models.get(arch)
-    if spec.kind != "generator":
-        raise ConfigError(f"hat.generator_arch {arch!r} is a {spec.kind!r} architecture, "
-                          "not a generator")
-    args: dict = {"latent_dim": cfg["hat.latent_dim"], "image_size": bundle.image_size,
-                  "channels": bundle.channels, "width": cfg["hat.generator_width"]}
-    if arch == "sngan-generator":
-        args["bn_fixed"] = True  # G's batch norm fixed to mean 0 / variance 1 (thesis §6.5.3)
-    return arch, args
-
-
 def build_hat(cfg: Config, bundle: DatasetBundle, device) -> tuple[HatEBM, dict]:
     """Fresh H; G fresh (synthesis) or loaded from ``hat.generator`` (refinement/retrofit)."""
-    hat_arch, hat_args = hat_net_args(cfg, bundle)
+    hat_arch, hat_args = model_args("hat", cfg, bundle)
     if cfg["hat.generator"]:
         gen_net, art = load_model(cfg["hat.generator"], ("generator",))
         gen_arch, gen_args = art.arch, art.arch_args
     else:
         gen_net = None
-        gen_arch, gen_args = generator_args(cfg, bundle)
+        gen_arch, gen_args = model_args("generator", cfg, bundle)
     arch_args = {"hat_arch": hat_arch, "hat_args": hat_args, "generator_arch": gen_arch,
                  "generator_args": gen_args}
-    try:
-        # Weight init draws from the global RNG: fork it, seeded from the run seed, so the
-        # initial networks are reproducible and nothing else's random stream shifts.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg["run.seed"], "hat-init"))
-            net = HatEBM(**arch_args)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot build the Hat EBM: {exc}") from None
+    net = instantiate("hat-ebm", arch_args, (cfg["run.seed"], "hat-init"), "the Hat EBM")
     if gen_net is not None:
         net.generator.load_state_dict(gen_net.state_dict())
     with torch.no_grad():

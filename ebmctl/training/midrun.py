@@ -19,18 +19,18 @@ from typing import Callable
 
 import torch
 
+from ebmctl.architectures import build_model
 from ebmctl.artifacts import load_model, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_grid
 from ebmctl.nn.sngan import project_to_sphere
-from ebmctl.plugins import get_registries
 from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
 from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
-from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
-from ebmctl.training.convergent import ebm_arch_args, ebm_data_meta
+from ebmctl.seeds import keeps_global_rng, make_generator
+from ebmctl.training.convergent import ebm_data_meta
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     finish_energy_run,
@@ -137,12 +137,8 @@ def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.de
                  resume: bool = False, force_resume: bool = False) -> Path:
     out = Path(out)
     ckpt_file = checkpoint_path(out)
-    arch, args = ebm_arch_args(cfg, bundle)
-    seed_global_rng(cfg["run.seed"], "midrun-init")  # initial weights depend on the seed only
-    try:
-        net = get_registries().models.get(arch).build(**args).to(device)
-    except ValueError as exc:
-        raise ConfigError(f"cannot build EBM {arch!r}: {exc}") from None
+    net, arch, args = build_model("ebm", cfg, bundle, (cfg["run.seed"], "midrun-init"))
+    net = net.to(device)
     seed = cfg["run.seed"]
     health_model = load_health_classifier(cfg, device)  # a bad path fails before training
     data = to_internal(bundle.train.x).to(device)

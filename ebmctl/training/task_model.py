@@ -7,14 +7,13 @@ from pathlib import Path
 
 import torch
 
+from ebmctl.architectures import build_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.models import TaskModel
-from ebmctl.errors import ConfigError
-from ebmctl.plugins import get_registries
 from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle, Task
-from ebmctl.seeds import derive_seed, keeps_global_rng, make_generator, seed_global_rng
+from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     checkpoint_path,
@@ -55,14 +54,7 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                      force_resume: bool = False) -> Path:
     out = Path(out)
     ckpt_file = checkpoint_path(out)
-    arch, args = task.model_args(cfg, bundle)
-    spec = get_registries().models.get(arch)
-    if spec.kind != task.model_kind:
-        raise ConfigError(f"model.arch {arch!r} is a {spec.kind!r}; task {task.name!r} needs a "
-                          f"{task.model_kind!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg["run.seed"], "task-init"))  # seed-only initial weights
-        net = spec.build(**args)
+    net, arch, args = build_model("task", cfg, bundle, (cfg["run.seed"], "task-init"), task)
     task.prepare_model(net, cfg)
     model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels, task.model_kind,
                       task.name).to(device)

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from ebmctl.api import ModelSpec, hookimpl
 from ebmctl_classification.datasets import DATASETS
-from ebmctl_classification.models import resnet9, small_cnn, wide_resnet
+from ebmctl_classification.models import (
+    resnet9,
+    resnet9_args,
+    small_cnn,
+    small_cnn_args,
+    wide_resnet,
+    wide_resnet_args,
+)
 from ebmctl_classification.task import ClassificationTask
 
 
@@ -24,6 +31,9 @@ def ebmctl_register_datasets(register):
 
 @hookimpl
 def ebmctl_register_models(register):
-    register(ModelSpec("small-cnn", "classifier", small_cnn, "small CNN for quick runs"))
-    register(ModelSpec("resnet9", "classifier", resnet9, "ResNet-9 with a width parameter"))
-    register(ModelSpec("wrn", "classifier", wide_resnet, "WideResNet (WRN-28-10 by default)"))
+    register(ModelSpec("small-cnn", "classifier", small_cnn, "small CNN for quick runs",
+                       {"task": small_cnn_args}))
+    register(ModelSpec("resnet9", "classifier", resnet9, "ResNet-9 with a width parameter",
+                       {"task": resnet9_args}))
+    register(ModelSpec("wrn", "classifier", wide_resnet, "WideResNet (WRN-28-10 by default)",
+                       {"task": wide_resnet_args}))

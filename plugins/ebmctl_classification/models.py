@@ -113,9 +113,31 @@ def wide_resnet(**kw):
     return WideResNet(**kw)
 
 
+# What each classifier reads from the profile as the task model (ModelSpec.args_from["task"]).
+def _classifier_io(bundle) -> dict:
+    return {"in_channels": bundle.channels, "num_classes": bundle.num_classes}
+
+
+def small_cnn_args(profile, bundle) -> dict:
+    """``model.width`` at the data's channels, classes and image size."""
+    return {**_classifier_io(bundle), "width": profile["model.width"],
+            "image_size": bundle.image_size}
+
+
+def resnet9_args(profile, bundle) -> dict:
+    """``model.width`` at the data's channels and classes."""
+    return {**_classifier_io(bundle), "width": profile["model.width"]}
+
+
+def wide_resnet_args(profile, bundle) -> dict:
+    """``model.depth``, ``model.widen_factor`` and ``model.dropout`` (WRN-depth-k)."""
+    return {**_classifier_io(bundle), "depth": profile["model.depth"],
+            "widen_factor": profile["model.widen_factor"], "dropout": profile["model.dropout"]}
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
 __all__ = ["SmallCNN", "ResNet9", "WideResNet", "small_cnn", "resnet9", "wide_resnet",
-           "count_parameters"]
+           "small_cnn_args", "resnet9_args", "wide_resnet_args", "count_parameters"]

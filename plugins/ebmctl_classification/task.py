@@ -16,18 +16,6 @@ class ClassificationTask(Task):
     metric_name = "accuracy"
     description = "image classification: cross-entropy loss, accuracy, broken = misclassified"
 
-    def model_args(self, config, bundle):
-        arch = config["model.arch"]
-        args = {"in_channels": bundle.channels, "num_classes": bundle.num_classes}
-        if arch == "small-cnn":
-            args.update(width=config["model.width"], image_size=bundle.image_size)
-        elif arch == "resnet9":
-            args.update(width=config["model.width"])
-        elif arch == "wrn":
-            args.update(depth=config["model.depth"], widen_factor=config["model.widen_factor"],
-                        dropout=config["model.dropout"])
-        return arch, args
-
     def train_loss(self, outputs, targets):
         return F.cross_entropy(outputs, targets)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ebmctl.api import ModelSpec, hookimpl
 from ebmctl_segmentation.datasets import DATASETS, TRIMAP_MODES
-from ebmctl_segmentation.models import SMP_ARCHS, smp_builder, unet_lite
+from ebmctl_segmentation.models import SMP_ARCHS, smp_args, smp_builder, unet_lite, unet_lite_args
 from ebmctl_segmentation.task import ATTACK_LOSSES, SegmentationTask
 
 
@@ -28,11 +28,12 @@ def ebmctl_register_datasets(register):
 @hookimpl
 def ebmctl_register_models(register):
     register(ModelSpec("unet-lite", "segmenter", unet_lite,
-                       "small U-Net (width model.width, segmentation.depth poolings)"))
+                       "small U-Net (width model.width, segmentation.depth poolings)",
+                       {"task": unet_lite_args}))
     for name, smp_name in SMP_ARCHS.items():
         register(ModelSpec(name, "segmenter", smp_builder(name),
                            f"segmentation-models-pytorch {smp_name} (segmentation.encoder; "
-                           "never downloads weights)"))
+                           "never downloads weights)", {"task": smp_args(name)}))
 
 
 @hookimpl

@@ -105,16 +105,27 @@ def smp_builder(arch: str):
     return build
 
 
-def segmenter_args(config, bundle) -> tuple[str, dict]:
-    """(architecture, JSON-able arguments) of the segmenter a profile asks for."""
-    arch = config["model.arch"]
-    args = {"in_channels": bundle.channels, "num_classes": max(2, bundle.num_classes)}
-    if arch == "unet-lite":
-        args.update(width=config["model.width"], depth=config["segmentation.depth"])
-    elif arch in SMP_ARCHS:
-        depth = config["segmentation.encoder_depth"]
-        args.update(encoder=config["segmentation.encoder"], encoder_depth=depth)
-        dec = config["segmentation.decoder_channels"]
+# What each segmenter reads from the profile as the task model (ModelSpec.args_from["task"]).
+def _segmenter_io(bundle) -> dict:
+    return {"in_channels": bundle.channels, "num_classes": max(2, bundle.num_classes)}
+
+
+def unet_lite_args(profile, bundle) -> dict:
+    """``model.width`` and ``segmentation.depth`` (poolings)."""
+    return {**_segmenter_io(bundle), "width": profile["model.width"],
+            "depth": profile["segmentation.depth"]}
+
+
+def smp_args(arch: str):
+    """The reader of smp architecture ``arch``: ``segmentation.encoder``,
+    ``segmentation.encoder_depth`` and ``segmentation.decoder_channels`` (one width per encoder
+    stage, U-Net-like decoders only)."""
+
+    def read(profile, bundle) -> dict:
+        depth = profile["segmentation.encoder_depth"]
+        args = {**_segmenter_io(bundle), "encoder": profile["segmentation.encoder"],
+                "encoder_depth": depth}
+        dec = profile["segmentation.decoder_channels"]
         if dec:
             if arch not in _DECODER_CHANNELS:
                 raise ConfigError(f"segmentation.decoder_channels applies to "
@@ -123,7 +134,9 @@ def segmenter_args(config, bundle) -> tuple[str, dict]:
                 raise ConfigError(f"segmentation.decoder_channels needs {depth} widths (one per "
                                   f"encoder stage, segmentation.encoder_depth), got {len(dec)}")
             args["decoder_channels"] = list(dec)
-    return arch, args
+        return args
+
+    return read
 
 
 def load_encoder_weights(net: nn.Module, path: str) -> None:

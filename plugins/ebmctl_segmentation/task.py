@@ -96,11 +96,6 @@ class SegmentationTask(Task):
         return task
 
     # --- model -------------------------------------------------------------------------------
-    def model_args(self, config, bundle):
-        from ebmctl_segmentation.models import segmenter_args
-
-        return segmenter_args(config, bundle)
-
     def prepare_model(self, net, config) -> None:
         from ebmctl_segmentation.models import load_encoder_weights
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ebmctl.api import DatasetSpec, ModelSpec, hookimpl
 from ebmctl_example.attacks import RandomWalk
-from ebmctl_example.models import mosaic_cnn
+from ebmctl_example.models import mosaic_cnn, mosaic_cnn_args
 from ebmctl_example.mosaic import load_digit_mosaic
 from ebmctl_example.task import MultiLabelTask
 
@@ -32,7 +32,8 @@ def ebmctl_register_tasks(register):
 
 @hookimpl
 def ebmctl_register_models(register):
-    register(ModelSpec("mosaic-cnn", "tagger", mosaic_cnn, "small CNN tagger, one logit per label"))
+    register(ModelSpec("mosaic-cnn", "tagger", mosaic_cnn, "small CNN tagger, one logit per label",
+                       {"task": mosaic_cnn_args}))
 
 
 @hookimpl

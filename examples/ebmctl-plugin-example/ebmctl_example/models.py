@@ -24,3 +24,10 @@ class MosaicCNN(nn.Module):
 
 def mosaic_cnn(**arch_args) -> MosaicCNN:
     return MosaicCNN(**arch_args)
+
+
+def mosaic_cnn_args(profile, bundle) -> dict:
+    """The architecture reads its own arguments (ModelSpec.args_from["task"]): one logit per
+    label, width ``model.width``."""
+    return {"in_channels": bundle.channels, "num_labels": bundle.num_classes,
+            "width": profile["model.width"]}

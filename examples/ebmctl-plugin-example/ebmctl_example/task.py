@@ -48,11 +48,6 @@ class MultiLabelTask(Task):
         task.min_f1 = config["multilabel.min_f1"]
         return task
 
-    def model_args(self, config, bundle):
-        return config["model.arch"], {"in_channels": bundle.channels,
-                                      "num_labels": bundle.num_classes,
-                                      "width": config["model.width"]}
-
     def train_loss(self, outputs, targets):
         return F.binary_cross_entropy_with_logits(outputs, targets.float())
 
