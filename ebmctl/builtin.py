@@ -1,4 +1,5 @@
-"""Core built-in plugin: EBM architectures, the attacks and the bundled profiles.
+"""Core built-in plugin: EBM architectures, the attacks, the core profile sections and the
+bundled profiles.
 
 It uses the same hooks a third-party plugin would.
 """
@@ -8,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ebmctl.attacks.apgd import APGD, APGDDLR
+from ebmctl.attacks.base import AttackConfig
 from ebmctl.attacks.bpda_eot import BPDAEOT
 from ebmctl.attacks.full_eot import FullGradientEOT, SmoothedGradientEOT
 from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
+from ebmctl.defense import DefenseConfig
+from ebmctl.evaluate.resubmit import EvaluateConfig
 from ebmctl.hookspecs import hookimpl
 from ebmctl.nn.ebm import lightweight_args, lightweight_ebm, lightweight_hat_args
 from ebmctl.nn.hat import hat_ebm
@@ -26,6 +30,7 @@ from ebmctl.nn.sngan import (
     sngan_hat_args,
 )
 from ebmctl.contracts import ModelSpec
+from ebmctl.sampling.langevin import LangevinConfig
 
 
 @hookimpl
@@ -57,6 +62,13 @@ def ebmctl_register_attacks(register):
     for cls in (BPDAEOT, PGD, FGSM, FullGradientEOT, SmoothedGradientEOT, APGD, APGDDLR,
                 Transfer, Square):
         register(cls)
+
+
+@hookimpl
+def ebmctl_profile_schema(add):
+    # each section is declared next to the code that reads it
+    for section in (LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig):
+        add(section)
 
 
 @hookimpl

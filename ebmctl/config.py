@@ -1,18 +1,27 @@
 """Configuration mechanics: the schema of profile keys, their parsing and checks, and the resolved
 :class:`Config` (schema defaults < profile file < ``--set`` overrides).
 
-Every key is declared in a schema (core keys here, plugin keys through the
-``ebmctl_profile_schema`` hook); an unknown key or a bad value is a ConfigError naming it.
-Finding and reading profile files is :mod:`ebmctl.profiles`; this module imports no plugin.
+Every key is declared in a schema; an unknown key or a bad value is a ConfigError naming it.
+A subsystem declares its keys next to the code that reads them, as a *section*: a frozen
+dataclass whose class attribute ``section`` names the profile table and whose fields are the
+keys, each made with :func:`setting` (default, help, bounds, choices); the key's kind follows
+the annotation (``int``, ``float``, :data:`Fraction`, ``str``, ``bool``, ``tuple[int, ...]``,
+...). Plugins (the built-in one included) add sections or single keys through the
+``ebmctl_profile_schema`` hook; :meth:`Config.section` then hands code its typed section, so
+core functions take sections, not the whole Config. The keys no section owns yet are the
+hand-written :func:`core_schema`. Finding and reading profile files is :mod:`ebmctl.profiles`;
+this module imports no plugin.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NewType
 
 from ebmctl.errors import ConfigError
 from ebmctl.registry import did_you_mean
@@ -29,9 +38,67 @@ class Key:
     choices: tuple[str, ...] | None = None
 
 
+#: A float in [0,1] pixel units that profiles may also write as a fraction (``"8/255"``).
+Fraction = NewType("Fraction", float)
+
+#: Annotation of a section field -> key kind (lists are tuples, so sections stay immutable).
+_KINDS: dict[Any, str] = {
+    int: "int", float: "float", Fraction: "fraction", str: "str", bool: "bool",
+    tuple[int, ...]: "int_list", tuple[float, ...]: "float_list", tuple[str, ...]: "str_list",
+}
+
+
+def setting(default: Any, help: str = "", *, minimum: float | None = None,
+            maximum: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A field of a section dataclass: its default, plus the schema entry's help, bounds and
+    choices (kept in the field's ``metadata``). List defaults are given as tuples."""
+    meta = {"help": help, "minimum": minimum, "maximum": maximum,
+            "choices": tuple(choices) if choices else None}
+    return field(default=default, metadata=meta)
+
+
+def section_keys(cls: type) -> dict[str, Key]:
+    """The schema entries ``"<cls.section>.<field>"`` of a section dataclass, in field order.
+
+    Raises:
+        ConfigError: ``cls`` is not a dataclass with a ``section`` name, or a field's
+            annotation has no key kind (see ``_KINDS``) or no default.
+    """
+    name = getattr(cls, "section", None)
+    if not dataclasses.is_dataclass(cls) or not isinstance(name, str) or not name:
+        raise ConfigError(f"{cls!r} is not a profile section (a dataclass with a 'section' name)")
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Key] = {}
+    for f in dataclasses.fields(cls):
+        key = f"{name}.{f.name}"
+        kind = _KINDS.get(hints.get(f.name))
+        if kind is None or f.default is dataclasses.MISSING:
+            raise ConfigError(f"profile key {key!r} of {cls.__name__} needs a default and one of "
+                              "the annotations int, float, Fraction, str, bool, tuple[T, ...]")
+        meta = f.metadata
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        out[key] = Key(kind, default, meta.get("help", ""), meta.get("minimum"),
+                       meta.get("maximum"), meta.get("choices"))
+    return out
+
+
 class Schema:
     def __init__(self) -> None:
         self.keys: dict[str, Key] = {}
+
+    def add_section(self, cls: type) -> list[str]:
+        """Add every key of the section dataclass ``cls`` (see :func:`section_keys`); returns
+        their names.
+
+        Raises:
+            ConfigError: ``cls`` is not a section, or one of its keys is declared already.
+        """
+        keys = section_keys(cls)
+        for name in keys:
+            if name in self.keys:
+                raise ConfigError(f"profile key {name!r} is declared twice")
+        self.keys.update(keys)
+        return list(keys)
 
     def add(self, name: str, kind: str, default: Any, help: str = "", *, minimum=None,
             maximum=None, choices=None) -> None:
@@ -128,6 +195,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 
 def core_schema() -> Schema:
+    """The keys no section dataclass declares yet. The sections ``langevin``, ``defense``,
+    ``attack`` and ``evaluate`` are declared next to their code (``LangevinConfig`` in
+    :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
+    ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
+    :mod:`ebmctl.evaluate.resubmit`) and added by the built-in plugin's schema hook."""
     s = Schema()
     a = s.add
     # run
@@ -189,14 +261,6 @@ def core_schema() -> Schema:
     a("ebm.smooth_eps", "float", 1e-4, "smooth_leaky: c under the root; the kink is rounded "
       "over |x| ≲ √c", minimum=1e-12)
     a("ebm.smooth_offset", "float", 0.0049, "smooth_leaky: d, subtracted (b·√c gives f(0) = 0)")
-    # langevin
-    a("langevin.tau", "float", 0.01, "Langevin step size τ (internal [-1,1] units)", minimum=0)
-    a("langevin.temperature", "float", 5e-5, "temperature T: drift τ²/(2T)", minimum=1e-12)
-    a("langevin.precision", "str", "fp32", "fp32 | bf16 | auto",
-      choices=("fp32", "bf16", "fp16", "auto"))
-    a("langevin.channels_last", "bool", False, "channels_last memory format")
-    a("langevin.chunk_size", "int", 2048, "max images per sampler batch", minimum=1)
-    a("langevin.compile", "bool", False, "torch.compile the Langevin step")
     # train (EBM)
     a("train.steps", "int", 150000, "parameter updates J", minimum=0)
     a("train.mcmc_steps", "int", 100, "Langevin steps K per update", minimum=1)
@@ -219,27 +283,6 @@ def core_schema() -> Schema:
       "splits into this many contiguous blocks and each update's batch into as many parts, each "
       "with its own random stream and the loss averaged; under torchrun one shard per process "
       "(1 = as many as processes); in one process the shards run in turn", minimum=1)
-    # defense
-    a("defense.steps", "int", 1500, "K_def purification steps", minimum=0)
-    a("defense.eot_reps", "int", 150, "H_def replicates", minimum=1)
-    a("defense.average", "str", "logits", "logits | softmax | logsoftmax",
-      choices=("logits", "softmax", "logsoftmax"))
-    a("defense.clamp", "bool", False, "clamp purified images to the valid range")
-    # attack
-    a("attack.method", "str", "bpda-eot", "attack for the defended model")
-    a("attack.undefended_method", "str", "pgd", "attack for the undefended model")
-    a("attack.norm", "str", "linf", "linf | l2", choices=("linf", "l2"))
-    a("attack.eps", "fraction", 8 / 255, "radius in [0,1] pixel units", minimum=0, maximum=1)
-    a("attack.eps_l2", "fraction", 0.5, "l2 radius used when attack.norm = l2", minimum=0)
-    a("attack.step_size", "fraction", 2 / 255, "α in [0,1] pixel units", minimum=0, maximum=1)
-    a("attack.steps", "int", 50, "PGD steps N (a report flags a curve still falling over its "
-      "last 20% of steps as not converged)", minimum=0)
-    a("attack.eot_reps", "int", 15, "H_adv replicates", minimum=1)
-    a("attack.restarts", "int", 5, "random restarts", minimum=1)
-    a("attack.n_images", "int", 100, "test images to attack", minimum=1)
-    a("attack.batch_size", "int", 50, "images attacked together", minimum=1)
-    a("attack.seeds", "int_list", [0], "attack seeds (each a full evaluation)")
-    a("attack.random_start", "bool", True, "random start in the ε-ball")
     # output
     a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
       minimum=0)
@@ -334,47 +377,6 @@ def core_schema() -> Schema:
     a("autoencoder.batch_size", "int", 64, "autoencoder batch size", minimum=1)
     a("autoencoder.lr", "float", 2e-4, "autoencoder Adam learning rate", minimum=0)
     a("autoencoder.mse_scale", "float", 1000.0, "loss = scale · MSE (thesis §6.5.2)", minimum=0)
-    # segmentation (universal defender: docs/algorithms.md#universal-defender)
-    a("defense.ebm", "str", "", "EBM artifact of the defense when --ebm is not given; it may "
-      "come from another dataset (e.g. a CIFAR-10 EBM in front of a segmenter)")
-    # attack suite (issue 4; docs/algorithms.md#attacks)
-    a("attack.methods", "str_list", [], "attacks on the defended model, each reported; the "
-      "headline is the per-image worst case over them (empty = attack.method)")
-    a("attack.step_size_l2", "fraction", 0.0, "α of the l2 attacks, in [0,1] pixel units "
-      "(attack.step_size is the linf step); 0 = eps_l2/4", minimum=0)
-    a("attack.loss", "str", "ce", "loss of the gradient attacks: ce (the task's) | margin | dlr",
-      choices=("ce", "margin", "dlr"))
-    a("attack.sanity_tolerance", "float", 0.02, "tolerance of the sanity checks that compare "
-      "two accuracies (fraction of images)", minimum=0, maximum=1)
-    a("attack.gradient", "str", "bpda", "how APGD's gradient passes the purifier",
-      choices=("bpda", "full", "smooth"))
-    a("attack.smooth_temperature", "float", 0.1, "softplus temperature of the smoothed "
-      "backward pass (pre-activation units)", minimum=1e-6)
-    a("attack.checkpoint_segment", "int", 0, "Langevin steps per checkpoint segment of the "
-      "full-gradient attacks (0 = sqrt(K))", minimum=0)
-    a("attack.square_p_init", "float", 0.8, "Square attack: initial window share of pixels",
-      minimum=0, maximum=1)
-    # issue 18: the attacks the field now uses against purification (all off by default)
-    a("attack.final_iterate_only", "bool", False, "MEFA protocol: no per-step screening or "
-      "verification; each restart's last iterate is verified once with H_def (default: "
-      "broken at any step, the thesis' Alg. 1)")
-    a("attack.gradient_steps", "int", 0, "K' of the surrogate chain the full/smooth gradient "
-      "differentiates through while the defense still runs defense.steps (0 = defense.steps; "
-      "must be <= defense.steps)", minimum=0)
-    a("attack.common_noise", "bool", False, "fix the Langevin noise of the attacker's H_adv "
-      "replicates for a whole restart (the same at every attack step)")
-    a("attack.common_noise_defender", "bool", False, "DIAGNOSTIC: also fix the H_def "
-      "verification noise; such rows are marked diagnostic and never the headline")
-    a("attack.energy_weight", "float", 0.0, "λ of the defense-aware loss: the attacker "
-      "maximises loss - λ·U(x_adv), U the defending EBM's energy (U_net/T)", minimum=0)
-    a("evaluate.resubmissions", "int", 0, "N independent re-purifications of each final "
-      "adversarial image (worst-of-N, DiffHammer); 0 = off", minimum=0)
-    a("evaluate.eot_reps", "int_list", [1, 30, 100], "H replicates of each resubmission (one "
-      "evaluation per value); used when evaluate.resubmissions > 0", minimum=1)
-    a("attack.sanity", "bool", True, "run the sanity checks in every attack report")
-    a("attack.sanity_eps", "float", 0.5, "large radius of the sanity check (linf; l2 uses "
-      "it times sqrt(D))", minimum=0)
-    a("attack.sanity_images", "int", 50, "images of the large-radius sanity check", minimum=1)
     # fix (the fixer network: docs/algorithms.md#fixer)
     a("fix.arch", "str", "fixer-resnet", "fixer architecture (a 'fixer' model)")
     a("fix.width", "int", 64, "fixer width", minimum=1)
@@ -404,6 +406,9 @@ def core_schema() -> Schema:
     return s
 
 
+S = typing.TypeVar("S")
+
+
 @dataclass
 class Config:
     """A resolved profile: flat ``section.key`` values plus where each came from."""
@@ -423,9 +428,26 @@ class Config:
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
 
-    def section(self, name: str) -> dict[str, Any]:
-        prefix = name + "."
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+    def section(self, name: str | type[S]) -> dict[str, Any] | S:
+        """A section's values: given a name, a dict ``key -> value``; given a section dataclass
+        (see :func:`section_keys`), that dataclass built from this profile (lists as tuples).
+
+        Raises:
+            ConfigError: the profile lacks one of the section's keys.
+        """
+        if isinstance(name, str):
+            prefix = name + "."
+            return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        values = {}
+        for f in dataclasses.fields(name):
+            value = self[f"{name.section}.{f.name}"]
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+        return name(**values)
+
+    def is_default(self, key: str) -> bool:
+        """True when ``key`` still holds its schema default (no profile, ``--set`` or artifact
+        gave it)."""
+        return self.provenance.get(key, "default") == "default"
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "override") -> "Config":
         new = Config(dict(self.values), dict(self.provenance), self.name, self.schema)

@@ -17,9 +17,10 @@ from ebmctl.contracts import DataRequest, DatasetBundle, Task
 
 def setup_device(cfg: Config) -> torch.device:
     set_threads(cfg["run.threads"])
-    from ebmctl.sampling.langevin import set_compile_default
+    from ebmctl.sampling.langevin import LangevinConfig, set_compile_default
 
-    set_compile_default(cfg["langevin.compile"])  # LangevinSettings(compile=None) follows the profile
+    # LangevinSettings(compile=None) follows the profile
+    set_compile_default(cfg.section(LangevinConfig).compile)
     return resolve_device(cfg["run.device"])
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ebmctl.defense import Defense, average_outputs
+from ebmctl.defense import Defense, DefenseConfig, average_outputs
 from ebmctl.models import EnergyModel
 from ebmctl.errors import ConfigError, InputError
 
@@ -247,14 +247,11 @@ def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
         ConfigError: an unknown ``gradient`` or ``average``, steps < 0, reps < 1, a bad range.
         InputError / ArtifactError: ``ebm`` cannot be loaded.
     """
-    from ebmctl.config import core_schema
-
-    schema = core_schema().keys
     if ebm is not None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         ebm = load_ebm(ebm, device)
-    steps = schema["defense.steps"].default if steps is None else int(steps)
-    reps = schema["defense.eot_reps"].default if reps is None else int(reps)
+    steps = DefenseConfig().steps if steps is None else int(steps)
+    reps = DefenseConfig().eot_reps if reps is None else int(reps)
     return DefendedModel(model, ebm, steps=steps, reps=reps, average=average, gradient=gradient,
                          input_range=input_range, seed=seed, clamp=clamp,
                          smooth_temperature=smooth_temperature)

@@ -8,13 +8,16 @@ Public images are [0,1]; the models of :mod:`ebmctl.models` (:class:`~ebmctl.mod
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ebmctl.config import setting
 from ebmctl.errors import ArtifactError
+from ebmctl.sampling.langevin import LangevinConfig
 
 if TYPE_CHECKING:
     from ebmctl.models import EnergyModel, TaskModel
@@ -51,6 +54,22 @@ def average_outputs(outputs: torch.Tensor, mode: str = "logits") -> torch.Tensor
     raise ValueError(f"unknown averaging mode {mode!r}")
 
 
+@dataclass(frozen=True)
+class DefenseConfig:
+    """The profile section ``[defense]``: the EOT defense's K_def and H_def, how replicate
+    outputs are averaged (:func:`average_outputs`), and the EBM used when none is given."""
+
+    section: ClassVar[str] = "defense"
+
+    steps: int = setting(1500, "K_def purification steps", minimum=0)
+    eot_reps: int = setting(150, "H_def replicates", minimum=1)
+    average: str = setting("logits", "logits | softmax | logsoftmax",
+                           choices=("logits", "softmax", "logsoftmax"))
+    clamp: bool = setting(False, "clamp purified images to the valid range")
+    ebm: str = setting("", "EBM artifact of the defense when --ebm is not given; it may come "
+                       "from another dataset (e.g. a CIFAR-10 EBM in front of a segmenter)")
+
+
 class Defense:
     """The EOT defense F̂_H(x) = mean_h f(φ(T_h(x))) (thesis Eq. 2.5): T_h a K-step Langevin
     purification with independent noise, φ an optional fixer, f the task model. Without an EBM
@@ -70,6 +89,19 @@ class Defense:
         self.average, self.clamp, self.precision = average, clamp, precision
         self.chunk_size, self.channels_last, self.fixer = chunk_size, channels_last, fixer
         self.image_steps = 0
+
+    @classmethod
+    def from_config(cls, model: TaskModel, ebm: EnergyModel | None, defense: DefenseConfig,
+                    langevin: LangevinConfig, device: torch.device,
+                    fixer: nn.Module | None = None) -> Defense:
+        """The defense a profile describes: K_def and H_def from ``defense`` when there is an
+        EBM (else the deterministic f∘φ), the chain's precision (resolved on ``device``),
+        batching and memory layout from ``langevin``."""
+        return cls(model, ebm, steps=defense.steps if ebm else 0,
+                   reps=defense.eot_reps if ebm else 1, average=defense.average,
+                   clamp=defense.clamp, precision=langevin.precision_on(device),
+                   chunk_size=langevin.chunk_size, channels_last=langevin.channels_last,
+                   fixer=fixer)
 
     @property
     def stochastic(self) -> bool:

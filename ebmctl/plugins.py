@@ -25,7 +25,7 @@ import pluggy
 
 from ebmctl import __version__, hookspecs
 from ebmctl.errors import EbmctlError, PluginError
-from ebmctl.config import Schema, core_schema
+from ebmctl.config import Schema, core_schema, section_keys
 from ebmctl.registry import Registry
 
 #: Built-in plugins: (plugin name, module). They are also declared as entry points.
@@ -133,12 +133,21 @@ def _collect(pm, infos, failures) -> Registries:
                 infos[_plugin].registered.setdefault(_label, []).append(name)
 
             _call_plugin_hook(impl, dict(register=register), failures, infos)
+    keys_of: dict[str, list[str]] = {}  # plugin -> the profile keys it declared
     for impl in pm.hook.ebmctl_profile_schema.get_hookimpls():
-        def add(name, kind, default, help="", _plugin=impl.plugin_name, **kw):
-            if name in reg.schema.keys:
-                raise PluginError(f"plugin {_plugin!r} declared profile key {name!r} twice")
-            reg.schema.add(name, kind, default, help, **kw)
-            infos[_plugin].registered.setdefault("profile keys", []).append(name)
+        def add(name, kind=None, default=None, help="", _plugin=impl.plugin_name, **kw):
+            is_section = isinstance(name, type)
+            names = list(section_keys(name)) if is_section else [name]
+            for key in names:
+                if key in reg.schema.keys:
+                    raise PluginError(f"plugin {_plugin!r} declared profile key {key!r} twice")
+            if is_section:
+                reg.schema.add_section(name)
+                infos[_plugin].registered.setdefault("profile sections", []).append(name.section)
+            else:
+                reg.schema.add(name, kind, default, help, **kw)
+                infos[_plugin].registered.setdefault("profile keys", []).append(name)
+            keys_of.setdefault(_plugin, []).extend(names)
 
         _call_plugin_hook(impl, dict(add=add), failures, infos)
     dirs_by_plugin: dict[str, list[Path]] = {}
@@ -151,7 +160,7 @@ def _collect(pm, infos, failures) -> Registries:
     for name in failed:
         for registry in (reg.tasks, reg.datasets, reg.models, reg.attacks):
             registry.drop_plugin(name)
-        for key in infos[name].registered.get("profile keys", []):
+        for key in keys_of.get(name, []):
             reg.schema.keys.pop(key, None)
         infos[name].registered = {}
     for name, dirs in dirs_by_plugin.items():

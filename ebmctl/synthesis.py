@@ -15,12 +15,12 @@ from ebmctl.artifacts import atomic_write_json
 from ebmctl.console import info
 from ebmctl.context import environment, load_dataset
 from ebmctl.data_utils import pick_subset
-from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.plots import save_grid, save_image01
 from ebmctl.evaluate.quality import classifier_features, inception_features, quality_report
 from ebmctl.models import EnergyModel, TaskModel, config_for_model, load_energy_model
 from ebmctl.config import Config
+from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import make_generator
 
 def sample_plain(model: EnergyModel, n: int, steps: int, init: str, data01: torch.Tensor | None,
@@ -48,7 +48,8 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     cfg = config_for_model(cfg, model_path)
     model = load_energy_model(model_path, device)
     n, seed = cfg["synth.n"], cfg["run.seed"]
-    precision = resolve_precision(cfg["langevin.precision"], device)
+    langevin = cfg.section(LangevinConfig)
+    precision = langevin.precision_on(device)
     is_hat = model.kind == "hat-ebm"
     if mode and not is_hat:
         raise ConfigError("--mode applies to Hat EBMs only; this is a plain EBM")
@@ -59,7 +60,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     report: dict = {"command": "synthesize", "model": str(model_path), "n": n}
     if is_hat:
         steps = cfg["synth.steps"] or model.mcmc_steps
-        out = model.sample01(n, steps, key, mode=mode, chunk_size=cfg["langevin.chunk_size"])
+        out = model.sample01(n, steps, key, mode=mode, chunk_size=langevin.chunk_size)
         sets = {"hat_ebm": out["samples"], "generator": out["generator"]}
         used_mode = mode or model.settings.mode
         report.update(kind="hat-ebm", mode=used_mode, steps=steps,
@@ -73,7 +74,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
         steps = cfg["synth.steps"] or cfg["train.mcmc_steps"]
         data01 = bundle.train.x if bundle is not None else None
         out = sample_plain(model, n, steps, cfg["synth.init"], data01, key, precision,
-                           cfg["langevin.chunk_size"])
+                           langevin.chunk_size)
         sets = {"ebm": out["samples"]}
         samples = out["samples"]
         with torch.no_grad():

@@ -40,6 +40,8 @@ LAYERS = {
     "ebmctl.bench": WORKFLOWS,
     "ebmctl.ood": WORKFLOWS,
     "ebmctl.synthesis": WORKFLOWS,
+    # the built-in plugin registers core pieces and the sections of core and workflows alike
+    "ebmctl.builtin": WORKFLOWS,
     # core: the algorithms and the models they run on
     "ebmctl.attacks": CORE,
     "ebmctl.defense": CORE,
@@ -51,7 +53,6 @@ LAYERS = {
     "ebmctl.images": CORE,
     "ebmctl.data_utils": CORE,
     "ebmctl.importers": CORE,
-    "ebmctl.builtin": CORE,
     # foundation: settings, files, units, seeds and the plugin machinery
     "ebmctl": FOUNDATION,  # the package itself (__version__)
     "ebmctl.config": FOUNDATION,

@@ -1,12 +1,17 @@
-"""The attack interface: a small class per attack, registered through the attack hook."""
+"""The attack interface: a small class per attack, registered through the attack hook; the
+profile section ``[attack]`` (:class:`AttackConfig`) and the one factory that builds an attack
+class from it (:func:`build_attack`)."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from ebmctl.config import Fraction, setting
 from ebmctl.defense import Defense
 from ebmctl.errors import ConfigError
 from ebmctl.contracts import Task
@@ -65,3 +70,133 @@ class Attack:
     def run(self, defense: Defense, task: Task, x: torch.Tensor, y: torch.Tensor, key: tuple,
             progress: Callable[[int], None] | None = None) -> AttackOutcome:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The profile section ``[attack]``: the threat model (norm, radius, step), the Alg. 1 loop
+    (N steps, R restarts, H_adv), which attacks run on which images and seeds, the settings
+    only some attacks take (see :data:`OPTIONAL_SETTINGS`) and the report's sanity checks
+    (docs/algorithms.md#attacks). Radii and steps are in [0,1] pixel units."""
+
+    section: ClassVar[str] = "attack"
+
+    method: str = setting("bpda-eot", "attack for the defended model")
+    undefended_method: str = setting("pgd", "attack for the undefended model")
+    norm: str = setting("linf", "linf | l2", choices=("linf", "l2"))
+    eps: Fraction = setting(8 / 255, "radius in [0,1] pixel units", minimum=0, maximum=1)
+    eps_l2: Fraction = setting(0.5, "l2 radius used when attack.norm = l2", minimum=0)
+    step_size: Fraction = setting(2 / 255, "α in [0,1] pixel units", minimum=0, maximum=1)
+    steps: int = setting(50, "PGD steps N (a report flags a curve still falling over its last "
+                         "20% of steps as not converged)", minimum=0)
+    eot_reps: int = setting(15, "H_adv replicates", minimum=1)
+    restarts: int = setting(5, "random restarts", minimum=1)
+    n_images: int = setting(100, "test images to attack", minimum=1)
+    batch_size: int = setting(50, "images attacked together", minimum=1)
+    seeds: tuple[int, ...] = setting((0,), "attack seeds (each a full evaluation)")
+    random_start: bool = setting(True, "random start in the ε-ball")
+    methods: tuple[str, ...] = setting((), "attacks on the defended model, each reported; the "
+                                       "headline is the per-image worst case over them (empty "
+                                       "= attack.method)")
+    step_size_l2: Fraction = setting(0.0, "α of the l2 attacks, in [0,1] pixel units "
+                                     "(attack.step_size is the linf step); 0 = eps_l2/4",
+                                     minimum=0)
+    loss: str = setting("ce", "loss of the gradient attacks: ce (the task's) | margin | dlr",
+                        choices=("ce", "margin", "dlr"))
+    sanity_tolerance: float = setting(0.02, "tolerance of the sanity checks that compare two "
+                                      "accuracies (fraction of images)", minimum=0, maximum=1)
+    gradient: str = setting("bpda", "how APGD's gradient passes the purifier",
+                            choices=("bpda", "full", "smooth"))
+    smooth_temperature: float = setting(0.1, "softplus temperature of the smoothed backward "
+                                        "pass (pre-activation units)", minimum=1e-6)
+    checkpoint_segment: int = setting(0, "Langevin steps per checkpoint segment of the "
+                                      "full-gradient attacks (0 = sqrt(K))", minimum=0)
+    square_p_init: float = setting(0.8, "Square attack: initial window share of pixels",
+                                   minimum=0, maximum=1)
+    # the attacks the field now uses against purification (all off by default)
+    final_iterate_only: bool = setting(
+        False, "MEFA protocol: no per-step screening or verification; each restart's last "
+        "iterate is verified once with H_def (default: broken at any step, the thesis' Alg. 1)")
+    gradient_steps: int = setting(
+        0, "K' of the surrogate chain the full/smooth gradient differentiates through while the "
+        "defense still runs defense.steps (0 = defense.steps; must be <= defense.steps)",
+        minimum=0)
+    common_noise: bool = setting(False, "fix the Langevin noise of the attacker's H_adv "
+                                 "replicates for a whole restart (the same at every attack step)")
+    common_noise_defender: bool = setting(False, "DIAGNOSTIC: also fix the H_def verification "
+                                          "noise; such rows are marked diagnostic and never "
+                                          "the headline")
+    energy_weight: float = setting(0.0, "λ of the defense-aware loss: the attacker maximises "
+                                   "loss - λ·U(x_adv), U the defending EBM's energy (U_net/T)",
+                                   minimum=0)
+    sanity: bool = setting(True, "run the sanity checks in every attack report")
+    sanity_eps: float = setting(0.5, "large radius of the sanity check (linf; l2 uses it times "
+                                "sqrt(D))", minimum=0)
+    sanity_images: int = setting(50, "images of the large-radius sanity check", minimum=1)
+
+    @property
+    def radius(self) -> float:
+        """ε of the configured norm: ``eps`` (ℓ∞) or ``eps_l2`` (ℓ2), [0,1] pixel units."""
+        return self.eps if self.norm == "linf" else self.eps_l2
+
+    @property
+    def step(self) -> float:
+        """α of the configured norm: ``step_size`` (ℓ∞) or ``step_size_l2`` (ℓ2; 0 means
+        ε_l2/4), [0,1] pixel units."""
+        if self.norm == "linf":
+            return self.step_size
+        return self.step_size_l2 or self.eps_l2 / 4
+
+
+#: settings that only some attacks take: :class:`AttackConfig` field -> constructor argument
+OPTIONAL_SETTINGS = {"gradient": "gradient", "loss": "loss", "square_p_init": "p_init",
+                     "final_iterate_only": "final_iterate_only",
+                     "gradient_steps": "gradient_steps", "common_noise": "common_noise",
+                     "common_noise_defender": "common_noise_defender",
+                     "energy_weight": "energy_weight"}
+#: optional settings about the defending EBM's chain or energy: given to defended runs only
+DEFENDED_ONLY = ("gradient_steps", "common_noise", "common_noise_defender", "energy_weight")
+
+
+def constructor_params(cls: type) -> set[str]:
+    """Keyword names an attack class accepts, following ``**kw`` up its bases."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY
+                  or p.kind is p.POSITIONAL_OR_KEYWORD}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self"}
+
+
+def build_attack(cls: type[Attack], attack: AttackConfig, *, defended: bool, verify_reps: int,
+                 eps: float | None = None, given: Collection[str] = ()) -> Attack:
+    """An instance of the attack class ``cls`` configured by ``attack``.
+
+    Every attack gets the threat model (``eps`` overrides ``attack.radius``), N, R and
+    ``random_start``; a defended run also gets H_adv = ``attack.eot_reps`` and H_def =
+    ``verify_reps`` (an undefended one 1 and 1). Of :data:`OPTIONAL_SETTINGS`, only those in
+    ``given`` (field names the user set) reach the constructor, and only where it takes them;
+    the :data:`DEFENDED_ONLY` ones only on defended runs. ``options_given`` on the result lists
+    the keys (``attack.<field>``) it really received.
+
+    Raises:
+        ConfigError: the constructor rejects a setting (see :class:`Attack`).
+    """
+    kw = {"norm": attack.norm, "eps": attack.radius if eps is None else eps,
+          "step_size": attack.step, "steps": attack.steps, "restarts": attack.restarts,
+          "eot_reps": attack.eot_reps if defended else 1,
+          "verify_reps": verify_reps if defended else 1, "random_start": attack.random_start,
+          "smooth_temperature": attack.smooth_temperature,
+          "checkpoint_segment": attack.checkpoint_segment}
+    used = [name for name in OPTIONAL_SETTINGS
+            if name in given and (defended or name not in DEFENDED_ONLY)]
+    kw.update({OPTIONAL_SETTINGS[name]: getattr(attack, name) for name in used})
+    accepted = constructor_params(cls)
+    out = cls(**{k: v for k, v in kw.items() if k in accepted})
+    out.options_given = {f"attack.{name}" for name in used if OPTIONAL_SETTINGS[name] in accepted}
+    return out

@@ -26,6 +26,7 @@ from ebmctl.dynamics.forgetting import (
     summarise_forgetting,
 )
 from ebmctl.errors import ConfigError
+from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
 
@@ -47,7 +48,7 @@ def exponent_settings(cfg) -> ExponentSettings:
                             renorm_every=cfg["lyapunov.renorm_every"],
                             seeds=list(cfg["lyapunov.seeds"]), dtype=cfg["lyapunov.precision"],
                             zero_tol=cfg["lyapunov.zero_tol"],
-                            chunk_rows=cfg["langevin.chunk_size"])
+                            chunk_rows=cfg.section(LangevinConfig).chunk_size)
 
 
 def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) -> tuple[dict, torch.Tensor]:

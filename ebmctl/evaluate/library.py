@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ebmctl.attacks.base import Attack
+from ebmctl.attacks.base import Attack, AttackConfig
 from ebmctl.errors import ConfigError, InputError
 from ebmctl.evaluate.results import AttackReport
 
@@ -105,7 +105,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     check_options_used(cfg, built)
     label = "defended" if stochastic else "undefended"
     results = {label: run_label(cfg, label, defended.defense, built, task_obj, x, y, device,
-                                cfg["attack.seeds"], {})}
+                                list(cfg.section(AttackConfig).seeds), {})}
     checks = None
     if sanity:
         checks, results = sanity_checks(cfg, task_obj, defended.task_model, x, y, device,
@@ -160,13 +160,13 @@ def _report(cfg, defended, task, n_images: int, device, results: dict,
     from ebmctl.context import environment
     from ebmctl.evaluate.report import threat_of
 
-    defense = defended.defense
+    defense, attack = defended.defense, cfg.section(AttackConfig)
     return AttackReport(
         command="evaluate", task=task.name, metric=task.metric_name,
         dataset="tensors given to ebmctl.evaluate", split=None, n_images=n_images,
-        seeds=list(cfg["attack.seeds"]), threat=threat_of(cfg),
+        seeds=list(attack.seeds), threat=threat_of(cfg),
         defense={"steps": defended.steps if defended.stochastic else 0,
-                 "eot_reps": defense.reps, "attack_eot_reps": cfg["attack.eot_reps"],
+                 "eot_reps": defense.reps, "attack_eot_reps": attack.eot_reps,
                  "average": defense.average, "gradient": defended.gradient,
                  "input_range": list(defended.input_range),
                  "ebm": defended.ebm.path if defended.ebm is not None else None},

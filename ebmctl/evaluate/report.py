@@ -21,7 +21,6 @@ records it builds are in :mod:`ebmctl.evaluate.results`.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import shutil
 from dataclasses import dataclass, replace
@@ -32,16 +31,23 @@ import torch
 from safetensors.torch import save as st_save
 
 from ebmctl.artifacts import atomic_write_bytes, atomic_write_json
-from ebmctl.attacks.base import Attack
+from ebmctl.attacks.base import (
+    DEFENDED_ONLY,
+    OPTIONAL_SETTINGS,
+    Attack,
+    AttackConfig,
+    build_attack,
+    constructor_params,
+)
 from ebmctl.console import info, progress_bar
 from ebmctl.context import environment, get_task, load_dataset
-from ebmctl.defense import Defense
+from ebmctl.defense import Defense, DefenseConfig
 from ebmctl.models import EnergyModel, TaskModel
-from ebmctl.device import resolve_precision
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.attack_eval import evaluate_attack
 from ebmctl.evaluate.memory import MemoryProbe
 from ebmctl.evaluate.resubmit import (
+    EvaluateConfig,
     check_resubmission_settings,
     resubmission_report,
     resubmission_rows,
@@ -65,6 +71,7 @@ from ebmctl.evaluate.results import (
 from ebmctl.evaluate.stats import still_falling
 from ebmctl.plugins import get_registries
 from ebmctl.config import Config
+from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.units import format_radius
 
 #: attacks whose gradients never pass the purifier: if one beats the white-box attacks, the
@@ -73,7 +80,8 @@ NON_WHITE_BOX = ("classifier only", "none")
 
 
 def attack_radius(cfg: Config) -> float:
-    return cfg["attack.eps"] if cfg["attack.norm"] == "linf" else cfg["attack.eps_l2"]
+    """ε of the profile's norm (:attr:`AttackConfig.radius`)."""
+    return cfg.section(AttackConfig).radius
 
 
 def _user_set(cfg: Config, key: str) -> bool:
@@ -86,7 +94,7 @@ def check_threat_settings(cfg: Config) -> None:
     Raises:
         ConfigError: naming the key and the one to use instead.
     """
-    norm = cfg["attack.norm"]
+    norm = cfg.section(AttackConfig).norm
     other = {"l2": (("attack.eps", "attack.eps_l2"), ("attack.step_size", "attack.step_size_l2")),
              "linf": (("attack.eps_l2", "attack.eps"), ("attack.step_size_l2", "attack.step_size"))}
     same_profile = cfg.provenance.get("attack.norm", "default").startswith("profile")
@@ -98,63 +106,31 @@ def check_threat_settings(cfg: Config) -> None:
 
 
 def attack_step_size(cfg: Config) -> float:
-    """α in [0,1] units for the configured norm: attack.step_size (ℓ∞) or attack.step_size_l2
-    (ℓ2; 0 means ε_l2/4)."""
-    if cfg["attack.norm"] == "linf":
-        return cfg["attack.step_size"]
-    return cfg["attack.step_size_l2"] or cfg["attack.eps_l2"] / 4
-
-
-def _constructor_params(cls: type) -> set[str]:
-    """Keyword names an attack class accepts, following ``**kw`` up its bases."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY
-                  or p.kind is p.POSITIONAL_OR_KEYWORD}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names - {"self"}
+    """α in [0,1] units for the configured norm (:attr:`AttackConfig.step`)."""
+    return cfg.section(AttackConfig).step
 
 
 def make_attack(cfg: Config, method: str, defended: bool, *, eps: float | None = None,
                 cls: type | None = None) -> Attack:
-    """The attack ``method`` built from explicit settings read here, once, from ``cfg``."""
+    """The attack ``method`` (or class ``cls``) built by :func:`~ebmctl.attacks.base.
+    build_attack` from the profile's ``[attack]`` section, H_def = ``defense.eot_reps``, and
+    the optional settings the profile or ``--set`` gave.
+
+    Raises:
+        ConfigError: an unknown method, or a radius/step of the other norm
+            (:func:`check_threat_settings`).
+    """
     cls = cls or get_registries().attacks.get(method)
     check_threat_settings(cfg)
-    eps = attack_radius(cfg) if eps is None else eps
-    kw = {"norm": cfg["attack.norm"], "eps": eps, "step_size": attack_step_size(cfg),
-          "steps": cfg["attack.steps"], "restarts": cfg["attack.restarts"],
-          "eot_reps": cfg["attack.eot_reps"] if defended else 1,
-          "verify_reps": cfg["defense.eot_reps"] if defended else 1,
-          "random_start": cfg["attack.random_start"],
-          "smooth_temperature": cfg["attack.smooth_temperature"],
-          "checkpoint_segment": cfg["attack.checkpoint_segment"]}
-    given = {key: param for key, param in OPTIONAL_KEYS.items()
-             if cfg.provenance.get(key, "default") != "default"
-             and (defended or key not in DEFENDED_ONLY_KEYS)}
-    kw.update({param: cfg[key] for key, param in given.items()})
-    accepted = _constructor_params(cls)
-    attack = cls(**{k: v for k, v in kw.items() if k in accepted})
-    # what check_options_used reads: the optional settings this attack really received
-    attack.options_given = {key for key, param in given.items() if param in accepted}
-    return attack
+    given = {name for name in OPTIONAL_SETTINGS if not cfg.is_default(f"attack.{name}")}
+    return build_attack(cls, cfg.section(AttackConfig), defended=defended, eps=eps,
+                        verify_reps=cfg.section(DefenseConfig).eot_reps, given=given)
 
 
-#: settings that only some attacks take, and their constructor argument
-OPTIONAL_KEYS = {"attack.gradient": "gradient", "attack.loss": "loss",
-                 "attack.square_p_init": "p_init",
-                 "attack.final_iterate_only": "final_iterate_only",
-                 "attack.gradient_steps": "gradient_steps",
-                 "attack.common_noise": "common_noise",
-                 "attack.common_noise_defender": "common_noise_defender",
-                 "attack.energy_weight": "energy_weight"}
+#: settings that only some attacks take (profile key -> constructor argument)
+OPTIONAL_KEYS = {f"attack.{name}": param for name, param in OPTIONAL_SETTINGS.items()}
 #: settings about the defending EBM's chain or energy: given to the defended runs only
-DEFENDED_ONLY_KEYS = ("attack.gradient_steps", "attack.common_noise",
-                      "attack.common_noise_defender", "attack.energy_weight")
+DEFENDED_ONLY_KEYS = tuple(f"attack.{name}" for name in DEFENDED_ONLY)
 
 
 def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
@@ -164,28 +140,25 @@ def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
         ConfigError: naming the key and the attacks run.
     """
     for key, param in OPTIONAL_KEYS.items():
-        if cfg.provenance.get(key, "default") == "default":
+        if cfg.is_default(key):
             continue
         if not any(key in a.options_given if hasattr(a, "options_given")
-                   else param in _constructor_params(type(a)) for a in attacks):
+                   else param in constructor_params(type(a)) for a in attacks):
             names = ", ".join(a.name for a in attacks)
             raise ConfigError(f"{key} does not apply to the attacks run ({names})")
 
 
 def build_defense(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device,
                   fixer: torch.nn.Module | None = None) -> Defense:
-    return Defense(model, ebm, steps=cfg["defense.steps"] if ebm else 0,
-                   reps=cfg["defense.eot_reps"] if ebm else 1, average=cfg["defense.average"],
-                   clamp=cfg["defense.clamp"],
-                   precision=resolve_precision(cfg["langevin.precision"], device),
-                   chunk_size=cfg["langevin.chunk_size"],
-                   channels_last=cfg["langevin.channels_last"], fixer=fixer)
+    """:meth:`Defense.from_config` with the profile's ``[defense]`` and ``[langevin]``."""
+    return Defense.from_config(model, ebm, cfg.section(DefenseConfig),
+                               cfg.section(LangevinConfig), device, fixer)
 
 
 def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
     bundle = load_dataset(cfg)
     data = bundle.split(split)
-    n = min(cfg["attack.n_images"], len(data))
+    n = min(cfg.section(AttackConfig).n_images, len(data))
     if n == 0:
         raise ConfigError(f"the {split} split of {bundle.name!r} is empty")
     from ebmctl.data_utils import pick_subset
@@ -196,12 +169,13 @@ def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
 
 def method_list(cfg: Config, method: str | None, defended: bool) -> list[str]:
     """Attacks to run: ``method`` may be a comma list; else attack.methods / attack.method."""
+    attack = cfg.section(AttackConfig)
     if not defended:
-        return [m.strip() for m in cfg["attack.undefended_method"].split(",") if m.strip()]
+        return [m.strip() for m in attack.undefended_method.split(",") if m.strip()]
     if method:
         names = [m.strip() for m in method.split(",") if m.strip()]
     else:
-        names = list(cfg["attack.methods"]) or [cfg["attack.method"]]
+        names = list(attack.methods) or [attack.method]
     registry = get_registries().attacks
     for m in names:
         registry.get(m)  # unknown names fail before any work, with a suggestion
@@ -292,7 +266,7 @@ def attack_seeds(cfg: Config, attack: Attack, defense: Defense, task, x, y, devi
                  seeds: list[int], label: str, parts: dict) -> AttackRow:
     """One attack on every seed against one model (chunks resumable through ``parts``: the
     keywords ``parts_dir``, ``fingerprint``, ``resume`` of :func:`evaluate_attack`)."""
-    batch = cfg["attack.batch_size"]
+    batch = cfg.section(AttackConfig).batch_size
     total = len(seeds) * _progress_units(attack, len(x), batch)
     probe = MemoryProbe(device).start()
     with progress_bar(total, f"attack {label} ({attack.name})") as bar:
@@ -321,7 +295,7 @@ def run_label(cfg: Config, label: str, defense: Defense, attacks: list[Attack], 
         image_steps=sum(r.image_steps for r in rows.values()), attacks=rows, worst=worst,
         diagnostic=all(rows[n].diagnostic for n in headline),
         gradient_masking=masking_verdict({n: rows[n] for n in headline},
-                                         cfg["attack.sanity_tolerance"]))
+                                         cfg.section(AttackConfig).sanity_tolerance))
 
 
 def _progress_units(attack: Attack, n_images: int, batch: int) -> int:
@@ -333,7 +307,7 @@ def _progress_units(attack: Attack, n_images: int, batch: int) -> int:
 def _quick(cfg: Config, attack: Attack, defense: Defense, task, x, y, device, label: str,
            seed: int) -> SeedResult:
     """One seed of one attack, no parts on disk (the sanity checks and the ε = 0 control)."""
-    batch = cfg["attack.batch_size"]
+    batch = cfg.section(AttackConfig).batch_size
     total = _progress_units(attack, len(x), batch)
     with progress_bar(total, f"check {label} ({attack.name})") as bar:
         return evaluate_attack(attack, defense, task, x, y, seed=seed, batch_size=batch,
@@ -369,11 +343,12 @@ def sanity_checks(cfg: Config, task, model: TaskModel, x: torch.Tensor, y: torch
 def _undefended_checks(cfg: Config, task, model, x, y, device,
                        results: dict[str, ModelResult]) -> list[SanityCheck]:
     bare = build_defense(cfg, model, None, device)
-    n = min(cfg["attack.sanity_images"], len(x))
-    norm, tol = cfg["attack.norm"], cfg["attack.sanity_tolerance"]
-    big = cfg["attack.sanity_eps"] * (1.0 if norm == "linf" else (x[0].numel() ** 0.5))
+    attack = cfg.section(AttackConfig)
+    n = min(attack.sanity_images, len(x))
+    norm, tol = attack.norm, attack.sanity_tolerance
+    big = attack.sanity_eps * (1.0 if norm == "linf" else (x[0].numel() ** 0.5))
     pgd_cls, fgsm_cls = get_registries().attacks.get("pgd"), get_registries().attacks.get("fgsm")
-    large = pgd_cls(norm=norm, eps=big, step_size=big / 8, steps=max(20, cfg["attack.steps"]),
+    large = pgd_cls(norm=norm, eps=big, step_size=big / 8, steps=max(20, attack.steps),
                     restarts=1, random_start=True)
     res = _quick(cfg, large, bare, task, x[:n], y[:n], device, "sanity-large-eps", 0)
     checks = [SanityCheck("a large radius drives the undefended model to ~0",
@@ -397,7 +372,7 @@ def _model_checks(cfg: Config, label: str, defense: Defense, attacks: list[Attac
     """Per model: the ε = 0 control, accuracy non-increasing in ε, and (defended) transfer not
     stronger than the white-box attacks. Returns the checks and ``row`` with its control and
     masking verdict."""
-    tol = cfg["attack.sanity_tolerance"]
+    tol = cfg.section(AttackConfig).sanity_tolerance
     first = row.attacks[attacks[0].name].per_seed[0]
     control = eps_zero_control(cfg, label, defense, attacks, task, x, y, device, first.seed)
     row = replace(row, eps0_control=control)
@@ -406,7 +381,7 @@ def _model_checks(cfg: Config, label: str, defense: Defense, attacks: list[Attac
         checks.append(SanityCheck(f"{label}: eps = 0 leaves the deterministic model at its "
                                   "natural accuracy", abs(control.inflation) < 1e-9,
                                   control.to_json()))
-    n = min(cfg["attack.sanity_images"], len(x))
+    n = min(cfg.section(AttackConfig).sanity_images, len(x))
     eps = attack_radius(cfg)
     half = make_attack(cfg, attacks[0].name, defense.stochastic, eps=eps / 2,
                        cls=type(attacks[0]))
@@ -432,7 +407,7 @@ def _transfer_check(cfg: Config, label: str, defense: Defense, task, x, y, devic
     white-box attacks, on the first seed; the same verdict as :func:`masking_verdict`. A
     failed check replaces the row's verdict; a passed one leaves it (or records "not
     suspected" where the row had none)."""
-    tol = cfg["attack.sanity_tolerance"]
+    tol = cfg.section(AttackConfig).sanity_tolerance
     if "transfer" in row.attacks:
         transfer = row.attacks["transfer"].per_seed[0].adversarial
     else:
@@ -502,16 +477,18 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
     plan = plan_evaluation(cfg, model_path, ebm_path, device, Path(out), undefended=undefended,
                            defended=defended, method=method, resume=resume,
                            fixer_path=fixer_path)
+    attack, resubmit = cfg.section(AttackConfig), cfg.section(EvaluateConfig)
     results = {}
     for label, defense, attacks in plan.runs:
         row = run_label(cfg, label, defense, attacks, plan.task, plan.x, plan.y, device,
                         plan.seeds, plan.parts)
-        if cfg["evaluate.resubmissions"] > 0 and defense.stochastic:
+        if resubmit.resubmissions > 0 and defense.stochastic:
             row = replace(row, resubmission=resubmission_report(
-                cfg, label, defense, plan.task, plan.x, plan.y, device, row))
+                resubmit, label, defense, plan.task, plan.x, plan.y, device, row,
+                batch_size=attack.batch_size))
         results[label] = row
     report = complete_report(cfg, plan, results, device, Path(out),
-                             sanity=cfg["attack.sanity"] if sanity is None else sanity,
+                             sanity=attack.sanity if sanity is None else sanity,
                              save_adversarials=save_adversarials)
     write_report(cfg, plan, report, Path(out))
     return report
@@ -542,7 +519,8 @@ def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device
               "model": str(model_path), "environment": environment(cfg, device),
               "config": cfg.to_dict()}
     return EvaluationPlan(task=task, model=model, dataset=bundle.name, x=x, y=y,
-                          seeds=list(cfg["attack.seeds"] or [cfg["run.seed"]]), runs=runs,
+                          seeds=list(cfg.section(AttackConfig).seeds or [cfg["run.seed"]]),
+                          runs=runs,
                           parts={"parts_dir": parts_dir, "fingerprint": fingerprint,
                                  "resume": resume}, header=header)
 
@@ -569,23 +547,25 @@ def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, un
     for _, defense, attacks in runs:  # e.g. attack.gradient_steps > defense.steps, before work
         for a in attacks:
             getattr(a, "check_defense", lambda d: None)(defense)
-    check_resubmission_settings(cfg, runs)
+    check_resubmission_settings(cfg.section(EvaluateConfig), runs,
+                                eot_reps_given=not cfg.is_default("evaluate.eot_reps"))
     return runs
 
 
 def threat_of(cfg: Config) -> Threat:
     """The profile's threat model (radius and step of the norm in force)."""
-    return Threat(norm=cfg["attack.norm"], eps=attack_radius(cfg),
-                  step_size=attack_step_size(cfg), steps=cfg["attack.steps"],
-                  restarts=cfg["attack.restarts"])
+    attack = cfg.section(AttackConfig)
+    return Threat(norm=attack.norm, eps=attack.radius, step_size=attack.step,
+                  steps=attack.steps, restarts=attack.restarts)
 
 
 def _defense_settings(cfg: Config, device, ebm_path: Path | None,
                       fixer_path: Path | None) -> dict:
-    return {"steps": cfg["defense.steps"], "eot_reps": cfg["defense.eot_reps"],
+    defense = cfg.section(DefenseConfig)
+    return {"steps": defense.steps, "eot_reps": defense.eot_reps,
             # "auto" is bf16 on a CPU with native bf16 (and on CUDA): figures can move
-            "precision": resolve_precision(cfg["langevin.precision"], device),
-            "attack_eot_reps": cfg["attack.eot_reps"], "average": cfg["defense.average"],
+            "precision": cfg.section(LangevinConfig).precision_on(device),
+            "attack_eot_reps": cfg.section(AttackConfig).eot_reps, "average": defense.average,
             "ebm": str(ebm_path) if ebm_path else None,
             "fixer": str(fixer_path) if fixer_path else None}
 
@@ -634,7 +614,8 @@ def write_report(cfg: Config, plan: EvaluationPlan, report: AttackReport, out: P
               for label, r in report.results.items() for name, a in r.attacks.items()}
     save_curves(out.with_suffix(".png"), curves, "attack step",
                 curve_axis_label(plan.task.metric_name) + "\n(worst restart, mean over seeds)",
-                f"{plan.dataset}: {cfg['attack.norm']} eps={format_radius(attack_radius(cfg))}")
+                f"{plan.dataset}: {cfg.section(AttackConfig).norm} "
+                f"eps={format_radius(attack_radius(cfg))}")
     for label, defense, attacks in plan.runs:
         x_adv = report.results[label].x_adv
         save_grid(x_adv[:64], out.with_name(out.stem + f".{label}-adv.png"))

@@ -20,33 +20,55 @@ every other resubmission.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
+from ebmctl.config import setting
 from ebmctl.console import progress_bar
 from ebmctl.defense import Defense
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.results import ModelResult
 from ebmctl.evaluate.stats import accuracy_interval
-from ebmctl.config import Config
 
 
-def check_resubmission_settings(cfg: Config, runs: list[tuple]) -> None:
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The profile section ``[evaluate]``: the worst-of-N re-evaluation of the final
+    adversarial images (off by default)."""
+
+    section: ClassVar[str] = "evaluate"
+
+    resubmissions: int = setting(0, "N independent re-purifications of each final adversarial "
+                                 "image (worst-of-N, DiffHammer); 0 = off", minimum=0)
+    eot_reps: tuple[int, ...] = setting((1, 30, 100), "H replicates of each resubmission (one "
+                                        "evaluation per value); used when "
+                                        "evaluate.resubmissions > 0", minimum=1)
+
+
+def check_resubmission_settings(settings: EvaluateConfig, runs: list[tuple], *,
+                                eot_reps_given: bool = False) -> None:
     """Reject resubmission settings that would be ignored.
+
+    Args:
+        runs: the planned runs, ``(label, defense, attacks)`` each.
+        eot_reps_given: the profile or ``--set`` gave ``evaluate.eot_reps``.
 
     Raises:
         ConfigError: ``evaluate.eot_reps`` given while ``evaluate.resubmissions`` = 0, or
             resubmissions asked for but no run has a stochastic (Langevin) defense.
     """
-    n = cfg["evaluate.resubmissions"]
+    n = settings.resubmissions
     if n == 0:
-        if cfg.provenance.get("evaluate.eot_reps", "default") != "default":
+        if eot_reps_given:
             raise ConfigError("evaluate.eot_reps is only used with evaluate.resubmissions > 0")
         return
     if not any(defense.stochastic for _, defense, _ in runs):
         raise ConfigError(f"evaluate.resubmissions = {n} re-purifies the final adversarial "
                           "images, but no model evaluated has a stochastic defense (--ebm, "
                           "defense.steps > 0)")
-    if not cfg["evaluate.eot_reps"]:
+    if not settings.eot_reps:
         raise ConfigError("evaluate.eot_reps must list at least one replicate count")
 
 
@@ -119,13 +141,15 @@ def resubmit_images(defense: Defense, task, x_adv: torch.Tensor, y: torch.Tensor
     return out
 
 
-def resubmission_report(cfg: Config, label: str, defense: Defense, task, x: torch.Tensor,
-                        y: torch.Tensor, device: torch.device, row: ModelResult) -> dict:
+def resubmission_report(settings: EvaluateConfig, label: str, defense: Defense, task,
+                        x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                        row: ModelResult, *, batch_size: int) -> dict:
     """Worst-of-N re-evaluation of a label's final adversarial images, seed = the last
     attack seed: the per-image worst case over attacks (``worst_case``) and each attack's own
-    (``attacks.<name>``). Clean scores come from one natural check with H_def replicates."""
-    n_sub, reps = cfg["evaluate.resubmissions"], list(cfg["evaluate.eot_reps"])
-    batch = cfg["attack.batch_size"]
+    (``attacks.<name>``). Clean scores come from one natural check with H_def replicates;
+    images go through the defense ``batch_size`` (``attack.batch_size``) at a time."""
+    n_sub, reps = settings.resubmissions, list(settings.eot_reps)
+    batch = batch_size
     seed = next(iter(row.attacks.values())).per_seed[-1].seed
     key = (seed, label)
     clean = []

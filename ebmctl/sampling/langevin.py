@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
 
-from ebmctl.device import autocast
+from ebmctl.config import setting
+from ebmctl.device import autocast, resolve_precision
 from ebmctl.errors import NumericalError
 
 #: Process-wide default for ``LangevinSettings.compile = None``; commands set it from the
@@ -58,6 +59,33 @@ class LangevinSettings:
     @property
     def use_compile(self) -> bool:
         return _COMPILE_DEFAULT if self.compile is None else bool(self.compile)
+
+
+@dataclass(frozen=True)
+class LangevinConfig:
+    """The profile section ``[langevin]``: how every Langevin chain runs (step size and
+    temperature of the update above, precision, memory layout, batching, compilation)."""
+
+    section: ClassVar[str] = "langevin"
+
+    tau: float = setting(0.01, "Langevin step size τ (internal [-1,1] units)", minimum=0)
+    temperature: float = setting(5e-5, "temperature T: drift τ²/(2T)", minimum=1e-12)
+    precision: str = setting("fp32", "fp32 | bf16 | auto",
+                             choices=("fp32", "bf16", "fp16", "auto"))
+    channels_last: bool = setting(False, "channels_last memory format")
+    chunk_size: int = setting(2048, "max images per sampler batch", minimum=1)
+    compile: bool = setting(False, "torch.compile the Langevin step")
+
+    def settings(self, device: torch.device, eta: float = 1.0) -> LangevinSettings:
+        """The sampler's :class:`LangevinSettings` on ``device`` (``precision = auto`` resolved
+        there; ``compile`` left to the process default that :func:`set_compile_default` set
+        from this section)."""
+        return LangevinSettings(self.tau, self.temperature, eta,
+                                resolve_precision(self.precision, device), self.channels_last)
+
+    def precision_on(self, device: torch.device) -> str:
+        """``precision`` resolved on ``device`` (``auto`` picks bf16 where it pays)."""
+        return resolve_precision(self.precision, device)
 
 
 #: Input elements per CPU gradient block: ~64 images of 32×32×3 (about where the lightweight
