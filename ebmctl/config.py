@@ -199,7 +199,9 @@ def core_schema() -> Schema:
     ``attack`` and ``evaluate`` are declared next to their code (``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
-    :mod:`ebmctl.evaluate.resubmit`) and added by the built-in plugin's schema hook."""
+    :mod:`ebmctl.evaluate.resubmit`) and added by the built-in plugin's schema hook; keys only
+    one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
+    ``model.dropout``: classification; ``task.dice_*``: segmentation)."""
     s = Schema()
     a = s.add
     # run
@@ -223,14 +225,8 @@ def core_schema() -> Schema:
       "opt in to reading CIFAR python batches (pickles can run code)")
     # task + task model
     a("task.name", "str", "classification", "task plugin")
-    a("task.dice_mode", "str", "foreground", "segmentation Dice aggregation")
-    a("task.dice_ratio_threshold", "float", 0.5, "segmentation broken iff Dice ratio below",
-      minimum=0, maximum=1)
     a("model.arch", "str", "small-cnn", "task model architecture")
     a("model.width", "int", 32, "base width of the task model", minimum=1)
-    a("model.depth", "int", 28, "depth (WRN)", minimum=1)
-    a("model.widen_factor", "int", 10, "widen factor (WRN)", minimum=1)
-    a("model.dropout", "float", 0.0, "dropout", minimum=0, maximum=1)
     a("model.epochs", "int", 30, "task model training epochs", minimum=0)
     a("model.batch_size", "int", 128, "task model batch size", minimum=1)
     a("model.optimizer", "str", "adam", "adam | sgd", choices=("adam", "sgd"))

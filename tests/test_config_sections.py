@@ -152,3 +152,16 @@ def test_attacks_are_built_from_the_attack_section_without_a_profile():
     assert defended.energy_weight == 0.3 and defended.options_given == {"attack.energy_weight"}
     ungiven = build_attack(BPDAEOT, attack, defended=True, verify_reps=9)
     assert ungiven.energy_weight == 0.0 and ungiven.options_given == set()
+
+
+def test_keys_only_one_plugin_reads_are_declared_by_that_plugin_under_their_old_names():
+    owners = {row["plugin"]: row["registered"].get("profile keys", [])
+              for row in json.loads(run_cli(["plugins", "--json"]).stdout)["plugins"]}
+    assert {"task.dice_mode", "task.dice_ratio_threshold"} <= set(owners["segmentation"])
+    assert {"model.depth", "model.widen_factor", "model.dropout"} <= set(owners["classification"])
+    # the segmentation plugin declares the Dice modes, so a bad one fails when the profile is
+    # read, whatever the task, with the choices named
+    with pytest.raises(ConfigError, match="'task.dice_mode'.*choose from foreground, mean"):
+        resolve(None, ["task.dice_mode=pixel"])
+    cfg = resolve(None, ["model.depth=16", "task.dice_ratio_threshold=0.3"])
+    assert (cfg["model.depth"], cfg["task.dice_ratio_threshold"]) == (16, 0.3)

@@ -37,3 +37,12 @@ def ebmctl_register_models(register):
                        {"task": resnet9_args}))
     register(ModelSpec("wrn", "classifier", wide_resnet, "WideResNet (WRN-28-10 by default)",
                        {"task": wide_resnet_args}))
+
+
+@hookimpl
+def ebmctl_profile_schema(add):
+    # arguments of the `wrn` architecture only (wide_resnet_args reads them); [model] keys, named
+    # before the plugin owned them
+    add("model.depth", "int", 28, "depth (WRN)", minimum=1)
+    add("model.widen_factor", "int", 10, "widen factor (WRN)", minimum=1)
+    add("model.dropout", "float", 0.0, "dropout", minimum=0, maximum=1)

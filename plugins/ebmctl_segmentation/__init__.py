@@ -11,6 +11,7 @@ from pathlib import Path
 from ebmctl.api import ModelSpec, hookimpl
 from ebmctl_segmentation.datasets import DATASETS, TRIMAP_MODES
 from ebmctl_segmentation.models import SMP_ARCHS, smp_args, smp_builder, unet_lite, unet_lite_args
+from ebmctl_segmentation.metrics import DICE_MODES
 from ebmctl_segmentation.task import ATTACK_LOSSES, SegmentationTask
 
 
@@ -38,6 +39,12 @@ def ebmctl_register_models(register):
 
 @hookimpl
 def ebmctl_profile_schema(add):
+    # the Dice rule (docs/algorithms.md#segmentation-and-the-dice-rule); [task] keys, named
+    # before the plugin owned them
+    add("task.dice_mode", "str", "foreground", "segmentation Dice aggregation",
+        choices=DICE_MODES)
+    add("task.dice_ratio_threshold", "float", 0.5, "segmentation broken iff Dice ratio below",
+        minimum=0, maximum=1)
     # segmentation
     add("segmentation.attack_loss", "str", "ce",
         "loss the attacker maximises: per-pixel cross-entropy, soft Dice, both, or SegPGD's "

@@ -14,8 +14,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ebmctl.api import ConfigError, Task
-from ebmctl_segmentation.metrics import DICE_MODES, dice_ratio_ok, dice_score
+from ebmctl.api import Task
+from ebmctl_segmentation.metrics import dice_ratio_ok, dice_score
 
 ATTACK_LOSSES = ("ce", "dice", "ce+dice", "segpgd")
 
@@ -84,12 +84,9 @@ class SegmentationTask(Task):
         self.ignore_index = ignore_index
 
     def configured(self, config) -> "SegmentationTask":
-        mode = config["task.dice_mode"]
-        if mode not in DICE_MODES:
-            raise ConfigError(f"bad value {mode!r} for profile key 'task.dice_mode': "
-                              f"choose from {', '.join(DICE_MODES)}")
-        task = copy.copy(self)
-        task.dice_mode, task.threshold = mode, float(config["task.dice_ratio_threshold"])
+        task = copy.copy(self)  # the schema checked task.dice_mode against DICE_MODES
+        task.dice_mode = config["task.dice_mode"]
+        task.threshold = float(config["task.dice_ratio_threshold"])
         task.attack_loss_name = config["segmentation.attack_loss"]
         task.panels = config["segmentation.panels"]
         task.ignore_index = config["data.ignore_index"]
