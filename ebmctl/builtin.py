@@ -15,6 +15,7 @@ from ebmctl.attacks.full_eot import FullGradientEOT, SmoothedGradientEOT
 from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
+from ebmctl.context import RunConfig
 from ebmctl.defense import DefenseConfig
 from ebmctl.evaluate.resubmit import EvaluateConfig
 from ebmctl.hookspecs import hookimpl
@@ -67,7 +68,7 @@ def ebmctl_register_attacks(register):
 @hookimpl
 def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
-    for section in (LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig):
+    for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig):
         add(section)
 
 

@@ -195,8 +195,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 
 def core_schema() -> Schema:
-    """The keys no section dataclass declares yet. The sections ``langevin``, ``defense``,
-    ``attack`` and ``evaluate`` are declared next to their code (``LangevinConfig`` in
+    """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
+    ``defense``, ``attack`` and ``evaluate`` are declared next to their code (``RunConfig`` in
+    :mod:`ebmctl.context`, ``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
     :mod:`ebmctl.evaluate.resubmit`) and added by the built-in plugin's schema hook; keys only
@@ -204,11 +205,6 @@ def core_schema() -> Schema:
     ``model.dropout``: classification; ``task.dice_*``: segmentation)."""
     s = Schema()
     a = s.add
-    # run
-    a("run.seed", "int", 0, "base seed; every random draw is derived from it", minimum=0)
-    a("run.device", "str", "auto", "auto | cpu | cuda | cuda:N")
-    a("run.threads", "int", 0, "CPU threads (0 = torch default)", minimum=0)
-    a("run.out_dir", "str", "runs", "where commands write artifacts and reports")
     # data
     a("data.dataset", "str", "digits", "dataset name (see `ebmctl plugins`)")
     a("data.root", "str", "", "local root folder of the dataset (never downloaded)")

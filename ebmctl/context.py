@@ -1,9 +1,12 @@
-"""Resolve what a command needs from a config: device, task, dataset, environment record."""
+"""Resolve what a command needs from a config: device, task, dataset, environment record; and
+the profile section ``[run]`` (:class:`RunConfig`) they start from."""
 
 from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -11,17 +14,37 @@ from ebmctl import __version__
 from ebmctl.device import resolve_device, set_threads
 from ebmctl.errors import EbmctlError, InputError
 from ebmctl.plugins import get_registries
-from ebmctl.config import Config
+from ebmctl.config import Config, setting
 from ebmctl.contracts import DataRequest, DatasetBundle, Task
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """The profile section ``[run]``: the base seed, the device and CPU threads, and where
+    commands write."""
+
+    section: ClassVar[str] = "run"
+
+    seed: int = setting(0, "base seed; every random draw is derived from it", minimum=0)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = setting(0, "CPU threads (0 = torch default)", minimum=0)
+    out_dir: str = setting("runs", "where commands write artifacts and reports")
+
+
 def setup_device(cfg: Config) -> torch.device:
-    set_threads(cfg["run.threads"])
+    """Apply ``run.threads`` and ``langevin.compile`` to this process; the device ``run.device``
+    names.
+
+    Raises:
+        ConfigError: a malformed device name, or CUDA where there is none.
+    """
+    run = cfg.section(RunConfig)
+    set_threads(run.threads)
     from ebmctl.sampling.langevin import LangevinConfig, set_compile_default
 
     # LangevinSettings(compile=None) follows the profile
     set_compile_default(cfg.section(LangevinConfig).compile)
-    return resolve_device(cfg["run.device"])
+    return resolve_device(run.device)
 
 
 def get_task(cfg: Config) -> Task:
@@ -81,7 +104,7 @@ def environment(cfg: Config, device: torch.device) -> dict:
         "ebmctl": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
         "numpy": numpy.__version__, "safetensors": safetensors.__version__,
         "platform": platform.platform(), "device": str(device), "device_name": name or "",
-        "threads": torch.get_num_threads(), "seed": cfg["run.seed"],
-        "attack_seeds": list(cfg.get("attack.seeds") or [cfg["run.seed"]]),
+        "threads": torch.get_num_threads(), "seed": cfg.section(RunConfig).seed,
+        "attack_seeds": list(cfg.get("attack.seeds") or [cfg.section(RunConfig).seed]),
         "plugins": plugins,
     }

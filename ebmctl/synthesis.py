@@ -13,7 +13,7 @@ import torch
 
 from ebmctl.artifacts import atomic_write_json
 from ebmctl.console import info
-from ebmctl.context import environment, load_dataset
+from ebmctl.context import RunConfig, environment, load_dataset
 from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.plots import save_grid, save_image01
@@ -47,7 +47,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     the single images and ``report.json`` into ``out_dir``."""
     cfg = config_for_model(cfg, model_path)
     model = load_energy_model(model_path, device)
-    n, seed = cfg["synth.n"], cfg["run.seed"]
+    n, seed = cfg["synth.n"], cfg.section(RunConfig).seed
     langevin = cfg.section(LangevinConfig)
     precision = langevin.precision_on(device)
     is_hat = model.kind == "hat-ebm"

@@ -10,6 +10,7 @@ import functools
 import torch
 
 from ebmctl.console import progress_bar
+from ebmctl.context import RunConfig
 from ebmctl.defense import adapt_images
 from ebmctl.dynamics.benettin import (
     DTYPES,
@@ -72,7 +73,7 @@ def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) ->
         for f in factors:
             sep = settings.separation * f
             lam, finals = exponent_grid(grad_fn, x0, drift=drift, tau=tau, settings=settings,
-                                        run_seed=cfg["run.seed"], separation=sep,
+                                        run_seed=cfg.section(RunConfig).seed, separation=sep,
                                         progress=bar.advance)
             summary = summarise_exponents(settings.etas, lam, settings.zero_tol)
             runs.append({"separation": sep, **summary,
@@ -104,7 +105,7 @@ def make_adversarial(cfg, task, model, energy, x01: torch.Tensor, y: torch.Tenso
     attack = make_attack(cfg, cfg["lyapunov.attack"], defended)
     defense = build_defense(cfg, model, energy if defended else None, device)
     outcome = attack.run(defense, task, x01.to(device), y.to(device),
-                         (cfg["run.seed"], "lyapunov-attack"))
+                         (cfg.section(RunConfig).seed, "lyapunov-attack"))
     info = {"attack": attack.name, "target": "defended model" if defended else "task model",
             "norm": attack.norm, "eps": attack.eps, "step_size": attack.step_size,
             "steps": attack.steps, "natural": outcome.natural_ok.float().mean().item(),
@@ -125,7 +126,7 @@ def memory_report(cfg, energy, task, model, x01: torch.Tensor, y: torch.Tensor, 
     with torch.no_grad():
         clean_labels = model(x01).argmax(1)
     z, z_adv = (to_chain_space(t, energy.image_size, energy.channels) for t in (x01, x_adv01))
-    gens = [make_generator(device, cfg["run.seed"], "lyapunov-memory", name)
+    gens = [make_generator(device, cfg.section(RunConfig).seed, "lyapunov-memory", name)
             for name in ("common", "adv-independent", "clean-independent")]
     readout = chain_readout(model, task.score, y, clean_labels, tuple(x01.shape[-2:]),
                             x01.shape[1])
@@ -134,7 +135,7 @@ def memory_report(cfg, energy, task, model, x01: torch.Tensor, y: torch.Tensor, 
         raw = forgetting_curves(energy.net, energy.settings(), z, z_adv, marks, readout=readout,
                                 generators=gens, progress=bar.advance)
     start_gap = row_norms(to_public(z) - to_public(z_adv)).cpu()
-    noise01 = torch.rand(x01.shape, generator=make_generator(device, cfg["run.seed"],
+    noise01 = torch.rand(x01.shape, generator=make_generator(device, cfg.section(RunConfig).seed,
                                                              "lyapunov-noise"), device=device)
     gap = energy_gap(energy.energy01, x01, x_adv01, noise01)
     return {

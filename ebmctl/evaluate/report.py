@@ -40,7 +40,7 @@ from ebmctl.attacks.base import (
     constructor_params,
 )
 from ebmctl.console import info, progress_bar
-from ebmctl.context import environment, get_task, load_dataset
+from ebmctl.context import RunConfig, environment, get_task, load_dataset
 from ebmctl.defense import Defense, DefenseConfig
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ConfigError
@@ -518,8 +518,8 @@ def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device
                   cfg, device, ebm_path if defended else None, fixer_path if defended else None),
               "model": str(model_path), "environment": environment(cfg, device),
               "config": cfg.to_dict()}
-    return EvaluationPlan(task=task, model=model, dataset=bundle.name, x=x, y=y,
-                          seeds=list(cfg.section(AttackConfig).seeds or [cfg["run.seed"]]),
+    seeds = list(cfg.section(AttackConfig).seeds or [cfg.section(RunConfig).seed])
+    return EvaluationPlan(task=task, model=model, dataset=bundle.name, x=x, y=y, seeds=seeds,
                           runs=runs,
                           parts={"parts_dir": parts_dir, "fingerprint": fingerprint,
                                  "resume": resume}, header=header)
