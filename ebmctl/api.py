@@ -41,7 +41,7 @@ from ebmctl.errors import (
 )
 from ebmctl.hookspecs import hookimpl
 from ebmctl.images import announce_image_notes, read_image01, read_label_map
-from ebmctl.config import Config
+from ebmctl.config import Config, Fraction, setting
 from ebmctl.contracts import DataRequest, DatasetBundle, DatasetSpec, ModelSpec, Split, Task
 from ebmctl.seeds import derive_seed, make_generator
 from ebmctl.units import format_radius
@@ -57,6 +57,8 @@ __all__ = [
     "split_indices",
     "announce_image_notes", "read_image01", "read_label_map",
     "format_radius", "save_tiles",
+    # profile sections declared as dataclasses (``add(MySection)`` in ebmctl_profile_schema)
+    "Fraction", "setting",
     # the library API for users who bring their own classifier (docs/python-api.md)
     "DefendedModel", "defend", "evaluate", "load_ebm",
 ]
