@@ -36,7 +36,8 @@ def _one_thread():
 
 
 def _interrupted(monkeypatch, module, train, *args, **kw):
-    """Run ``train`` until its first checkpoint is written, then stop it there (a kill)."""
+    """Run ``train`` until its first checkpoint is written, then stop it there (a kill).
+    ``module`` writes the checkpoints (``ebmctl.training.trainer`` for the energy recipes)."""
     real = module.save_checkpoint
 
     def save_then_die(*a, **k):
@@ -59,9 +60,10 @@ def test_file_digest_is_the_sha256_of_the_bytes(tmp_path):
 
 def test_train_ebm_resume_with_other_tau_and_lr_is_an_error_naming_them(tmp_path, monkeypatch):
     import ebmctl.training.convergent as tr
+    import ebmctl.training.trainer as loop
 
     bundle, out = tiny_bundle(), tmp_path / "e.safetensors"
-    _interrupted(monkeypatch, tr, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
+    _interrupted(monkeypatch, loop, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
     other = resolve("quick", TINY_EBM + ["langevin.tau=0.02", "train.lr_adam=0.001",
                                          "run.threads=2"])
     with pytest.raises(ConfigError) as err:
@@ -80,9 +82,10 @@ def test_train_ebm_resume_with_other_tau_and_lr_is_an_error_naming_them(tmp_path
 def test_force_resume_may_change_safe_keys_only_and_the_artifact_records_them(tmp_path,
                                                                               monkeypatch):
     import ebmctl.training.convergent as tr
+    import ebmctl.training.trainer as loop
 
     bundle, out = tiny_bundle(), tmp_path / "e.safetensors"
-    _interrupted(monkeypatch, tr, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
+    _interrupted(monkeypatch, loop, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
     longer = resolve("quick", TINY_EBM + ["train.steps=6"])
     with pytest.raises(ConfigError, match="train.steps.*--force-resume"):
         tr.train_ebm(longer, bundle, out, CPU, resume=True)
@@ -109,6 +112,7 @@ def _hat_cfg(*extra):
 
 @pytest.mark.parametrize("which", ["midrun", "hat", "classifier", "fixer"])
 def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, monkeypatch):
+    import ebmctl.training.trainer as loop
     from ebmctl.context import get_task
 
     bundle, out = tiny_bundle(), tmp_path / f"{which}.safetensors"
@@ -151,7 +155,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
                                  "fix.feature_net=vgg16"])
         changed, key = base.with_overrides({"fix.lr": 1e-3}), "fix.lr"
         monkeypatch.setattr(mod, "build_feature_net", lambda *a: torch.nn.Identity())
-    _interrupted(monkeypatch, mod, go, base)
+    _interrupted(monkeypatch, loop if which in ("midrun", "hat") else mod, go, base)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         go(changed, resume=True)
     if which == "fixer":  # the frozen EBM is compared by content

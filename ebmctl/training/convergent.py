@@ -2,42 +2,36 @@
 persistent bank of noise chains never reset, data noise, K Langevin steps per update, Adam then
 an SGD switch.
 
+What differs from the other recipes lives in :class:`Convergent`: the bank starts from noise
+(``train.bank_init``) and is never rejuvenated, the optimiser switches from Adam to plain SGD at
+``train.sgd_switch_step``, and the bank may be split into shards (one per torchrun process).
+The loop, resume, checkpoints and numerical stops are :class:`ebmctl.training.trainer.EnergyTrainer`'s.
+
 All randomness of update j is derived from (seed, j), so a resumed run reproduces an
 uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import torch
 
+from ebmctl import distributed as D
 from ebmctl.architectures import build_model
-from ebmctl.artifacts import model_tensors, save_artifact
-from ebmctl.console import info, progress_bar
-from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.evaluate.plots import save_grid
 from ebmctl.config import Config
+from ebmctl.console import info
 from ebmctl.contracts import DatasetBundle
-from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
+from ebmctl.errors import ConfigError, NumericalError
+from ebmctl.sampling.langevin import energy_and_grad, langevin
 from ebmctl.seeds import make_generator
-from ebmctl.training.checkpoint import (
-    ResumeGuard,
-    finish_energy_run,
-    checkpoint_path,
-    grads_finite,
-    load_checkpoint,
-    numerical_stop,
-    restore_optimizer,
-    save_checkpoint,
-)
-from ebmctl.training.health import load_health_classifier, run_health_check
-from ebmctl.units import to_internal, to_public
+from ebmctl.training.checkpoint import restore_optimizer
+from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer, langevin_settings
 
 
 def init_bank(kind: str, n: int, shape: tuple, data: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The initial persistent bank [n, *shape]: uniform noise in [-1, 1], N(0, I) noise, or
+    training images (``train.bank_init`` = uniform | gaussian | data)."""
     if kind == "uniform":
         return torch.rand((n, *shape), generator=gen) * 2 - 1
     if kind == "gaussian":
@@ -46,161 +40,138 @@ def init_bank(kind: str, n: int, shape: tuple, data: torch.Tensor, gen: torch.Ge
     return data[idx].clone()
 
 
-def _make_optimizer(net, cfg: Config, step: int) -> torch.optim.Optimizer:
-    switch = cfg["train.sgd_switch_step"]
-    if switch and step >= switch:
-        return torch.optim.SGD(net.parameters(), lr=cfg["train.lr_sgd"])
-    return torch.optim.Adam(net.parameters(), lr=cfg["train.lr_adam"],
-                            betas=(cfg["train.adam_beta1"], cfg["train.adam_beta2"]))
-
-
-def ebm_data_meta(bundle: DatasetBundle, dataset: str) -> dict:
-    return {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
-            "dataset": dataset}
-
-
-def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
-              resume: bool = False, force_resume: bool = False) -> Path:
-    """Convergent EBM training. With ``train.shards`` = S > 1 the bank is split into S contiguous
+class Convergent(EnergyRecipe):
+    """The convergent recipe. With ``train.shards`` = S > 1 the bank is split into S contiguous
     blocks and every update's batch into S parts of batch/S; part s draws its data, noise, bank
     rows and Langevin noise from a generator keyed (seed, update, s) and the loss is the mean of
     the S part losses. Under torchrun (see :mod:`ebmctl.distributed`) rank r holds shard r of
     the bank and DistributedDataParallel averages the gradients; one process runs the S parts in
     turn and reaches the same weights."""
-    from ebmctl import distributed as D
 
-    ctx = D.current()
-    shards = D.train_shards(cfg["train.shards"], ctx)
-    if shards != cfg["train.shards"]:
-        cfg = cfg.with_overrides({"train.shards": shards}, "torchrun world size")
-    device = D.rank_device(ctx, torch.device(device))
-    out = Path(out)
-    ckpt_file = checkpoint_path(out)
-    seed = cfg["run.seed"]
-    net, arch, args = build_model("ebm", cfg, bundle, (seed, "ebm-init"))
-    net = net.to(device)
-    health_model = load_health_classifier(cfg, device) if ctx.is_main else None  # fail early
-    data = to_internal(bundle.train.x).to(device)
-    shape = tuple(data.shape[1:])
-    bank_size = cfg["train.bank_size"] or len(data)
-    steps, k_mcmc, batch = cfg["train.steps"], cfg["train.mcmc_steps"], cfg["train.batch_size"]
-    part = batch // shards
-    if shards > 1 and (batch % shards or bank_size // shards < part):
-        raise ConfigError(f"train.shards = {shards} needs train.batch_size divisible by it and "
-                          f"at least batch_size/shards = {part} bank rows per shard "
-                          f"(batch_size {batch}, bank {bank_size})")
-    mine = [ctx.rank] if ctx.active else list(range(shards))  # the shards this process runs
-    settings = LangevinSettings(cfg["langevin.tau"], cfg["langevin.temperature"], 1.0,
-                                "fp32", cfg["langevin.channels_last"])
-    from ebmctl.device import resolve_precision
+    target, label, title = "ebm", "train ebm", "EBM training"
 
-    settings.precision = resolve_precision(cfg["langevin.precision"], device)
-    start, history = 0, []
-    bank = init_bank(cfg["train.bank_init"], bank_size, shape, data.cpu(),
-                     make_generator("cpu", seed, "bank-init"))
-    opt = _make_optimizer(net, cfg, 0)
-    guard = ResumeGuard.for_run(cfg, "ebm")
-    if (resume or force_resume) and ckpt_file.exists():
-        ck = load_checkpoint(ckpt_file, "ebm")
-        guard.check(ck, force_resume, ckpt_file)
-        net.load_state_dict(ck["model"])
-        start = ck["step"]
-        opt = _make_optimizer(net, cfg, start)
-        if type(opt).__name__ == (ck["opt_meta"] or {}).get("class"):
-            restore_optimizer(opt, ck)
-        bank = ck["tensors"]["bank"]
-        history = ck["state"].get("history", [])
-        info(f"resumed from {ckpt_file} at update {start}")
-        if ck["state"].get("shards", 1) != shards:
+    def __init__(self, cfg: Config, bundle: DatasetBundle, device):
+        ctx = D.current()
+        shards = D.train_shards(cfg["train.shards"], ctx)
+        if shards != cfg["train.shards"]:
+            cfg = cfg.with_overrides({"train.shards": shards}, "torchrun world size")
+        super().__init__(cfg, bundle, D.rank_device(ctx, torch.device(device)))
+        self.ctx, self.shards = ctx, shards
+
+    def setup(self) -> None:
+        cfg, shards = self.cfg, self.shards
+        net, self.arch, self.arch_args = build_model("ebm", cfg, self.bundle, (self.seed, "ebm-init"))
+        self.net = net.to(self.device)
+        self.load_data()
+        self.bank_size = cfg["train.bank_size"] or len(self.data)
+        batch = cfg["train.batch_size"]
+        self.part = batch // shards
+        if shards > 1 and (batch % shards or self.bank_size // shards < self.part):
+            raise ConfigError(f"train.shards = {shards} needs train.batch_size divisible by it and "
+                              f"at least batch_size/shards = {self.part} bank rows per shard "
+                              f"(batch_size {batch}, bank {self.bank_size})")
+        self.mine = [self.ctx.rank] if self.ctx.active else list(range(shards))  # shards run here
+        self.settings = langevin_settings(cfg, self.device)
+        self.bank = init_bank(cfg["train.bank_init"], self.bank_size, self.shape, self.data.cpu(),
+                              make_generator("cpu", self.seed, "bank-init"))
+        self.opt = self._optimizer(0)
+
+    def _optimizer(self, step: int) -> torch.optim.Optimizer:
+        """Adam before ``train.sgd_switch_step`` (0: never switch), plain SGD from it on."""
+        cfg, switch = self.cfg, self.cfg["train.sgd_switch_step"]
+        if switch and step >= switch:
+            return torch.optim.SGD(self.net.parameters(), lr=cfg["train.lr_sgd"])
+        return torch.optim.Adam(self.net.parameters(), lr=cfg["train.lr_adam"],
+                                betas=(cfg["train.adam_beta1"], cfg["train.adam_beta2"]))
+
+    def restore(self, ck: dict) -> None:
+        self.opt = self._optimizer(ck["step"])
+        if type(self.opt).__name__ == (ck["opt_meta"] or {}).get("class"):
+            restore_optimizer(self.opt, ck)
+        self.bank = ck["tensors"]["bank"]
+        if ck["state"].get("shards", 1) != self.shards:
             info(f"the checkpoint was written with train.shards = {ck['state'].get('shards', 1)}"
-                 f"; continuing with {shards} (a different random stream from here on)")
-    elif resume or force_resume:
-        info(f"no checkpoint at {ckpt_file}; starting from scratch")
-    if shards == 1:
-        banks = {0: bank.to(device)}
-    else:  # each process keeps only its own shards
-        banks = {s: bank[slice(*D.shard_bounds(bank_size, shards, s))].clone().to(device)
-                 for s in mine}
-    del bank
-    model = D.data_parallel(net, ctx, device)  # what the loss runs through; Langevin uses net
+                 f"; continuing with {self.shards} (a different random stream from here on)")
 
-    def whole_bank() -> torch.Tensor:  # all shards, in bank order (collective under torchrun)
-        if shards == 1:
-            return banks[0]
-        parts = D.gather_objects({s: b.cpu() for s, b in banks.items()}, ctx)
+    def begin(self) -> None:
+        if self.shards == 1:
+            self.banks = {0: self.bank.to(self.device)}
+        else:  # each process keeps only its own shards
+            self.banks = {s: self.bank[slice(*D.shard_bounds(self.bank_size, self.shards, s))]
+                          .clone().to(self.device) for s in self.mine}
+        del self.bank
+        self.model = D.data_parallel(self.net, self.ctx, self.device)  # the loss runs through it
+
+    def schedule(self, step: int) -> None:
+        switch = self.cfg["train.sgd_switch_step"]
+        if switch and step == switch:
+            self.opt = self._optimizer(step)
+
+    def gradients(self, step: int) -> dict[str, float]:
+        self.opt.zero_grad(set_to_none=True)
+        totals, self.negs = [0.0, 0.0, 0.0], []
+        for s in self.mine:
+            loss, e_pos, e_neg = self._part(step, s)
+            # one process: mean over the shards by accumulation; torchrun: DDP averages
+            (loss / len(self.mine) if len(self.mine) > 1 else loss).backward()
+            totals = [t + v.item() for t, v in zip(totals, (loss, e_pos, e_neg))]
+        gap, pos, neg = (t / self.shards for t in D.sum_over_ranks(totals, self.ctx, self.device))
+        return {"energy_gap": gap, "energy_pos": pos, "energy_neg": neg}
+
+    def _part(self, step: int, s: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shard ``s`` of update ``step``: K Langevin steps from its bank rows (written back)
+        and the loss mean U(x⁺) − mean U(x⁻) with its two terms."""
+        key = ("ebm-train", step) if self.shards == 1 else ("ebm-train", step, s)
+        gen = make_generator(self.device, self.seed, *key)
+        pos = self.positives(self.part, gen)
+        bank = self.banks[s]
+        bank_idx = torch.randperm(len(bank), generator=gen, device=self.device)[:self.part]
+        try:
+            neg, failed = langevin(self.net, bank[bank_idx], self.cfg["train.mcmc_steps"],
+                                   self.settings, gen), ""
+        except NumericalError as exc:
+            neg, failed = None, exc.message
+        if self.ctx.active and D.sum_over_ranks([float(bool(failed))], self.ctx, self.device)[0]:
+            failed = failed or "a Langevin chain of another process produced NaN/Inf"
+        if failed:
+            raise NumericalError(failed)
+        bank[bank_idx] = neg
+        self.negs.append(neg)
+        self.model.train()
+        e_pos, e_neg = self.model(pos).mean(), self.model(neg).mean()
+        return e_pos - e_neg, e_pos, e_neg
+
+    def apply(self, step: int, terms: dict) -> None:
+        self.opt.step()
+
+    def record(self, terms: dict) -> dict:
+        norms = [energy_and_grad(self.net, neg, "fp32")[1].flatten(1).norm(dim=1).mean().item()
+                 for neg in self.negs]
+        grad_norm = D.sum_over_ranks([sum(norms)], self.ctx, self.device)[0] / self.shards
+        return {**super().record(terms), "langevin_grad_norm": grad_norm,
+                "optimizer": type(self.opt).__name__}
+
+    def checkpoint_state(self) -> tuple[torch.optim.Optimizer, dict, dict]:
+        return self.opt, {"bank": self._whole_bank()}, {"shards": self.shards}
+
+    def _whole_bank(self) -> torch.Tensor:
+        """All shards, in bank order (collective under torchrun)."""
+        if self.shards == 1:
+            return self.banks[0]
+        parts = D.gather_objects({s: b.cpu() for s, b in self.banks.items()}, self.ctx)
         merged = {s: b for p in parts for s, b in p.items()}
-        return torch.cat([merged[s] for s in range(shards)])
+        return torch.cat([merged[s] for s in range(self.shards)])
 
-    every = cfg["train.checkpoint_every"]
-    grid_every = cfg["output.grid_every"] or every
-    t0 = time.time()
-    with progress_bar(steps - start, f"train ebm ({out.name})") as bar:
-        for step in range(start, steps):
-            if cfg["train.sgd_switch_step"] and step == cfg["train.sgd_switch_step"]:
-                opt = _make_optimizer(net, cfg, step)
-            opt.zero_grad(set_to_none=True)
-            totals, negs = [0.0, 0.0, 0.0], []
-            for s in mine:
-                key = ("ebm-train", step) if shards == 1 else ("ebm-train", step, s)
-                gen = make_generator(device, seed, *key)
-                pos_idx = torch.randint(0, len(data), (part,), generator=gen, device=device)
-                pos = data[pos_idx] + cfg["train.data_noise"] * torch.randn(
-                    (part, *shape), generator=gen, device=device)
-                bank_idx = torch.randperm(len(banks[s]), generator=gen, device=device)[:part]
-                try:
-                    neg, failed = langevin(net, banks[s][bank_idx], k_mcmc, settings, gen), ""
-                except NumericalError as exc:
-                    neg, failed = None, exc.message
-                if ctx.active and D.sum_over_ranks([float(bool(failed))], ctx, device)[0]:
-                    failed = failed or "a Langevin chain of another process produced NaN/Inf"
-                if failed:
-                    raise numerical_stop(f"{failed} (update {step})", ckpt_file) from None
-                banks[s][bank_idx] = neg
-                negs.append(neg)
-                model.train()
-                e_pos, e_neg = model(pos).mean(), model(neg).mean()
-                loss = e_pos - e_neg
-                # one process: mean over the shards by accumulation; torchrun: DDP averages
-                (loss / len(mine) if len(mine) > 1 else loss).backward()
-                totals = [t + v.item() for t, v in zip(totals, (loss, e_pos, e_neg))]
-            gap, mean_pos, mean_neg = (t / shards for t in D.sum_over_ranks(totals, ctx, device))
-            if not math.isfinite(gap) or not grads_finite(net):
-                raise numerical_stop(f"EBM loss or gradient became NaN/Inf (loss {gap}) "
-                                     f"at update {step}", ckpt_file)
-            opt.step()
-            if (step + 1) % cfg["train.log_every"] == 0 or step + 1 == steps:
-                norms = [energy_and_grad(net, neg, "fp32")[1].flatten(1).norm(dim=1).mean().item()
-                         for neg in negs]
-                rec = {"step": step + 1, "energy_gap": gap, "energy_pos": mean_pos,
-                       "energy_neg": mean_neg,
-                       "langevin_grad_norm": D.sum_over_ranks([sum(norms)], ctx, device)[0]
-                       / shards,
-                       "optimizer": type(opt).__name__, "seconds": round(time.time() - t0, 2)}
-                history.append(rec)
-            bar.advance(1, f"gap {gap:+.3g}")
-            if (step + 1) % every == 0 and step + 1 < steps:
-                full = whole_bank()
-                if ctx.is_main:
-                    save_checkpoint(ckpt_file, target="ebm", step=step + 1, model=net,
-                                    optimizer=opt, tensors={"bank": full},
-                                    state={"history": history, "shards": shards}, config=cfg,
-                                    arch=arch, arch_args=args, guard=guard)
-            if ctx.is_main and ((step + 1) % grid_every == 0 or step + 1 == steps):
-                save_grid(to_public(banks[0][:64]),
-                          out.with_name(out.stem + f".samples-{step + 1:06d}.png"))
-    extra = {"tau": cfg["langevin.tau"], "temperature": cfg["langevin.temperature"],
-             "training": {"updates": steps, "seconds": round(time.time() - t0, 1),
-                          "final": history[-1] if history else {}}}
-    if shards > 1:
-        extra["training"].update(shards=shards, world_size=ctx.world_size)
-    extra.update(guard.artifact_extra())
-    if ctx.is_main:
-        health = run_health_check(net, cfg, bundle, settings, device, out, health_model)
-        if health is not None:
-            extra["health"] = health
-        save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
-                      task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
-                      config=cfg, step=steps, extra=extra)
-        finish_energy_run(out, ckpt_file, history, extra, cfg, device, "U", "EBM training")
-    D.barrier(ctx)  # the other ranks return once rank 0 has written the artifact
-    return out
+    def samples(self) -> torch.Tensor:
+        return self.banks[0]
+
+    def training_extra(self, history: list[dict]) -> dict:
+        return {"shards": self.shards, "world_size": self.ctx.world_size} if self.shards > 1 else {}
+
+
+def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
+              resume: bool = False, force_resume: bool = False) -> Path:
+    """Convergent EBM training (:class:`Convergent`) to the artifact ``out``; ``resume``
+    continues from ``out``'s checkpoint (a ConfigError if its settings differ; ``force_resume``
+    allows the safe ones). Raises NumericalError on NaN/Inf, keeping the last checkpoint."""
+    return EnergyTrainer(Convergent(cfg, bundle, device), out).run(resume, force_resume)

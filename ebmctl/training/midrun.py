@@ -5,14 +5,17 @@ probability p = K / K_def after each update, from data or from a frozen generato
 chain lives K_def Langevin steps on average; Adam with step-wise learning-rate annealing makes the
 K-step pieces of a chain approximate one long chain of the late model (thesis §3.2.1).
 
+What differs from the convergent recipe lives in :class:`MidRun`: the bank starts from the
+rejuvenation source, the learning rate drops at ``train.lr_drops``, chains are sampled with the
+network in eval mode, and each update ends with rejuvenation. The loop, resume, checkpoints and
+numerical stops are :class:`ebmctl.training.trainer.EnergyTrainer`'s.
+
 All randomness of update j is derived from (seed, "midrun", j), so a resumed run reproduces an
 uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,31 +23,16 @@ from typing import Callable
 import torch
 
 from ebmctl.architectures import build_model
-from ebmctl.artifacts import load_model, model_tensors, save_artifact
-from ebmctl.console import info, progress_bar
-from ebmctl.device import resolve_precision
-from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.evaluate.plots import save_grid
-from ebmctl.nn.sngan import project_to_sphere
+from ebmctl.artifacts import load_model
 from ebmctl.config import Config
 from ebmctl.contracts import DatasetBundle
-from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
-from ebmctl.seeds import keeps_global_rng, make_generator
-from ebmctl.training.convergent import ebm_data_meta
-from ebmctl.training.checkpoint import (
-    ResumeGuard,
-    finish_energy_run,
-    checkpoint_path,
-    load_checkpoint,
-    restore_optimizer,
-    save_checkpoint,
-)
-from ebmctl.training.health import (
-    load_health_classifier,
-    parameter_grad_norm,
-    run_health_check,
-)
-from ebmctl.units import to_internal, to_public
+from ebmctl.errors import ConfigError
+from ebmctl.nn.sngan import project_to_sphere
+from ebmctl.sampling.langevin import energy_and_grad, langevin
+from ebmctl.seeds import make_generator
+from ebmctl.training.checkpoint import restore_optimizer
+from ebmctl.training.health import parameter_grad_norm
+from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer, langevin_settings
 
 RECIPES = ("convergent", "midrun")
 
@@ -132,116 +120,103 @@ def rejuvenate(states: torch.Tensor, p: float, source: RejuvenationSource,
     return out, mask
 
 
-@keeps_global_rng
+class MidRun(EnergyRecipe):
+    """The mid-run recipe (Alg. 4): Adam with step-wise annealing, rejuvenation after each
+    update, bank initialised from the rejuvenation source."""
+
+    target, label, title = "ebm-midrun", "train ebm midrun", "mid-run EBM training"
+
+    def guard_files(self) -> dict:
+        cfg = self.cfg
+        return {"train.rejuv_generator":
+                cfg["train.rejuv_source"] == "generator" and cfg["train.rejuv_generator"]}
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        net, self.arch, self.arch_args = build_model("ebm", cfg, self.bundle,
+                                                     (self.seed, "midrun-init"))
+        self.net = net.to(self.device)
+        self.load_data()
+        self.batch, self.bank_size = cfg["train.batch_size"], cfg["train.bank_size"] or len(self.data)
+        if self.batch > self.bank_size:
+            raise ConfigError(f"train.batch_size {self.batch} exceeds train.bank_size "
+                              f"{self.bank_size}")
+        self.p = rejuvenation_probability(cfg)
+        self.source = make_source(cfg, self.data, self.device)
+        self.settings = langevin_settings(cfg, self.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg["train.lr_adam"],
+                                    betas=(cfg["train.adam_beta1"], cfg["train.adam_beta2"]))
+        # Alg. 4: the bank starts from the rejuvenation source.
+        self.bank = self.source.draw(self.bank_size, make_generator(
+            self.device, self.seed, "midrun-bank-init")).to(self.device)
+        self.counts = {"rejuvenated": 0, "updated": 0}
+        self.window = {"rejuvenated": 0, "updated": 0}  # since the last log record
+
+    def restore(self, ck: dict) -> None:
+        restore_optimizer(self.opt, ck)
+        self.bank = ck["tensors"]["bank"].to(self.device)
+        self.counts = ck["state"].get("counts", self.counts)
+
+    def schedule(self, step: int) -> None:
+        self.lr = lr_at(step, self.cfg["train.lr_adam"], sorted(self.cfg["train.lr_drops"]),
+                        self.cfg["train.lr_drop_factor"])
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr
+
+    def gradients(self, step: int) -> dict[str, float]:
+        self.gen = make_generator(self.device, self.seed, "midrun", step)
+        pos = self.positives(self.batch, self.gen)
+        self.bank_idx = torch.randperm(self.bank_size, generator=self.gen,
+                                       device=self.device)[:self.batch]
+        self.net.eval()  # no batch-stat or power-iteration side effects while sampling
+        self.neg = langevin(self.net, self.bank[self.bank_idx], self.cfg["train.mcmc_steps"],
+                            self.settings, self.gen)
+        self.net.train()
+        e_pos, e_neg = self.net(pos).mean(), self.net(self.neg).mean()
+        loss = e_pos - e_neg
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return {"energy_gap": loss.item(), "energy_pos": e_pos.item(), "energy_neg": e_neg.item()}
+
+    def apply(self, step: int, terms: dict) -> None:
+        terms["param_grad_norm"] = parameter_grad_norm(self.net)
+        self.opt.step()
+        self.neg, mask = rejuvenate(self.neg, self.p, self.source, self.gen)
+        self.bank[self.bank_idx] = self.neg
+        n_rejuvenated = int(mask.sum())
+        for c in (self.counts, self.window):
+            c["rejuvenated"] += n_rejuvenated
+            c["updated"] += self.batch
+
+    def record(self, terms: dict) -> dict:
+        _, g = energy_and_grad(self.net, self.neg, "fp32")
+        rate = self.window["rejuvenated"] / max(1, self.window["updated"])
+        self.window = {"rejuvenated": 0, "updated": 0}
+        return {**super().record(terms), "param_grad_norm": terms["param_grad_norm"],
+                "langevin_grad_norm": g.flatten(1).norm(dim=1).mean().item(), "lr": self.lr,
+                "rejuv_rate": rate}
+
+    def checkpoint_state(self) -> tuple[torch.optim.Optimizer, dict, dict]:
+        return self.opt, {"bank": self.bank}, {"counts": self.counts}
+
+    def samples(self) -> torch.Tensor:
+        return self.bank
+
+    def finish(self) -> None:
+        self.net.eval()
+
+    def artifact_extra(self) -> dict:
+        return {**super().artifact_extra(), "recipe": "midrun"}
+
+    def training_extra(self, history: list[dict]) -> dict:
+        return {"rejuv_prob": self.p, "rejuv_source": self.source.name,
+                "rejuv_rate": self.counts["rejuvenated"] / max(1, self.counts["updated"]),
+                "history": history}
+
+
 def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
                  resume: bool = False, force_resume: bool = False) -> Path:
-    out = Path(out)
-    ckpt_file = checkpoint_path(out)
-    net, arch, args = build_model("ebm", cfg, bundle, (cfg["run.seed"], "midrun-init"))
-    net = net.to(device)
-    seed = cfg["run.seed"]
-    health_model = load_health_classifier(cfg, device)  # a bad path fails before training
-    data = to_internal(bundle.train.x).to(device)
-    shape = tuple(data.shape[1:])
-    steps, k_mcmc, batch = cfg["train.steps"], cfg["train.mcmc_steps"], cfg["train.batch_size"]
-    bank_size = cfg["train.bank_size"] or len(data)
-    if batch > bank_size:
-        raise ConfigError(f"train.batch_size {batch} exceeds train.bank_size {bank_size}")
-    p = rejuvenation_probability(cfg)
-    source = make_source(cfg, data, device)
-    drops, factor = sorted(cfg["train.lr_drops"]), cfg["train.lr_drop_factor"]
-    settings = LangevinSettings(cfg["langevin.tau"], cfg["langevin.temperature"], 1.0,
-                                resolve_precision(cfg["langevin.precision"], device),
-                                cfg["langevin.channels_last"])
-    opt = torch.optim.Adam(net.parameters(), lr=cfg["train.lr_adam"],
-                           betas=(cfg["train.adam_beta1"], cfg["train.adam_beta2"]))
-    # Alg. 4: the bank starts from the rejuvenation source.
-    bank = source.draw(bank_size, make_generator(device, seed, "midrun-bank-init")).to(device)
-    start, history = 0, []
-    counts = {"rejuvenated": 0, "updated": 0}
-    elapsed = 0.0  # training seconds of earlier (resumed-from) processes
-    generator_file = cfg["train.rejuv_source"] == "generator" and cfg["train.rejuv_generator"]
-    guard = ResumeGuard.for_run(cfg, "ebm-midrun", {"train.rejuv_generator": generator_file})
-    if (resume or force_resume) and ckpt_file.exists():
-        ck = load_checkpoint(ckpt_file, "ebm-midrun")
-        guard.check(ck, force_resume, ckpt_file)
-        net.load_state_dict(ck["model"])
-        restore_optimizer(opt, ck)
-        bank = ck["tensors"]["bank"].to(device)
-        start = ck["step"]
-        history = ck["state"].get("history", [])
-        counts = ck["state"].get("counts", counts)
-        elapsed = float(ck["state"].get("seconds", 0.0))
-        info(f"resumed from {ckpt_file} at update {start}")
-    elif resume or force_resume:
-        info(f"no checkpoint at {ckpt_file}; starting from scratch")
-    every, log_every = cfg["train.checkpoint_every"], cfg["train.log_every"]
-    grid_every = cfg["output.grid_every"] or every
-    t0 = time.time() - elapsed
-    window = {"rejuvenated": 0, "updated": 0}
-    with progress_bar(steps - start, f"train ebm midrun ({out.name})") as bar:
-        for step in range(start, steps):
-            lr = lr_at(step, cfg["train.lr_adam"], drops, factor)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            gen = make_generator(device, seed, "midrun", step)
-            pos_idx = torch.randint(0, len(data), (batch,), generator=gen, device=device)
-            pos = data[pos_idx] + cfg["train.data_noise"] * torch.randn(
-                (batch, *shape), generator=gen, device=device)
-            bank_idx = torch.randperm(bank_size, generator=gen, device=device)[:batch]
-            net.eval()  # no batch-stat or power-iteration side effects while sampling
-            neg = langevin(net, bank[bank_idx], k_mcmc, settings, gen)
-            net.train()
-            e_pos, e_neg = net(pos).mean(), net(neg).mean()
-            loss = e_pos - e_neg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if not math.isfinite(loss.item()):
-                raise NumericalError(f"EBM loss became {loss.item()} at update {step}; the last "
-                                     f"good checkpoint is {ckpt_file}")
-            grad_norm = parameter_grad_norm(net)
-            opt.step()
-            neg, mask = rejuvenate(neg, p, source, gen)
-            bank[bank_idx] = neg
-            n_rejuv = int(mask.sum())
-            for c in (counts, window):
-                c["rejuvenated"] += n_rejuv
-                c["updated"] += batch
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                _, g = energy_and_grad(net, neg, "fp32")
-                history.append({
-                    "step": step + 1, "energy_gap": loss.item(), "energy_pos": e_pos.item(),
-                    "energy_neg": e_neg.item(), "param_grad_norm": grad_norm,
-                    "langevin_grad_norm": g.flatten(1).norm(dim=1).mean().item(), "lr": lr,
-                    "rejuv_rate": window["rejuvenated"] / max(1, window["updated"]),
-                    "seconds": round(time.time() - t0, 2)})
-                window = {"rejuvenated": 0, "updated": 0}
-            bar.advance(1, f"gap {loss.item():+.3g}")
-            if (step + 1) % every == 0 and step + 1 < steps:
-                save_checkpoint(ckpt_file, target="ebm-midrun", step=step + 1, model=net,
-                                optimizer=opt, tensors={"bank": bank},
-                                state={"history": history, "counts": counts,
-                                       "seconds": time.time() - t0},
-                                config=cfg, arch=arch, arch_args=args, guard=guard)
-            if (step + 1) % grid_every == 0 or step + 1 == steps:
-                save_grid(to_public(bank[:64]),
-                          out.with_name(out.stem + f".samples-{step + 1:06d}.png"))
-    net.eval()
-    seconds = round(time.time() - t0, 1)
-    extra = {
-        "tau": cfg["langevin.tau"], "temperature": cfg["langevin.temperature"],
-        "recipe": "midrun",
-        "training": {"updates": steps, "seconds": seconds, "rejuv_prob": p,
-                     "rejuv_source": source.name,
-                     "rejuv_rate": counts["rejuvenated"] / max(1, counts["updated"]),
-                     "final": history[-1] if history else {}, "history": history},
-    }
-    health = run_health_check(net, cfg, bundle, settings, device, out, health_model)
-    if health is not None:
-        extra["health"] = health
-    extra.update(guard.artifact_extra())
-    save_artifact(out, model_tensors(net), kind="ebm", arch=arch, arch_args=args,
-                  task=cfg["task.name"], data=ebm_data_meta(bundle, cfg["data.dataset"]),
-                  config=cfg, step=steps, extra=extra)
-    finish_energy_run(out, ckpt_file, history, extra, cfg, device, "U", "mid-run EBM training")
-    return out
+    """Mid-run EBM training (:class:`MidRun`) to the artifact ``out``; ``resume`` continues
+    from ``out``'s checkpoint (a ConfigError if its settings differ; ``force_resume`` allows
+    the safe ones). Raises NumericalError on NaN/Inf, keeping the last checkpoint."""
+    return EnergyTrainer(MidRun(cfg, bundle, device), out).run(resume, force_resume)

@@ -1,0 +1,261 @@
+"""One energy-training loop for every recipe (docs/algorithms.md#convergent-training,
+#mid-run-training, #hat-ebm-training).
+
+Every recipe of the thesis repeats the same skeleton: per update j, positives are training images
+plus data noise, negatives come from K Langevin steps of persistent (or fresh) chains, and the
+energy network takes a step on mean E(x⁺) − mean E(x⁻). :class:`EnergyTrainer` owns what the
+recipes share: resume from a checkpoint (refused when the run's settings changed, see
+:class:`ebmctl.training.checkpoint.ResumeGuard`), checkpoints, the numerical stop (NaN/Inf in
+the sampler, the loss or the gradients keeps the last good checkpoint), the training log, sample
+grids, progress, the end-of-run health check and the artifact. An :class:`EnergyRecipe` holds
+only what the thesis says differs between recipes: how the bank starts, the optimiser schedule,
+how negatives are drawn, and what happens after the energy step (rejuvenation, a generator
+update).
+
+All randomness of update j is derived from (seed, label, j), so a resumed run reproduces an
+uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ebmctl.artifacts import model_tensors, save_artifact
+from ebmctl.config import Config
+from ebmctl.console import info, progress_bar
+from ebmctl.contracts import DatasetBundle
+from ebmctl.device import resolve_precision
+from ebmctl.distributed import DistContext, barrier
+from ebmctl.errors import NumericalError
+from ebmctl.evaluate.plots import save_grid
+from ebmctl.sampling.langevin import LangevinSettings
+from ebmctl.seeds import keeps_global_rng
+from ebmctl.training.checkpoint import (
+    ResumeGuard,
+    checkpoint_path,
+    finish_energy_run,
+    grads_finite,
+    load_checkpoint,
+    numerical_stop,
+    save_checkpoint,
+)
+from ebmctl.training.health import load_health_classifier, run_health_check
+from ebmctl.units import to_internal, to_public
+
+
+def ebm_data_meta(bundle: DatasetBundle, dataset: str) -> dict:
+    """The ``data`` record of an energy artifact: internal range, image size, channels, dataset."""
+    return {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
+            "dataset": dataset}
+
+
+def langevin_settings(cfg: Config, device) -> LangevinSettings:
+    """The ``[langevin]`` settings training chains run with (precision resolved for ``device``)."""
+    return LangevinSettings(cfg["langevin.tau"], cfg["langevin.temperature"], 1.0,
+                            resolve_precision(cfg["langevin.precision"], device),
+                            cfg["langevin.channels_last"])
+
+
+class EnergyRecipe:
+    """What one training recipe adds to :class:`EnergyTrainer`'s loop.
+
+    The trainer calls, in order: :meth:`setup` (fresh state), :meth:`restore` (only when
+    resuming), :meth:`begin`, then per update :meth:`schedule`, :meth:`gradients`, its own
+    finiteness check, :meth:`apply` and (on logging updates) :meth:`record`; at the end
+    :meth:`finish` and :meth:`artifact_extra`. ``net`` is the network saved in checkpoints and
+    the artifact (``arch``/``arch_args`` recorded with it), ``trained`` the one whose gradients
+    the numerical stop checks.
+    """
+
+    #: checkpoint target, artifact kind, progress label, gap-plot title, energy symbol, noun
+    target, kind, label, title, energy_symbol, noun = "ebm", "ebm", "train", "", "U", "EBM"
+    #: run the end-of-run health check (Langevin chains of ``net`` from held-out data)
+    health_check = True
+
+    def __init__(self, cfg: Config, bundle: DatasetBundle, device):
+        self.cfg, self.bundle, self.device = cfg, bundle, torch.device(device)
+        self.seed = cfg["run.seed"]
+        self.ctx = DistContext()  # one process unless a recipe runs under torchrun
+        self.net: torch.nn.Module
+        self.arch, self.arch_args = "", {}
+        self.settings: Any = None
+
+    @property
+    def trained(self) -> torch.nn.Module:
+        return self.net
+
+    def load_data(self) -> None:
+        """The training images in internal units [-1, 1] on the run's device."""
+        self.data = to_internal(self.bundle.train.x).to(self.device)
+        self.shape = tuple(self.data.shape[1:])
+
+    def positives(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """X⁺: ``n`` training images drawn with replacement plus N(0, data_noise²) noise."""
+        idx = torch.randint(0, len(self.data), (n,), generator=gen, device=self.device)
+        return self.data[idx] + self.cfg["train.data_noise"] * torch.randn(
+            (n, *self.shape), generator=gen, device=self.device)
+
+    def guard_files(self) -> dict[str, Any]:
+        """Files the run trains against, compared by content on resume (name → path)."""
+        return {}
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def restore(self, ck: dict) -> None:
+        """Optimiser and recipe state from checkpoint ``ck`` (the network is already loaded)."""
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        """Called once before the first update, fresh or resumed."""
+
+    def schedule(self, step: int) -> None:
+        """The optimiser schedule at the start of update ``step``."""
+
+    def gradients(self, step: int) -> dict[str, float]:
+        """Negatives, the energy loss and its backward pass; returns ``energy_gap``,
+        ``energy_pos``, ``energy_neg`` (more for :meth:`record`). May raise NumericalError."""
+        raise NotImplementedError
+
+    def apply(self, step: int, terms: dict) -> None:
+        """The optimiser step(s) and the state updates after them."""
+        raise NotImplementedError
+
+    def record(self, terms: dict) -> dict[str, Any]:
+        """The log fields of a logging update (after ``step``, before ``seconds``)."""
+        return {k: terms[k] for k in ("energy_gap", "energy_pos", "energy_neg")}
+
+    def checkpoint_state(self) -> tuple[torch.optim.Optimizer, dict, dict]:
+        """(optimizer, extra tensors, JSON state) of a checkpoint."""
+        raise NotImplementedError
+
+    def samples(self) -> torch.Tensor:
+        """What the sample grid shows (internal units)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After the last update, before the health check and the artifact."""
+
+    def artifact_extra(self) -> dict[str, Any]:
+        """The artifact's ``extra`` besides ``training``, ``health`` and ``resumed``."""
+        return {"tau": self.cfg["langevin.tau"], "temperature": self.cfg["langevin.temperature"]}
+
+    def training_extra(self, history: list[dict]) -> dict[str, Any]:
+        """More of ``extra.training`` besides updates, seconds and the final log record
+        (``history``: the run's log records)."""
+        return {}
+
+
+class EnergyTrainer:
+    """Runs an :class:`EnergyRecipe` for ``train.steps`` updates and writes ``out`` (the
+    artifact), ``<out>.log.json``, ``<out>.gap.png``, sample grids every ``output.grid_every``
+    updates and a checkpoint every ``train.checkpoint_every`` (removed at the end)."""
+
+    def __init__(self, recipe: EnergyRecipe, out: Path):
+        self.recipe, self.out = recipe, Path(out)
+        self.ckpt_file = checkpoint_path(self.out)
+        self.cfg = recipe.cfg
+        self.steps = self.cfg["train.steps"]
+        self.history: list[dict] = []
+        self.elapsed = 0.0  # training seconds of earlier (resumed-from) processes
+
+    @keeps_global_rng
+    def run(self, resume: bool = False, force_resume: bool = False) -> Path:
+        r = self.recipe
+        # a bad classifier path fails before training rather than after it
+        health_model = (load_health_classifier(self.cfg, r.device)
+                        if r.health_check and r.ctx.is_main else None)
+        r.setup()
+        self.guard = ResumeGuard.for_run(self.cfg, r.target, r.guard_files())
+        start = self._resume(resume, force_resume)
+        r.begin()
+        self.t0 = time.time() - self.elapsed
+        with progress_bar(self.steps - start, f"{r.label} ({self.out.name})") as bar:
+            for step in range(start, self.steps):
+                terms = self._update(step)
+                self._after_update(step, terms)
+                bar.advance(1, f"gap {terms['energy_gap']:+.3g}")
+        self._finish(health_model)
+        barrier(r.ctx)  # the other ranks return once rank 0 has written the artifact
+        return self.out
+
+    def _resume(self, resume: bool, force_resume: bool) -> int:
+        """The update to start from: the checkpoint's (its settings checked by the guard) when
+        resuming and it exists, else 0."""
+        if not (resume or force_resume):
+            return 0
+        if not self.ckpt_file.exists():
+            info(f"no checkpoint at {self.ckpt_file}; starting from scratch")
+            return 0
+        ck = load_checkpoint(self.ckpt_file, self.recipe.target)
+        self.guard.check(ck, force_resume, self.ckpt_file)
+        self.recipe.net.load_state_dict(ck["model"])
+        self.recipe.restore(ck)
+        self.history = ck["state"].get("history", [])
+        self.elapsed = float(ck["state"].get("seconds", 0.0))
+        info(f"resumed from {self.ckpt_file} at update {ck['step']}")
+        return ck["step"]
+
+    def _update(self, step: int) -> dict:
+        """One update; NaN/Inf in the sampler, the loss or the gradients stops the run with the
+        last good checkpoint kept (checkpoints are written from finite models only)."""
+        r = self.recipe
+        r.schedule(step)
+        try:
+            terms = r.gradients(step)
+        except NumericalError as exc:
+            raise numerical_stop(f"{exc.message} (update {step})", self.ckpt_file) from None
+        gap = terms["energy_gap"]
+        if not math.isfinite(gap) or not grads_finite(r.trained):
+            raise numerical_stop(f"{r.noun} loss or gradient became NaN/Inf (loss {gap}) at "
+                                 f"update {step}", self.ckpt_file)
+        r.apply(step, terms)
+        return terms
+
+    def _after_update(self, step: int, terms: dict) -> None:
+        """Logging, checkpoint and sample-grid cadence after update ``step``."""
+        done, r = step + 1, self.recipe
+        if done % self.cfg["train.log_every"] == 0 or done == self.steps:
+            self.history.append({"step": done, **r.record(terms),
+                                 "seconds": round(time.time() - self.t0, 2)})
+        if done % self.cfg["train.checkpoint_every"] == 0 and done < self.steps:
+            opt, tensors, state = r.checkpoint_state()  # collective under torchrun
+            if r.ctx.is_main:
+                save_checkpoint(self.ckpt_file, target=r.target, step=done, model=r.net,
+                                optimizer=opt, tensors=tensors,
+                                state={**state, "history": self.history,
+                                       "seconds": time.time() - self.t0},
+                                config=self.cfg, arch=r.arch, arch_args=r.arch_args,
+                                guard=self.guard)
+        grid_every = self.cfg["output.grid_every"] or self.cfg["train.checkpoint_every"]
+        if r.ctx.is_main and (done % grid_every == 0 or done == self.steps):
+            save_grid(to_public(r.samples()[:64]),
+                      self.out.with_name(self.out.stem + f".samples-{done:06d}.png"))
+
+    def _finish(self, health_model) -> None:
+        """The artifact (with the health verdict), the JSON log and the gap curve; the
+        checkpoint is removed."""
+        r, cfg = self.recipe, self.cfg
+        r.finish()
+        training = {"updates": self.steps, "seconds": round(time.time() - self.t0, 1),
+                    "final": self.history[-1] if self.history else {},
+                    **r.training_extra(self.history)}
+        extra = {**r.artifact_extra(), "training": training, **self.guard.artifact_extra()}
+        if not r.ctx.is_main:
+            return
+        if r.health_check:
+            health = run_health_check(r.net, cfg, self.recipe.bundle, r.settings, r.device,
+                                      self.out, health_model)
+            if health is not None:
+                extra["health"] = health
+        save_artifact(self.out, model_tensors(r.net), kind=r.kind, arch=r.arch,
+                      arch_args=r.arch_args, task=cfg["task.name"],
+                      data=ebm_data_meta(r.bundle, cfg["data.dataset"]), config=cfg,
+                      step=self.steps, extra=extra)
+        finish_energy_run(self.out, self.ckpt_file, self.history, extra, cfg, r.device,
+                          r.energy_symbol, r.title)
