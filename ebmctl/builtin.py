@@ -32,6 +32,7 @@ from ebmctl.nn.sngan import (
 )
 from ebmctl.contracts import ModelSpec
 from ebmctl.sampling.langevin import LangevinConfig
+from ebmctl.training.fixer import FixConfig
 
 
 @hookimpl
@@ -68,7 +69,8 @@ def ebmctl_register_attacks(register):
 @hookimpl
 def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
-    for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig):
+    for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
+                    FixConfig):
         add(section)
 
 

@@ -369,32 +369,6 @@ def core_schema() -> Schema:
     a("autoencoder.batch_size", "int", 64, "autoencoder batch size", minimum=1)
     a("autoencoder.lr", "float", 2e-4, "autoencoder Adam learning rate", minimum=0)
     a("autoencoder.mse_scale", "float", 1000.0, "loss = scale · MSE (thesis §6.5.2)", minimum=0)
-    # fix (the fixer network: docs/algorithms.md#fixer)
-    a("fix.arch", "str", "fixer-resnet", "fixer architecture (a 'fixer' model)")
-    a("fix.width", "int", 64, "fixer width", minimum=1)
-    a("fix.blocks", "int", 4, "fixer ResBlocks", minimum=0)
-    a("fix.stage1_epochs", "int", 40, "stage 1 (MSE) epochs", minimum=0)
-    a("fix.stage2_epochs", "int", 100, "stage 2 (perceptual) epochs, early-stopped", minimum=0)
-    a("fix.stage1_input", "str", "purified", "stage 1 inputs: purified (Eq. 5.3) | natural",
-      choices=("purified", "natural"))
-    a("fix.feature_net", "str", "classifier", "perceptual-loss network: vgg16 (needs "
-      "fix.vgg_weights) | classifier (the task model, no download)",
-      choices=("vgg16", "classifier"))
-    a("fix.vgg_weights", "str", "", "local VGG-16 weights (torchvision state dict, .safetensors)")
-    a("fix.vgg_layers", "str_list", ["relu2_2"], "VGG-16 layers of the perceptual loss")
-    a("fix.classifier_layers", "str_list", [], "task-model module names for the perceptual "
-      "loss ('output' = logits); empty = every activation module")
-    a("fix.lr", "float", 1e-4, "fixer Adam learning rate", minimum=0)
-    a("fix.batch_size", "int", 64, "fixer batch size", minimum=1)
-    a("fix.patience", "int", 10, "stage 2 early-stopping patience (epochs)", minimum=1)
-    a("fix.min_delta", "float", 0.0, "smallest validation improvement that counts", minimum=0)
-    a("fix.purify_steps", "int", 0, "Langevin steps making the inputs (0 = defense.steps)",
-      minimum=0)
-    a("fix.purify_batch", "int", 512, "images purified together", minimum=1)
-    a("fix.repurify_every", "int", 1, "epochs between fresh purified copies of the training "
-      "set (0 = purify once)", minimum=0)
-    a("fix.max_images", "int", 0, "cap on training images (0 = all)", minimum=0)
-    a("fix.val_images", "int", 0, "cap on validation images (0 = all)", minimum=0)
     return s
 
 

@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,11 +25,14 @@ from ebmctl.architectures import build_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.contracts import DatasetBundle, Task
+from ebmctl.context import RunConfig
 from ebmctl.data_utils import pick_subset
+from ebmctl.defense import DefenseConfig
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.models import EnergyModel, Fixer, TaskModel
-from ebmctl.config import Config
+from ebmctl.config import Config, setting
+from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import keeps_global_rng, make_generator
 from ebmctl.training.checkpoint import (
     ResumeGuard,
@@ -39,6 +43,43 @@ from ebmctl.training.checkpoint import (
     save_checkpoint,
 )
 from ebmctl.training.perceptual import build_feature_net, mse_loss, perceptual_loss
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FixConfig:
+    """The profile section ``[fix]``: the fixer network, its two training stages and the
+    purified inputs they learn from (docs/algorithms.md#fixer)."""
+
+    section: ClassVar[str] = "fix"
+
+    arch: str = setting("fixer-resnet", "fixer architecture (a 'fixer' model)")
+    width: int = setting(64, "fixer width", minimum=1)
+    blocks: int = setting(4, "fixer ResBlocks", minimum=0)
+    stage1_epochs: int = setting(40, "stage 1 (MSE) epochs", minimum=0)
+    stage2_epochs: int = setting(100, "stage 2 (perceptual) epochs, early-stopped", minimum=0)
+    stage1_input: str = setting("purified", "stage 1 inputs: purified (Eq. 5.3) | natural",
+                                choices=("purified", "natural"))
+    feature_net: str = setting("classifier", "perceptual-loss network: vgg16 (needs "
+                               "fix.vgg_weights) | classifier (the task model, no download)",
+                               choices=("vgg16", "classifier"))
+    vgg_weights: str = setting("", "local VGG-16 weights (torchvision state dict, .safetensors)")
+    vgg_layers: tuple[str, ...] = setting(("relu2_2",), "VGG-16 layers of the perceptual loss")
+    classifier_layers: tuple[str, ...] = setting((), "task-model module names for the perceptual "
+                                                 "loss ('output' = logits); empty = every "
+                                                 "activation module")
+    lr: float = setting(1e-4, "fixer Adam learning rate", minimum=0)
+    batch_size: int = setting(64, "fixer batch size", minimum=1)
+    patience: int = setting(10, "stage 2 early-stopping patience (epochs)", minimum=1)
+    min_delta: float = setting(0.0, "smallest validation improvement that counts", minimum=0)
+    purify_steps: int = setting(0, "Langevin steps making the inputs (0 = defense.steps)",
+                                minimum=0)
+    purify_batch: int = setting(512, "images purified together", minimum=1)
+    repurify_every: int = setting(1, "epochs between fresh purified copies of the training "
+                                  "set (0 = purify once)", minimum=0)
+    max_images: int = setting(0, "cap on training images (0 = all)", minimum=0)
+    val_images: int = setting(0, "cap on validation images (0 = all)", minimum=0)
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -99,14 +140,14 @@ def _accuracies(run: FixerRun, fixer: Fixer, natural, purified, y, device, batch
     return {k: torch.cat(v).mean().item() for k, v in scores.items()}
 
 
-def _schedule(cfg: Config) -> list[tuple[int, int]]:
+def _schedule(fix: FixConfig) -> list[tuple[int, int]]:
     """(stage, epoch within stage) for every epoch of the run, in order."""
-    return ([(1, e) for e in range(cfg["fix.stage1_epochs"])]
-            + [(2, e) for e in range(cfg["fix.stage2_epochs"])])
+    return ([(1, e) for e in range(fix.stage1_epochs)]
+            + [(2, e) for e in range(fix.stage2_epochs)])
 
 
-def _optimizer(fixer: Fixer, cfg: Config) -> torch.optim.Optimizer:
-    return torch.optim.Adam(fixer.parameters(), lr=cfg["fix.lr"])
+def _optimizer(fixer: Fixer, fix: FixConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(fixer.parameters(), lr=fix.lr)
 
 
 @keeps_global_rng
@@ -116,156 +157,222 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
     """Train a fixer for ``run.energy`` (frozen) in two stages; write the artifact, a JSON log,
     loss-curve PNGs and a natural|purified|fixed grid. A checkpoint after every epoch makes
     the run resumable; all randomness is keyed by (seed, epoch), so a resumed run equals an
-    uninterrupted one. ``stop_after`` ends this call after that many epochs (checkpoint kept)."""
-    from ebmctl.device import resolve_precision
+    uninterrupted one. ``stop_after`` ends this call after that many epochs (checkpoint kept)
+    and returns the checkpoint's path instead of the artifact's.
 
-    out = Path(out)
-    ckpt_file = checkpoint_path(out)
-    bundle, energy = run.bundle, run.energy
-    channels = bundle.channels
-    net, arch, args = build_model("fixer", cfg, bundle, (cfg["run.seed"], "fix-init"))
-    fixer = Fixer(net, channels).to(device)
-    features = build_feature_net(cfg, run.task_model, device)
-    seed, bs = cfg["run.seed"], cfg["fix.batch_size"]
-    steps = cfg["fix.purify_steps"] or cfg["defense.steps"]
-    precision = resolve_precision(cfg["langevin.precision"], device)
-    purify_kw = dict(batch=cfg["fix.purify_batch"], precision=precision,
-                     chunk_size=cfg["langevin.chunk_size"], clamp=cfg["defense.clamp"],
-                     device=device)
-    train_x = pick_subset(bundle.train, cfg["fix.max_images"]).x
-    val = pick_subset(bundle.val, cfg["fix.val_images"])
-    val_x, val_y = val.x, val.y
-    if len(train_x) == 0 or len(val_x) == 0:
-        raise ConfigError(f"dataset {bundle.name!r} needs training and validation images to "
-                          "train a fixer (check data.val_fraction)")
-    schedule = _schedule(cfg)
-    if not schedule:
-        raise ConfigError("fix.stage1_epochs and fix.stage2_epochs are both 0: nothing to train")
+    Raises:
+        ConfigError: no training or validation images, no epochs, or a bad feature network.
+        NumericalError: the loss became NaN/Inf (the last checkpoint is kept).
+    """
+    job = _FixerTraining(cfg, run, Path(out), device)
+    if resume or force_resume:
+        job.restore(force_resume)
+    with progress_bar(job.work(), f"train fixer ({job.out.name})") as bar:
+        finished = job.train(bar, stop_after)
+    return job.finish() if finished else job.ckpt_file
 
-    opt = _optimizer(fixer, cfg)
-    done, history, best = 0, [], {"val": math.inf, "epoch": 0, "bad": 0, "stopped": False}
-    best_state: dict[str, torch.Tensor] | None = None
-    # The frozen networks shape every epoch: their contents are part of the fingerprint.
-    guard = ResumeGuard.for_run(cfg, "fixer", {
-        "--ebm": (energy.path if energy.path and Path(energy.path).is_file()
-                  else {"sha256": module_digest(energy.net) + f":{energy.tau}:{energy.temperature}"}),
-        "--model": run.task_model is not None and {"sha256": module_digest(run.task_model)},
-        "fix.vgg_weights": cfg["fix.feature_net"] == "vgg16" and cfg["fix.vgg_weights"]})
-    if (resume or force_resume) and ckpt_file.exists():
-        ck = load_checkpoint(ckpt_file, "fixer")
-        guard.check(ck, force_resume, ckpt_file)
-        fixer.net.load_state_dict(ck["model"])
-        done = ck["step"]
-        history, best = ck["state"]["history"], ck["state"]["best"]
-        restore_optimizer(opt, ck)  # the loop starts a fresh one where stage 2 begins
+
+class _FixerTraining:
+    """One fixer run: the networks, the data, the epoch schedule, and the progress a
+    checkpoint keeps (epochs done, history, early-stopping state, best weights)."""
+
+    def __init__(self, cfg: Config, run: FixerRun, out: Path, device: torch.device):
+        from ebmctl.device import resolve_precision
+
+        self.cfg, self.run, self.out, self.device = cfg, run, out, device
+        self.fix = fix = cfg.section(FixConfig)
+        self.seed = cfg.section(RunConfig).seed
+        self.ckpt_file = checkpoint_path(out)
+        net, self.arch, self.args = build_model("fixer", cfg, run.bundle, (self.seed, "fix-init"))
+        self.fixer = Fixer(net, run.bundle.channels).to(device)
+        self.features = build_feature_net(fix, run.task_model, device)
+        defense, langevin = cfg.section(DefenseConfig), cfg.section(LangevinConfig)
+        self.steps = fix.purify_steps or defense.steps
+        self.purify_kw = dict(batch=fix.purify_batch,
+                              precision=resolve_precision(langevin.precision, device),
+                              chunk_size=langevin.chunk_size, clamp=defense.clamp, device=device)
+        self.train_x = pick_subset(run.bundle.train, fix.max_images).x
+        val = pick_subset(run.bundle.val, fix.val_images)
+        self.val_x, self.val_y = val.x, val.y
+        if len(self.train_x) == 0 or len(self.val_x) == 0:
+            raise ConfigError(f"dataset {run.bundle.name!r} needs training and validation images "
+                              "to train a fixer (check data.val_fraction)")
+        self.schedule = _schedule(fix)
+        if not self.schedule:
+            raise ConfigError("fix.stage1_epochs and fix.stage2_epochs are both 0: nothing to "
+                              "train")
+        self.opt = _optimizer(self.fixer, fix)
+        self.done, self.history = 0, []
+        self.best = {"val": math.inf, "epoch": 0, "bad": 0, "stopped": False}
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.val_hat: torch.Tensor | None = None
+        self.t0 = time.time()
+        energy = run.energy
+        # The frozen networks shape every epoch: their contents are part of the fingerprint.
+        self.guard = ResumeGuard.for_run(cfg, "fixer", {
+            "--ebm": (energy.path if energy.path and Path(energy.path).is_file() else
+                      {"sha256": module_digest(energy.net) + f":{energy.tau}:{energy.temperature}"}),
+            "--model": run.task_model is not None and {"sha256": module_digest(run.task_model)},
+            "fix.vgg_weights": fix.feature_net == "vgg16" and fix.vgg_weights})
+
+    @property
+    def batch(self) -> int:
+        return self.fix.batch_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return (len(self.train_x) + self.batch - 1) // self.batch
+
+    def restore(self, force_resume: bool) -> None:
+        """Continue from the run's checkpoint, if there is one and it fits (ResumeGuard)."""
+        if not self.ckpt_file.exists():
+            info(f"no checkpoint at {self.ckpt_file}; starting from scratch")
+            return
+        ck = load_checkpoint(self.ckpt_file, "fixer")
+        self.guard.check(ck, force_resume, self.ckpt_file)
+        self.fixer.net.load_state_dict(ck["model"])
+        self.done = ck["step"]
+        self.history, self.best = ck["state"]["history"], ck["state"]["best"]
+        restore_optimizer(self.opt, ck)  # train() starts a fresh one where stage 2 begins
         saved_best = {k[5:]: v for k, v in ck["tensors"].items() if k.startswith("best.")}
-        best_state = saved_best or None
-        info(f"resumed from {ckpt_file} after epoch {done}")
-    elif resume or force_resume:
-        info(f"no checkpoint at {ckpt_file}; starting from scratch")
+        self.best_state = saved_best or None
+        info(f"resumed from {self.ckpt_file} after epoch {self.done}")
 
-    repurify = cfg["fix.repurify_every"]
-    n_purify, prev = len(val_x), None
-    for i in range(done, len(schedule)):
-        if _needs_purified(cfg, schedule[i][0]) and _purify_round(i, repurify) != prev:
-            n_purify, prev = n_purify + len(train_x), _purify_round(i, repurify)
-    steps_per_epoch = (len(train_x) + bs - 1) // bs
-    t0 = time.time()
-    with progress_bar(n_purify + steps_per_epoch * (len(schedule) - done),
-                      f"train fixer ({out.name})") as bar:
-        val_hat = purify_images(energy, val_x, steps, (seed, "fix", "val"), bar=bar, **purify_kw)
-        if not history:
-            initial = evaluate_losses(fixer, features, val_hat, val_x, device, bs)
-            history.append({"stage": 0, "epoch": 0, **initial,
-                            **_prefixed(_accuracies(run, fixer, val_x, val_hat, val_y, device, bs))})
+    def work(self) -> int:
+        """Progress-bar units left: images to purify plus training batches."""
+        n_purify, prev = len(self.val_x), None
+        for i in range(self.done, len(self.schedule)):
+            rnd = _purify_round(i, self.fix.repurify_every)
+            if _needs_purified(self.fix, self.schedule[i][0]) and rnd != prev:
+                n_purify, prev = n_purify + len(self.train_x), rnd
+        return n_purify + self.steps_per_epoch * (len(self.schedule) - self.done)
+
+    def purify(self, x: torch.Tensor, key: tuple, bar) -> torch.Tensor:
+        """T(x) for the fixer's inputs, keyed by (seed, "fix", *key)."""
+        return purify_images(self.run.energy, x, self.steps, (self.seed, "fix", *key), bar=bar,
+                             **self.purify_kw)
+
+    def validate(self) -> dict[str, float]:
+        return evaluate_losses(self.fixer, self.features, self.val_hat, self.val_x, self.device,
+                               self.batch)
+
+    def accuracies(self) -> dict[str, float]:
+        return _accuracies(self.run, self.fixer, self.val_x, self.val_hat, self.val_y,
+                           self.device, self.batch)
+
+    def train(self, bar, stop_after: int | None) -> bool:
+        """The remaining epochs; False when ``stop_after`` ended the call early."""
+        self.val_hat = self.purify(self.val_x, ("val",), bar)
+        if not self.history:
+            self.history.append({"stage": 0, "epoch": 0, **self.validate(),
+                                 **_prefixed(self.accuracies())})
         cached: tuple[int, torch.Tensor] | None = None
-        for i in range(done, len(schedule)):
-            stage, stage_epoch = schedule[i]
-            if best["stopped"] and stage == 2:
+        for i in range(self.done, len(self.schedule)):
+            stage, stage_epoch = self.schedule[i]
+            if self.best["stopped"] and stage == 2:
                 break
             if stage == 2 and stage_epoch == 0:
-                opt = _optimizer(fixer, cfg)  # a new loss: fresh Adam moments
-            if _needs_purified(cfg, stage):
-                rnd = _purify_round(i, repurify)
+                self.opt = _optimizer(self.fixer, self.fix)  # a new loss: fresh Adam moments
+            inputs = self.train_x
+            if _needs_purified(self.fix, stage):
+                rnd = _purify_round(i, self.fix.repurify_every)
                 if cached is None or cached[0] != rnd:
-                    cached = (rnd, purify_images(energy, train_x, steps, (seed, "fix", "train", rnd),
-                                                 bar=bar, **purify_kw))
+                    cached = (rnd, self.purify(self.train_x, ("train", rnd), bar))
                 inputs = cached[1]
-            else:
-                inputs = train_x
-            perm = torch.randperm(len(train_x), generator=make_generator("cpu", seed, "fix-epoch", i))
-            fixer.train()
-            total = 0.0
-            for b in range(steps_per_epoch):
-                idx = perm[b * bs:(b + 1) * bs]
-                xh, x = inputs[idx].to(device), train_x[idx].to(device)
-                g = fixer(xh)
-                loss = mse_loss(g, x) if stage == 1 else perceptual_loss(features, g, x)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if not math.isfinite(loss.item()):
-                    raise NumericalError(f"fixer loss became {loss.item()} in epoch {i + 1}; the "
-                                         f"last good checkpoint is {ckpt_file}")
-                opt.step()
-                total += loss.item() * len(idx)
-                bar.advance(1, f"stage {stage} loss {loss.item():.4g}")
-            val = evaluate_losses(fixer, features, val_hat, val_x, device, bs)
-            rec = {"stage": stage, "epoch": i + 1, "train_loss": total / len(train_x), **val,
-                   "seconds": round(time.time() - t0, 1)}
+            loss = self.train_epoch(i, stage, inputs, bar)
+            val = self.validate()
             if stage == 2:
-                # Early stopping on the validation perceptual loss; the best weights are kept.
-                if val["val_perceptual"] < best["val"] - cfg["fix.min_delta"]:
-                    best.update(val=val["val_perceptual"], epoch=i + 1, bad=0)
-                    best_state = {k: v.detach().cpu().clone()
-                                  for k, v in fixer.net.state_dict().items()}
-                else:
-                    best["bad"] += 1
-                    if best["bad"] >= cfg["fix.patience"]:
-                        best["stopped"] = True
-                        info(f"early stop after epoch {i + 1}: no validation improvement for "
-                             f"{cfg['fix.patience']} epochs (best epoch {best['epoch']})")
-            history.append(rec)
-            last = i + 1 == len(schedule) or best["stopped"]
+                self.early_stop(i, val)
+            self.history.append({"stage": stage, "epoch": i + 1, "train_loss": loss, **val,
+                                 "seconds": round(time.time() - self.t0, 1)})
+            last = i + 1 == len(self.schedule) or self.best["stopped"]
             if not last:
-                save_checkpoint(ckpt_file, target="fixer", step=i + 1, model=fixer.net,
-                                optimizer=opt,
-                                tensors={f"best.{k}": v for k, v in (best_state or {}).items()},
-                                state={"history": history, "best": best}, config=cfg,
-                                arch=arch, arch_args=args, guard=guard)
-            if stop_after is not None and i + 1 - done >= stop_after and not last:
+                self.checkpoint(i + 1)
+            if stop_after is not None and i + 1 - self.done >= stop_after and not last:
                 info(f"stopped after {stop_after} epoch(s); resume with --resume")
-                return ckpt_file
-    if best_state is not None:
-        fixer.net.load_state_dict(best_state)
-    final = evaluate_losses(fixer, features, val_hat, val_x, device, bs)
-    acc = _accuracies(run, fixer, val_x, val_hat, val_y, device, bs)
-    extra = {"ebm": energy.path, "purify_steps": steps, "stage1_input": cfg["fix.stage1_input"],
-             "feature_net": cfg["fix.feature_net"],
-             "feature_layers": getattr(features, "layers", list(cfg["fix.vgg_layers"])),
-             "epochs_run": len(history) - 1, "best_epoch": best["epoch"] or len(history) - 1,
-             "early_stopped": best["stopped"], "final": {**final, **_prefixed(acc)},
-             "initial": history[0], "seconds": round(time.time() - t0, 1),
-             **guard.artifact_extra()}
-    data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": channels,
-            "dataset": cfg["data.dataset"]}
-    save_artifact(out, model_tensors(fixer.net), kind="fixer", arch=arch, arch_args=args,
-                  task=cfg["task.name"], data=data, config=cfg, step=len(history) - 1,
-                  extra={**extra, "history": history})
-    from ebmctl.context import environment
+                return False
+        return True
 
-    atomic_write_json(out.with_suffix(".log.json"), {"history": history, **extra,
-                                                     "config": cfg.to_dict(),
-                                                     "environment": environment(cfg, device)})
-    _write_plots(out, history, fixer, val_x, val_hat, device)
-    ckpt_file.unlink(missing_ok=True)
-    if acc:
-        info(f"validation {run.task.metric_name} (1 replicate): natural {acc['natural']:.4f}, "
-             f"purified {acc['purified']:.4f}, purified+fixer {acc['fixed']:.4f}")
-    return out
+    def train_epoch(self, i: int, stage: int, inputs: torch.Tensor, bar) -> float:
+        """One pass over the training set in an order keyed by (seed, epoch ``i``): stage 1
+        fits G(x̂) to x by MSE, stage 2 by the perceptual loss. Returns the mean loss."""
+        bs, x_all = self.batch, self.train_x
+        perm = torch.randperm(len(x_all), generator=make_generator("cpu", self.seed,
+                                                                    "fix-epoch", i))
+        self.fixer.train()
+        total = 0.0
+        for b in range(self.steps_per_epoch):
+            idx = perm[b * bs:(b + 1) * bs]
+            xh, x = inputs[idx].to(self.device), x_all[idx].to(self.device)
+            g = self.fixer(xh)
+            loss = mse_loss(g, x) if stage == 1 else perceptual_loss(self.features, g, x)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if not math.isfinite(loss.item()):
+                raise NumericalError(f"fixer loss became {loss.item()} in epoch {i + 1}; the "
+                                     f"last good checkpoint is {self.ckpt_file}")
+            self.opt.step()
+            total += loss.item() * len(idx)
+            bar.advance(1, f"stage {stage} loss {loss.item():.4g}")
+        return total / len(x_all)
+
+    def early_stop(self, i: int, val: dict[str, float]) -> None:
+        """Early stopping on the validation perceptual loss; the best weights are kept."""
+        best = self.best
+        if val["val_perceptual"] < best["val"] - self.fix.min_delta:
+            best.update(val=val["val_perceptual"], epoch=i + 1, bad=0)
+            self.best_state = {k: v.detach().cpu().clone()
+                               for k, v in self.fixer.net.state_dict().items()}
+            return
+        best["bad"] += 1
+        if best["bad"] >= self.fix.patience:
+            best["stopped"] = True
+            info(f"early stop after epoch {i + 1}: no validation improvement for "
+                 f"{self.fix.patience} epochs (best epoch {best['epoch']})")
+
+    def checkpoint(self, step: int) -> None:
+        save_checkpoint(self.ckpt_file, target="fixer", step=step, model=self.fixer.net,
+                        optimizer=self.opt,
+                        tensors={f"best.{k}": v for k, v in (self.best_state or {}).items()},
+                        state={"history": self.history, "best": self.best}, config=self.cfg,
+                        arch=self.arch, arch_args=self.args, guard=self.guard)
+
+    def finish(self) -> Path:
+        """Keep the best weights; write the artifact, its log and plots; drop the checkpoint."""
+        from ebmctl.context import environment
+
+        cfg, fix, history, out = self.cfg, self.fix, self.history, self.out
+        if self.best_state is not None:
+            self.fixer.net.load_state_dict(self.best_state)
+        final, acc = self.validate(), self.accuracies()
+        extra = {"ebm": self.run.energy.path, "purify_steps": self.steps,
+                 "stage1_input": fix.stage1_input, "feature_net": fix.feature_net,
+                 "feature_layers": getattr(self.features, "layers", list(fix.vgg_layers)),
+                 "epochs_run": len(history) - 1,
+                 "best_epoch": self.best["epoch"] or len(history) - 1,
+                 "early_stopped": self.best["stopped"], "final": {**final, **_prefixed(acc)},
+                 "initial": history[0], "seconds": round(time.time() - self.t0, 1),
+                 **self.guard.artifact_extra()}
+        bundle = self.run.bundle
+        data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
+                "dataset": cfg["data.dataset"]}
+        save_artifact(out, model_tensors(self.fixer.net), kind="fixer", arch=self.arch,
+                      arch_args=self.args, task=cfg["task.name"], data=data, config=cfg,
+                      step=len(history) - 1, extra={**extra, "history": history})
+        atomic_write_json(out.with_suffix(".log.json"),
+                          {"history": history, **extra, "config": cfg.to_dict(),
+                           "environment": environment(cfg, self.device)})
+        _write_plots(out, history, self.fixer, self.val_x, self.val_hat, self.device)
+        self.ckpt_file.unlink(missing_ok=True)
+        if acc:
+            info(f"validation {self.run.task.metric_name} (1 replicate): natural "
+                 f"{acc['natural']:.4f}, purified {acc['purified']:.4f}, purified+fixer "
+                 f"{acc['fixed']:.4f}")
+        return out
 
 
-def _needs_purified(cfg: Config, stage: int) -> bool:
-    return stage == 2 or cfg["fix.stage1_input"] == "purified"
+def _needs_purified(fix: FixConfig, stage: int) -> bool:
+    return stage == 2 or fix.stage1_input == "purified"
 
 
 def _purify_round(epoch_index: int, repurify_every: int) -> int:

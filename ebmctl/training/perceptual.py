@@ -6,6 +6,7 @@ a local file or activations of the task model itself.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +15,10 @@ from torch import nn
 from ebmctl.defense import adapt_images
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.models import TaskModel
-from ebmctl.config import Config
 from ebmctl.registry import did_you_mean
+
+if TYPE_CHECKING:  # the section is declared by the trainer that imports this module
+    from ebmctl.training.fixer import FixConfig
 
 # --- feature networks for the perceptual loss ------------------------------------------------
 
@@ -144,13 +147,17 @@ class ClassifierFeatures(nn.Module):
         return feats + ([out] if "output" in self.layers else [])
 
 
-def build_feature_net(cfg: Config, task_model: TaskModel | None, device) -> nn.Module:
-    kind = cfg["fix.feature_net"]
-    if kind == "vgg16":
-        return VGGFeatures(cfg["fix.vgg_weights"], list(cfg["fix.vgg_layers"])).to(device)
+def build_feature_net(fix: FixConfig, task_model: TaskModel | None, device) -> nn.Module:
+    """The frozen feature network of the perceptual loss that ``fix.feature_net`` names.
+
+    Raises:
+        ConfigError: ``classifier`` without a task model, or a bad VGG-16 setting.
+    """
+    if fix.feature_net == "vgg16":
+        return VGGFeatures(fix.vgg_weights, list(fix.vgg_layers)).to(device)
     if task_model is None:
         raise ConfigError("fix.feature_net = 'classifier' needs the task model: pass --model FILE")
-    return ClassifierFeatures(task_model, list(cfg["fix.classifier_layers"])).to(device)
+    return ClassifierFeatures(task_model, list(fix.classifier_layers)).to(device)
 
 
 # --- losses -----------------------------------------------------------------------------------
