@@ -17,12 +17,16 @@ from pathlib import Path
 from ebmctl.evaluate.stats import accuracy_interval
 
 EBMS = {"leaky": "LeakyReLU EBM", "smooth": "smooth-leaky EBM"}
+#: attack steps of the study's protocol (scripts/masking_study_digits.sh); other counts are noted
+PROTOCOL_STEPS = 20
 
 
 def variant(stem: str, cfg: dict) -> str:
     """A short description of what the report changed from the plain protocol."""
     a = cfg["attack"]
     bits = []
+    if a["steps"] != PROTOCOL_STEPS:
+        bits.append(f"{a['steps']} steps")
     if a.get("loss", "ce") != "ce":
         bits.append(f"loss {a['loss']}, gradient {a['gradient']}")
     if a.get("gradient_steps"):
