@@ -118,12 +118,11 @@ def plot(rows: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for name, pts in sorted(series.items()):
         pts = sorted(set(pts))
-        if len(pts) < 2:
-            continue
         xs = [p[0] for p in pts]
         ys = [p[1] for p in pts]
         ci = [accuracy_interval(p[1], p[2]) for p in pts]
-        line, = ax.plot(xs, ys, marker="o", label=name)
+        line, = ax.plot(xs, ys, marker="o" if "bpda" in name or "pgd" in name else "s",
+                        linestyle="-" if len(pts) > 1 else "none", label=name)
         ax.fill_between(xs, [c[0] for c in ci], [c[1] for c in ci], alpha=0.12,
                         color=line.get_color())
     ax.set_xlabel("ε (ℓ∞, [0,1] pixels)")
