@@ -17,6 +17,7 @@ from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
 from ebmctl.context import RunConfig
 from ebmctl.defense import DefenseConfig
+from ebmctl.dynamics.report import LyapunovConfig
 from ebmctl.evaluate.resubmit import EvaluateConfig
 from ebmctl.hookspecs import hookimpl
 from ebmctl.nn.ebm import lightweight_args, lightweight_ebm, lightweight_hat_args
@@ -70,7 +71,7 @@ def ebmctl_register_attacks(register):
 def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
-                    FixConfig):
+                    FixConfig, LyapunovConfig):
         add(section)
 
 

@@ -310,32 +310,6 @@ def core_schema() -> Schema:
     a("quality.fid_features", "str", "", "local feature network for FID (safetensors "
       "Inception-v3 state dict); empty = proxy score only")
     a("quality.n_reference", "int", 1000, "real images in the quality reference set", minimum=2)
-    # lyapunov (docs/algorithms.md#sampler-dynamics)
-    a("lyapunov.etas", "float_list",
-      [round(10 ** (-2 + 3 * i / 12), 6) for i in range(13)],
-      "noise scales η of T_η (log grid over [1e-2, 1e1])")
-    a("lyapunov.n_images", "int", 64, "start images (from lyapunov.split)", minimum=1)
-    a("lyapunov.split", "str", "test", "split the start images come from",
-      choices=("train", "val", "test"))
-    a("lyapunov.seeds", "int_list", [0], "noise seeds per image (exponents average over both)")
-    a("lyapunov.burn_in", "int", 1000, "steps B before measuring", minimum=0)
-    a("lyapunov.steps", "int", 2000, "measured steps S", minimum=1)
-    a("lyapunov.separation", "float", 1e-3, "finite separation d_0 (l2, internal units)",
-      minimum=1e-300)
-    a("lyapunov.separation_factors", "float_list", [],
-      "also run with d_0 times each factor (sensitivity check, e.g. [0.1, 10])")
-    a("lyapunov.renorm_every", "int", 1, "renormalise the separation every r steps", minimum=1)
-    a("lyapunov.precision", "str", "float64", "float64 | float32",
-      choices=("float64", "float32"))
-    a("lyapunov.zero_tol", "float", 3.0, "η* = first η whose mean exceeds this many SEs",
-      minimum=0)
-    a("lyapunov.memory_steps", "int_list", [0, 1, 3, 10, 30, 100, 300, 1000, 1500, 3000],
-      "checkpoints k of the forgetting curves (--checks)")
-    a("lyapunov.memory_images", "int", 64, "images attacked for the forgetting curves",
-      minimum=1)
-    a("lyapunov.attack", "str", "pgd", "attack that makes the adversarial images")
-    a("lyapunov.attack_defended", "bool", False,
-      "attack the EBM-defended model (e.g. bpda-eot) instead of the bare task model")
     # midrun (docs/algorithms.md#mid-run-training), SNGAN EBM options, training health, autoencoder
     a("train.recipe", "str", "convergent", "EBM training recipe: convergent (thesis Alg. 2) | "
       "midrun (thesis Alg. 4)")

@@ -39,18 +39,45 @@ def lyapunov_cmd(
 ):
     """Maximal Lyapunov exponent of the Langevin map T_η (Benettin, common noise) vs η, and
     (--checks) how purification forgets an adversarial start. Writes JSON + PNG + HTML."""
-    from ebmctl.artifacts import atomic_write_json, claim_output
+    from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console, progress_bar
-    from ebmctl.context import environment, get_task, load_dataset, setup_device
-    from ebmctl.data_utils import pick_subset
-    from ebmctl.models import EnergyModel, TaskModel
-    from ebmctl.errors import ConfigError
-    from ebmctl.evaluate.plots import save_grid
-    from ebmctl.evaluate.tables import exponent_summary, exponent_table, memory_table
+    from ebmctl.context import load_dataset, setup_device
     from ebmctl.dynamics import report as ly
-    from ebmctl.shipped import default_ebm
+    from ebmctl.evaluate.tables import exponent_summary, exponent_table, memory_table
 
     cfg = make_config(ctx, {"lyapunov.etas": etas or None, "lyapunov.n_images": n_images})
+    _check_request(exponent, checks, model, out)
+    out = out or Path(cfg["run.out_dir"]) / "lyapunov.json"
+    for path in ly.planned_outputs(out, exponent, checks):
+        claim_output(path, force=force)
+    ly.exponent_settings(cfg).validate()
+    dev = setup_device(cfg)
+    energy, task, task_model, model = _load_models(cfg, ebm, model, checks, dev)
+    bundle = load_dataset(cfg)
+    data = ly.start_split(cfg, bundle)
+    title = f"{Path(energy.path).name} on {bundle.name}"
+    header = ly.report_header(cfg, energy, bundle, dev)
+    written = []
+    if exponent:
+        report, files = ly.write_exponent_report(cfg, energy, data, out, header, title, dev,
+                                                 progress_factory=progress_bar)
+        written += files
+        out_console().print(exponent_table(report))
+        out_console().print(exponent_summary(report))
+    if checks:
+        mem, files = ly.write_memory_report(cfg, energy, task, task_model, data,
+                                            ly.memory_path(out), {**header, "model": str(model)},
+                                            title, dev, progress_factory=progress_bar)
+        written += files
+        out_console().print(memory_table(mem))
+    info("wrote " + ", ".join(str(p) for p in written))
+
+
+def _check_request(exponent: bool, checks: bool, model: Optional[Path],
+                   out: Optional[Path]) -> None:
+    """Reject a run with nothing to do, --checks without a task model, or a non-JSON --out."""
+    from ebmctl.errors import ConfigError
+
     if not exponent and not checks:
         raise ConfigError("nothing to do: --no-exponent without --checks")
     if checks and model is None:
@@ -58,20 +85,17 @@ def lyapunov_cmd(
                           "agreement curves")
     if out is not None and out.suffix.lower() != ".json":
         raise ConfigError(f"--out must be a .json file, got {out}")
-    out = out or Path(cfg["run.out_dir"]) / "lyapunov.json"
-    memory_out = out.with_name(out.stem + ".memory.json")
-    planned = ([out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png"),
-                out.with_suffix(".html")] if exponent else []) + (
-        [memory_out, memory_out.with_suffix(".png"), memory_out.with_suffix(".html")]
-        if checks else [])
-    for path in planned:
-        claim_output(path, force=force)
-    ly.exponent_settings(cfg).validate()
-    dev = setup_device(cfg)
-    from ebmctl.evaluate.html import write_html
-    from ebmctl.importers import resolve_model_argument
 
-    # SOURCE[@WEIGHTS] as `ebmctl import-model` takes, imported once
+
+def _load_models(cfg, ebm: Optional[Path], model: Optional[Path], checks: bool, dev):
+    """(EBM, task, task model, model path): the EBM (default: shipped) and, for --checks, the
+    task and its checked model. SOURCE[@WEIGHTS] arguments, as `ebmctl import-model` takes, are
+    imported once."""
+    from ebmctl.context import get_task
+    from ebmctl.importers import resolve_model_argument
+    from ebmctl.models import EnergyModel, TaskModel
+    from ebmctl.shipped import default_ebm
+
     ebm = resolve_model_argument(ebm, cfg["run.out_dir"]) if ebm is not None else None
     model = resolve_model_argument(model, cfg["run.out_dir"]) if model is not None else None
     energy = EnergyModel.load(ebm or default_ebm(), dev)
@@ -79,37 +103,4 @@ def lyapunov_cmd(
     task_model = TaskModel.load(model, dev) if checks else None
     if task_model is not None:
         task_model.check_task(task.name)
-    bundle = load_dataset(cfg)
-    data = bundle.split(cfg["lyapunov.split"])
-    if len(data) == 0:
-        raise ConfigError(f"the {cfg['lyapunov.split']} split of {bundle.name!r} is empty")
-    title = f"{Path(energy.path).name} on {bundle.name}"
-    common = {"command": "lyapunov", "ebm": energy.path, "dataset": bundle.name,
-              "split": cfg["lyapunov.split"], "environment": environment(cfg, dev),
-              "config": cfg.to_dict()}
-    written = []
-    if exponent:
-        x01 = pick_subset(data, cfg["lyapunov.n_images"]).x.to(dev)
-        report, samples = ly.exponent_report(cfg, energy, x01, progress_factory=progress_bar)
-        report = {**common, **report}
-        atomic_write_json(out, report)
-        ly.plot_exponents(out.with_suffix(".png"), report, title)
-        grid = samples[:, :min(8, samples.shape[1])]
-        save_grid(grid.reshape(-1, *grid.shape[2:]), out.with_name(out.stem + ".samples.png"),
-                  nrow=grid.shape[1])
-        written += [out, out.with_suffix(".png"), out.with_name(out.stem + ".samples.png"),
-                    write_html(out)]
-        out_console().print(exponent_table(report))
-        out_console().print(exponent_summary(report))
-    if checks:
-        held = pick_subset(data, cfg["lyapunov.memory_images"])
-        mem = ly.memory_report(cfg, energy, task, task_model, held.x.to(dev), held.y.to(dev), dev,
-                               progress_factory=progress_bar)
-        mem = {**common, "model": str(model), **mem}
-        mem_out = memory_out
-        atomic_write_json(mem_out, mem)
-        ly.plot_memory(mem_out.with_suffix(".png"), mem, title)
-        written += [mem_out, mem_out.with_suffix(".png"), write_html(mem_out)]
-        out_console().print(memory_table(mem))
-    info("wrote " + ", ".join(str(p) for p in written))
-
+    return energy, task, task_model, model

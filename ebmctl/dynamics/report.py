@@ -6,11 +6,18 @@ exponent curve over the η grid of :mod:`ebmctl.dynamics.benettin` and the forge
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from ebmctl.artifacts import atomic_write_json
+from ebmctl.config import setting
 from ebmctl.console import progress_bar
 from ebmctl.context import RunConfig
+from ebmctl.contracts import DatasetBundle, Split
+from ebmctl.data_utils import pick_subset
 from ebmctl.defense import adapt_images
 from ebmctl.dynamics.benettin import (
     DTYPES,
@@ -40,15 +47,46 @@ def to_chain_space(x01: torch.Tensor, image_size: int, channels: int) -> torch.T
     return to_internal(adapt_images(x01, image_size, channels))
 
 
+# --- settings ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LyapunovConfig:
+    """The profile section ``[lyapunov]``: the η grid and Benettin settings of the exponent
+    report, and the start images, attack and checkpoints of the forgetting curves
+    (docs/algorithms.md#sampler-dynamics)."""
+
+    section: ClassVar[str] = "lyapunov"
+
+    etas: tuple[float, ...] = setting(tuple(round(10 ** (-2 + 3 * i / 12), 6) for i in range(13)),
+                                      "noise scales η of T_η (log grid over [1e-2, 1e1])")
+    n_images: int = setting(64, "start images (from lyapunov.split)", minimum=1)
+    split: str = setting("test", "split the start images come from",
+                         choices=("train", "val", "test"))
+    seeds: tuple[int, ...] = setting((0,), "noise seeds per image (exponents average over both)")
+    burn_in: int = setting(1000, "steps B before measuring", minimum=0)
+    steps: int = setting(2000, "measured steps S", minimum=1)
+    separation: float = setting(1e-3, "finite separation d_0 (l2, internal units)",
+                                minimum=1e-300)
+    separation_factors: tuple[float, ...] = setting(
+        (), "also run with d_0 times each factor (sensitivity check, e.g. [0.1, 10])")
+    renorm_every: int = setting(1, "renormalise the separation every r steps", minimum=1)
+    precision: str = setting("float64", "float64 | float32", choices=("float64", "float32"))
+    zero_tol: float = setting(3.0, "η* = first η whose mean exceeds this many SEs", minimum=0)
+    memory_steps: tuple[int, ...] = setting((0, 1, 3, 10, 30, 100, 300, 1000, 1500, 3000),
+                                            "checkpoints k of the forgetting curves (--checks)")
+    memory_images: int = setting(64, "images attacked for the forgetting curves", minimum=1)
+    attack: str = setting("pgd", "attack that makes the adversarial images")
+    attack_defended: bool = setting(False, "attack the EBM-defended model (e.g. bpda-eot) "
+                                           "instead of the bare task model")
+
+
 # --- reports: what `ebmctl lyapunov` computes from a config ----------------------------------
 
 def exponent_settings(cfg) -> ExponentSettings:
-    return ExponentSettings(etas=[float(e) for e in cfg["lyapunov.etas"]],
-                            burn_in=cfg["lyapunov.burn_in"], steps=cfg["lyapunov.steps"],
-                            separation=cfg["lyapunov.separation"],
-                            renorm_every=cfg["lyapunov.renorm_every"],
-                            seeds=list(cfg["lyapunov.seeds"]), dtype=cfg["lyapunov.precision"],
-                            zero_tol=cfg["lyapunov.zero_tol"],
+    ly = cfg.section(LyapunovConfig)
+    return ExponentSettings(etas=[float(e) for e in ly.etas], burn_in=ly.burn_in, steps=ly.steps,
+                            separation=ly.separation, renorm_every=ly.renorm_every,
+                            seeds=list(ly.seeds), dtype=ly.precision, zero_tol=ly.zero_tol,
                             chunk_rows=cfg.section(LangevinConfig).chunk_size)
 
 
@@ -62,7 +100,8 @@ def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) ->
     dtype = DTYPES[settings.dtype]
     grad_fn = net_grad_fn(energy.net, dtype)
     drift, tau = energy.settings().drift, energy.tau
-    factors = [1.0] + [float(f) for f in cfg["lyapunov.separation_factors"] if float(f) != 1.0]
+    factors = [1.0] + [float(f) for f in cfg.section(LyapunovConfig).separation_factors
+                       if float(f) != 1.0]
     if any(not (f > 0) for f in factors):
         raise ConfigError("lyapunov.separation_factors must be > 0")
     n_groups = len(settings.etas) * len(settings.seeds)
@@ -101,8 +140,9 @@ def make_adversarial(cfg, task, model, energy, x01: torch.Tensor, y: torch.Tenso
     (``lyapunov.attack``; against the bare task model unless ``lyapunov.attack_defended``)."""
     from ebmctl.evaluate.report import build_defense, make_attack
 
-    defended = cfg["lyapunov.attack_defended"]
-    attack = make_attack(cfg, cfg["lyapunov.attack"], defended)
+    ly = cfg.section(LyapunovConfig)
+    defended = ly.attack_defended
+    attack = make_attack(cfg, ly.attack, defended)
     defense = build_defense(cfg, model, energy if defended else None, device)
     outcome = attack.run(defense, task, x01.to(device), y.to(device),
                          (cfg.section(RunConfig).seed, "lyapunov-attack"))
@@ -130,7 +170,7 @@ def memory_report(cfg, energy, task, model, x01: torch.Tensor, y: torch.Tensor, 
             for name in ("common", "adv-independent", "clean-independent")]
     readout = chain_readout(model, task.score, y, clean_labels, tuple(x01.shape[-2:]),
                             x01.shape[1])
-    marks = sorted(set(cfg["lyapunov.memory_steps"]))
+    marks = sorted(set(cfg.section(LyapunovConfig).memory_steps))
     with (progress_factory or _quiet)(max(marks), "forgetting curves") as bar:
         raw = forgetting_curves(energy.net, energy.settings(), z, z_adv, marks, readout=readout,
                                 generators=gens, progress=bar.advance)
@@ -148,6 +188,85 @@ def memory_report(cfg, energy, task, model, x01: torch.Tensor, y: torch.Tensor, 
         "curves": summarise_forgetting(raw, start_gap),
         "energy_gap": {"temperature": energy.temperature, **gap},
     }
+
+
+# --- files: what `ebmctl lyapunov` writes -----------------------------------------------------
+
+def memory_path(out: Path) -> Path:
+    """The forgetting-curve report beside the exponent report ``out``: ``<name>.memory.json``."""
+    return out.with_name(out.stem + ".memory.json")
+
+
+def samples_path(out: Path) -> Path:
+    """The steady-state sample grid beside the exponent report ``out``."""
+    return out.with_name(out.stem + ".samples.png")
+
+
+def planned_outputs(out: Path, exponent: bool, checks: bool) -> list[Path]:
+    """Every file the exponent report at ``out`` (JSON, PNG, sample grid, HTML) and, with
+    ``checks``, the memory report beside it (JSON, PNG, HTML) will write."""
+    memory = memory_path(out)
+    return (([out, out.with_suffix(".png"), samples_path(out), out.with_suffix(".html")]
+             if exponent else [])
+            + ([memory, memory.with_suffix(".png"), memory.with_suffix(".html")]
+               if checks else []))
+
+
+def start_split(cfg, bundle: DatasetBundle) -> Split:
+    """The split ``lyapunov.split`` of ``bundle`` the chains start from.
+
+    Raises:
+        ConfigError: the split is empty.
+    """
+    name = cfg.section(LyapunovConfig).split
+    data = bundle.split(name)
+    if len(data) == 0:
+        raise ConfigError(f"the {name} split of {bundle.name!r} is empty")
+    return data
+
+
+def report_header(cfg, energy, bundle: DatasetBundle, device) -> dict:
+    """What both reports start with: the command, the EBM, the data, the environment and the
+    resolved profile."""
+    from ebmctl.context import environment
+
+    return {"command": "lyapunov", "ebm": energy.path, "dataset": bundle.name,
+            "split": cfg.section(LyapunovConfig).split, "environment": environment(cfg, device),
+            "config": cfg.to_dict()}
+
+
+def write_exponent_report(cfg, energy, data: Split, out: Path, header: dict, title: str, device,
+                          *, progress_factory=None) -> tuple[dict, list[Path]]:
+    """:func:`exponent_report` from ``lyapunov.n_images`` images of ``data``, written as JSON at
+    ``out`` (``header`` first), the exponent plot, the sample grid and the HTML page.
+    Returns (report, the files written)."""
+    from ebmctl.evaluate.html import write_html
+    from ebmctl.evaluate.plots import save_grid
+
+    x01 = pick_subset(data, cfg.section(LyapunovConfig).n_images).x.to(device)
+    report, samples = exponent_report(cfg, energy, x01, progress_factory=progress_factory)
+    report = {**header, **report}
+    atomic_write_json(out, report)
+    plot_exponents(out.with_suffix(".png"), report, title)
+    grid = samples[:, :min(8, samples.shape[1])]
+    save_grid(grid.reshape(-1, *grid.shape[2:]), samples_path(out), nrow=grid.shape[1])
+    return report, [out, out.with_suffix(".png"), samples_path(out), write_html(out)]
+
+
+def write_memory_report(cfg, energy, task, model, data: Split, out: Path, header: dict,
+                        title: str, device, *, progress_factory=None) -> tuple[dict, list[Path]]:
+    """:func:`memory_report` from ``lyapunov.memory_images`` images of ``data`` attacked on
+    ``model`` (a :class:`ebmctl.models.TaskModel`), written as JSON at ``out`` (``header``
+    first), the curve plot and the HTML page. Returns (report, the files written)."""
+    from ebmctl.evaluate.html import write_html
+
+    held = pick_subset(data, cfg.section(LyapunovConfig).memory_images)
+    mem = memory_report(cfg, energy, task, model, held.x.to(device), held.y.to(device), device,
+                        progress_factory=progress_factory)
+    mem = {**header, **mem}
+    atomic_write_json(out, mem)
+    plot_memory(out.with_suffix(".png"), mem, title)
+    return mem, [out, out.with_suffix(".png"), write_html(out)]
 
 
 # --- figures ----------------------------------------------------------------------------------
