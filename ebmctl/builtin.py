@@ -32,7 +32,9 @@ from ebmctl.nn.sngan import (
     sngan_hat_args,
 )
 from ebmctl.contracts import ModelSpec
+from ebmctl.ood import OODConfig
 from ebmctl.sampling.langevin import LangevinConfig
+from ebmctl.synthesis import SynthConfig
 from ebmctl.training.fixer import FixConfig
 
 
@@ -71,7 +73,7 @@ def ebmctl_register_attacks(register):
 def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
-                    FixConfig, LyapunovConfig):
+                    FixConfig, LyapunovConfig, SynthConfig, OODConfig):
         add(section)
 
 

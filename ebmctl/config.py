@@ -196,11 +196,14 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 def core_schema() -> Schema:
     """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
-    ``defense``, ``attack`` and ``evaluate`` are declared next to their code (``RunConfig`` in
-    :mod:`ebmctl.context`, ``LangevinConfig`` in
+    ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth`` and ``ood`` are
+    declared next to their code (``RunConfig`` in :mod:`ebmctl.context`, ``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
-    :mod:`ebmctl.evaluate.resubmit`) and added by the built-in plugin's schema hook; keys only
+    :mod:`ebmctl.evaluate.resubmit`, ``FixConfig`` in :mod:`ebmctl.training.fixer`,
+    ``LyapunovConfig`` in :mod:`ebmctl.dynamics.report`, ``SynthConfig`` in
+    :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`) and added by the built-in
+    plugin's schema hook; keys only
     one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
     ``model.dropout``: classification; ``task.dice_*``: segmentation)."""
     s = Schema()
@@ -278,7 +281,7 @@ def core_schema() -> Schema:
     # output
     a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
       minimum=0)
-    # hat ebm, synthesize, ood (docs/algorithms.md#hat-ebm)
+    # hat ebm (docs/algorithms.md#hat-ebm)
     a("hat.mode", "str", "conditional", "conditional (Z fixed, Y sampled) | joint (Y and Z)",
       choices=("conditional", "joint"))
     a("hat.arch", "str", "sngan-ebm", "hat network H (an EBM architecture; no spectral norm)")
@@ -300,13 +303,6 @@ def core_schema() -> Schema:
       minimum=0)
     a("hat.residual", "bool", True, "sample the residual Y (false: the thesis' §6.7.1 ablation)")
     a("hat.residual_prior", "float", 0.0, "τ_res of the optional prior τ_res·‖Y‖²", minimum=0)
-    a("synth.n", "int", 64, "images to sample", minimum=1)
-    a("synth.steps", "int", 0, "Langevin steps (0 = the model's training K)", minimum=0)
-    a("synth.init", "str", "noise", "plain EBM chains start from noise | data",
-      choices=("noise", "data"))
-    a("ood.n_images", "int", 1000, "images per dataset scored", minimum=1)
-    a("ood.sets", "str_list", ["uniform-noise"], "out-of-distribution datasets "
-      "(NAME or NAME=ROOT)")
     a("quality.fid_features", "str", "", "local feature network for FID (safetensors "
       "Inception-v3 state dict); empty = proxy score only")
     a("quality.n_reference", "int", 1000, "real images in the quality reference set", minimum=2)

@@ -10,12 +10,26 @@ metric depends on it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 
+from ebmctl.config import setting
 from ebmctl.errors import InputError
+
+
+@dataclass(frozen=True)
+class OODConfig:
+    """The profile section ``[ood]``: the out-of-distribution sets ``ebmctl ood`` scores and
+    how many images of each."""
+
+    section: ClassVar[str] = "ood"
+
+    n_images: int = setting(1000, "images per dataset scored", minimum=1)
+    sets: tuple[str, ...] = setting(("uniform-noise",), "out-of-distribution datasets "
+                                    "(NAME or NAME=ROOT)")
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -117,8 +131,9 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
     out = Path(out)
     cfg = config_for_model(cfg, model_path)
     model = load_energy_model(model_path, device)
-    n = cfg["ood.n_images"]
-    specs = [parse_set(s) for s in (sets if sets is not None else cfg["ood.sets"])]
+    ood = cfg.section(OODConfig)
+    n = ood.n_images
+    specs = [parse_set(s) for s in (sets if sets is not None else ood.sets)]
     if not specs:
         raise InputError("no out-of-distribution sets given (--ood NAME or ood.sets)")
     fit = {"data.image_size": model.image_size, "data.channels": model.channels}

@@ -7,7 +7,9 @@ Everything is computed before anything is written, so a failure leaves no partia
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -19,9 +21,23 @@ from ebmctl.errors import ConfigError
 from ebmctl.evaluate.plots import save_grid, save_image01
 from ebmctl.evaluate.quality import classifier_features, inception_features, quality_report
 from ebmctl.models import EnergyModel, TaskModel, config_for_model, load_energy_model
-from ebmctl.config import Config
+from ebmctl.config import Config, setting
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import make_generator
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The profile section ``[synth]``: how many images ``ebmctl synthesize`` samples, with how
+    many Langevin steps, and where plain-EBM chains start."""
+
+    section: ClassVar[str] = "synth"
+
+    n: int = setting(64, "images to sample", minimum=1)
+    steps: int = setting(0, "Langevin steps (0 = the model's training K)", minimum=0)
+    init: str = setting("noise", "plain EBM chains start from noise | data",
+                        choices=("noise", "data"))
+
 
 def sample_plain(model: EnergyModel, n: int, steps: int, init: str, data01: torch.Tensor | None,
                  key: tuple, precision: str = "fp32", chunk_size: int = 2048) -> dict:
@@ -47,19 +63,20 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     the single images and ``report.json`` into ``out_dir``."""
     cfg = config_for_model(cfg, model_path)
     model = load_energy_model(model_path, device)
-    n, seed = cfg["synth.n"], cfg.section(RunConfig).seed
+    synth = cfg.section(SynthConfig)
+    n, seed = synth.n, cfg.section(RunConfig).seed
     langevin = cfg.section(LangevinConfig)
     precision = langevin.precision_on(device)
     is_hat = model.kind == "hat-ebm"
     if mode and not is_hat:
         raise ConfigError("--mode applies to Hat EBMs only; this is a plain EBM")
-    needs_data = (not is_hat and cfg["synth.init"] == "data") or classifier or \
+    needs_data = (not is_hat and synth.init == "data") or classifier or \
         cfg["quality.fid_features"]
     bundle = load_dataset(cfg) if needs_data else None
     key = (seed, "synthesize")
     report: dict = {"command": "synthesize", "model": str(model_path), "n": n}
     if is_hat:
-        steps = cfg["synth.steps"] or model.mcmc_steps
+        steps = synth.steps or model.mcmc_steps
         out = model.sample01(n, steps, key, mode=mode, chunk_size=langevin.chunk_size)
         sets = {"hat_ebm": out["samples"], "generator": out["generator"]}
         used_mode = mode or model.settings.mode
@@ -71,14 +88,14 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
                                    for k, v in sets.items()})
         samples = out["samples"]
     else:
-        steps = cfg["synth.steps"] or cfg["train.mcmc_steps"]
+        steps = synth.steps or cfg["train.mcmc_steps"]
         data01 = bundle.train.x if bundle is not None else None
-        out = sample_plain(model, n, steps, cfg["synth.init"], data01, key, precision,
+        out = sample_plain(model, n, steps, synth.init, data01, key, precision,
                            langevin.chunk_size)
         sets = {"ebm": out["samples"]}
         samples = out["samples"]
         with torch.no_grad():
-            report.update(kind="ebm", init=cfg["synth.init"], steps=steps,
+            report.update(kind="ebm", init=synth.init, steps=steps,
                           settings={"tau": model.tau, "temperature": model.temperature},
                           energy_mean={"ebm": round(model.energy01(samples).mean().item(), 6),
                                        "initial": round(model.energy01(out["initial"]).mean()
