@@ -48,86 +48,135 @@ def task_lr(cfg: Config, it: int, total: int, milestones: list[int]) -> float:
     return peak * 0.1 ** sum(it >= m for m in milestones)
 
 
+def _optimizer(net: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """``model.optimizer``: Nesterov SGD with momentum, or Adam; both with weight decay."""
+    if cfg["model.optimizer"] == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=cfg["model.lr"],
+                               momentum=cfg["model.momentum"],
+                               weight_decay=cfg["model.weight_decay"], nesterov=True)
+    return torch.optim.Adam(net.parameters(), lr=cfg["model.lr"],
+                            weight_decay=cfg["model.weight_decay"])
+
+
 @keeps_global_rng
 def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                      device: torch.device, resume: bool = False,
                      force_resume: bool = False) -> Path:
-    out = Path(out)
-    ckpt_file = checkpoint_path(out)
-    net, arch, args = build_model("task", cfg, bundle, (cfg["run.seed"], "task-init"), task)
-    task.prepare_model(net, cfg)
-    model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels, task.model_kind,
-                      task.name).to(device)
-    memory_format = torch.channels_last if cfg["model.channels_last"] else torch.contiguous_format
-    net.to(memory_format=memory_format)
-    epochs, bs = cfg["model.epochs"], cfg["model.batch_size"]
-    if cfg["model.optimizer"] == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=cfg["model.lr"], momentum=cfg["model.momentum"],
-                              weight_decay=cfg["model.weight_decay"], nesterov=True)
-    else:
-        opt = torch.optim.Adam(net.parameters(), lr=cfg["model.lr"],
-                               weight_decay=cfg["model.weight_decay"])
-    x, y = bundle.train.x, bundle.train.y
-    n = len(x)
-    steps_per_epoch = max(1, (n + bs - 1) // bs)
-    total = epochs * steps_per_epoch
-    milestones = [int(f * total) for f in cfg["model.lr_milestones"]]
-    start_epoch, history = 0, []
-    guard = ResumeGuard.for_run(cfg, task.model_kind)
-    if (resume or force_resume) and ckpt_file.exists():
-        ck = load_checkpoint(ckpt_file, task.model_kind)
-        guard.check(ck, force_resume, ckpt_file)
-        net.load_state_dict(ck["model"])
-        restore_optimizer(opt, ck)
-        start_epoch, history = ck["step"], ck["state"].get("history", [])
-        info(f"resumed from {ckpt_file} at epoch {start_epoch}")
-    seed = cfg["run.seed"]
-    t0 = time.time()
-    with progress_bar(total - start_epoch * steps_per_epoch, f"train {task.model_kind}") as bar:
-        for epoch in range(start_epoch, epochs):
-            gen = make_generator("cpu", seed, "task-train", epoch)
-            # Dropout draws from the global RNG: keyed by epoch, so a resumed run matches too.
-            seed_global_rng(seed, "task-dropout", epoch)
-            perm = torch.randperm(n, generator=gen)
-            model.train()
-            losses = []
-            for i in range(steps_per_epoch):
-                it = epoch * steps_per_epoch + i
-                lr = task_lr(cfg, it, total, milestones)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                idx = perm[i * bs:(i + 1) * bs]
-                xb, yb = task.augment(x[idx], y[idx], gen, cfg)
-                xb = xb.to(device).contiguous(memory_format=memory_format)
-                loss = task.train_loss(model(xb), yb.to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if not torch.isfinite(loss) or not grads_finite(net):
-                    raise numerical_stop(f"task-model loss or gradient became NaN/Inf in epoch "
-                                         f"{epoch + 1}", ckpt_file)
-                opt.step()
-                losses.append(loss.item())
-                bar.advance(1, f"loss {loss.item():.3f}")
-            val = evaluate_task_model(model, task, bundle.val.x, bundle.val.y, device)
-            history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
-                            f"val_{task.metric_name}": val, "seconds": round(time.time() - t0, 1)})
-            if epoch + 1 < epochs:
-                save_checkpoint(ckpt_file, target=task.model_kind, step=epoch + 1, model=net,
-                                optimizer=opt, state={"history": history}, config=cfg,
-                                arch=arch, arch_args=args, guard=guard)
-    net.to(memory_format=torch.contiguous_format)  # artifacts store plain contiguous tensors
-    test = evaluate_task_model(model, task, bundle.test.x, bundle.test.y, device)
-    data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
-            "num_classes": bundle.num_classes, "class_names": bundle.class_names,
-            "dataset": cfg["data.dataset"]}
-    extra = {"history": history, f"test_{task.metric_name}": test, **guard.artifact_extra()}
-    save_artifact(out, model_tensors(net), kind=task.model_kind, arch=arch, arch_args=args,
-                  task=task.name, data=data, config=cfg, step=epochs, extra=extra)
-    from ebmctl.context import environment
+    """Train the task model ``model.arch`` on ``bundle``'s training split with the task's own
+    loss and augmentation; write the artifact (with its test score) and a JSON log. A checkpoint
+    after every epoch makes the run resumable, and all randomness is keyed by (seed, epoch), so
+    a resumed run equals an uninterrupted one.
 
-    atomic_write_json(out.with_suffix(".log.json"), {"history": history, "test": test,
-                                                     "config": cfg.to_dict(),
-                                                     "environment": environment(cfg, device)})
-    ckpt_file.unlink(missing_ok=True)
-    info(f"{task.model_kind} test {task.metric_name}: {test:.4f}")
-    return out
+    Raises:
+        NumericalError: the loss or a gradient became NaN/Inf (the last checkpoint is kept).
+    """
+    job = _TaskTraining(cfg, bundle, task, Path(out), device)
+    if (resume or force_resume) and job.ckpt_file.exists():
+        job.restore(force_resume)
+    job.train()
+    return job.finish()
+
+
+class _TaskTraining:
+    """One task-model run: the network and its optimizer, the iteration schedule, and the
+    history a checkpoint keeps."""
+
+    def __init__(self, cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
+                 device: torch.device):
+        self.cfg, self.bundle, self.task, self.out, self.device = cfg, bundle, task, out, device
+        self.seed = cfg["run.seed"]
+        self.ckpt_file = checkpoint_path(out)
+        net, self.arch, self.args = build_model("task", cfg, bundle, (self.seed, "task-init"),
+                                                task)
+        task.prepare_model(net, cfg)
+        self.net = net
+        self.model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels,
+                               task.model_kind, task.name).to(device)
+        self.memory_format = (torch.channels_last if cfg["model.channels_last"]
+                              else torch.contiguous_format)
+        net.to(memory_format=self.memory_format)
+        self.epochs, self.batch = cfg["model.epochs"], cfg["model.batch_size"]
+        self.opt = _optimizer(net, cfg)
+        self.steps_per_epoch = max(1, (len(bundle.train.x) + self.batch - 1) // self.batch)
+        self.total = self.epochs * self.steps_per_epoch
+        self.milestones = [int(f * self.total) for f in cfg["model.lr_milestones"]]
+        self.start_epoch, self.history = 0, []
+        self.guard = ResumeGuard.for_run(cfg, task.model_kind)
+
+    def restore(self, force_resume: bool) -> None:
+        """Continue from the run's checkpoint (checked by the ResumeGuard)."""
+        ck = load_checkpoint(self.ckpt_file, self.task.model_kind)
+        self.guard.check(ck, force_resume, self.ckpt_file)
+        self.net.load_state_dict(ck["model"])
+        restore_optimizer(self.opt, ck)
+        self.start_epoch, self.history = ck["step"], ck["state"].get("history", [])
+        info(f"resumed from {self.ckpt_file} at epoch {self.start_epoch}")
+
+    def train(self) -> None:
+        """The remaining epochs, each followed by a validation score and a checkpoint."""
+        task, t0 = self.task, time.time()
+        with progress_bar(self.total - self.start_epoch * self.steps_per_epoch,
+                          f"train {task.model_kind}") as bar:
+            for epoch in range(self.start_epoch, self.epochs):
+                loss = self.train_epoch(epoch, bar)
+                val = evaluate_task_model(self.model, task, self.bundle.val.x,
+                                          self.bundle.val.y, self.device)
+                self.history.append({"epoch": epoch + 1, "loss": loss,
+                                     f"val_{task.metric_name}": val,
+                                     "seconds": round(time.time() - t0, 1)})
+                if epoch + 1 < self.epochs:
+                    save_checkpoint(self.ckpt_file, target=task.model_kind, step=epoch + 1,
+                                    model=self.net, optimizer=self.opt,
+                                    state={"history": self.history}, config=self.cfg,
+                                    arch=self.arch, arch_args=self.args, guard=self.guard)
+
+    def train_epoch(self, epoch: int, bar) -> float:
+        """One pass in an order keyed by (seed, epoch), the learning rate set per iteration by
+        :func:`task_lr`. Returns the mean batch loss."""
+        cfg, task, opt, bs = self.cfg, self.task, self.opt, self.batch
+        x, y = self.bundle.train.x, self.bundle.train.y
+        gen = make_generator("cpu", self.seed, "task-train", epoch)
+        # Dropout draws from the global RNG: keyed by epoch, so a resumed run matches too.
+        seed_global_rng(self.seed, "task-dropout", epoch)
+        perm = torch.randperm(len(x), generator=gen)
+        self.model.train()
+        losses = []
+        for i in range(self.steps_per_epoch):
+            lr = task_lr(cfg, epoch * self.steps_per_epoch + i, self.total, self.milestones)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = perm[i * bs:(i + 1) * bs]
+            xb, yb = task.augment(x[idx], y[idx], gen, cfg)
+            xb = xb.to(self.device).contiguous(memory_format=self.memory_format)
+            loss = task.train_loss(self.model(xb), yb.to(self.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if not torch.isfinite(loss) or not grads_finite(self.net):
+                raise numerical_stop(f"task-model loss or gradient became NaN/Inf in epoch "
+                                     f"{epoch + 1}", self.ckpt_file)
+            opt.step()
+            losses.append(loss.item())
+            bar.advance(1, f"loss {loss.item():.3f}")
+        return sum(losses) / len(losses)
+
+    def finish(self) -> Path:
+        """Score the test split; write the artifact and its log; drop the checkpoint."""
+        from ebmctl.context import environment
+
+        cfg, task, bundle, out = self.cfg, self.task, self.bundle, self.out
+        self.net.to(memory_format=torch.contiguous_format)  # artifacts store contiguous tensors
+        test = evaluate_task_model(self.model, task, bundle.test.x, bundle.test.y, self.device)
+        data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
+                "num_classes": bundle.num_classes, "class_names": bundle.class_names,
+                "dataset": cfg["data.dataset"]}
+        extra = {"history": self.history, f"test_{task.metric_name}": test,
+                 **self.guard.artifact_extra()}
+        save_artifact(out, model_tensors(self.net), kind=task.model_kind, arch=self.arch,
+                      arch_args=self.args, task=task.name, data=data, config=cfg,
+                      step=self.epochs, extra=extra)
+        atomic_write_json(out.with_suffix(".log.json"),
+                          {"history": self.history, "test": test, "config": cfg.to_dict(),
+                           "environment": environment(cfg, self.device)})
+        self.ckpt_file.unlink(missing_ok=True)
+        info(f"{task.model_kind} test {task.metric_name}: {test:.4f}")
+        return out
