@@ -48,26 +48,71 @@ def reconstruction_mse(enc, dec, x: torch.Tensor, batch: int = 256) -> float:
 
 @keeps_global_rng
 def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device) -> Path:
+    """Train encoder I and decoder G for ``autoencoder.steps`` updates of scale·MSE on
+    ``bundle``'s training images ([-1,1] internal units, batches keyed by (seed, update)); write
+    the decoder as a ``generator`` artifact at ``out``, the encoder beside it, a JSON log,
+    sample and reconstruction grids and the loss curve.
+
+    Raises:
+        ConfigError: the networks cannot be built for the data's image size.
+        NumericalError: the loss became NaN/Inf.
+    """
     out = Path(out)
-    size, ch = bundle.image_size, bundle.channels
-    m = cfg["autoencoder.latent_dim"]
+    enc, dec, enc_args, dec_args = _build(cfg, bundle, device)
+    held_split = bundle.val if len(bundle.val) else bundle.test
+    held = to_internal(pick_subset(held_split, HELD_OUT_IMAGES).x).to(device)
+    t0 = time.time()
+    history = _fit(cfg, enc, dec, to_internal(bundle.train.x).to(device), out, device, t0)
+    val_mse = reconstruction_mse(enc, dec, held)
+    _save_grids(cfg, enc, dec, held, out, device)
+    extra = {"latent_prior": "sphere", "val_mse": val_mse, "history": history,
+             "encoder": encoder_path(out).name, "seconds": round(time.time() - t0, 1)}
+    data_meta = {"range": "[-1,1]", "image_size": bundle.image_size,
+                 "channels": bundle.channels, "dataset": cfg["data.dataset"]}
+    steps = cfg["autoencoder.steps"]
+    save_artifact(encoder_path(out), model_tensors(enc), kind="encoder", arch="encoder",
+                  arch_args=enc_args, data=data_meta, config=cfg, step=steps,
+                  extra={"latent_prior": "sphere", "val_mse": val_mse})
+    save_artifact(out, model_tensors(dec), kind="generator", arch="sngan-generator",
+                  arch_args=dec_args, data=data_meta, config=cfg, step=steps, extra=extra)
+    from ebmctl.context import environment
+
+    atomic_write_json(out.with_suffix(".log.json"), {"history": history, "extra": extra,
+                                                     "config": cfg.to_dict(),
+                                                     "environment": environment(cfg, device)})
+    if history:
+        save_curves(out.with_suffix(".mse.png"),
+                    {"train MSE": ([h["step"] for h in history], [h["train_mse"] for h in history])},
+                    "update", "MSE (internal units)", "autoencoder", hline=val_mse)
+    info(f"autoencoder held-out MSE {val_mse:.4f} (internal [-1,1] units)")
+    return out
+
+
+def _build(cfg: Config, bundle: DatasetBundle, device) -> tuple[Encoder, SNGANGenerator,
+                                                                 dict, dict]:
+    """(encoder, decoder, their constructor arguments), initial weights from the seed only."""
+    size, ch, m = bundle.image_size, bundle.channels, cfg["autoencoder.latent_dim"]
     dec_args = {"latent_dim": m, "image_size": size, "channels": ch,
                 "width": cfg["autoencoder.width"], "bn_fixed": False}
     enc_args = {"in_channels": ch, "image_size": size, "latent_dim": m,
                 "width": cfg["autoencoder.encoder_width"], "sphere": True}
-    seed_global_rng(cfg["run.seed"], "autoencoder-init")  # initial weights: the seed only
+    seed_global_rng(cfg["run.seed"], "autoencoder-init")
     try:
         dec, enc = SNGANGenerator(**dec_args).to(device), Encoder(**enc_args).to(device)
     except ValueError as exc:
         raise ConfigError(f"cannot build the autoencoder for {size}x{size} images: {exc}") from None
-    data = to_internal(bundle.train.x).to(device)
-    held_split = bundle.val if len(bundle.val) else bundle.test
-    held = to_internal(pick_subset(held_split, HELD_OUT_IMAGES).x).to(device)
+    return enc, dec, enc_args, dec_args
+
+
+def _fit(cfg: Config, enc: Encoder, dec: SNGANGenerator, data: torch.Tensor, out: Path,
+         device, t0: float) -> list[dict]:
+    """The Adam updates on batches of ``data`` (internal units) drawn with replacement, keyed
+    by (seed, update). Returns the history logged every ``train.log_every`` updates."""
     steps, batch, scale = (cfg["autoencoder.steps"], cfg["autoencoder.batch_size"],
                            cfg["autoencoder.mse_scale"])
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg["autoencoder.lr"],
                            betas=(0.5, 0.999))
-    seed, history, t0 = cfg["run.seed"], [], time.time()
+    seed, history = cfg["run.seed"], []
     every = max(1, cfg["train.log_every"])
     with progress_bar(steps, f"train autoencoder ({out.name})") as bar:
         for step in range(steps):
@@ -86,31 +131,18 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
                 history.append({"step": step + 1, "train_mse": mse.item(),
                                 "seconds": round(time.time() - t0, 2)})
             bar.advance(1, f"mse {mse.item():.4f}")
-    val_mse = reconstruction_mse(enc, dec, held)
+    return history
+
+
+def _save_grids(cfg: Config, enc: Encoder, dec: SNGANGenerator, held: torch.Tensor, out: Path,
+                device) -> None:
+    """64 decoded samples from latents on the sphere, and 32 held-out images over their
+    reconstructions."""
+    m = cfg["autoencoder.latent_dim"]
     with torch.no_grad():
-        z = project_to_sphere(torch.randn((64, m), generator=make_generator(device, seed, "ae-sample"),
-                                          device=device))
+        gen = make_generator(device, cfg["run.seed"], "ae-sample")
+        z = project_to_sphere(torch.randn((64, m), generator=gen, device=device))
         samples = dec(z)
         recon = dec(enc(held[:32]))
     save_grid(to_public(samples), out.with_name(out.stem + ".samples.png"))
     save_grid(to_public(torch.cat([held[:32], recon])), out.with_name(out.stem + ".recon.png"))
-    extra = {"latent_prior": "sphere", "val_mse": val_mse, "history": history,
-             "encoder": encoder_path(out).name, "seconds": round(time.time() - t0, 1)}
-    data_meta = {"range": "[-1,1]", "image_size": size, "channels": ch,
-                 "dataset": cfg["data.dataset"]}
-    save_artifact(encoder_path(out), model_tensors(enc), kind="encoder", arch="encoder",
-                  arch_args=enc_args, data=data_meta, config=cfg, step=steps,
-                  extra={"latent_prior": "sphere", "val_mse": val_mse})
-    save_artifact(out, model_tensors(dec), kind="generator", arch="sngan-generator",
-                  arch_args=dec_args, data=data_meta, config=cfg, step=steps, extra=extra)
-    from ebmctl.context import environment
-
-    atomic_write_json(out.with_suffix(".log.json"), {"history": history, "extra": extra,
-                                                     "config": cfg.to_dict(),
-                                                     "environment": environment(cfg, device)})
-    if history:
-        save_curves(out.with_suffix(".mse.png"),
-                    {"train MSE": ([h["step"] for h in history], [h["train_mse"] for h in history])},
-                    "update", "MSE (internal units)", "autoencoder", hline=val_mse)
-    info(f"autoencoder held-out MSE {val_mse:.4f} (internal [-1,1] units)")
-    return out
