@@ -64,16 +64,12 @@ job_smooth_sweep() { for e in 0.05 0.15; do attack "$SMOOTH" "smooth-eps$e" $e \
 # is the exact-gradient curve flat? the same attack with twice the steps
 job_smooth_full_long() { attack "$SMOOTH" smooth-full-40steps 0.1 --defended-only --method full-eot \
                            --set attack.steps=40 --set attack.sanity=false; }
-# the LeakyReLU EBM's smoothed-backward attack at the largest radius
-job_leaky_sweep_smooth() { attack "$LEAKY" leaky-smooth-eps0.15 0.15 --defended-only \
-                             --method smooth-eot --set attack.sanity=false; }
 # the exact chain gradient at the other radii (about 5x a BPDA run each)
 job_smooth_sweep_full() { for e in 0.15 0.05; do attack "$SMOOTH" "smooth-full-eps$e" $e \
                             --defended-only --method full-eot --set attack.sanity=false; done; }
 
 ALL=(train_smooth leaky_main smooth_main leaky_apgd smooth_apgd smooth_surrogate leaky_common
-     smooth_common leaky_energy smooth_energy leaky_sweep smooth_sweep smooth_full_long smooth_sweep_full
-     leaky_sweep_smooth)
+     smooth_common leaky_energy smooth_energy leaky_sweep smooth_sweep smooth_full_long smooth_sweep_full)
 [ $# -gt 0 ] || set -- "${ALL[@]}"
 for j in "$@"; do
   echo "== $j"; "job_$j"
