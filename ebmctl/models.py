@@ -149,6 +149,17 @@ class EnergyModel:
         recorded = load_artifact(self.path, "ebm").config.get("defense", {}).get("steps")
         return recorded if isinstance(recorded, int) and recorded >= 0 else None
 
+    def purification_steps(self, defense_steps: int, chosen: bool) -> int:
+        """K_def to purify with: the profile's ``defense_steps`` when the user chose it
+        (``chosen``: a profile or ``--set`` gave ``defense.steps``), else the K_def this EBM's
+        training recorded (:meth:`recorded_defense_steps`), else ``defense_steps``.
+
+        Raises:
+            ArtifactError: the artifact cannot be read.
+        """
+        recorded = None if chosen else self.recorded_defense_steps()
+        return defense_steps if recorded is None else recorded
+
 
 class TaskModel(nn.Module):
     """A task network taking [0,1] images at its own size; converts to its input range."""

@@ -43,13 +43,10 @@ def purify_cmd(
     at the size it was trained for, so a large photo comes back at the EBM's level of detail.
     Inputs with the same name get -2, -3, ... in one call; an existing output is replaced only
     with --force."""
-    from ebmctl.artifacts import claim_output, output_stems
     from ebmctl.console import info
     from ebmctl.context import setup_device
-    from ebmctl.models import EnergyModel
-    from ebmctl.device import resolve_precision
     from ebmctl.errors import ConfigError, InputError
-    from ebmctl.images import output_mode, read_image_like, save_image_like
+    from ebmctl.models import EnergyModel
     from ebmctl.shipped import default_ebm
 
     cfg = make_config(ctx)
@@ -63,10 +60,8 @@ def purify_cmd(
 
         ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
     energy = EnergyModel.load(ebm or default_ebm(), dev)
-    k = cfg["defense.steps"] if steps is None else steps
-    if steps is None and cfg.provenance.get("defense.steps") == "default":
-        recorded = energy.recorded_defense_steps()
-        k = k if recorded is None else recorded
+    k = steps if steps is not None else energy.purification_steps(
+        cfg["defense.steps"], not cfg.is_default("defense.steps"))
     fixer_net = None
     if fixer is not None:
         from ebmctl.models import load_fixer
@@ -74,34 +69,74 @@ def purify_cmd(
         fixer_net = load_fixer(fixer, dev)
     # Read everything and claim every output first, so that a bad file or an existing output
     # fails before any work is done or anything is written.
+    loaded, targets = _claim_outputs(images, out_dir, replicates,
+                                     ".fixed" if fixer_net is not None else ".purified", force)
+    info(f"purifying with K = {k} Langevin steps of {energy.path}")
+    for i, ((path, img, meta), outs) in enumerate(zip(loaded, targets)):
+        _note_conversions(path, img, meta, energy)
+        out = _purify_copies(cfg, energy, fixer_net, img, len(outs), k, (str(path), i), dev)
+        _save_copies(out, outs, path, meta)
+
+
+def _claim_outputs(images: list[Path], out_dir: Optional[Path], replicates: int, kind: str,
+                   force: bool) -> tuple[list[tuple], list[list[Path]]]:
+    """Every input read (path, [C,H,W] image in [0,1], metadata) and its outputs claimed:
+    ``<name><kind>.png``, or ``<name><kind>-000.png`` ... with replicates; same-named inputs
+    get -2, -3, ..."""
+    from ebmctl.artifacts import claim_output, output_stems
+    from ebmctl.images import read_image_like
+
     loaded = [(p, *read_image_like(p)) for p in images]
     folders = [Path(out_dir or p.parent) for p in images]
     stems = output_stems([(f, p.stem) for f, p in zip(folders, images)])
-    kind = ".fixed" if fixer_net is not None else ".purified"
     targets = [[claim_output(f / (s + (f"{kind}.png" if replicates == 1 else
                                        f"{kind}-{r:03d}.png")), force=force, option="--out-dir")
                 for r in range(replicates)] for f, s in zip(folders, stems)]
-    info(f"purifying with K = {k} Langevin steps of {energy.path}")
-    precision = resolve_precision(cfg["langevin.precision"], dev)
-    size = energy.image_size
-    for i, ((path, img, meta), outs) in enumerate(zip(loaded, targets)):
-        w, h = meta.size
-        if (h, w) != (size, size):
-            info(f"note: {path.name} is {w}x{h}; purified at the EBM's {size}x{size} and "
-                 f"resized back to {w}x{h}")
-        if img.shape[0] != energy.channels:
-            ebm_mode = "L" if energy.channels == 1 else "RGB"
-            info(f"note: {path.name}: {meta.mode} image converted to {ebm_mode} for the EBM and "
-                 f"back to {output_mode(meta)}")
-        x = img.unsqueeze(0).to(dev).repeat(replicates, 1, 1, 1)
-        out = energy.purify01(x, k, (cfg["run.seed"], "purify", str(path), i), precision=precision,
-                              chunk_size=cfg["langevin.chunk_size"], clamp=cfg["defense.clamp"])
-        if fixer_net is not None:  # after resizing back, as in the defense
-            from ebmctl.models import fix_images
+    return loaded, targets
 
-            out = fix_images(fixer_net, out)
-        mode = output_mode(meta)
-        for r, target in enumerate(outs):
-            save_image_like(out[r], target, meta)
-            changed = "" if mode == meta.mode else f" (a {meta.mode} input, written as {mode})"
-            info(f"wrote {target} from {path}{changed}")
+
+def _note_conversions(path: Path, img, meta, energy) -> None:
+    """Say when an image is purified at another size or in another mode than its own."""
+    from ebmctl.console import info
+    from ebmctl.images import output_mode
+
+    w, h = meta.size
+    size = energy.image_size
+    if (h, w) != (size, size):
+        info(f"note: {path.name} is {w}x{h}; purified at the EBM's {size}x{size} and "
+             f"resized back to {w}x{h}")
+    if img.shape[0] != energy.channels:
+        ebm_mode = "L" if energy.channels == 1 else "RGB"
+        info(f"note: {path.name}: {meta.mode} image converted to {ebm_mode} for the EBM and "
+             f"back to {output_mode(meta)}")
+
+
+def _purify_copies(cfg, energy, fixer_net, img, copies: int, k: int, key: tuple, dev):
+    """``copies`` purified (then fixed) copies of ``img`` ([C,H,W] in [0,1]) at its own size,
+    keyed by (run.seed, "purify", *key): [copies, C, H, W] in [0,1]."""
+    from ebmctl.context import RunConfig
+    from ebmctl.defense import DefenseConfig
+    from ebmctl.sampling.langevin import LangevinConfig
+
+    langevin = cfg.section(LangevinConfig)
+    x = img.unsqueeze(0).to(dev).repeat(copies, 1, 1, 1)
+    out = energy.purify01(x, k, (cfg.section(RunConfig).seed, "purify", *key),
+                          precision=langevin.precision_on(dev), chunk_size=langevin.chunk_size,
+                          clamp=cfg.section(DefenseConfig).clamp)
+    if fixer_net is not None:  # after resizing back, as in the defense
+        from ebmctl.models import fix_images
+
+        out = fix_images(fixer_net, out)
+    return out
+
+
+def _save_copies(out, targets: list[Path], path: Path, meta) -> None:
+    """Write each copy in its input's size and mode."""
+    from ebmctl.console import info
+    from ebmctl.images import output_mode, save_image_like
+
+    mode = output_mode(meta)
+    for r, target in enumerate(targets):
+        save_image_like(out[r], target, meta)
+        changed = "" if mode == meta.mode else f" (a {meta.mode} input, written as {mode})"
+        info(f"wrote {target} from {path}{changed}")
