@@ -53,19 +53,13 @@ def attack_cmd(
     """Attack the undefended model (PGD) and the EBM-defended one (BPDA+EOT, or the attacks in
     --method / attack.methods), with sanity checks; report JSON + PNG."""
     from ebmctl.artifacts import claim_output
-    from ebmctl.console import info, out_console
+    from ebmctl.console import info
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError
-    from ebmctl.evaluate.report import report_notes, run_evaluation, run_sweep
-    from ebmctl.evaluate.tables import results_table, sweep_table, task_table
-    from ebmctl.config import parse_set_options
+    from ebmctl.evaluate.html import write_html
+    from ebmctl.evaluate.report import run_evaluation
 
-    cfg = make_config(ctx, {"attack.norm": norm or None, "attack.n_images": n_images,
-                            "attack.seeds": seeds or None, "task.name": task or None})
-    if eps:
-        # --eps is the radius of the norm in force, wherever that norm was chosen
-        key = "attack.eps_l2" if cfg["attack.norm"] == "l2" else "attack.eps"
-        cfg = cfg.with_overrides({key: eps}, "--set")
+    cfg = _attack_config(ctx, norm, eps, n_images, seeds, task)
     if undefended_only and defended_only:
         raise ConfigError("--undefended-only and --defended-only exclude each other")
     if fixer is not None and undefended_only:
@@ -83,17 +77,7 @@ def attack_cmd(
     if ebm is not None:
         ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
     if sweep:
-        (key, raw), = parse_set_options([sweep]).items()
-        values = [cfg.schema.coerce(key, v) if cfg.schema else v
-                  for v in raw.split(",") if v.strip()]
-        if undefended_only:
-            raise ConfigError("--sweep evaluates the defended model; drop --undefended-only")
-        out = out or Path(cfg["run.out_dir"]) / "attack-sweep.json"
-        for path in (out, out.with_suffix(".png")):  # --resume continues its own report
-            claim_output(path, force=force, resume=resume)
-        rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume)
-        out_console().print(sweep_table(rep))
-        info(f"wrote {out} and {out.with_suffix('.png')}")
+        _sweep(cfg, model, ebm, dev, sweep, out, method, undefended_only, resume, force)
         return
     out = out or Path(cfg["run.out_dir"]) / "attack-report.json"
     for path in (out, out.with_suffix(".png"), out.with_suffix(".html")):  # --resume: its own
@@ -101,6 +85,52 @@ def attack_cmd(
     report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
                             defended=defended, method=method, resume=resume,
                             save_adversarials=save_adversarials, fixer_path=fixer)
+    _print_report(report)
+    html_page = write_html(out)  # the same report as one self-contained page
+    info(f"wrote {out}, {out.with_suffix('.png')} and {html_page}")
+
+
+def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],
+                   n_images: Optional[int], seeds: Optional[str], task: Optional[str]):
+    """The profile with the command's flags over it; --eps is the radius of the norm in force,
+    wherever that norm was chosen (``attack.eps_l2`` for l2, else ``attack.eps``)."""
+    cfg = make_config(ctx, {"attack.norm": norm or None, "attack.n_images": n_images,
+                            "attack.seeds": seeds or None, "task.name": task or None})
+    if eps:
+        key = "attack.eps_l2" if cfg["attack.norm"] == "l2" else "attack.eps"
+        cfg = cfg.with_overrides({key: eps}, "--set")
+    return cfg
+
+
+def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Optional[Path],
+           method: Optional[str], undefended_only: bool, resume: bool, force: bool) -> None:
+    """--sweep KEY=V1,V2,...: one defended evaluation per value, a sweep report and table."""
+    from ebmctl.artifacts import claim_output
+    from ebmctl.config import parse_set_options
+    from ebmctl.console import info, out_console
+    from ebmctl.errors import ConfigError
+    from ebmctl.evaluate.report import run_sweep
+    from ebmctl.evaluate.tables import sweep_table
+
+    (key, raw), = parse_set_options([sweep]).items()
+    values = [cfg.schema.coerce(key, v) if cfg.schema else v
+              for v in raw.split(",") if v.strip()]
+    if undefended_only:
+        raise ConfigError("--sweep evaluates the defended model; drop --undefended-only")
+    out = out or Path(cfg["run.out_dir"]) / "attack-sweep.json"
+    for path in (out, out.with_suffix(".png")):  # --resume continues its own report
+        claim_output(path, force=force, resume=resume)
+    rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume)
+    out_console().print(sweep_table(rep))
+    info(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def _print_report(report: dict) -> None:
+    """The results table, the report's notes, the task's own table and the sanity checks."""
+    from ebmctl.console import info, out_console
+    from ebmctl.evaluate.report import report_notes
+    from ebmctl.evaluate.tables import results_table, task_table
+
     out_console().print(results_table(report))
     for note in report_notes(report):
         info(note)
@@ -111,7 +141,3 @@ def attack_cmd(
     if sanity:
         for c in sanity["checks"]:
             info(f"sanity {'ok' if c['pass'] else 'FAILED'}: {c['check']}")
-    from ebmctl.evaluate.html import write_html
-
-    html_page = write_html(out)  # the same report as one self-contained page
-    info(f"wrote {out}, {out.with_suffix('.png')} and {html_page}")
