@@ -165,3 +165,35 @@ def test_keys_only_one_plugin_reads_are_declared_by_that_plugin_under_their_old_
         resolve(None, ["task.dice_mode=pixel"])
     cfg = resolve(None, ["model.depth=16", "task.dice_ratio_threshold=0.3"])
     assert (cfg["model.depth"], cfg["task.dice_ratio_threshold"]) == (16, 0.3)
+
+
+def test_fixer_dynamics_synthesis_and_ood_sections_are_declared_by_the_code_that_reads_them():
+    from ebmctl.dynamics.report import LyapunovConfig, exponent_settings
+    from ebmctl.ood import OODConfig
+    from ebmctl.synthesis import SynthConfig
+    from ebmctl.training.fixer import FixConfig
+
+    owners = {row["plugin"]: row["registered"].get("profile sections", [])
+              for row in json.loads(run_cli(["plugins", "--json"]).stdout)["plugins"]}
+    assert {"fix", "lyapunov", "synth", "ood"} <= set(owners["core"])
+    cfg = resolve(None, ["fix.vgg_layers=relu1_2,relu3_3", "fix.patience=3",
+                         "lyapunov.etas=0.1,1", "lyapunov.seeds=2,3",
+                         "lyapunov.attack_defended=yes", "synth.init=data",
+                         "ood.sets=gaussian-noise,digits=/d"])
+    fix = cfg.section(FixConfig)
+    assert (fix.vgg_layers, fix.patience, fix.stage1_input) == (("relu1_2", "relu3_3"), 3,
+                                                                "purified")
+    lyapunov = cfg.section(LyapunovConfig)
+    assert (lyapunov.etas, lyapunov.seeds, lyapunov.attack_defended) == ((0.1, 1.0), (2, 3), True)
+    settings = exponent_settings(cfg)  # the Benettin settings come from the section
+    assert (settings.etas, settings.seeds, settings.dtype) == ([0.1, 1.0], [2, 3], "float64")
+    assert cfg.section(SynthConfig) == SynthConfig(n=64, steps=0, init="data")
+    assert cfg.section(OODConfig).sets == ("gaussian-noise", "digits=/d")
+    for item, expected in [("fix.stage1_input=noisy", "choose from purified, natural"),
+                           ("fix.patience=0", "must be >= 1"),
+                           ("lyapunov.split=dev", "choose from train, val, test"),
+                           ("synth.n=0", "must be >= 1"),
+                           ("ood.n_images=0", "must be >= 1")]:
+        with pytest.raises(ConfigError, match=rf"profile key '{item.split('=')[0]}'.*"
+                                              rf"{expected}"):
+            resolve(None, [item])
