@@ -18,6 +18,7 @@ from ebmctl.attacks.transfer import Transfer
 from ebmctl.context import RunConfig
 from ebmctl.defense import DefenseConfig
 from ebmctl.dynamics.report import LyapunovConfig
+from ebmctl.evaluate.quality import QualityConfig
 from ebmctl.evaluate.resubmit import EvaluateConfig
 from ebmctl.hookspecs import hookimpl
 from ebmctl.nn.ebm import lightweight_args, lightweight_ebm, lightweight_hat_args
@@ -35,6 +36,7 @@ from ebmctl.contracts import ModelSpec
 from ebmctl.ood import OODConfig
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.synthesis import SynthConfig
+from ebmctl.training.autoencoder import AutoencoderConfig
 from ebmctl.training.fixer import FixConfig
 
 
@@ -73,7 +75,8 @@ def ebmctl_register_attacks(register):
 def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
-                    FixConfig, LyapunovConfig, SynthConfig, OODConfig):
+                    FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
+                    AutoencoderConfig):
         add(section)
 
 

@@ -196,13 +196,16 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 def core_schema() -> Schema:
     """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
-    ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth`` and ``ood`` are
+    ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth``, ``ood``, ``quality``
+    and ``autoencoder`` are
     declared next to their code (``RunConfig`` in :mod:`ebmctl.context`, ``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
     :mod:`ebmctl.evaluate.resubmit`, ``FixConfig`` in :mod:`ebmctl.training.fixer`,
     ``LyapunovConfig`` in :mod:`ebmctl.dynamics.report`, ``SynthConfig`` in
-    :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`) and added by the built-in
+    :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`, ``QualityConfig`` in
+    :mod:`ebmctl.evaluate.quality`, ``AutoencoderConfig`` in :mod:`ebmctl.training.autoencoder`)
+    and added by the built-in
     plugin's schema hook; keys only
     one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
     ``model.dropout``: classification; ``task.dice_*``: segmentation)."""
@@ -303,10 +306,7 @@ def core_schema() -> Schema:
       minimum=0)
     a("hat.residual", "bool", True, "sample the residual Y (false: the thesis' §6.7.1 ablation)")
     a("hat.residual_prior", "float", 0.0, "τ_res of the optional prior τ_res·‖Y‖²", minimum=0)
-    a("quality.fid_features", "str", "", "local feature network for FID (safetensors "
-      "Inception-v3 state dict); empty = proxy score only")
-    a("quality.n_reference", "int", 1000, "real images in the quality reference set", minimum=2)
-    # midrun (docs/algorithms.md#mid-run-training), SNGAN EBM options, training health, autoencoder
+    # midrun (docs/algorithms.md#mid-run-training), SNGAN EBM options, training health
     a("train.recipe", "str", "convergent", "EBM training recipe: convergent (thesis Alg. 2) | "
       "midrun (thesis Alg. 4)")
     a("train.target_horizon", "int", 2000, "K_def the mid-run chains should stay realistic for",
@@ -331,14 +331,6 @@ def core_schema() -> Schema:
       "empty = not measured")
     a("ebm.spectral_norm", "bool", True, "spectral normalisation in the SNGAN EBM")
     a("ebm.pool", "str", "sum", "SNGAN EBM global pooling: sum | mean", choices=("sum", "mean"))
-    a("autoencoder.latent_dim", "int", 128, "latent size m (projected to the sphere of radius √m)",
-      minimum=1)
-    a("autoencoder.width", "int", 64, "decoder (SNGAN generator) width", minimum=1)
-    a("autoencoder.encoder_width", "int", 32, "encoder base width", minimum=1)
-    a("autoencoder.steps", "int", 2000, "autoencoder updates", minimum=0)
-    a("autoencoder.batch_size", "int", 64, "autoencoder batch size", minimum=1)
-    a("autoencoder.lr", "float", 2e-4, "autoencoder Adam learning rate", minimum=0)
-    a("autoencoder.mse_scale", "float", 1000.0, "loss = scale · MSE (thesis §6.5.2)", minimum=0)
     return s
 
 

@@ -19,7 +19,12 @@ from ebmctl.context import RunConfig, environment, load_dataset
 from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.plots import save_grid, save_image01
-from ebmctl.evaluate.quality import classifier_features, inception_features, quality_report
+from ebmctl.evaluate.quality import (
+    QualityConfig,
+    classifier_features,
+    inception_features,
+    quality_report,
+)
 from ebmctl.models import EnergyModel, TaskModel, config_for_model, load_energy_model
 from ebmctl.config import Config, setting
 from ebmctl.sampling.langevin import LangevinConfig
@@ -65,13 +70,12 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     model = load_energy_model(model_path, device)
     synth = cfg.section(SynthConfig)
     n, seed = synth.n, cfg.section(RunConfig).seed
-    langevin = cfg.section(LangevinConfig)
+    langevin, quality = cfg.section(LangevinConfig), cfg.section(QualityConfig)
     precision = langevin.precision_on(device)
     is_hat = model.kind == "hat-ebm"
     if mode and not is_hat:
         raise ConfigError("--mode applies to Hat EBMs only; this is a plain EBM")
-    needs_data = (not is_hat and synth.init == "data") or classifier or \
-        cfg["quality.fid_features"]
+    needs_data = (not is_hat and synth.init == "data") or classifier or quality.fid_features
     bundle = load_dataset(cfg) if needs_data else None
     key = (seed, "synthesize")
     report: dict = {"command": "synthesize", "model": str(model_path), "n": n}
@@ -103,11 +107,11 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     extractors = {}
     if classifier is not None:
         extractors["proxy_classifier_fd"] = classifier_features(TaskModel.load(classifier, device))
-    if cfg["quality.fid_features"]:
-        extractors["fid_inception"] = inception_features(cfg["quality.fid_features"], device)
+    if quality.fid_features:
+        extractors["fid_inception"] = inception_features(quality.fid_features, device)
     if extractors:
         test = bundle.test if len(bundle.test) else bundle.val
-        ref = pick_subset(test, cfg["quality.n_reference"]).x
+        ref = pick_subset(test, quality.n_reference).x
         floor = (pick_subset(bundle.val, n).x if (bundle.test is test and len(bundle.val) >= 2)
                  else None)
         report["quality"] = quality_report({k: v.clamp(0, 1) for k, v in sets.items()}, ref,

@@ -11,18 +11,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ebmctl.config import setting
 from ebmctl.defense import adapt_images
 from ebmctl.errors import ArtifactError, InputError
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """The profile section ``[quality]``: the feature network and reference set of the
+    sample-quality score ``ebmctl synthesize`` reports (docs/algorithms.md#sample-quality)."""
+
+    section: ClassVar[str] = "quality"
+
+    fid_features: str = setting("", "local feature network for FID (safetensors Inception-v3 "
+                                "state dict); empty = proxy score only")
+    n_reference: int = setting(1000, "real images in the quality reference set", minimum=2)
 
 
 def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -21,7 +23,7 @@ from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.nn.sngan import Encoder, SNGANGenerator, project_to_sphere
-from ebmctl.config import Config
+from ebmctl.config import Config, setting
 from ebmctl.contracts import DatasetBundle
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.units import to_internal, to_public
@@ -29,6 +31,23 @@ from ebmctl.units import to_internal, to_public
 
 #: Held-out images of the reconstruction figure.
 HELD_OUT_IMAGES = 512
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """The profile section ``[autoencoder]``: the encoder I and decoder G of the autoencoder of
+    thesis §6.5.2 (latent on the sphere of radius √m) and how long they train."""
+
+    section: ClassVar[str] = "autoencoder"
+
+    latent_dim: int = setting(128, "latent size m (projected to the sphere of radius √m)",
+                              minimum=1)
+    width: int = setting(64, "decoder (SNGAN generator) width", minimum=1)
+    encoder_width: int = setting(32, "encoder base width", minimum=1)
+    steps: int = setting(2000, "autoencoder updates", minimum=0)
+    batch_size: int = setting(64, "autoencoder batch size", minimum=1)
+    lr: float = setting(0.0002, "autoencoder Adam learning rate", minimum=0)
+    mse_scale: float = setting(1000.0, "loss = scale · MSE (thesis §6.5.2)", minimum=0)
 
 
 def encoder_path(out: Path) -> Path:
@@ -69,7 +88,7 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
              "encoder": encoder_path(out).name, "seconds": round(time.time() - t0, 1)}
     data_meta = {"range": "[-1,1]", "image_size": bundle.image_size,
                  "channels": bundle.channels, "dataset": cfg["data.dataset"]}
-    steps = cfg["autoencoder.steps"]
+    steps = cfg.section(AutoencoderConfig).steps
     save_artifact(encoder_path(out), model_tensors(enc), kind="encoder", arch="encoder",
                   arch_args=enc_args, data=data_meta, config=cfg, step=steps,
                   extra={"latent_prior": "sphere", "val_mse": val_mse})
@@ -91,11 +110,12 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
 def _build(cfg: Config, bundle: DatasetBundle, device) -> tuple[Encoder, SNGANGenerator,
                                                                  dict, dict]:
     """(encoder, decoder, their constructor arguments), initial weights from the seed only."""
-    size, ch, m = bundle.image_size, bundle.channels, cfg["autoencoder.latent_dim"]
-    dec_args = {"latent_dim": m, "image_size": size, "channels": ch,
-                "width": cfg["autoencoder.width"], "bn_fixed": False}
+    ae = cfg.section(AutoencoderConfig)
+    size, ch, m = bundle.image_size, bundle.channels, ae.latent_dim
+    dec_args = {"latent_dim": m, "image_size": size, "channels": ch, "width": ae.width,
+                "bn_fixed": False}
     enc_args = {"in_channels": ch, "image_size": size, "latent_dim": m,
-                "width": cfg["autoencoder.encoder_width"], "sphere": True}
+                "width": ae.encoder_width, "sphere": True}
     seed_global_rng(cfg["run.seed"], "autoencoder-init")
     try:
         dec, enc = SNGANGenerator(**dec_args).to(device), Encoder(**enc_args).to(device)
@@ -108,10 +128,9 @@ def _fit(cfg: Config, enc: Encoder, dec: SNGANGenerator, data: torch.Tensor, out
          device, t0: float) -> list[dict]:
     """The Adam updates on batches of ``data`` (internal units) drawn with replacement, keyed
     by (seed, update). Returns the history logged every ``train.log_every`` updates."""
-    steps, batch, scale = (cfg["autoencoder.steps"], cfg["autoencoder.batch_size"],
-                           cfg["autoencoder.mse_scale"])
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg["autoencoder.lr"],
-                           betas=(0.5, 0.999))
+    ae = cfg.section(AutoencoderConfig)
+    steps, batch, scale = ae.steps, ae.batch_size, ae.mse_scale
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=ae.lr, betas=(0.5, 0.999))
     seed, history = cfg["run.seed"], []
     every = max(1, cfg["train.log_every"])
     with progress_bar(steps, f"train autoencoder ({out.name})") as bar:
@@ -138,7 +157,7 @@ def _save_grids(cfg: Config, enc: Encoder, dec: SNGANGenerator, held: torch.Tens
                 device) -> None:
     """64 decoded samples from latents on the sphere, and 32 held-out images over their
     reconstructions."""
-    m = cfg["autoencoder.latent_dim"]
+    m = cfg.section(AutoencoderConfig).latent_dim
     with torch.no_grad():
         gen = make_generator(device, cfg["run.seed"], "ae-sample")
         z = project_to_sphere(torch.randn((64, m), generator=gen, device=device))
