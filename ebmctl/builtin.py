@@ -38,6 +38,7 @@ from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.synthesis import SynthConfig
 from ebmctl.training.autoencoder import AutoencoderConfig
 from ebmctl.training.fixer import FixConfig
+from ebmctl.training.hat import HatConfig
 
 
 @hookimpl
@@ -76,7 +77,7 @@ def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
                     FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
-                    AutoencoderConfig):
+                    AutoencoderConfig, HatConfig):
         add(section)
 
 

@@ -196,15 +196,16 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 
 def core_schema() -> Schema:
     """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
-    ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth``, ``ood``, ``quality``
-    and ``autoencoder`` are
+    ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth``, ``ood``, ``quality``,
+    ``autoencoder`` and ``hat`` are
     declared next to their code (``RunConfig`` in :mod:`ebmctl.context`, ``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
     :mod:`ebmctl.evaluate.resubmit`, ``FixConfig`` in :mod:`ebmctl.training.fixer`,
     ``LyapunovConfig`` in :mod:`ebmctl.dynamics.report`, ``SynthConfig`` in
     :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`, ``QualityConfig`` in
-    :mod:`ebmctl.evaluate.quality`, ``AutoencoderConfig`` in :mod:`ebmctl.training.autoencoder`)
+    :mod:`ebmctl.evaluate.quality`, ``AutoencoderConfig`` in :mod:`ebmctl.training.autoencoder`,
+    ``HatConfig`` in :mod:`ebmctl.training.hat`)
     and added by the built-in
     plugin's schema hook; keys only
     one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
@@ -284,28 +285,6 @@ def core_schema() -> Schema:
     # output
     a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
       minimum=0)
-    # hat ebm (docs/algorithms.md#hat-ebm)
-    a("hat.mode", "str", "conditional", "conditional (Z fixed, Y sampled) | joint (Y and Z)",
-      choices=("conditional", "joint"))
-    a("hat.arch", "str", "sngan-ebm", "hat network H (an EBM architecture; no spectral norm)")
-    a("hat.width", "int", 128, "width of the hat network", minimum=1)
-    a("hat.generator_arch", "str", "sngan-generator", "generator G architecture")
-    a("hat.generator_width", "int", 256, "width of the generator", minimum=1)
-    a("hat.latent_dim", "int", 128, "latent size m of G", minimum=1)
-    a("hat.generator", "str", "", "pretrained generator artifact (refinement/retrofit); "
-      "empty = train G from scratch in tandem")
-    a("hat.train_generator", "bool", True, "train G from the historical bank (Alg. 5)")
-    a("hat.eps_y", "float", 1e-4, "Langevin ε of the residual image Y", minimum=0)
-    a("hat.eps_z", "float", 5e-3, "Langevin ε of the latent Z (joint mode)", minimum=0)
-    a("hat.bank_size", "int", 10000, "historical (X, Z) bank size", minimum=1)
-    a("hat.lr_generator", "float", 1e-4, "generator Adam learning rate", minimum=0)
-    a("hat.grad_clip", "float", 0.0, "hat gradient-norm clip (0 = off)", minimum=0)
-    a("hat.lr_decay_step", "int", 0, "divide both learning rates by 10 from this update "
-      "(0 = never)", minimum=0)
-    a("hat.gen_loss_scale", "float", 1000.0, "generator loss = scale · MSE (the 1/(2η²))",
-      minimum=0)
-    a("hat.residual", "bool", True, "sample the residual Y (false: the thesis' §6.7.1 ablation)")
-    a("hat.residual_prior", "float", 0.0, "τ_res of the optional prior τ_res·‖Y‖²", minimum=0)
     # midrun (docs/algorithms.md#mid-run-training), SNGAN EBM options, training health
     a("train.recipe", "str", "convergent", "EBM training recipe: convergent (thesis Alg. 2) | "
       "midrun (thesis Alg. 4)")
