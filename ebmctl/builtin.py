@@ -21,7 +21,7 @@ from ebmctl.dynamics.report import LyapunovConfig
 from ebmctl.evaluate.quality import QualityConfig
 from ebmctl.evaluate.resubmit import EvaluateConfig
 from ebmctl.hookspecs import hookimpl
-from ebmctl.nn.ebm import lightweight_args, lightweight_ebm, lightweight_hat_args
+from ebmctl.nn.ebm import EbmConfig, lightweight_args, lightweight_ebm, lightweight_hat_args
 from ebmctl.nn.hat import hat_ebm
 from ebmctl.nn.fixer import fixer_args, fixer_resnet
 from ebmctl.nn.sngan import (
@@ -77,7 +77,7 @@ def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
                     FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
-                    AutoencoderConfig, HatConfig):
+                    AutoencoderConfig, HatConfig, EbmConfig):
         add(section)
 
 

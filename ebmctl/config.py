@@ -197,7 +197,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 def core_schema() -> Schema:
     """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
     ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth``, ``ood``, ``quality``,
-    ``autoencoder`` and ``hat`` are
+    ``autoencoder``, ``hat`` and ``ebm`` are
     declared next to their code (``RunConfig`` in :mod:`ebmctl.context`, ``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
@@ -205,7 +205,7 @@ def core_schema() -> Schema:
     ``LyapunovConfig`` in :mod:`ebmctl.dynamics.report`, ``SynthConfig`` in
     :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`, ``QualityConfig`` in
     :mod:`ebmctl.evaluate.quality`, ``AutoencoderConfig`` in :mod:`ebmctl.training.autoencoder`,
-    ``HatConfig`` in :mod:`ebmctl.training.hat`)
+    ``HatConfig`` in :mod:`ebmctl.training.hat`, ``EbmConfig`` in :mod:`ebmctl.nn.ebm`)
     and added by the built-in
     plugin's schema hook; keys only
     one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
@@ -246,20 +246,6 @@ def core_schema() -> Schema:
       "(model.lr_schedule = onecycle)", minimum=0, maximum=1)
     a("model.augment", "bool", False, "random crop (pad 4) + horizontal flip")
     a("model.flip", "bool", True, "horizontal flip in augmentation")
-    # ebm
-    a("ebm.arch", "str", "lightweight", "EBM architecture")
-    a("ebm.channels", "int", 32, "base channels n_f", minimum=1)
-    a("ebm.activation", "str", "leaky_relu", "leaky_relu (the thesis) | smooth_leaky (MEFA's "
-      "smoothed leaky ReLU, coefficients ebm.smooth_*) | silu | softplus (β = 10) | elu | relu",
-      choices=("leaky_relu", "smooth_leaky", "silu", "softplus", "elu", "relu"))
-    a("ebm.leak", "float", 0.05, "LeakyReLU slope", minimum=0, maximum=1)
-    # smooth_leaky: f(x) = a·x + b·√(x² + c) − d (Du, Hill & Cai 2026, MEFA); slopes a+b (x ≫ √c)
-    # and a−b (x ≪ −√c): the defaults give 1.0 and 0.02, and d = b·√c makes f(0) = 0.
-    a("ebm.smooth_linear", "float", 0.51, "smooth_leaky: a, the coefficient of x")
-    a("ebm.smooth_root", "float", 0.49, "smooth_leaky: b, the coefficient of √(x² + c)")
-    a("ebm.smooth_eps", "float", 1e-4, "smooth_leaky: c under the root; the kink is rounded "
-      "over |x| ≲ √c", minimum=1e-12)
-    a("ebm.smooth_offset", "float", 0.0049, "smooth_leaky: d, subtracted (b·√c gives f(0) = 0)")
     # train (EBM)
     a("train.steps", "int", 150000, "parameter updates J", minimum=0)
     a("train.mcmc_steps", "int", 100, "Langevin steps K per update", minimum=1)
@@ -285,7 +271,7 @@ def core_schema() -> Schema:
     # output
     a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
       minimum=0)
-    # midrun (docs/algorithms.md#mid-run-training), SNGAN EBM options, training health
+    # midrun (docs/algorithms.md#mid-run-training), training health
     a("train.recipe", "str", "convergent", "EBM training recipe: convergent (thesis Alg. 2) | "
       "midrun (thesis Alg. 4)")
     a("train.target_horizon", "int", 2000, "K_def the mid-run chains should stay realistic for",
@@ -308,8 +294,6 @@ def core_schema() -> Schema:
     a("train.health_classifier", "str", "", "classifier artifact for label survival in the "
       "health check (share of chains keeping their start image's label at K, K_def and L); "
       "empty = not measured")
-    a("ebm.spectral_norm", "bool", True, "spectral normalisation in the SNGAN EBM")
-    a("ebm.pool", "str", "sum", "SNGAN EBM global pooling: sum | mean", choices=("sum", "mean"))
     return s
 
 

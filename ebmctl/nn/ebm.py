@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
 
 from torch import nn
 import torch
+
+from ebmctl.config import setting
 
 ACTIVATIONS = ("leaky_relu", "smooth_leaky", "silu", "softplus", "elu", "relu")
 
 #: The smoothed leaky ReLU of Du, Hill & Cai (2026, "Memory Efficient Full-gradient Attacks",
 #: arXiv 2605.06357): f(x) = 0.51·x + 0.49·√(x² + 1e-4) − 0.0049.
 MEFA_SMOOTH_LEAKY = {"linear": 0.51, "root": 0.49, "eps": 1e-4, "offset": 0.0049}
+
+
+@dataclass(frozen=True)
+class EbmConfig:
+    """The profile section ``[ebm]``: the architecture of an EBM in the ``ebm`` role and its
+    arguments (the lightweight ConvNet's and the SNGAN EBM's). ``smooth_leaky`` is
+    f(x) = a·x + b·√(x² + c) − d (:class:`SmoothLeakyReLU`); the defaults are MEFA's."""
+
+    section: ClassVar[str] = "ebm"
+
+    arch: str = setting("lightweight", "EBM architecture")
+    channels: int = setting(32, "base channels n_f", minimum=1)
+    activation: str = setting("leaky_relu", "leaky_relu (the thesis) | smooth_leaky (MEFA's "
+                              "smoothed leaky ReLU, coefficients ebm.smooth_*) | silu | softplus "
+                              "(β = 10) | elu | relu", choices=ACTIVATIONS)
+    leak: float = setting(0.05, "LeakyReLU slope", minimum=0, maximum=1)
+    smooth_linear: float = setting(MEFA_SMOOTH_LEAKY["linear"],
+                                   "smooth_leaky: a, the coefficient of x")
+    smooth_root: float = setting(MEFA_SMOOTH_LEAKY["root"],
+                                 "smooth_leaky: b, the coefficient of √(x² + c)")
+    smooth_eps: float = setting(MEFA_SMOOTH_LEAKY["eps"], "smooth_leaky: c under the root; the "
+                                "kink is rounded over |x| ≲ √c", minimum=1e-12)
+    smooth_offset: float = setting(MEFA_SMOOTH_LEAKY["offset"],
+                                   "smooth_leaky: d, subtracted (b·√c gives f(0) = 0)")
+    spectral_norm: bool = setting(True, "spectral normalisation in the SNGAN EBM")
+    pool: str = setting("sum", "SNGAN EBM global pooling: sum | mean", choices=("sum", "mean"))
 
 
 class SmoothLeakyReLU(nn.Module):
