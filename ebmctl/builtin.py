@@ -15,7 +15,7 @@ from ebmctl.attacks.full_eot import FullGradientEOT, SmoothedGradientEOT
 from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
-from ebmctl.context import RunConfig
+from ebmctl.context import DataConfig, RunConfig, TaskConfig
 from ebmctl.defense import DefenseConfig
 from ebmctl.dynamics.report import LyapunovConfig
 from ebmctl.evaluate.quality import QualityConfig
@@ -77,7 +77,7 @@ def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
                     FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
-                    AutoencoderConfig, HatConfig, EbmConfig):
+                    AutoencoderConfig, HatConfig, EbmConfig, DataConfig, TaskConfig):
         add(section)
 
 

@@ -197,7 +197,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 def core_schema() -> Schema:
     """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
     ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth``, ``ood``, ``quality``,
-    ``autoencoder``, ``hat`` and ``ebm`` are
+    ``autoencoder``, ``hat``, ``ebm``, ``data`` and ``task`` are
     declared next to their code (``RunConfig`` in :mod:`ebmctl.context`, ``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
@@ -205,29 +205,14 @@ def core_schema() -> Schema:
     ``LyapunovConfig`` in :mod:`ebmctl.dynamics.report`, ``SynthConfig`` in
     :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`, ``QualityConfig`` in
     :mod:`ebmctl.evaluate.quality`, ``AutoencoderConfig`` in :mod:`ebmctl.training.autoencoder`,
-    ``HatConfig`` in :mod:`ebmctl.training.hat`, ``EbmConfig`` in :mod:`ebmctl.nn.ebm`)
+    ``HatConfig`` in :mod:`ebmctl.training.hat`, ``EbmConfig`` in :mod:`ebmctl.nn.ebm`, ``DataConfig`` and ``TaskConfig`` in
+    :mod:`ebmctl.context`)
     and added by the built-in
     plugin's schema hook; keys only
     one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
     ``model.dropout``: classification; ``task.dice_*``: segmentation)."""
     s = Schema()
     a = s.add
-    # data
-    a("data.dataset", "str", "digits", "dataset name (see `ebmctl plugins`)")
-    a("data.root", "str", "", "local root folder of the dataset (never downloaded)")
-    a("data.image_size", "int", 0, "resize images to this size (0 = native)", minimum=0)
-    a("data.channels", "int", 0, "convert to this many channels (0 = native)", minimum=0,
-      maximum=4)
-    a("data.val_fraction", "float", 0.1, "validation share of the training data", minimum=0,
-      maximum=0.9)
-    a("data.test_fraction", "float", 0.2, "test share where a set has no test split",
-      minimum=0, maximum=0.9)
-    a("data.split_seed", "int", 0, "seed of the deterministic split", minimum=0)
-    a("data.max_train", "int", 0, "cap on training images (0 = all)", minimum=0)
-    a("data.allow_pickle", "bool", False,
-      "opt in to reading CIFAR python batches (pickles can run code)")
-    # task + task model
-    a("task.name", "str", "classification", "task plugin")
     a("model.arch", "str", "small-cnn", "task model architecture")
     a("model.width", "int", 32, "base width of the task model", minimum=1)
     a("model.epochs", "int", 30, "task model training epochs", minimum=0)

@@ -31,6 +31,38 @@ class RunConfig:
     out_dir: str = setting("runs", "where commands write artifacts and reports")
 
 
+@dataclass(frozen=True)
+class TaskConfig:
+    """The profile section ``[task]``: which task plugin the run is for. A task plugin adds its
+    own keys to the section (segmentation: ``task.dice_*``)."""
+
+    section: ClassVar[str] = "task"
+
+    name: str = setting("classification", "task plugin")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The profile section ``[data]``: the dataset, where it lies, how its images are resized and
+    converted, and the deterministic split (:func:`data_request`). A dataset plugin may add
+    keys of its own, handed to it as ``DataRequest.options``."""
+
+    section: ClassVar[str] = "data"
+
+    dataset: str = setting("digits", "dataset name (see `ebmctl plugins`)")
+    root: str = setting("", "local root folder of the dataset (never downloaded)")
+    image_size: int = setting(0, "resize images to this size (0 = native)", minimum=0)
+    channels: int = setting(0, "convert to this many channels (0 = native)", minimum=0, maximum=4)
+    val_fraction: float = setting(0.1, "validation share of the training data",
+                                  minimum=0, maximum=0.9)
+    test_fraction: float = setting(0.2, "test share where a set has no test split",
+                                   minimum=0, maximum=0.9)
+    split_seed: int = setting(0, "seed of the deterministic split", minimum=0)
+    max_train: int = setting(0, "cap on training images (0 = all)", minimum=0)
+    allow_pickle: bool = setting(False, "opt in to reading CIFAR python batches (pickles can run "
+                                 "code)")
+
+
 def setup_device(cfg: Config) -> torch.device:
     """Apply ``run.threads`` and ``langevin.compile`` to this process; the device ``run.device``
     names.
@@ -65,11 +97,11 @@ def with_task_defaults(cfg: Config) -> Config:
 
 
 def data_request(cfg: Config) -> DataRequest:
-    return DataRequest(root=cfg["data.root"], image_size=cfg["data.image_size"],
-                       channels=cfg["data.channels"], val_fraction=cfg["data.val_fraction"],
-                       test_fraction=cfg["data.test_fraction"], split_seed=cfg["data.split_seed"],
-                       max_train=cfg["data.max_train"], allow_pickle=cfg["data.allow_pickle"],
-                       options=cfg.section("data"))
+    data = cfg.section(DataConfig)
+    return DataRequest(root=data.root, image_size=data.image_size, channels=data.channels,
+                       val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                       split_seed=data.split_seed, max_train=data.max_train,
+                       allow_pickle=data.allow_pickle, options=cfg.section("data"))
 
 
 _cache: dict[str, DatasetBundle] = {}
