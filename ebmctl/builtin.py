@@ -39,6 +39,7 @@ from ebmctl.synthesis import SynthConfig
 from ebmctl.training.autoencoder import AutoencoderConfig
 from ebmctl.training.fixer import FixConfig
 from ebmctl.training.hat import HatConfig
+from ebmctl.training.task_model import ModelConfig
 
 
 @hookimpl
@@ -77,7 +78,8 @@ def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
                     FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
-                    AutoencoderConfig, HatConfig, EbmConfig, DataConfig, TaskConfig):
+                    AutoencoderConfig, HatConfig, EbmConfig, DataConfig, TaskConfig,
+                    ModelConfig):
         add(section)
 
 

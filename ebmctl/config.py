@@ -197,7 +197,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 def core_schema() -> Schema:
     """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
     ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth``, ``ood``, ``quality``,
-    ``autoencoder``, ``hat``, ``ebm``, ``data`` and ``task`` are
+    ``autoencoder``, ``hat``, ``ebm``, ``data``, ``task`` and ``model`` are
     declared next to their code (``RunConfig`` in :mod:`ebmctl.context`, ``LangevinConfig`` in
     :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
     ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
@@ -206,31 +206,13 @@ def core_schema() -> Schema:
     :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`, ``QualityConfig`` in
     :mod:`ebmctl.evaluate.quality`, ``AutoencoderConfig`` in :mod:`ebmctl.training.autoencoder`,
     ``HatConfig`` in :mod:`ebmctl.training.hat`, ``EbmConfig`` in :mod:`ebmctl.nn.ebm`, ``DataConfig`` and ``TaskConfig`` in
-    :mod:`ebmctl.context`)
+    :mod:`ebmctl.context`, ``ModelConfig`` in :mod:`ebmctl.training.task_model`)
     and added by the built-in
     plugin's schema hook; keys only
     one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
     ``model.dropout``: classification; ``task.dice_*``: segmentation)."""
     s = Schema()
     a = s.add
-    a("model.arch", "str", "small-cnn", "task model architecture")
-    a("model.width", "int", 32, "base width of the task model", minimum=1)
-    a("model.epochs", "int", 30, "task model training epochs", minimum=0)
-    a("model.batch_size", "int", 128, "task model batch size", minimum=1)
-    a("model.optimizer", "str", "adam", "adam | sgd", choices=("adam", "sgd"))
-    a("model.lr", "float", 1e-3, "task model learning rate", minimum=0)
-    a("model.momentum", "float", 0.9, "SGD momentum", minimum=0, maximum=1)
-    a("model.weight_decay", "float", 0.0, "weight decay", minimum=0)
-    a("model.lr_milestones", "float_list", [], "fractions of training where lr drops 10x "
-      "(model.lr_schedule = step)")
-    a("model.channels_last", "bool", False, "train the task model in channels_last memory "
-      "format (about 1.7x faster for ResNet-9 on CPU)")
-    a("model.lr_schedule", "str", "step", "step (drops at model.lr_milestones) | onecycle "
-      "(linear warm-up to model.lr, then linear decay to 0)", choices=("step", "onecycle"))
-    a("model.warmup_fraction", "float", 0.25, "fraction of training spent warming up "
-      "(model.lr_schedule = onecycle)", minimum=0, maximum=1)
-    a("model.augment", "bool", False, "random crop (pad 4) + horizontal flip")
-    a("model.flip", "bool", True, "horizontal flip in augmentation")
     # train (EBM)
     a("train.steps", "int", 150000, "parameter updates J", minimum=0)
     a("train.mcmc_steps", "int", 100, "Langevin steps K per update", minimum=1)

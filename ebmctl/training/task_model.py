@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -11,7 +13,7 @@ from ebmctl.architectures import build_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.models import TaskModel
-from ebmctl.config import Config
+from ebmctl.config import Config, setting
 from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.training.checkpoint import (
@@ -23,6 +25,36 @@ from ebmctl.training.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The profile section ``[model]``: the task model's architecture and width and how it is
+    trained (optimizer, schedule, augmentation). An architecture's plugin adds the keys only it
+    reads (classification: the WRN's ``model.depth``, ``model.widen_factor``,
+    ``model.dropout``)."""
+
+    section: ClassVar[str] = "model"
+
+    arch: str = setting("small-cnn", "task model architecture")
+    width: int = setting(32, "base width of the task model", minimum=1)
+    epochs: int = setting(30, "task model training epochs", minimum=0)
+    batch_size: int = setting(128, "task model batch size", minimum=1)
+    optimizer: str = setting("adam", "adam | sgd", choices=("adam", "sgd"))
+    lr: float = setting(0.001, "task model learning rate", minimum=0)
+    momentum: float = setting(0.9, "SGD momentum", minimum=0, maximum=1)
+    weight_decay: float = setting(0.0, "weight decay", minimum=0)
+    lr_milestones: tuple[float, ...] = setting((), "fractions of training where lr drops 10x "
+                                               "(model.lr_schedule = step)")
+    channels_last: bool = setting(False, "train the task model in channels_last memory format "
+                                  "(about 1.7x faster for ResNet-9 on CPU)")
+    lr_schedule: str = setting("step", "step (drops at model.lr_milestones) | onecycle (linear "
+                               "warm-up to model.lr, then linear decay to 0)",
+                               choices=("step", "onecycle"))
+    warmup_fraction: float = setting(0.25, "fraction of training spent warming up "
+                                     "(model.lr_schedule = onecycle)", minimum=0, maximum=1)
+    augment: bool = setting(False, "random crop (pad 4) + horizontal flip")
+    flip: bool = setting(True, "horizontal flip in augmentation")
 
 
 def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.Tensor,
@@ -50,12 +82,11 @@ def task_lr(cfg: Config, it: int, total: int, milestones: list[int]) -> float:
 
 def _optimizer(net: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """``model.optimizer``: Nesterov SGD with momentum, or Adam; both with weight decay."""
-    if cfg["model.optimizer"] == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=cfg["model.lr"],
-                               momentum=cfg["model.momentum"],
-                               weight_decay=cfg["model.weight_decay"], nesterov=True)
-    return torch.optim.Adam(net.parameters(), lr=cfg["model.lr"],
-                            weight_decay=cfg["model.weight_decay"])
+    model = cfg.section(ModelConfig)
+    if model.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=model.lr, momentum=model.momentum,
+                               weight_decay=model.weight_decay, nesterov=True)
+    return torch.optim.Adam(net.parameters(), lr=model.lr, weight_decay=model.weight_decay)
 
 
 @keeps_global_rng
