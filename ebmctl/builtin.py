@@ -40,6 +40,7 @@ from ebmctl.training.autoencoder import AutoencoderConfig
 from ebmctl.training.fixer import FixConfig
 from ebmctl.training.hat import HatConfig
 from ebmctl.training.task_model import ModelConfig
+from ebmctl.training.trainer import OutputConfig, TrainConfig
 
 
 @hookimpl
@@ -79,7 +80,7 @@ def ebmctl_profile_schema(add):
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
                     FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
                     AutoencoderConfig, HatConfig, EbmConfig, DataConfig, TaskConfig,
-                    ModelConfig):
+                    ModelConfig, TrainConfig, OutputConfig):
         add(section)
 
 

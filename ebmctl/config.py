@@ -8,9 +8,9 @@ keys, each made with :func:`setting` (default, help, bounds, choices); the key's
 the annotation (``int``, ``float``, :data:`Fraction`, ``str``, ``bool``, ``tuple[int, ...]``,
 ...). Plugins (the built-in one included) add sections or single keys through the
 ``ebmctl_profile_schema`` hook; :meth:`Config.section` then hands code its typed section, so
-core functions take sections, not the whole Config. The keys no section owns yet are the
-hand-written :func:`core_schema`. Finding and reading profile files is :mod:`ebmctl.profiles`;
-this module imports no plugin.
+core functions take sections, not the whole Config. Every core key belongs to a section that
+the built-in plugin (:mod:`ebmctl.builtin`) adds; this module declares none. Finding and
+reading profile files is :mod:`ebmctl.profiles`; this module imports no plugin.
 """
 
 from __future__ import annotations
@@ -192,76 +192,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "float_list": _list_of(_parse_float),
     "str_list": _list_of(_parse_str),
 }
-
-
-def core_schema() -> Schema:
-    """The keys no section dataclass declares yet. The sections ``run``, ``langevin``,
-    ``defense``, ``attack``, ``evaluate``, ``fix``, ``lyapunov``, ``synth``, ``ood``, ``quality``,
-    ``autoencoder``, ``hat``, ``ebm``, ``data``, ``task`` and ``model`` are
-    declared next to their code (``RunConfig`` in :mod:`ebmctl.context`, ``LangevinConfig`` in
-    :mod:`ebmctl.sampling.langevin`, ``DefenseConfig`` in :mod:`ebmctl.defense`,
-    ``AttackConfig`` in :mod:`ebmctl.attacks.base`, ``EvaluateConfig`` in
-    :mod:`ebmctl.evaluate.resubmit`, ``FixConfig`` in :mod:`ebmctl.training.fixer`,
-    ``LyapunovConfig`` in :mod:`ebmctl.dynamics.report`, ``SynthConfig`` in
-    :mod:`ebmctl.synthesis`, ``OODConfig`` in :mod:`ebmctl.ood`, ``QualityConfig`` in
-    :mod:`ebmctl.evaluate.quality`, ``AutoencoderConfig`` in :mod:`ebmctl.training.autoencoder`,
-    ``HatConfig`` in :mod:`ebmctl.training.hat`, ``EbmConfig`` in :mod:`ebmctl.nn.ebm`, ``DataConfig`` and ``TaskConfig`` in
-    :mod:`ebmctl.context`, ``ModelConfig`` in :mod:`ebmctl.training.task_model`)
-    and added by the built-in
-    plugin's schema hook; keys only
-    one plugin reads are that plugin's (the WRN's ``model.depth``, ``model.widen_factor`` and
-    ``model.dropout``: classification; ``task.dice_*``: segmentation)."""
-    s = Schema()
-    a = s.add
-    # train (EBM)
-    a("train.steps", "int", 150000, "parameter updates J", minimum=0)
-    a("train.mcmc_steps", "int", 100, "Langevin steps K per update", minimum=1)
-    a("train.batch_size", "int", 100, "positives / negatives per update", minimum=1)
-    a("train.bank_size", "int", 0, "persistent bank size (0 = training-set size)", minimum=0)
-    a("train.bank_init", "str", "uniform", "uniform | gaussian | data",
-      choices=("uniform", "gaussian", "data"))
-    a("train.data_noise", "float", 0.02, "τ_data", minimum=0)
-    a("train.lr_adam", "float", 1e-4, "Adam learning rate", minimum=0)
-    a("train.lr_sgd", "float", 5e-5, "SGD learning rate after the switch", minimum=0)
-    a("train.sgd_switch_step", "int", 50000, "update at which Adam becomes SGD (0 = never)",
-      minimum=0)
-    a("train.adam_beta1", "float", 0.9, "Adam β1", minimum=0, maximum=1)
-    a("train.adam_beta2", "float", 0.999, "Adam β2", minimum=0, maximum=1)
-    a("train.checkpoint_every", "int", 1000, "updates between checkpoints", minimum=1)
-    a("train.log_every", "int", 50, "updates between log lines", minimum=1)
-    a("train.longrun_steps", "int", 0, "older name of train.health_horizon (used when that "
-      "is 0)", minimum=0)
-    a("train.shards", "int", 1, "data-parallel shards of convergent EBM training: the bank "
-      "splits into this many contiguous blocks and each update's batch into as many parts, each "
-      "with its own random stream and the loss averaged; under torchrun one shard per process "
-      "(1 = as many as processes); in one process the shards run in turn", minimum=1)
-    # output
-    a("output.grid_every", "int", 0, "write a sample grid every N updates (0 = per checkpoint)",
-      minimum=0)
-    # midrun (docs/algorithms.md#mid-run-training), training health
-    a("train.recipe", "str", "convergent", "EBM training recipe: convergent (thesis Alg. 2) | "
-      "midrun (thesis Alg. 4)")
-    a("train.target_horizon", "int", 2000, "K_def the mid-run chains should stay realistic for",
-      minimum=1)
-    a("train.rejuv_prob", "float", 0.0, "rejuvenation probability per update (0 = K/K_def)",
-      minimum=0, maximum=1)
-    a("train.rejuv_source", "str", "data", "where rejuvenated states come from: data | generator",
-      choices=("data", "generator"))
-    a("train.rejuv_generator", "str", "", "frozen generator artifact for rejuvenation")
-    a("train.lr_drops", "int_list", [], "updates at which the mid-run Adam lr is multiplied by "
-      "train.lr_drop_factor (the thesis authors' code: [50000, 75000, 100000, 125000])")
-    a("train.lr_drop_factor", "float", 0.1, "lr factor at each of train.lr_drops", minimum=0,
-      maximum=1)
-    a("train.health_chains", "int", 64, "held-out images the end-of-run health check starts "
-      "chains from (0 = skip the check)", minimum=0)
-    a("train.health_horizon", "int", 0, "long-run horizon L (Langevin steps) at which the "
-      "end-of-run health verdict is decided; chains also stop at K and K_def = defense.steps "
-      "(0 = the longest of 10·K, defense.steps and, for the mid-run recipe, "
-      "train.target_horizon)", minimum=0)
-    a("train.health_classifier", "str", "", "classifier artifact for label survival in the "
-      "health check (share of chains keeping their start image's label at K, K_def and L); "
-      "empty = not measured")
-    return s
 
 
 S = typing.TypeVar("S")

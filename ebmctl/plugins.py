@@ -25,7 +25,7 @@ import pluggy
 
 from ebmctl import __version__, hookspecs
 from ebmctl.errors import EbmctlError, PluginError
-from ebmctl.config import Schema, core_schema, section_keys
+from ebmctl.config import Schema, section_keys
 from ebmctl.registry import Registry
 
 #: Built-in plugins: (plugin name, module). They are also declared as entry points.
@@ -114,7 +114,7 @@ def _new_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[st
 def _collect(pm, infos, failures) -> Registries:
     reg = Registries(
         tasks=Registry("task"), datasets=Registry("dataset"), models=Registry("model"),
-        attacks=Registry("attack"), schema=core_schema(), profile_dirs=[], plugins=infos,
+        attacks=Registry("attack"), schema=Schema(), profile_dirs=[], plugins=infos,
         failures=failures,
     )
     what = {

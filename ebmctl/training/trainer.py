@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ebmctl.artifacts import model_tensors, save_artifact
-from ebmctl.config import Config
+from ebmctl.config import Config, setting
 from ebmctl.console import info, progress_bar
 from ebmctl.contracts import DatasetBundle
 from ebmctl.device import resolve_precision
@@ -46,6 +47,73 @@ from ebmctl.training.checkpoint import (
 )
 from ebmctl.training.health import load_health_classifier, run_health_check
 from ebmctl.units import to_internal, to_public
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The profile section ``[train]``: the energy-training run every recipe shares (updates J,
+    Langevin steps K, batch, persistent bank, data noise, Adam/SGD, checkpoints, logs, shards),
+    the recipe and the mid-run recipe's own settings (:mod:`ebmctl.training.midrun`: target
+    horizon, rejuvenation, lr drops), and the end-of-run health check
+    (:mod:`ebmctl.training.health`). One section, as one run reads it whole."""
+
+    section: ClassVar[str] = "train"
+
+    steps: int = setting(150000, "parameter updates J", minimum=0)
+    mcmc_steps: int = setting(100, "Langevin steps K per update", minimum=1)
+    batch_size: int = setting(100, "positives / negatives per update", minimum=1)
+    bank_size: int = setting(0, "persistent bank size (0 = training-set size)", minimum=0)
+    bank_init: str = setting("uniform", "uniform | gaussian | data",
+                             choices=("uniform", "gaussian", "data"))
+    data_noise: float = setting(0.02, "τ_data", minimum=0)
+    lr_adam: float = setting(0.0001, "Adam learning rate", minimum=0)
+    lr_sgd: float = setting(5e-05, "SGD learning rate after the switch", minimum=0)
+    sgd_switch_step: int = setting(50000, "update at which Adam becomes SGD (0 = never)",
+                                   minimum=0)
+    adam_beta1: float = setting(0.9, "Adam β1", minimum=0, maximum=1)
+    adam_beta2: float = setting(0.999, "Adam β2", minimum=0, maximum=1)
+    checkpoint_every: int = setting(1000, "updates between checkpoints", minimum=1)
+    log_every: int = setting(50, "updates between log lines", minimum=1)
+    longrun_steps: int = setting(0, "older name of train.health_horizon (used when that is 0)",
+                                 minimum=0)
+    shards: int = setting(1, "data-parallel shards of convergent EBM training: the bank splits "
+                          "into this many contiguous blocks and each update's batch into as many "
+                          "parts, each with its own random stream and the loss averaged; under "
+                          "torchrun one shard per process (1 = as many as processes); in one "
+                          "process the shards run in turn", minimum=1)
+    recipe: str = setting("convergent", "EBM training recipe: convergent (thesis Alg. 2) | midrun "
+                          "(thesis Alg. 4)")
+    target_horizon: int = setting(2000, "K_def the mid-run chains should stay realistic for",
+                                  minimum=1)
+    rejuv_prob: float = setting(0.0, "rejuvenation probability per update (0 = K/K_def)",
+                                minimum=0, maximum=1)
+    rejuv_source: str = setting("data", "where rejuvenated states come from: data | generator",
+                                choices=("data", "generator"))
+    rejuv_generator: str = setting("", "frozen generator artifact for rejuvenation")
+    lr_drops: tuple[int, ...] = setting((), "updates at which the mid-run Adam lr is multiplied "
+                                        "by train.lr_drop_factor (the thesis authors' code: "
+                                        "[50000, 75000, 100000, 125000])")
+    lr_drop_factor: float = setting(0.1, "lr factor at each of train.lr_drops",
+                                    minimum=0, maximum=1)
+    health_chains: int = setting(64, "held-out images the end-of-run health check starts chains "
+                                 "from (0 = skip the check)", minimum=0)
+    health_horizon: int = setting(0, "long-run horizon L (Langevin steps) at which the end-of-run "
+                                  "health verdict is decided; chains also stop at K and K_def = "
+                                  "defense.steps (0 = the longest of 10·K, defense.steps and, for "
+                                  "the mid-run recipe, train.target_horizon)", minimum=0)
+    health_classifier: str = setting("", "classifier artifact for label survival in the health "
+                                     "check (share of chains keeping their start image's label at "
+                                     "K, K_def and L); empty = not measured")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """The profile section ``[output]``: how often training writes a sample grid."""
+
+    section: ClassVar[str] = "output"
+
+    grid_every: int = setting(0, "write a sample grid every N updates (0 = per checkpoint)",
+                              minimum=0)
 
 
 def ebm_data_meta(bundle: DatasetBundle, dataset: str) -> dict:
