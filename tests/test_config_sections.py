@@ -197,3 +197,45 @@ def test_fixer_dynamics_synthesis_and_ood_sections_are_declared_by_the_code_that
         with pytest.raises(ConfigError, match=rf"profile key '{item.split('=')[0]}'.*"
                                               rf"{expected}"):
             resolve(None, [item])
+
+
+def test_every_core_key_is_declared_by_a_section_beside_the_code_that_reads_it():
+    from ebmctl.context import DataConfig, TaskConfig
+    from ebmctl.nn.ebm import ACTIVATIONS, EbmConfig
+    from ebmctl.training.hat import HatConfig
+    from ebmctl.training.task_model import ModelConfig
+    from ebmctl.training.trainer import OutputConfig, TrainConfig
+
+    import ebmctl.builtin
+    from ebmctl.config import section_keys
+
+    core: list[type] = []
+    ebmctl.builtin.ebmctl_profile_schema(core.append)
+    rows = json.loads(run_cli(["plugins", "--json"]).stdout)["plugins"]
+    plugin_keys = {k for row in rows for k in row["registered"].get("profile keys", [])}
+    # no hand-written keys are left: each is a field of a core section or a plugin's own key
+    schema = ebmctl.plugins.get_registries().schema
+    assert set(schema.keys) - plugin_keys == {k for cls in core for k in section_keys(cls)}
+    assert {"data", "task", "model", "ebm", "train", "output", "hat", "quality",
+            "autoencoder"} <= {cls.section for cls in core}
+    cfg = resolve(None, ["train.lr_drops=100,200", "train.recipe=midrun", "data.channels=1",
+                         "ebm.activation=smooth_leaky", "model.depth=16", "hat.mode=joint",
+                         "output.grid_every=5", "task.dice_mode=mean"])
+    train = cfg.section(TrainConfig)
+    assert (train.lr_drops, train.recipe, train.steps) == ((100, 200), "midrun", 150000)
+    assert cfg.section(DataConfig).channels == 1
+    assert cfg.section(EbmConfig).activation == "smooth_leaky"
+    # a plugin's key in the section (the WRN's model.depth) is read by that plugin, not here
+    assert cfg["model.depth"] == 16 and not hasattr(cfg.section(ModelConfig), "depth")
+    assert (cfg.section(HatConfig).mode, cfg.section(OutputConfig).grid_every) == ("joint", 5)
+    assert cfg.section(TaskConfig).name == "classification"
+    assert schema.keys["ebm.activation"].choices == ACTIVATIONS
+    for item, expected in [("train.bank_init=zeros", "choose from uniform, gaussian, data"),
+                           ("data.channels=5", "must be <= 4"),
+                           ("model.optimizer=rmsprop", "choose from adam, sgd"),
+                           ("ebm.smooth_eps=0", "must be >= 1e-12"),
+                           ("quality.n_reference=1", "must be >= 2"),
+                           ("autoencoder.batch_size=0", "must be >= 1")]:
+        with pytest.raises(ConfigError, match=rf"profile key '{item.split('=')[0]}'.*"
+                                              rf"{expected}"):
+            resolve(None, [item])
