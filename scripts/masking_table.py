@@ -58,8 +58,9 @@ def rows_of(path: Path) -> list[dict]:
             for h, r in sub["worst_case"]["by_eot_reps"].items():
                 for kind in ("mean", "worst_of_n"):
                     out.append({"ebm": ebm, "label": label, "attack": "resubmission",
-                                "variant": f"{kind.replace('_', '-')} of N = "
-                                           f"{sub['resubmissions']}, H = {h}",
+                                "variant": f"{'worst of' if kind == 'worst_of_n' else 'mean over'}"
+                                           f" N = {sub['resubmissions']} resubmissions of the "
+                                           f"final images, H = {h}",
                                 "eps": eps, "acc": r[kind], "natural": None,
                                 "n": sub["worst_case"]["n_images"], "converged": None,
                                 "report": path.name, "robust": None, "seconds": None})
