@@ -193,6 +193,19 @@ def _digits(n: int):
     return data.x[:n].float(), data.y[:n]
 
 
+def _row_and_check_agree(got: dict) -> None:
+    """Where the transfer attack ran in the suite, the transfer sanity check and the row's
+    gradient-masking verdict compare the same two figures, so they never disagree."""
+    for part in got.values():
+        rep = part.get("json") if isinstance(part, dict) else None
+        for check in (rep or {}).get("sanity", {}).get("checks", []):
+            label = check["check"].split(":")[0]
+            verdict = rep["results"].get(label, {}).get("gradient_masking") or {}
+            if "transfer" in check and verdict.get("attack") == "transfer":
+                assert check["pass"] == (not verdict["suspected"]), (label, check, verdict)
+                assert check["white_box"] == verdict["white_box"], (label, check, verdict)
+
+
 def _machine() -> dict:
     return {"torch": torch.__version__.split("+")[0],
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
@@ -210,6 +223,7 @@ def test_the_report_matches_the_golden_copy(trained_classifier, digits_artifacts
                                                     monkeypatch)}
     if writing:
         GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=False) + "\n")
+    _row_and_check_agree(got)
     want = json.loads(GOLDEN.read_text())
     # round-trip through JSON so tuples and lists compare alike
     got = json.loads(json.dumps(got))

@@ -98,17 +98,26 @@ def test_a_curve_still_falling_at_its_end_is_flagged_not_converged():
     assert any("not converged" in n for n in notes) and any("n = 1" in n for n in notes)
 
 
+def _images_result(adversarial: float, n: int = 100) -> SeedResult:
+    """A seed's result on n images, all natural-correct, the first round(adversarial·n) robust
+    (the verdicts compare per-image worst cases, so they need the per-image rows)."""
+    k = round(adversarial * n)
+    return SeedResult(seed=0, natural=1.0, adversarial=k / n, robust_by_step=[[1.0, k / n]],
+                      accuracy_curve=[1.0, k / n], natural_ok=[True] * n,
+                      robust_ok=[True] * k + [False] * (n - k), per_image=[], seconds=1.0,
+                      image_steps=0, chunks_reused=0, x_adv=torch.zeros(n, 1))
+
+
 def test_gradient_masking_is_suspected_when_a_transfer_attack_wins():
     def rows(transfer: float) -> dict:
         return {"bpda-eot": summarise_attack(_Attack("bpda-eot", "bpda"),
-                                             [_seed_result(1.0, 0.6, [1.0, 0.6])], 100),
+                                             [_images_result(0.6)], 100),
                 "transfer": summarise_attack(_Attack("transfer", "classifier only"),
-                                             [_seed_result(1.0, transfer, [1.0, transfer])],
-                                             100)}
+                                             [_images_result(transfer)], 100)}
 
     verdict = masking_verdict(rows(0.4), 0.02)
     assert verdict["suspected"] is True and verdict["attack"] == "transfer"
-    assert (verdict["white_box"], verdict["non_white_box"]) == (0.6, 0.4)
+    assert (verdict["white_box"], verdict["non_white_box"]) == (pytest.approx(0.6), 0.4)
     assert masking_verdict(rows(0.7), 0.02)["suspected"] is False
     # within the tolerance is not suspected
     assert masking_verdict(rows(0.59), 0.02)["suspected"] is False

@@ -248,18 +248,29 @@ def worst_case(per_attack: dict[str, list[SeedResult]]) -> list[WorstCase]:
     return out
 
 
+def white_box_accuracy(attacks: dict[str, AttackRow], seeds: int | None = None) -> float | None:
+    """Mean over seeds (the first ``seeds``; default all) of the per-image worst case over the
+    white-box attacks in ``attacks``, the figure every masking verdict compares against; None
+    if no white-box attack ran."""
+    white = {n: a.per_seed[:seeds] for n, a in attacks.items()
+             if a.gradient not in NON_WHITE_BOX}
+    if not white:
+        return None
+    per_seed = worst_case(white)
+    return sum(w.adversarial for w in per_seed) / len(per_seed)
+
+
 def masking_verdict(attacks: dict[str, AttackRow], tolerance: float) -> MaskingVerdict | None:
     """The row's verdict: the strongest attack whose gradient never passes the purifier
-    (transfer, gradient-free) against the strongest white-box one, means over seeds; None
-    unless both kinds ran."""
-    white = {n: a.adversarial.mean for n, a in attacks.items()
-             if a.gradient not in NON_WHITE_BOX}
+    (transfer, gradient-free) against the per-image worst case over the white-box ones, means
+    over seeds; None unless both kinds ran."""
     other = {n: a.adversarial.mean for n, a in attacks.items()
              if a.gradient in NON_WHITE_BOX}
-    if not white or not other:
+    white = white_box_accuracy(attacks)
+    if white is None or not other:
         return None
     name = min(other, key=other.get)
-    return MaskingVerdict.compare(min(white.values()), other[name], name, tolerance)
+    return MaskingVerdict.compare(white, other[name], name, tolerance)
 
 
 def attack_seeds(cfg: Config, attack: Attack, defense: Defense, task, x, y, device,
@@ -404,23 +415,23 @@ def _model_checks(cfg: Config, label: str, defense: Defense, attacks: list[Attac
 def _transfer_check(cfg: Config, label: str, defense: Defense, task, x, y, device,
                     row: ModelResult, seed: int) -> tuple[SanityCheck, MaskingVerdict | None]:
     """A transfer attack from the bare classifier against the per-image worst case over the
-    white-box attacks, on the first seed; the same verdict as :func:`masking_verdict`. A
-    failed check replaces the row's verdict; a passed one leaves it (or records "not
-    suspected" where the row had none)."""
+    white-box attacks, by :func:`white_box_accuracy` as in :func:`masking_verdict`: over every
+    seed when the transfer attack is among the row's attacks (then the check and the row's
+    verdict compare the same two figures), else on the first seed, where the check runs its
+    own transfer attack. A failed check replaces the row's verdict; a passed one leaves it (or
+    records "not suspected" where the row had none)."""
     tol = cfg.section(AttackConfig).sanity_tolerance
     if "transfer" in row.attacks:
-        transfer = row.attacks["transfer"].per_seed[0].adversarial
+        transfer, seeds = row.attacks["transfer"].adversarial.mean, None
     else:
         att = make_attack(cfg, "transfer", True)
         transfer = _quick(cfg, att, defense, task, x, y, device, f"{label}-transfer",
                           seed).adversarial
-    white = {n: a.per_seed[:1] for n, a in row.attacks.items()
-             if a.gradient not in NON_WHITE_BOX}
-    if not white:
+        seeds = 1
+    white_acc = white_box_accuracy(row.attacks, seeds)
+    if white_acc is None:
         return SanityCheck(f"{label}: transfer not stronger than white-box", True,
                            {"note": "no white-box attack was run"}), row.gradient_masking
-    (worst,) = worst_case(white)
-    white_acc = sum(worst.robust_ok) / len(worst.robust_ok)
     verdict = MaskingVerdict.compare(white_acc, transfer, "transfer", tol)
     check = SanityCheck(f"{label}: a transfer attack from the bare classifier is not stronger "
                         f"than the white-box attacks (tolerance {tol}); if it is, gradient "
