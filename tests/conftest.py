@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -60,3 +61,19 @@ def digits_artifacts(tmp_path_factory):
                              data={"range": "[-1,1]", "image_size": 8, "channels": 1},
                              extra={"tau": 0.01, "temperature": 5e-5})
     return clf_path, ebm_path
+
+
+def _single_thread():
+    # tiny tensors: one thread avoids OpenMP spin-waiting on a busy machine, and keeps exact
+    # float results independent of the thread count
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+#: ``pytestmark = pytest.mark.usefixtures("one_thread")``: torch on one thread for each test
+one_thread = pytest.fixture(_single_thread, name="one_thread")
+#: the same for a whole module, so module-scoped fixtures (trained models) also run on one thread
+one_thread_per_module = pytest.fixture(_single_thread, scope="module",
+                                       name="one_thread_per_module")

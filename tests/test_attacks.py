@@ -35,13 +35,7 @@ def template_classifier(bundle) -> TaskModel:
     return TaskModel(nn.Sequential(nn.Flatten(), lin), input_range="[0,1]").eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread avoids OpenMP spin-waiting on a busy machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from ebmctl.profiles import resolve
 from ebmctl.testing import plugin_registered, run_cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 SETS = ["attack.n_images=8", "attack.batch_size=4", "attack.steps=2", "attack.eot_reps=2",

@@ -20,12 +20,7 @@ TINY = ["hat.width=8", "hat.generator_width=8", "hat.latent_dim=8", "train.batch
         "run.threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hat(latent=4, size=8):

@@ -36,12 +36,7 @@ TINY = ["attack.n_images=8", "attack.batch_size=4", "attack.steps=2", "attack.eo
 VOLATILE = ("seconds", "chunks_reused", "environment", "memory", "total_seconds")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _digest(t: torch.Tensor) -> str:

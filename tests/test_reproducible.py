@@ -29,12 +29,7 @@ EBM = ["train.steps=2", "train.checkpoint_every=100", "train.mcmc_steps=2", "tra
        "train.log_every=1", "output.grid_every=1000", "train.health_chains=0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(which: str, out: Path, seed: int):

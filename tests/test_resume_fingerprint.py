@@ -27,12 +27,7 @@ TINY_EBM = ["train.steps=4", "train.checkpoint_every=2", "train.mcmc_steps=2",
             "langevin.precision=fp32", "train.log_every=1", "output.grid_every=1000"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _interrupted(monkeypatch, module, train, *args, **kw):

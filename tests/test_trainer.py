@@ -22,12 +22,7 @@ EBM = TINY + ["train.bank_size=16", "ebm.channels=4"]
 HAT = TINY + ["hat.width=8", "hat.generator_width=8", "hat.latent_dim=8", "hat.bank_size=16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(name: str):
