@@ -69,7 +69,7 @@ def main() -> None:
             lib(x)
 
     def cli_backward():
-        eot_gradient(cli, x, y, args.reps, (0,), lambda out, t: ce(out, t), "bpda")
+        eot_gradient(cli, x, y, args.reps, (0,), ce, "bpda")
 
     def lib_backward():
         xg = x.clone().requires_grad_(True)

@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ebmctl.evaluate.report import format_accuracy
 from ebmctl.evaluate.stats import accuracy_interval
 
 EBMS = {"leaky": "LeakyReLU EBM", "smooth": "smooth-leaky EBM"}
@@ -68,8 +69,7 @@ def rows_of(path: Path) -> list[dict]:
 
 
 def fmt(acc: float, n: int) -> str:
-    lo, hi = accuracy_interval(acc, n)
-    return f"{acc:.3f} [{lo:.3f}, {hi:.3f}]"
+    return format_accuracy(acc, None, accuracy_interval(acc, n))
 
 
 def table(rows: list[dict]) -> str:
