@@ -6,7 +6,7 @@ A subsystem declares its keys next to the code that reads them, as a *section*: 
 dataclass whose class attribute ``section`` names the profile table and whose fields are the
 keys, each made with :func:`setting` (default, help, bounds, choices); the key's kind follows
 the annotation (``int``, ``float``, :data:`Fraction`, ``str``, ``bool``, ``tuple[int, ...]``,
-...). Plugins (the built-in one included) add sections or single keys through the
+:data:`AutoBool`, :data:`AutoInt`, ...). Plugins (the built-in one included) add sections or single keys through the
 ``ebmctl_profile_schema`` hook; :meth:`Config.section` then hands code its typed section, so
 core functions take sections, not the whole Config. Every core key belongs to a section that
 the built-in plugin (:mod:`ebmctl.builtin`) adds; this module declares none. Finding and
@@ -30,7 +30,8 @@ from ebmctl.units import parse_fraction
 
 @dataclass
 class Key:
-    kind: str  # int, float, fraction, str, bool, int_list, float_list, str_list
+    kind: str  # int, float, fraction, str, bool, int_list, float_list, str_list, bool_or_auto,
+    #            int_or_auto
     default: Any
     help: str = ""
     minimum: float | None = None
@@ -40,11 +41,16 @@ class Key:
 
 #: A float in [0,1] pixel units that profiles may also write as a fraction (``"8/255"``).
 Fraction = NewType("Fraction", float)
+#: A bool, or the string ``"auto"`` (left for the code to choose, e.g. by measuring).
+AutoBool = typing.Union[bool, typing.Literal["auto"]]
+#: An int, or the string ``"auto"``; bounds apply to the int only.
+AutoInt = typing.Union[int, typing.Literal["auto"]]
 
 #: Annotation of a section field -> key kind (lists are tuples, so sections stay immutable).
 _KINDS: dict[Any, str] = {
     int: "int", float: "float", Fraction: "fraction", str: "str", bool: "bool",
     tuple[int, ...]: "int_list", tuple[float, ...]: "float_list", tuple[str, ...]: "str_list",
+    AutoBool: "bool_or_auto", AutoInt: "int_or_auto",
 }
 
 
@@ -74,7 +80,8 @@ def section_keys(cls: type) -> dict[str, Key]:
         kind = _KINDS.get(hints.get(f.name))
         if kind is None or f.default is dataclasses.MISSING:
             raise ConfigError(f"profile key {key!r} of {cls.__name__} needs a default and one of "
-                              "the annotations int, float, Fraction, str, bool, tuple[T, ...]")
+                              "the annotations int, float, Fraction, str, bool, tuple[T, ...], "
+                              "AutoBool, AutoInt")
         meta = f.metadata
         default = list(f.default) if isinstance(f.default, tuple) else f.default
         out[key] = Key(kind, default, meta.get("help", ""), meta.get("minimum"),
@@ -161,6 +168,15 @@ def _parse_float(v: Any) -> float:
     return float(v)
 
 
+def _or_auto(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parser(v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        return parse(v)
+
+    return parser
+
+
 def _parse_str(v: Any) -> str:
     if not isinstance(v, (str, int, float)) or isinstance(v, bool):
         raise ValueError(v)
@@ -188,6 +204,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "fraction": parse_fraction,
     "str": _parse_str,
     "bool": _parse_bool,
+    "bool_or_auto": _or_auto(_parse_bool),
+    "int_or_auto": _or_auto(_parse_int),
     "int_list": _list_of(_parse_int),
     "float_list": _list_of(_parse_float),
     "str_list": _list_of(_parse_str),

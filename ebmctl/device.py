@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from functools import lru_cache
 
 import torch
@@ -31,11 +32,32 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+#: Environment switch of the Langevin autotuner: ``off`` (or 0/false/no) makes every ``auto``
+#: sampler setting fall back to the fixed rules below (what the test suite uses, so results do
+#: not depend on timings); unset or anything else leaves the tuner on.
+AUTOTUNE_ENV = "EBMCTL_AUTOTUNE"
+
+
+def autotune_enabled() -> bool:
+    """True unless ``$EBMCTL_AUTOTUNE`` is off/0/false/no (read at every call)."""
+    return os.environ.get(AUTOTUNE_ENV, "").strip().lower() not in ("off", "0", "false", "no")
+
+
+def fixed_precision(device: torch.device) -> str:
+    """The unmeasured rule for ``precision = auto``: bf16 on CUDA and on CPUs with native bf16
+    (AMX/AVX512-bf16), else fp32."""
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
+    """A ``langevin.precision`` setting as the sampler receives it. ``auto`` stays ``auto``
+    while the autotuner is on (the sampler measures fp32 against bf16 for each network and
+    shape, :mod:`ebmctl.sampling.autotune`); with ``EBMCTL_AUTOTUNE=off`` it is
+    :func:`fixed_precision`. Explicit precisions are returned unchanged."""
     if precision == "auto":
-        if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
-            return "bf16"
-        return "fp32"
+        return "auto" if autotune_enabled() else fixed_precision(device)
     return precision
 
 

@@ -81,7 +81,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
     report: dict = {"command": "synthesize", "model": str(model_path), "n": n}
     if is_hat:
         steps = synth.steps or model.mcmc_steps
-        out = model.sample01(n, steps, key, mode=mode, chunk_size=langevin.chunk_size)
+        out = model.sample01(n, steps, key, mode=mode, chunk_size=langevin.chunk_rows)
         sets = {"hat_ebm": out["samples"], "generator": out["generator"]}
         used_mode = mode or model.settings.mode
         report.update(kind="hat-ebm", mode=used_mode, steps=steps,

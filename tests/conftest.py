@@ -1,10 +1,16 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Sampler settings left "auto" follow the fixed rules here, so results never depend on timings
+# (tests/test_autotune.py switches the tuner on itself, with its own cache directory); nothing
+# a test runs reads or writes the user's cache.
+os.environ.setdefault("EBMCTL_AUTOTUNE", "off")
+os.environ.setdefault("EBMCTL_CACHE_DIR", tempfile.mkdtemp(prefix="ebmctl-test-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from ebmctl.commands.common import command, langevin_steps_option, make_config, out_option
+from ebmctl.commands.common import (command, ebm_option, langevin_steps_option, make_config,
+                                   out_option)
 
 app = typer.Typer()
 
@@ -46,11 +47,21 @@ def bench_cmd(
     child_naive: bool = typer.Option(True, "--child-naive/--no-child-naive",
                                      help="CPU: also time the naive loop in a fresh process "
                                      "with OpenMP's default settings"),
+    tune: bool = typer.Option(False, "--tune", help="re-measure the Langevin autotuner's "
+                              "choice at each batch, print every candidate and write the cache"),
+    train: bool = typer.Option(False, "--train/--no-train",
+                               help="also time one mid-run training update"),
+    train_batch: int = typer.Option(64, "--train-batch", help="rows per training update"),
+    train_steps: int = typer.Option(0, "--train-langevin-steps", help="Langevin steps K per "
+                                    "training update (0: 100 on CUDA, 5 on CPU)"),
+    ebm: Optional[Path] = ebm_option(None, "to time instead of a seeded lightweight EBM (its "
+                                     "image size and channels replace --image-size/--channels)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     out: Optional[Path] = out_option(None, "for the JSON report (.json; a PNG of image-steps/s "
                                      "vs batch beside it)"),
 ):
-    """Measure the sampler (tuned vs naive image-steps/s), attack steps/s and peak memory.
+    """Measure the sampler (auto vs naive image-steps/s, GFLOP/s and the fraction of a
+    same-precision GEMM's), attack steps/s, peak memory and optionally a training update.
 
     Writes the JSON report (and a PNG of image-steps/s vs batch) to --out when given."""
     from ebmctl.artifacts import atomic_write_json
@@ -60,24 +71,33 @@ def bench_cmd(
     from ebmctl.errors import ConfigError
     from ebmctl.evaluate.plots import save_curves
 
-    for name, value in (("--langevin-steps", steps), ("--attack-langevin-steps", attack_steps)):
+    for name, value in (("--langevin-steps", steps), ("--attack-langevin-steps", attack_steps),
+                        ("--train-langevin-steps", train_steps)):
         if value < 0:
             raise ConfigError(f"{name} must be >= 0")
     for name, value in (("--repeats", repeats), ("--image-size", image_size),
-                        ("--channels", channels), ("--width", width)):
+                        ("--channels", channels), ("--width", width),
+                        ("--train-batch", train_batch)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1")
     if image_size < 4:
         raise ConfigError("--image-size must be >= 4 for the lightweight EBM")
     if out is not None and out.suffix.lower() != ".json":
         raise ConfigError(f"--out must be a .json file, got {out}")
+    if ebm is not None:
+        from ebmctl.artifacts import load_artifact
+
+        data = load_artifact(ebm, "ebm").data
+        image_size, channels = int(data["image_size"]), int(data["channels"])
     plan = BenchPlan(batches=_int_list(batch, "--batch"), image_size=image_size,
                      channels=channels, width=width, steps=steps, repeats=repeats,
                      all_variants=all_variants, attack=attack, attack_steps=attack_steps,
-                     child_naive=child_naive)
+                     child_naive=child_naive, tune=tune, train=train, train_batch=train_batch,
+                     train_steps=train_steps, ebm=str(ebm) if ebm else "")
     cfg = make_config(ctx)
     dev = setup_device(cfg)
-    with progress_bar(len(plan.batches) + int(attack), f"bench on {dev}", quiet=as_json) as bar:
+    with progress_bar(len(plan.batches) + int(attack) + int(train), f"bench on {dev}",
+                      quiet=as_json) as bar:
         report = run_bench(plan, dev, progress=lambda: bar.advance(1))
     if out is not None:
         atomic_write_json(out, report)

@@ -31,6 +31,8 @@ def inspect_cmd(file: Path = typer.Argument(..., help="a .safetensors artifact")
         n_params += count
     summary = {"file": str(file), "metadata": decoded, "tensors": len(tensors),
                "parameters": n_params}
+    if meta.get("ebmctl.kind") == "ebm":
+        summary["langevin_autotune"] = _autotune_entries(file)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -43,3 +45,40 @@ def inspect_cmd(file: Path = typer.Argument(..., help="a .safetensors artifact")
         else:
             print(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}")
     print(f"tensors: {len(tensors)}  values: {n_params:,}")
+    if "langevin_autotune" in summary:
+        entries = summary["langevin_autotune"]
+        if not entries:
+            print("langevin autotune: not measured on this machine yet "
+                  f"(ebmctl bench --ebm {file} --tune, or any run with langevin.* = auto)")
+        for e in entries:
+            print(f"langevin autotune ({e['device']}): rows {e['row_shape']} "
+                  f"(batch <= {e['batch_bucket']}, "
+                  f"{e['threads']} threads): {e['variant']}, "
+                  f"{e['rows_per_s']} rows/s, tuned {e['tuned_at']}")
+
+
+def _autotune_entries(file: Path) -> list[dict]:
+    """This machine's cached Langevin variants for the EBM's structure (the weights are read
+    to build the network; a file that cannot be loaded shows none)."""
+    import torch
+
+    from ebmctl.errors import EbmctlError
+    from ebmctl.models import EnergyModel
+    from ebmctl.sampling import autotune
+
+    cpu = torch.device("cpu")
+    try:
+        net = EnergyModel.load(file, cpu).net
+    except (EbmctlError, OSError, RuntimeError, KeyError, ValueError):
+        return []
+    out = []
+    devices = [cpu] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for dev in devices:
+        for e in autotune.cached_entries(dev, autotune.net_signature(net)):
+            out.append({"device": dev.type, "variant": e.get("name"),
+                        "row_shape": e.get("row_shape"), "batch_bucket": e.get("batch_bucket"),
+                        "threads": e.get("threads"),
+                        "rows_per_s": (e.get("measured") or {}).get("rows_per_s"),
+                        "tuned_at": e.get("tuned_at"),
+                        "cache_file": str(autotune.cache_file(dev))})
+    return out

@@ -87,7 +87,7 @@ def exponent_settings(cfg) -> ExponentSettings:
     return ExponentSettings(etas=[float(e) for e in ly.etas], burn_in=ly.burn_in, steps=ly.steps,
                             separation=ly.separation, renorm_every=ly.renorm_every,
                             seeds=list(ly.seeds), dtype=ly.precision, zero_tol=ly.zero_tol,
-                            chunk_rows=cfg.section(LangevinConfig).chunk_size)
+                            chunk_rows=cfg.section(LangevinConfig).chunk_rows)
 
 
 def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) -> tuple[dict, torch.Tensor]:

@@ -609,6 +609,10 @@ def complete_report(cfg: Config, plan: EvaluationPlan, results: dict[str, ModelR
                        (plan.seeds[-1], "report")) if extras_fn else None
     for label, values in ((extras or {}).pop("results", None) or {}).items():
         results[label] = replace(results[label], extras={**results[label].extras, **values})
+    from ebmctl.sampling.autotune import ran
+
+    # how the Langevin steps ran in this process (``auto`` sampler settings are measured)
+    plan.header["environment"]["langevin_variants"] = ran()
     report = AttackReport(**plan.header, seeds=plan.seeds, results=results, sanity=checks,
                           task_report=extras or None)
     if save_adversarials:

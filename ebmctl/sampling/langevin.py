@@ -6,6 +6,7 @@ Update (docs/algorithms.md#langevin-update):  X ← X − (τ²/(2T))·∇U_net(
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import weakref
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
@@ -13,9 +14,11 @@ from typing import Callable, ClassVar, Iterator
 import torch
 from torch import nn
 
-from ebmctl.config import setting
+from ebmctl.config import AutoBool, AutoInt, setting
 from ebmctl.device import autocast, resolve_precision
 from ebmctl.errors import NumericalError
+from ebmctl.sampling import autotune, fastgrad
+from ebmctl.sampling.autotune import AUTO, CPU_BLOCK_ELEMENTS, cpu_block_rows  # noqa: F401
 
 #: Process-wide default for ``LangevinSettings.compile = None``; commands set it from the
 #: profile key ``langevin.compile`` (see :func:`set_compile_default`).
@@ -43,22 +46,32 @@ class LangevinSettings:
     tau: float
     temperature: float
     eta: float = 1.0
+    #: fp32 | bf16 | fp16 (autocast) | fp64 | ``"auto"`` (measured, :mod:`.autotune`)
     precision: str = "fp32"
-    channels_last: bool = False
+    #: channels_last memory format; ``"auto"``: measured
+    channels_last: bool | str = False
     #: torch.compile the energy network (forward + input-gradient backward); None = the
-    #: process default. Pays on GPUs; on CPUs compiling costs minutes (bench/README.md).
-    compile: bool | None = None
-    #: rows per gradient evaluation on CPU (0 = whole batch; None = by image size, see
-    #: :func:`cpu_block_rows`). Cache-sized blocks ran up to ~1.5× faster than one big batch.
-    block_rows: int | None = None
+    #: process default; ``"auto"``: a candidate on CUDA only (on CPUs compiling costs minutes).
+    compile: bool | str | None = None
+    #: rows per gradient evaluation (0 = whole batch; None = by image size on CPU, see
+    #: :func:`cpu_block_rows`; ``"auto"``: measured). Cache-sized blocks ran up to ~1.5×
+    #: faster than one big batch.
+    block_rows: int | str | None = None
+    #: run exactly this variant, whatever the fields above say (benchmarks and tests)
+    variant: "autotune.Variant | None" = None
 
     @property
     def drift(self) -> float:
         return self.tau ** 2 / (2.0 * self.temperature)
 
     @property
+    def compile_request(self) -> bool | str:
+        """``compile`` with None replaced by the process default (True, False or ``auto``)."""
+        return _COMPILE_DEFAULT if self.compile is None else self.compile
+
+    @property
     def use_compile(self) -> bool:
-        return _COMPILE_DEFAULT if self.compile is None else bool(self.compile)
+        return self.compile_request is True
 
 
 @dataclass(frozen=True)
@@ -70,45 +83,45 @@ class LangevinConfig:
 
     tau: float = setting(0.01, "Langevin step size τ (internal [-1,1] units)", minimum=0)
     temperature: float = setting(5e-5, "temperature T: drift τ²/(2T)", minimum=1e-12)
-    precision: str = setting("fp32", "fp32 | bf16 | auto",
+    precision: str = setting("fp32", "fp32 | bf16 | auto (measured: bf16 only where its "
+                             "drift agrees with fp32's and it is faster)",
                              choices=("fp32", "bf16", "fp16", "auto"))
-    channels_last: bool = setting(False, "channels_last memory format")
-    chunk_size: int = setting(2048, "max images per sampler batch", minimum=1)
-    compile: bool = setting(False, "torch.compile the Langevin step")
+    channels_last: AutoBool = setting(AUTO, "channels_last memory format: true | false | auto "
+                                      "(measured once per machine and EBM shape)")
+    chunk_size: AutoInt = setting(AUTO, "max images per sampler batch (noise is drawn per "
+                                  "chunk); auto = chunks of 2048 whose gradient is evaluated "
+                                  "in blocks of a measured size", minimum=1)
+    compile: AutoBool = setting(False, "torch.compile the Langevin step: true | false | auto "
+                                "(a measured candidate on CUDA; never on CPU)")
 
     def settings(self, device: torch.device, eta: float = 1.0) -> LangevinSettings:
-        """The sampler's :class:`LangevinSettings` on ``device`` (``precision = auto`` resolved
-        there; ``compile`` left to the process default that :func:`set_compile_default` set
-        from this section)."""
+        """The sampler's :class:`LangevinSettings` on ``device`` (``auto`` fields are left for
+        the sampler to measure, :mod:`ebmctl.sampling.autotune`; ``compile`` left to the
+        process default that :func:`set_compile_default` set from this section)."""
         return LangevinSettings(self.tau, self.temperature, eta,
-                                resolve_precision(self.precision, device), self.channels_last)
+                                resolve_precision(self.precision, device), self.channels_last,
+                                block_rows=AUTO if self.chunk_size == AUTO else None)
+
+    @property
+    def chunk_rows(self) -> int:
+        """``chunk_size`` as a row count (``auto``: :data:`AUTO_CHUNK_ROWS`)."""
+        return AUTO_CHUNK_ROWS if self.chunk_size == AUTO else int(self.chunk_size)
 
     def precision_on(self, device: torch.device) -> str:
         """``precision`` resolved on ``device`` (``auto`` picks bf16 where it pays)."""
         return resolve_precision(self.precision, device)
 
 
-#: Input elements per CPU gradient block: ~64 images of 32×32×3 (about where the lightweight
-#: EBM's first activations stop fitting in cache), ~3000 of 8×8×1. Measured in bench/README.md.
-CPU_BLOCK_ELEMENTS = 64 * 3 * 32 * 32
+#: Rows per chunk (noise stream) under ``chunk_size = auto``: the former fixed default, so an
+#: ``auto`` run draws the same noise as ``chunk_size = 2048``.
+AUTO_CHUNK_ROWS = 2048
 
 
-def cpu_block_rows(x: torch.Tensor, net: nn.Module, settings: "LangevinSettings") -> int:
-    """Rows per gradient block, or 0 for the whole batch: blocks only on CPU, and never for a
-    network whose rows interact (batch norm in training mode)."""
-    if x.device.type != "cpu" or settings.block_rows == 0:
-        return 0
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules()):
-        return 0
-    rows = settings.block_rows or max(16, CPU_BLOCK_ELEMENTS // max(1, x[0].numel()))
-    return rows if x.shape[0] > rows else 0
-
-
-def set_compile_default(flag: bool) -> None:
+def set_compile_default(flag: bool | str) -> None:
     """Set what ``LangevinSettings(compile=None)`` means in this process (profile key
-    ``langevin.compile``)."""
+    ``langevin.compile``: True, False or ``"auto"``)."""
     global _COMPILE_DEFAULT
-    _COMPILE_DEFAULT = bool(flag)
+    _COMPILE_DEFAULT = AUTO if flag == AUTO else bool(flag)
 
 
 def sampling_net(net: nn.Module, use_compile: bool) -> nn.Module:
@@ -166,22 +179,22 @@ def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSett
     """
     drift, scale = settings.drift, settings.eta * settings.tau
     x = x.detach().float()
-    if settings.channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    step_grad = _compiled_energy_and_grad if settings.use_compile else energy_and_grad
-    block = cpu_block_rows(x, net, settings)
-    if block:  # rows are independent: the gradient of each block equals its rows' gradient
-        whole = step_grad
-
-        def step_grad(net, x, precision):
-            parts = [whole(net, part, precision) for part in torch.split(x, block)]
-            return torch.cat([e for e, _ in parts]), torch.cat([g for _, g in parts])
     with frozen(net):
+        # ``auto`` settings become one measured variant (cached per machine and EBM shape)
+        variant = autotune.resolve(net, x, settings, lambda v: sampler_gradient(net, v),
+                                   explicit_ok=fastgrad.supports(net))
+        if variant.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        step_grad = sampler_gradient(net, variant)
         for k in range(steps):
-            _, grad = step_grad(net, x, settings.precision)
-            z = noise(k) if noise is not None else torch.randn(
-                x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x - drift * grad + scale * z
+            # in place on the step's own buffers, in the order of x − drift·∇U + scale·z (the
+            # same roundings, one allocation fewer per term); caller-given noise is not touched
+            x = x - step_grad(x).mul_(drift)
+            if noise is not None:
+                x = x + scale * noise(k)
+            else:
+                x = x.add_(torch.randn(x.shape, generator=generator, device=x.device,
+                                       dtype=x.dtype).mul_(scale))
             if check_every and (k + 1) % check_every == 0 and not torch.isfinite(x).all():
                 raise NumericalError(f"Langevin chain produced NaN/Inf at step {k + 1}; "
                                      "lower langevin.tau or check the EBM")
@@ -192,11 +205,43 @@ def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSett
     return x.contiguous()
 
 
+def sampler_gradient(net: nn.Module, variant: "autotune.Variant"
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """∇_x U_net of a batch as ``variant`` computes it: rows [B,...] in, gradient [B,...] out
+    in the rows' dtype and layout (a fresh tensor the caller may overwrite). Rows are
+    independent, so evaluating them in blocks of ``variant.block_rows`` changes nothing but
+    rounding."""
+    if variant.grad == "explicit":
+        one = fastgrad.ExplicitGrad(net, variant.precision, variant.channels_last)
+        if variant.graph:
+            one = fastgrad.CudaGraphGrad(one)
+    else:
+        energy_grad = _compiled_energy_and_grad if variant.compile else energy_and_grad
+
+        def one(x: torch.Tensor) -> torch.Tensor:
+            return energy_grad(net, x, variant.precision)[1]
+    block = variant.block_rows
+    if not block:
+        return one
+
+    def blocked(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= block:
+            return one(x)
+        return torch.cat([one(part) for part in torch.split(x, block)])
+    return blocked
+
+
 def langevin_chunked(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSettings,
-                     chunk_size: int, generator_for_chunk: Callable[[int], torch.Generator]
+                     chunk_size: int | str, generator_for_chunk: Callable[[int], torch.Generator]
                      ) -> torch.Tensor:
     """Run chains in chunks of at most ``chunk_size`` rows (memory budget); chunk ``i`` draws
-    its noise from ``generator_for_chunk(i)`` so results do not depend on other chunks."""
+    its noise from ``generator_for_chunk(i)`` so results do not depend on other chunks.
+    ``chunk_size = "auto"``: chunks of :data:`AUTO_CHUNK_ROWS`, each evaluated in blocks of
+    the measured size (``settings.block_rows`` None becomes ``auto``)."""
+    if chunk_size == AUTO:
+        chunk_size = AUTO_CHUNK_ROWS
+        if settings.block_rows is None:
+            settings = dataclasses.replace(settings, block_rows=AUTO)
     if x.shape[0] <= chunk_size:
         return langevin(net, x, steps, settings, generator_for_chunk(0))
     outs = [langevin(net, part, steps, settings, generator_for_chunk(i))

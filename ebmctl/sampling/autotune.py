@@ -1,0 +1,635 @@
+"""The Langevin step's autotuner: ``auto`` sampler settings resolved by measurement, once per
+machine, torch release and EBM shape (like cuDNN's benchmark mode or FFTW's wisdom).
+
+A *variant* is how one gradient evaluation of the sampler runs: precision (fp32, or bf16/fp16
+autocast), memory layout (NCHW or channels_last), rows per gradient evaluation (``block_rows``,
+0 = the whole batch), how the input gradient is computed (``autograd``, or ``explicit``: one
+forward pass keeping the activation masks and one transposed pass, for piecewise-linear EBMs,
+:mod:`ebmctl.sampling.fastgrad`), and on CUDA ``compile`` / a captured CUDA ``graph``.
+
+:func:`resolve` turns a sampler's settings into one variant. Every setting given explicitly is
+kept exactly (an explicit ``channels_last = False`` is never replaced); only the ``auto`` ones
+are chosen, by timing candidates interleaved on the caller's own rows (a few seconds, under
+:data:`TUNE_BUDGET_S`). bf16/fp16 are candidates only where their drift agrees with fp32's
+(per-row cosine ≥ :data:`REDUCED_MIN_COSINE`). Choices are cached in
+``$EBMCTL_CACHE_DIR`` (else ``$XDG_CACHE_HOME/ebmctl``, else ``~/.cache/ebmctl``), one JSON file
+per machine (CPU model and flags, or GPU name) and torch release, keyed by the EBM's structure
+(not its weights), the row shape, the batch size rounded up to a power of two, the thread
+count and the fixed settings. A cache file that is unreadable, malformed, or written for
+another machine or torch release is ignored with a :class:`AutotuneCacheWarning` and never
+trusted; writes are atomic. ``EBMCTL_AUTOTUNE=off`` disables measuring: ``auto`` then means
+the fixed rules (fp32 unless the hardware has native bf16, NCHW, :func:`cpu_block_rows`,
+autograd), which is what the test suite runs.
+
+The sampler's results do not depend on the variant beyond rounding: the noise is drawn for the
+whole chunk in the same order, and rows are independent (no variant is bit-exact with another).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+import warnings
+import weakref
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ebmctl.device import autotune_enabled, cpu_has_native_bf16, fixed_precision
+
+AUTO = "auto"
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+GRADS = ("autograd", "explicit")
+#: a bf16/fp16 candidate must give every row a drift with this cosine to fp32's drift
+REDUCED_MIN_COSINE = 0.99
+#: reduced precision must beat the best fp32 variant by this factor (it costs accuracy)
+REDUCED_MIN_GAIN = 1.05
+#: candidate rows per gradient evaluation (CPU); the whole batch is a candidate up to the last
+BLOCK_CANDIDATES = (16, 32, 64, 128, 256, 512, 1024)
+#: soft limit on one tuning (seconds): later stages are cut short once it is spent
+TUNE_BUDGET_S = 12.0
+#: longest single timed call; larger blocks are not tried (their per-row speed has levelled off)
+MAX_CALL_S = 0.4
+#: a timing sample lasts at least this long (several calls of a fast step)
+MIN_SAMPLE_S = 0.02
+ROUNDS = 3
+
+CACHE_ENV = "EBMCTL_CACHE_DIR"
+CACHE_FORMAT = "ebmctl-langevin-autotune"
+CACHE_VERSION = 1
+
+#: Input elements per CPU gradient block of the fixed rule: ~64 images of 32×32×3 (about where
+#: the lightweight EBM's first activations stop fitting in cache), ~3000 of 8×8×1.
+CPU_BLOCK_ELEMENTS = 64 * 3 * 32 * 32
+
+
+class AutotuneCacheWarning(RuntimeWarning):
+    """A cache file or entry was ignored (unreadable, malformed, or from another machine)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the sampler's gradient evaluation (see the module docstring)."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    block_rows: int = 0
+    grad: str = "autograd"
+    compile: bool = False
+    graph: bool = False
+
+    @property
+    def name(self) -> str:
+        """e.g. ``fp32-cl-explicit-b64`` (``nchw``/``cl``; ``whole`` = one block)."""
+        parts = [self.precision, "cl" if self.channels_last else "nchw", self.grad,
+                 f"b{self.block_rows}" if self.block_rows else "whole"]
+        parts += ["compile"] * self.compile + ["graph"] * self.graph
+        return "-".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Variant":
+        """A variant from its :meth:`to_dict` form, every field checked.
+
+        Raises:
+            ValueError: not a dict, an unknown or missing field, or a value out of range.
+        """
+        if not isinstance(d, dict) or set(d) != {f for f in cls.__dataclass_fields__}:
+            raise ValueError(f"not a variant: {d!r}")
+        v = cls(**d)
+        if (v.precision not in PRECISIONS or v.grad not in GRADS
+                or not all(isinstance(b, bool) for b in (v.channels_last, v.compile, v.graph))
+                or isinstance(v.block_rows, bool) or not isinstance(v.block_rows, int)
+                or v.block_rows < 0):
+            raise ValueError(f"bad variant values: {d!r}")
+        return v
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller fixed (None = ``auto``, to be chosen)."""
+
+    precision: str | None
+    channels_last: bool | None
+    block_rows: int | None
+    compile: bool | None
+
+    @property
+    def free(self) -> bool:
+        return None in (self.precision, self.channels_last, self.block_rows, self.compile)
+
+
+# --- the fixed rules (autotuner off, or nothing left to choose) -----------------------------
+
+def cpu_block_rows(x: torch.Tensor, net: nn.Module, settings) -> int:
+    """Rows per gradient block of the fixed rule, or 0 for the whole batch: blocks only on
+    CPU, and never for a network whose rows interact (batch norm in training mode).
+    ``settings.block_rows``: 0 = whole batch, an int = that many rows, None/``auto`` = by
+    image size (:data:`CPU_BLOCK_ELEMENTS`)."""
+    requested = settings.block_rows if settings.block_rows != AUTO else None
+    if x.device.type != "cpu" or requested == 0 or _rows_interact(net):
+        return 0
+    rows = requested or max(16, CPU_BLOCK_ELEMENTS // max(1, x[0].numel()))
+    return rows if x.shape[0] > rows else 0
+
+
+def _rows_interact(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+               for m in net.modules())
+
+
+def request_of(settings, x: torch.Tensor, net: nn.Module) -> Request:
+    """The :class:`Request` a :class:`~ebmctl.sampling.langevin.LangevinSettings` makes for
+    the batch ``x``: ``precision``/``channels_last``/``block_rows``/``compile`` equal to
+    ``"auto"`` are free; ``block_rows`` None is fixed, to :func:`cpu_block_rows`'s value."""
+    comp = settings.compile_request
+    blocks = settings.block_rows
+    return Request(None if settings.precision == AUTO else settings.precision,
+                   None if settings.channels_last == AUTO else bool(settings.channels_last),
+                   None if blocks == AUTO else cpu_block_rows(x, net, settings),
+                   None if comp == AUTO else bool(comp))
+
+
+def fixed_variant(net: nn.Module, x: torch.Tensor, request: Request) -> Variant:
+    """The variant without measuring: fixed settings as given, ``auto`` ones by the fixed
+    rules (precision :func:`ebmctl.device.fixed_precision`, NCHW, :func:`cpu_block_rows`,
+    autograd, no compile)."""
+    precision = request.precision or fixed_precision(x.device)
+    blocks = (request.block_rows if request.block_rows is not None
+              else cpu_block_rows(x, net, _BlockOnly(None)))
+    return Variant(precision, bool(request.channels_last) and x.dim() == 4, blocks,
+                   "autograd", bool(request.compile))
+
+
+class _BlockOnly:
+    """Stands in for settings in :func:`cpu_block_rows` (only ``block_rows`` is read)."""
+
+    def __init__(self, block_rows):
+        self.block_rows = block_rows
+
+
+# --- the cache --------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """``$EBMCTL_CACHE_DIR``, else ``$XDG_CACHE_HOME/ebmctl``, else ``~/.cache/ebmctl``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ebmctl"
+
+
+def _cpuinfo() -> tuple[str, str]:
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = " ".join(sorted(value.split()))
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    if not model:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    return model, flags
+
+
+@functools.lru_cache(maxsize=8)
+def _machine(kind: str, index: int | None) -> str:
+    if kind == "cuda":
+        idx = index if index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(idx)
+        return json.dumps({"device": "cuda", "gpu": torch.cuda.get_device_name(idx),
+                           "capability": f"{major}.{minor}"})
+    model, flags = _cpuinfo()
+    return json.dumps({"device": kind, "cpu": model,
+                       "flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+                       "capability": torch.backends.cpu.get_cpu_capability(),
+                       "logical_cpus": os.cpu_count()})
+
+
+def machine_signature(device: torch.device) -> dict:
+    """What a timing depends on besides the network: the CPU model and a digest of its
+    flags, torch's CPU capability and the logical CPU count; on CUDA the GPU's name and
+    compute capability (read once per process)."""
+    return json.loads(_machine(device.type, device.index))
+
+
+def _digest(obj: Any, n: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:n]
+
+
+def cache_file(device: torch.device) -> Path:
+    """The cache file of this machine and torch release."""
+    return cache_dir() / f"langevin-{_digest([machine_signature(device), torch.__version__], 12)}.json"
+
+
+_NET_SIG: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def net_signature(net: nn.Module) -> str:
+    """A digest of ``net``'s structure (class, layers and their hyper-parameters, parameter
+    dtype), not of its weights: retraining an EBM keeps its tuned variant."""
+    sig = _NET_SIG.get(net)
+    if sig is None:
+        p = next(net.parameters(), None)
+        sig = _digest([type(net).__module__, type(net).__qualname__, repr(net),
+                       str(p.dtype) if p is not None else ""])
+        _NET_SIG[net] = sig
+    return sig
+
+
+def batch_bucket(rows: int) -> int:
+    """Rows rounded up to a power of two (at least 16): batches in one bucket share a choice."""
+    return max(16, 1 << max(0, int(rows) - 1).bit_length())
+
+
+def cache_key(net: nn.Module, x: torch.Tensor, request: Request) -> str:
+    """The entry key: EBM structure, row shape, batch bucket, threads, input dtype and the
+    fixed settings (the machine and torch release name the file)."""
+    return _digest({"net": net_signature(net), "row_shape": list(x.shape[1:]),
+                    "batch": batch_bucket(x.shape[0]), "threads": torch.get_num_threads(),
+                    "dtype": str(x.dtype), "request": asdict(request)}, 24)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, AutotuneCacheWarning, stacklevel=3)
+
+
+def load_cache(device: torch.device) -> dict[str, dict]:
+    """This machine's cache entries (key → entry). A missing file gives {}; an unreadable,
+    malformed or foreign one (another machine, torch release or format) gives {} and one
+    :class:`AutotuneCacheWarning`."""
+    path = cache_file(device)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _warn(f"ignoring the autotune cache {path}: unreadable ({type(exc).__name__})")
+        return {}
+    expected = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
+                "machine": machine_signature(device), "torch": torch.__version__}
+    if not isinstance(data, dict) or any(data.get(k) != v for k, v in expected.items()):
+        bad = [k for k, v in expected.items() if not isinstance(data, dict) or data.get(k) != v]
+        _warn(f"ignoring the autotune cache {path}: written for another "
+              f"{'/'.join(bad)} (it is re-measured and rewritten)")
+        return {}
+    entries = data.get("entries")
+    if not isinstance(entries, dict):
+        _warn(f"ignoring the autotune cache {path}: no entries table")
+        return {}
+    return entries
+
+
+def _entry_variant(entry: Any, request: Request, path: Path) -> Variant | None:
+    """The variant of a cache entry if it is well formed and honours ``request``."""
+    try:
+        v = Variant.from_dict(entry.get("variant") if isinstance(entry, dict) else None)
+    except (TypeError, ValueError):
+        _warn(f"ignoring a malformed entry of the autotune cache {path}")
+        return None
+    if not _honours(v, request):
+        _warn(f"ignoring an entry of the autotune cache {path} that contradicts its settings")
+        return None
+    return v
+
+
+def _honours(v: Variant, r: Request) -> bool:
+    return ((r.precision is None or v.precision == r.precision)
+            and (r.channels_last is None or v.channels_last == r.channels_last)
+            and (r.block_rows is None or v.block_rows == r.block_rows)
+            and (r.compile is None or v.compile == r.compile))
+
+
+def store(device: torch.device, key: str, entry: dict) -> Path:
+    """Add ``entry`` under ``key`` to this machine's cache file (atomically rewritten; a bad
+    existing file is replaced). Returns the path."""
+    from ebmctl.artifacts import atomic_write_json
+
+    path = cache_file(device)
+    entries = load_cache(device)
+    entries[key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"format": CACHE_FORMAT, "version": CACHE_VERSION,
+                             "machine": machine_signature(device), "torch": torch.__version__,
+                             "entries": entries})
+    return path
+
+
+# --- what ran (for reports) -----------------------------------------------------------------
+
+_RAN: dict[str, dict] = {}
+
+
+def ran() -> list[dict]:
+    """Each distinct variant the sampler resolved in this process: its name and fields, how
+    it was chosen (``explicit``, ``fixed rule``, ``cache``, ``measured``), the row shape and
+    batch bucket."""
+    return [dict(v) for v in _RAN.values()]
+
+
+def _record(variant: Variant, source: str, x: torch.Tensor) -> None:
+    shape = list(x.shape[1:])
+    key = json.dumps([variant.name, source, shape, batch_bucket(x.shape[0])])
+    _RAN.setdefault(key, {"variant": variant.name, **variant.to_dict(), "chosen_by": source,
+                          "row_shape": shape, "batch_bucket": batch_bucket(x.shape[0])})
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+Builder = Callable[[Variant], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _layout(x: torch.Tensor, v: Variant) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if (
+        v.channels_last and x.dim() == 4) else x.contiguous()
+
+
+class _Timer:
+    """Interleaved timing of candidate gradient functions on given rows (rows/s, median of
+    rounds), within a wall-clock budget."""
+
+    def __init__(self, x: torch.Tensor, build: Builder, deadline: float):
+        self.x, self.build, self.deadline = x, build, deadline
+        self.table: dict[str, dict] = {}
+
+    def over(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def _prepare(self, v: Variant, rows: int):
+        xs = _layout(self.x[:rows], v)
+        fn = self.build(v)
+        dev = xs.device
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn(xs)  # first call: kernel selection, compilation, graph capture
+        _sync(dev)
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn(xs)
+        _sync(dev)
+        once = max(time.perf_counter() - t0, 1e-6)
+        return fn, xs, warm, once
+
+    def run(self, cands: list[tuple[Variant, int]], rounds: int = ROUNDS,
+            give_up_vs: float | None = None) -> dict[Variant, float]:
+        """rows/s of each (variant, rows) candidate. A candidate whose single call is slower
+        per row than ``give_up_vs`` rows/s by 2× is dropped after its warm-up."""
+        live = []
+        for v, rows in cands:
+            try:
+                fn, xs, warm, once = self._prepare(v, rows)
+            except Exception as exc:  # a variant that cannot run here is not a candidate
+                self.table[v.name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                continue
+            rate = rows / once
+            self.table[v.name] = {"rows": rows, "warmup_s": round(warm, 4)}
+            if give_up_vs and rate * 2 < give_up_vs:
+                self.table[v.name]["rows_per_s"] = round(rate, 1)
+                self.table[v.name]["dropped"] = "over 2x slower on its first calls"
+                continue
+            reps = max(1, math.ceil(MIN_SAMPLE_S / once))
+            live.append((v, rows, fn, xs, reps, []))
+        for r in range(rounds):
+            if r >= 2 and self.over():
+                break
+            for v, rows, fn, xs, reps, samples in live:
+                _sync(xs.device)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn(xs)
+                _sync(xs.device)
+                samples.append(rows * reps / (time.perf_counter() - t0))
+        out = {}
+        for v, rows, fn, xs, reps, samples in live:
+            rate = statistics.median(samples) if samples else rows / 1e9
+            out[v] = rate
+            self.table[v.name]["rows_per_s"] = round(rate, 1)
+        return out
+
+
+def drift_cosine_min(build: Builder, x: torch.Tensor, v: Variant) -> float:
+    """The smallest per-row cosine between ``v``'s gradient and the fp32 autograd gradient on
+    the rows ``x`` (1.0 = same direction)."""
+    ref = build(Variant("fp32", False, 0, "autograd"))(x.contiguous())
+    got = build(replace(v, block_rows=0))(_layout(x, v))
+    ref, got = ref.flatten(1).double(), got.contiguous().flatten(1).double()
+    return torch.nn.functional.cosine_similarity(ref, got, dim=1, eps=1e-30).min().item()
+
+
+def _best(rates: dict[Variant, float]) -> Variant:
+    return max(rates, key=rates.get)
+
+
+def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
+         explicit_ok: bool, budget_s: float = TUNE_BUDGET_S) -> tuple[Variant, dict]:
+    """Measure candidates for the free settings of ``request`` on the rows of ``x`` and
+    return (the fastest variant, a report with every candidate's rows/s). ``build(v)`` gives
+    the gradient function of variant ``v`` (rows in, gradient rows out).
+
+    Stages: layout × gradient method at a reference block; then rows per block; then reduced
+    precision (bf16, and fp16 on CUDA) where it passes the drift check."""
+    start = time.perf_counter()
+    dev, rows = x.device, int(x.shape[0])
+    timer = _Timer(x, build, start + budget_s)
+    cuda = dev.type == "cuda"
+    blocks_fixed = request.block_rows is not None
+
+    def block_of(b: int) -> int:
+        return 0 if b >= rows else b
+
+    # the reference block: the fixed rule's, capped so one call stays short
+    ref_block = (request.block_rows if blocks_fixed else
+                 (0 if cuda else cpu_block_rows(x, net, _BlockOnly(None))))
+    layouts = [request.channels_last] if request.channels_last is not None else (
+        [False, True] if x.dim() == 4 else [False])
+    grads = ["autograd"] + (["explicit"] if explicit_ok else [])
+    compiles = ([request.compile] if request.compile is not None else
+                ([False, True] if cuda else [False]))
+    base_precision = request.precision or ("fp64" if x.dtype == torch.float64 else "fp32")
+
+    def rows_for(b: int) -> int:
+        return rows if b == 0 else min(b, rows)
+
+    # stage 1: layout × gradient method (× compile, × CUDA graph on CUDA) at the reference block
+    cands = []
+    for cl in layouts:
+        for g in grads:
+            for comp in compiles:
+                if comp and g == "explicit":
+                    continue  # compile wraps the autograd step; the explicit one has no graph
+                cands.append(Variant(base_precision, cl, ref_block, g, comp))
+                if cuda and g == "explicit":
+                    cands.append(Variant(base_precision, cl, ref_block, g, False, True))
+    rates = timer.run([(v, rows_for(v.block_rows)) for v in cands])
+    if not rates:
+        raise RuntimeError("no sampler variant could run: " + json.dumps(timer.table))
+    best = _best(rates)
+
+    def block_stage(best: Variant) -> Variant:
+        if blocks_fixed or _rows_interact(net) or timer.over():
+            return best
+        per_row = 1.0 / rates[best]
+        sizes = [b for b in BLOCK_CANDIDATES if b < rows and b * per_row <= MAX_CALL_S]
+        if cuda:
+            sizes = [b for b in sizes if b >= 256]
+        if rows <= BLOCK_CANDIDATES[-1] and rows * per_row <= MAX_CALL_S:
+            sizes.append(rows)  # the whole batch
+        cands = [replace(best, block_rows=block_of(b)) for b in sizes]
+        cands = [v for v in dict.fromkeys(cands) if v != best]
+        more = timer.run([(v, rows_for(v.block_rows)) for v in cands])
+        if best in rates:
+            more[best] = rates[best]
+        rates.update(more)
+        return _best(more) if more else best
+
+    best = block_stage(best)
+
+    # stage 3: reduced precision, only where it agrees with fp32 and clearly wins
+    if request.precision is None and base_precision == "fp32" and not timer.over():
+        # a CPU without native bf16 emulates it (~10x slower here, bench/README.md): not tried
+        reduced = ["bf16"] if (cuda or (dev.type == "cpu" and cpu_has_native_bf16())) else []
+        reduced += ["fp16"] if cuda else []
+        if not reduced:
+            timer.table["bf16"] = {"dropped": "no native bf16 on this CPU (emulated)"}
+        accuracy = {}
+        sample = x[: min(rows, 64)]
+        cands = []
+        for p in reduced:
+            for cl in layouts:
+                v = replace(best, precision=p, channels_last=cl, graph=False)
+                try:
+                    cos = drift_cosine_min(build, sample, v)
+                except Exception as exc:  # e.g. no bf16 kernels on this device
+                    timer.table[v.name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                    continue
+                accuracy[v.name] = round(cos, 6)
+                if cos >= REDUCED_MIN_COSINE:
+                    cands.append(v)
+                else:
+                    timer.table[v.name] = {"drift_cosine_min": round(cos, 6),
+                                           "dropped": f"drift cosine < {REDUCED_MIN_COSINE}"}
+        if cands:
+            # one slow first call (e.g. a kernel without a native path) drops a candidate
+            more = timer.run([(v, rows_for(v.block_rows)) for v in cands],
+                             give_up_vs=rates[best])
+            for v in more:
+                timer.table[v.name]["drift_cosine_min"] = accuracy.get(v.name)
+            rates.update(more)
+            if more and max(more.values()) >= REDUCED_MIN_GAIN * rates[best]:
+                best = _best(more)
+                best = block_stage(best)
+    report = {"candidates": timer.table, "chosen": best.name,
+              "rows_per_s": round(rates.get(best, 0.0), 1),
+              "tune_seconds": round(time.perf_counter() - start, 2),
+              "rows": rows, "cpu_native_bf16": cpu_has_native_bf16()}
+    return best, report
+
+
+# --- resolving --------------------------------------------------------------------------------
+
+_MEMO: dict[tuple, Variant] = {}
+
+
+def resolve(net: nn.Module, x: torch.Tensor, settings, build: Builder, *,
+            explicit_ok: bool = False, retune: bool = False) -> Variant:
+    """The variant the sampler runs for ``net`` on the batch ``x`` with ``settings``
+    (a :class:`~ebmctl.sampling.langevin.LangevinSettings`, whose ``auto`` fields are free).
+
+    Fixed settings are kept; with nothing free, or with the tuner off, no timing happens.
+    Otherwise: this process's memo, then the cache file, then :func:`tune` (which writes the
+    cache). ``explicit_ok`` says the explicit gradient applies to ``net``; ``retune`` skips
+    memo and cache (``ebmctl bench --tune``)."""
+    if getattr(settings, "variant", None) is not None:
+        _record(settings.variant, "explicit", x)
+        return settings.variant
+    request = request_of(settings, x, net)
+    if not request.free or not autotune_enabled():
+        v = fixed_variant(net, x, request)
+        _record(v, "explicit" if not request.free else "fixed rule", x)
+        return v
+    key = cache_key(net, x, request)
+    memo_key = (str(cache_file(x.device)), key)
+    if not retune and memo_key in _MEMO:
+        return _MEMO[memo_key]
+    v = None
+    if not retune:
+        entries = load_cache(x.device)
+        if key in entries:
+            v = _entry_variant(entries[key], request, cache_file(x.device))
+            if v is not None and v.grad == "explicit" and not explicit_ok:
+                v = None
+        if v is not None:
+            _record(v, "cache", x)
+    if v is None:
+        from ebmctl.console import info
+
+        info(f"autotuning the Langevin step for rows of {tuple(x.shape[1:])} on {x.device} "
+             f"(once per machine; cached in {cache_dir()})")
+        v, report = tune(net, x, request, build, explicit_ok)
+        entry = {"variant": v.to_dict(), "name": v.name, "net": net_signature(net),
+                 "net_class": type(net).__qualname__, "row_shape": list(x.shape[1:]),
+                 "batch_bucket": batch_bucket(x.shape[0]), "threads": torch.get_num_threads(),
+                 "request": asdict(request), "measured": report,
+                 "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                     timespec="seconds")}
+        try:
+            store(x.device, key, entry)
+        except OSError as exc:  # a read-only home must not stop a run
+            _warn(f"could not write the autotune cache ({exc}); the choice holds for this run")
+        _record(v, "measured", x)
+        _LAST_REPORT[key] = entry
+    _MEMO[memo_key] = v
+    return v
+
+
+#: the last tuning report per key in this process (``ebmctl bench --tune`` prints it)
+_LAST_REPORT: dict[str, dict] = {}
+
+
+def last_report(net: nn.Module, x: torch.Tensor, settings) -> dict | None:
+    """The tuning report :func:`resolve` made in this process for these arguments, if any."""
+    return _LAST_REPORT.get(cache_key(net, x, request_of(settings, x, net)))
+
+
+def cached_entries(device: torch.device, net_sig: str | None = None) -> list[dict]:
+    """This machine's cache entries (optionally only those of one network signature), for
+    ``ebmctl inspect``; a bad file gives [] with its warning."""
+    return [e for e in load_cache(device).values()
+            if isinstance(e, dict) and (net_sig is None or e.get("net") == net_sig)]
+
+
+def reset_memo() -> None:
+    """Forget this process's resolutions and records (tests; a new cache directory)."""
+    _MEMO.clear()
+    _RAN.clear()
+    _LAST_REPORT.clear()
+    _WARNED.clear()
