@@ -33,8 +33,10 @@ TRAINING_KEYS: dict[str, tuple[str, ...]] = {
 _OTHER_TRAINERS = ("ebm", "langevin", "train", "defense", "attack", "output", "hat", "synth",
                    "ood", "quality", "lyapunov", "autoencoder", "fix")
 
-#: Where and how fast a run computes, not what: never compared on resume.
-ENVIRONMENT_KEYS = frozenset({"run.device", "run.threads", "run.out_dir", "langevin.compile"})
+#: Where and how fast a run computes, not what: never compared on resume. (The memory layout
+#: changes rounding only; its default became ``auto`` after checkpoints recorded ``false``.)
+ENVIRONMENT_KEYS = frozenset({"run.device", "run.threads", "run.out_dir", "langevin.compile",
+                              "langevin.channels_last"})
 
 #: What ``--force-resume`` may change: how long a run goes on, how often it logs, checkpoints
 #: and writes grids, how work is batched or sharded, and where the data lives. Anything else
