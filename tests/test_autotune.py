@@ -79,6 +79,7 @@ def all_variants(explicit=True):
             for g in ("autograd", "explicit") if explicit else ("autograd",):
                 for b in (0, 8):
                     out.append(Variant(p, cl, b, g))
+    out.append(Variant("fp32", True, 8, "explicit", threads=1))
     return out
 
 
@@ -111,6 +112,18 @@ def test_every_fp32_variant_step_matches_the_reference_step(v):
                    torch.Generator().manual_seed(5))
     assert got.is_contiguous()
     assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+
+
+def test_a_one_thread_variant_restores_the_thread_count():
+    net, x = ebm(), batch()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with frozen(net):
+            sampler_gradient(net, Variant("fp32", False, 0, "explicit", threads=1))(x)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_explicit_gradient_equals_autograd_for_leaky_relu_and_relu():

@@ -65,7 +65,7 @@ ROUNDS = 3
 
 CACHE_ENV = "EBMCTL_CACHE_DIR"
 CACHE_FORMAT = "ebmctl-langevin-autotune"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: Input elements per CPU gradient block of the fixed rule: ~64 images of 32×32×3 (about where
 #: the lightweight EBM's first activations stop fitting in cache), ~3000 of 8×8×1.
@@ -86,13 +86,17 @@ class Variant:
     grad: str = "autograd"
     compile: bool = False
     graph: bool = False
+    #: intra-op threads while computing the gradient (0 = the process's setting)
+    threads: int = 0
 
     @property
     def name(self) -> str:
-        """e.g. ``fp32-cl-explicit-b64`` (``nchw``/``cl``; ``whole`` = one block)."""
+        """e.g. ``fp32-cl-explicit-b64`` (``nchw``/``cl``; ``whole`` = one block; ``-t1``:
+        one thread)."""
         parts = [self.precision, "cl" if self.channels_last else "nchw", self.grad,
                  f"b{self.block_rows}" if self.block_rows else "whole"]
         parts += ["compile"] * self.compile + ["graph"] * self.graph
+        parts += [f"t{self.threads}"] * bool(self.threads)
         return "-".join(parts)
 
     def to_dict(self) -> dict:
@@ -110,8 +114,8 @@ class Variant:
         v = cls(**d)
         if (v.precision not in PRECISIONS or v.grad not in GRADS
                 or not all(isinstance(b, bool) for b in (v.channels_last, v.compile, v.graph))
-                or isinstance(v.block_rows, bool) or not isinstance(v.block_rows, int)
-                or v.block_rows < 0):
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 0
+                       for n in (v.block_rows, v.threads))):
             raise ValueError(f"bad variant values: {d!r}")
         return v
 
@@ -455,8 +459,9 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
     return (the fastest variant, a report with every candidate's rows/s). ``build(v)`` gives
     the gradient function of variant ``v`` (rows in, gradient rows out).
 
-    Stages: layout × gradient method at a reference block; then rows per block; then reduced
-    precision (bf16, and fp16 on CUDA) where it passes the drift check."""
+    Stages: layout × gradient method at a reference block; then rows per block; then one
+    thread (CPU); then reduced precision (bf16, and fp16 on CUDA) where it passes the drift
+    check."""
     start = time.perf_counter()
     dev, rows = x.device, int(x.shape[0])
     timer = _Timer(x, build, start + budget_s)
@@ -513,7 +518,16 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
 
     best = block_stage(best)
 
-    # stage 3: reduced precision, only where it agrees with fp32 and clearly wins
+    # stage 3: one thread instead of the process's (small steps: OpenMP wake-ups can cost more
+    # than the second core gives)
+    if not cuda and torch.get_num_threads() > 1 and not timer.over():
+        one = replace(best, threads=1)
+        more = timer.run([(one, rows_for(one.block_rows)), (best, rows_for(best.block_rows))])
+        rates.update(more)
+        if one in more and best in more and more[one] > more[best]:
+            best = one
+
+    # stage 4: reduced precision, only where it agrees with fp32 and clearly wins
     if request.precision is None and base_precision == "fp32" and not timer.over():
         # a CPU without native bf16 emulates it (~10x slower here, bench/README.md): not tried
         reduced = ["bf16"] if (cuda or (dev.type == "cpu" and cpu_has_native_bf16())) else []

@@ -221,14 +221,24 @@ def sampler_gradient(net: nn.Module, variant: "autotune.Variant"
         def one(x: torch.Tensor) -> torch.Tensor:
             return energy_grad(net, x, variant.precision)[1]
     block = variant.block_rows
-    if not block:
-        return one
 
     def blocked(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] <= block:
+        if not block or x.shape[0] <= block:
             return one(x)
         return torch.cat([one(part) for part in torch.split(x, block)])
-    return blocked
+    if not variant.threads:
+        return blocked
+
+    def threaded(x: torch.Tensor) -> torch.Tensor:
+        # set per call (it costs well under a microsecond), so the update and the caller's
+        # other work keep the process's thread count
+        before = torch.get_num_threads()
+        torch.set_num_threads(variant.threads)
+        try:
+            return blocked(x)
+        finally:
+            torch.set_num_threads(before)
+    return threaded
 
 
 def langevin_chunked(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSettings,
