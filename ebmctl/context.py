@@ -12,22 +12,30 @@ import torch
 
 from ebmctl import __version__
 from ebmctl.device import resolve_device, set_threads
-from ebmctl.errors import EbmctlError, InputError
+from ebmctl.errors import ConfigError, EbmctlError, InputError
 from ebmctl.plugins import get_registries
 from ebmctl.config import Config, setting
 from ebmctl.contracts import DataRequest, DatasetBundle, Task
 
 
+#: ``run.dtype`` -> the torch dtype of models, images and Langevin chains
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """The profile section ``[run]``: the base seed, the device and CPU threads, and where
-    commands write."""
+    """The profile section ``[run]``: the base seed, the device and CPU threads, the working
+    float type of attack evaluations, and where commands write."""
 
     section: ClassVar[str] = "run"
 
     seed: int = setting(0, "base seed; every random draw is derived from it", minimum=0)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     threads: int = setting(0, "CPU threads (0 = torch default)", minimum=0)
+    dtype: str = setting("float32", "float32 | float64 (`ebmctl attack` and ebmctl.evaluate): "
+                         "float64 runs models, images and Langevin chains in float64, so results "
+                         "agree across CPUs to ~1e-12 (reference runs and tests; several times "
+                         "slower)", choices=tuple(DTYPES))
     out_dir: str = setting("runs", "where commands write artifacts and reports")
 
 
@@ -63,20 +71,47 @@ class DataConfig:
                                  "code)")
 
 
-def setup_device(cfg: Config) -> torch.device:
+def setup_device(cfg: Config, *, honours_dtype: bool = False) -> torch.device:
     """Apply ``run.threads`` and ``langevin.compile`` to this process; the device ``run.device``
-    names.
+    names. A command that runs in ``run.dtype`` (:func:`working_dtype`) says so with
+    ``honours_dtype``; every other command runs in float32 and refuses another ``run.dtype``
+    rather than ignore it.
 
     Raises:
-        ConfigError: a malformed device name, or CUDA where there is none.
+        ConfigError: a malformed device name, CUDA where there is none, or ``run.dtype`` other
+            than float32 in a command that does not honour it.
     """
     run = cfg.section(RunConfig)
+    if run.dtype != "float32" and not honours_dtype:
+        raise ConfigError(f"run.dtype = {run.dtype!r} applies to `ebmctl attack` only; this "
+                          "command runs in float32 (drop --set run.dtype)")
     set_threads(run.threads)
     from ebmctl.sampling.langevin import LangevinConfig, set_compile_default
 
     # LangevinSettings(compile=None) follows the profile
     set_compile_default(cfg.section(LangevinConfig).compile)
     return resolve_device(run.device)
+
+
+def working_dtype(cfg: Config) -> torch.dtype:
+    """The float type ``run.dtype`` names: what an attack evaluation loads its models in,
+    converts its images to and runs its Langevin chains in. float64 makes every decision
+    (argmax, gradient sign, broken or robust) the same on every CPU, since float64 kernels agree
+    to ~1e-12, far inside the margins of those decisions.
+
+    Raises:
+        ConfigError: float64 with ``langevin.precision`` = bf16 | fp16, which would run the
+            chains in reduced precision (``auto`` means full precision under float64).
+    """
+    from ebmctl.sampling.langevin import LangevinConfig
+
+    dtype = cfg.section(RunConfig).dtype
+    precision = cfg.section(LangevinConfig).precision
+    if dtype == "float64" and precision in ("bf16", "fp16"):
+        raise ConfigError(f"run.dtype = 'float64' cannot run with langevin.precision = "
+                          f"{precision!r} (reduced-precision chains); set langevin.precision = "
+                          "fp32 or auto")
+    return DTYPES[dtype]
 
 
 def get_task(cfg: Config) -> Task:

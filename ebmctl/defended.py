@@ -26,14 +26,17 @@ AVERAGES = ("logits", "softmax", "logsoftmax")
 
 
 def load_ebm(path_or_name: str | Path | EnergyModel,
-             device: torch.device | str = "cpu") -> EnergyModel:
+             device: torch.device | str = "cpu",
+             dtype: torch.dtype | None = None) -> EnergyModel:
     """An EBM artifact with its Langevin constants (τ, T, image size) read from the file.
 
     Args:
         path_or_name: a ``.safetensors`` EBM artifact, or the name of a shipped EBM
             (``"cifar10"``: the default CIFAR-10 EBM). An :class:`EnergyModel` is returned as is
-            (moved to ``device``).
+            (moved to ``device`` and ``dtype``).
         device: where the network lives.
+        dtype: the float type of its network (``torch.float64``: chains in float64); None
+            keeps the stored one (float32).
 
     Raises:
         InputError: neither an existing file nor a shipped name.
@@ -41,18 +44,18 @@ def load_ebm(path_or_name: str | Path | EnergyModel,
     """
     device = torch.device(device)
     if isinstance(path_or_name, EnergyModel):
-        path_or_name.net.to(device)
+        path_or_name.net.to(device, dtype)
         return path_or_name
     text = str(path_or_name)
     if text in SHIPPED_EBMS:
         from ebmctl.shipped import default_ebm
 
-        return EnergyModel.load(default_ebm(), device)
+        return EnergyModel.load(default_ebm(), device, dtype)
     path = Path(text)
     if not path.exists():
         raise InputError(f"no EBM {text!r}: give an EBM artifact (.safetensors) or a shipped "
                          f"name ({', '.join(SHIPPED_EBMS)})")
-    return EnergyModel.load(path, device)
+    return EnergyModel.load(path, device, dtype)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -229,6 +232,8 @@ def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
         ebm: an :class:`~ebmctl.models.EnergyModel`, an EBM artifact path, a shipped name
             (``"cifar10"``), or ``None`` for no defense (the wrapper is then ``model``).
             The EBM resizes and converts channels itself, so it may defend another resolution.
+            It is moved to the model's device and, for a model converted with ``.double()``,
+            to float64 (the whole defense then runs in float64).
         steps: K Langevin steps per copy (default: the profile default ``defense.steps``).
         reps: H copies averaged (default: ``defense.eot_reps``).
         average: ``logits`` | ``softmax`` | ``logsoftmax`` (see :class:`DefendedModel`).
@@ -248,8 +253,10 @@ def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
         InputError / ArtifactError: ``ebm`` cannot be loaded.
     """
     if ebm is not None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        ebm = load_ebm(ebm, device)
+        first = next((p for p in model.parameters() if p.is_floating_point()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        ebm = load_ebm(ebm, device, torch.float64 if first is not None
+                       and first.dtype == torch.float64 else None)
     steps = DefenseConfig().steps if steps is None else int(steps)
     reps = DefenseConfig().eot_reps if reps is None else int(reps)
     return DefendedModel(model, ebm, steps=steps, reps=reps, average=average, gradient=gradient,

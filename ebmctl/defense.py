@@ -93,13 +93,18 @@ class Defense:
     @classmethod
     def from_config(cls, model: TaskModel, ebm: EnergyModel | None, defense: DefenseConfig,
                     langevin: LangevinConfig, device: torch.device,
-                    fixer: nn.Module | None = None) -> Defense:
+                    fixer: nn.Module | None = None,
+                    dtype: torch.dtype = torch.float32) -> Defense:
         """The defense a profile describes: K_def and H_def from ``defense`` when there is an
-        EBM (else the deterministic f∘φ), the chain's precision (resolved on ``device``),
-        batching and memory layout from ``langevin``."""
+        EBM (else the deterministic f∘φ), the chain's precision (resolved on ``device`` for
+        chains in ``dtype``, ``run.dtype``), batching and memory layout from ``langevin``.
+
+        Raises:
+            ConfigError: a reduced ``langevin.precision`` with ``dtype`` float64.
+        """
         return cls(model, ebm, steps=defense.steps if ebm else 0,
                    reps=defense.eot_reps if ebm else 1, average=defense.average,
-                   clamp=defense.clamp, precision=langevin.precision_on(device),
+                   clamp=defense.clamp, precision=langevin.precision_on(device, dtype),
                    chunk_size=langevin.chunk_size, channels_last=langevin.channels_last,
                    fixer=fixer)
 

@@ -94,7 +94,14 @@ class EnergyModel:
     path: str = ""
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> "EnergyModel":
+    def load(cls, path: str | Path, device: torch.device,
+             dtype: torch.dtype | None = None) -> "EnergyModel":
+        """The EBM artifact at ``path`` on ``device``, its network converted to ``dtype``
+        (``run.dtype``: float64 runs its chains in float64) or left as stored (None).
+
+        Raises:
+            ArtifactError: not an EBM artifact, or missing/invalid τ, T or image metadata.
+        """
         net, art = load_model(path, "ebm")
         extra, data = art.extra, art.data
         try:
@@ -104,7 +111,7 @@ class EnergyModel:
             raise ArtifactError(f"{path}: EBM artifact lacks tau/temperature/image size metadata") from None
         if not (tau > 0 and temp > 0):
             raise ArtifactError(f"{path}: EBM artifact has invalid tau/temperature")
-        return cls(net.to(device).eval(), tau, temp, size, ch, str(path))
+        return cls(net.to(device, dtype).eval(), tau, temp, size, ch, str(path))
 
     def settings(self, precision: str = "fp32", eta: float = 1.0,
                  channels_last: bool = False) -> LangevinSettings:
@@ -172,13 +179,20 @@ class TaskModel(nn.Module):
         self.path = ""  # the artifact it was loaded from (TaskModel.load)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> "TaskModel":
+    def load(cls, path: str | Path, device: torch.device,
+             dtype: torch.dtype | None = None) -> "TaskModel":
+        """The task model artifact at ``path`` on ``device``, in eval mode, its weights
+        converted to ``dtype`` (``run.dtype``) or left as stored (None).
+
+        Raises:
+            ArtifactError: not a task model artifact, or unreadable.
+        """
         net, art = load_model(path, task_model_kinds())
         data = art.data
         model = cls(net, data.get("range", "[-1,1]"), int(data.get("image_size", 0)),
                     int(data.get("channels", 0)), art.kind, art.meta.get("ebmctl.task", ""))
         model.path = str(path)
-        return model.to(device).eval()
+        return model.to(device, dtype).eval()
 
     def check_task(self, task: str) -> None:
         """Refuse a model trained for another task than ``task`` (the profile's task.name); a
@@ -285,10 +299,11 @@ class Fixer(nn.Module):
         return adapt_images(out, 0, in_ch) if out.shape[1] != in_ch else out
 
 
-def load_fixer(path: str | Path, device: torch.device) -> Fixer:
-    """Load a fixer artifact as a frozen, eval-mode :class:`Fixer` (input gradients still flow)."""
+def load_fixer(path: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> Fixer:
+    """Load a fixer artifact as a frozen, eval-mode :class:`Fixer` (input gradients still flow),
+    its weights converted to ``dtype`` (``run.dtype``) or left as stored (None)."""
     net, art = load_model(path, "fixer")
-    fixer = Fixer(net, int(art.data.get("channels", 0) or 0)).to(device).eval()
+    fixer = Fixer(net, int(art.data.get("channels", 0) or 0)).to(device, dtype).eval()
     for p in fixer.parameters():
         p.requires_grad_(False)
     return fixer

@@ -57,22 +57,22 @@ class APGD(SteppedAttack):
         self._set_gradient_steps(gradient_steps)
 
     def init_state(self, x, x_start, key):
-        b, dev = x.shape[0], x.device
-        return {"eta": torch.full((b,), 2.0 * self.eps, device=dev),
+        b, dev, dt = x.shape[0], x.device, x.dtype  # step sizes and losses in x's float type
+        return {"eta": torch.full((b,), 2.0 * self.eps, device=dev, dtype=dt),
                 "x_prev": x_start.clone(), "x_max": x_start.clone(), "g_max": torch.zeros_like(x),
-                "f_max": torch.full((b,), -math.inf, device=dev),
-                "f_prev": torch.full((b,), -math.inf, device=dev),
-                "inc": torch.zeros(b, device=dev),
+                "f_max": torch.full((b,), -math.inf, device=dev, dtype=dt),
+                "f_prev": torch.full((b,), -math.inf, device=dev, dtype=dt),
+                "inc": torch.zeros(b, device=dev, dtype=dt),
                 # condition 2 cannot fire at the first checkpoint (reference: ones_like)
                 "reduced_last": torch.ones(b, dtype=torch.bool, device=dev),
-                "fmax_ckpt": torch.full((b,), -math.inf, device=dev),
+                "fmax_ckpt": torch.full((b,), -math.inf, device=dev, dtype=dt),
                 "last_ckpt": 0, "ckpts": apgd_checkpoints(self.steps)}
 
     def propose(self, state, idx, x_nat, x_cur, grad, loss, n, key):
         s = state
         loss = loss.to(s["f_max"].dtype)
         if n > 0:
-            s["inc"][idx] += (loss > s["f_prev"][idx]).float()
+            s["inc"][idx] += (loss > s["f_prev"][idx]).to(s["inc"].dtype)
         better = loss > s["f_max"][idx]
         bi = idx[better]
         s["f_max"][bi], s["x_max"][bi], s["g_max"][bi] = loss[better], x_cur[better], grad[better]

@@ -222,10 +222,14 @@ class CommonNoise:
         key: seed key of the stream (e.g. ``(*chunk_key, restart, "common")``).
         batch: B, images in the attacked batch (row indices given later are < B).
         device: where the noise is drawn.
+        dtype: the float type it is drawn in, that of the chains it feeds (float64 under
+            ``run.dtype``: drawn in float64 directly, since float32 normal draws differ
+            between CPU kernels).
     """
 
-    def __init__(self, key: tuple, batch: int, device: torch.device):
-        self.key, self.batch, self.device = tuple(key), int(batch), device
+    def __init__(self, key: tuple, batch: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32):
+        self.key, self.batch, self.device, self.dtype = tuple(key), int(batch), device, dtype
 
     def for_rows(self, idx: torch.Tensor, reps: int) -> RowNoise:
         """Noise for ``reps`` replicates of the images ``idx`` (long [b], positions in the
@@ -234,7 +238,8 @@ class CommonNoise:
 
         def noise(k: int, shape: torch.Size) -> torch.Tensor:
             g = make_generator(self.device, *self.key, reps, k)
-            z = torch.randn((reps, self.batch, *shape), generator=g, device=self.device)
+            z = torch.randn((reps, self.batch, *shape), generator=g, device=self.device,
+                            dtype=self.dtype)
             return z[:, idx].reshape(reps * len(idx), *shape)
 
         return noise

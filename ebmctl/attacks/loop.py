@@ -101,7 +101,9 @@ class SteppedAttack(Attack):
         self.energy_weight = float(energy_weight)
         self._rows: torch.Tensor | None = None  # alive images' positions, set by the loop
         self._noise_key: tuple | None = None
-        self._batch: tuple[int, torch.device] = (0, torch.device("cpu"))
+        #: (size, device, float type) of the batch being attacked, for its fixed noise
+        self._batch: tuple[int, torch.device, torch.dtype] = (0, torch.device("cpu"),
+                                                              torch.float32)
         if loss not in LOSSES:
             raise ConfigError(f"unknown attack.loss {loss!r}; choose from {', '.join(LOSSES)}")
         if smooth_temperature <= 0:
@@ -164,8 +166,8 @@ class SteppedAttack(Attack):
         None (fresh noise from the step's key)."""
         if not self.common_noise or self._noise_key is None or self._rows is None:
             return None
-        batch, device = self._batch
-        return CommonNoise((*self._noise_key, "common", tag), batch, device).for_rows(
+        batch, device, dtype = self._batch
+        return CommonNoise((*self._noise_key, "common", tag), batch, device, dtype).for_rows(
             self._rows, reps)
 
     def replicates(self, defense: Defense, x_adv: torch.Tensor, reps: int, key: tuple
@@ -182,8 +184,8 @@ class SteppedAttack(Attack):
         """H_def-averaged outputs [b,...] of candidates ``x_adv`` (batch positions ``rows``)
         with fresh noise, or with fixed noise under ``common_noise_defender``."""
         if self.common_noise_defender and defense.stochastic and self._noise_key is not None:
-            batch, device = self._batch
-            common = CommonNoise((*self._noise_key[:-1], "common-verify"), batch, device)
+            batch, device, dtype = self._batch
+            common = CommonNoise((*self._noise_key[:-1], "common-verify"), batch, device, dtype)
             return predict_with_noise(defense, x_adv, self.verify_reps, common, rows)
         return defense.predict(x_adv, self.verify_reps, (*key, "verify"))
 
@@ -245,7 +247,7 @@ class SteppedAttack(Attack):
     def run(self, defense: Defense, task: Task, x: torch.Tensor, y: torch.Tensor, key: tuple,
             progress: Callable[[int], None] | None = None) -> AttackOutcome:
         self.check_defense(defense)
-        self._batch = (x.shape[0], x.device)
+        self._batch = (x.shape[0], x.device, x.dtype)
         clean_out = defense.predict(x, self.verify_reps, (*key, "natural"))
         clean_score = task.score(clean_out, y).float()
         natural_ok = task.natural_ok(clean_score).clone()

@@ -73,13 +73,14 @@ class Square(SteppedAttack):
         g = make_generator(x.device, *key, "start", r)
         if self.norm == "linf":
             stripes = torch.randint(0, 2, (x.shape[0], x.shape[1], 1, x.shape[3]), generator=g,
-                                    device=x.device).float() * 2 - 1
+                                    device=x.device).to(x.dtype) * 2 - 1
             return (x + self.eps * stripes).clamp(0, 1)
         return super().start_point(x, r, key)
 
     def init_state(self, x, x_start, key):
         return {"best": x_start.clone(),
-                "f_best": torch.full((x.shape[0],), -math.inf, device=x.device)}
+                "f_best": torch.full((x.shape[0],), -math.inf, device=x.device,
+                                     dtype=x.dtype)}
 
     def propose(self, state, idx, x_nat, x_cur, grad, loss, n, key):
         s = state
@@ -98,11 +99,12 @@ class Square(SteppedAttack):
         window = ((rows >= r0.view(b, 1, 1)) & (rows < (r0 + side).view(b, 1, 1))
                   & (cols >= c0.view(b, 1, 1)) & (cols < (c0 + side).view(b, 1, 1)))
         window = window.unsqueeze(1)  # [B,1,H,W]
-        signs = torch.randint(0, 2, (b, c, 1, 1), generator=g, device=base.device).float() * 2 - 1
+        signs = torch.randint(0, 2, (b, c, 1, 1), generator=g,
+                              device=base.device).to(base.dtype) * 2 - 1
         if self.norm == "linf":
             cand = torch.where(window, x_nat + self.eps * signs, base)
         else:
             # δ so that one window can carry the whole budget: ε / side (per channel)
             delta = self.eps / (side * math.sqrt(c))
-            cand = base + window.float() * signs * delta * 2
+            cand = base + window.to(base.dtype) * signs * delta * 2
         return project(cand, x_nat, self.eps, self.norm)

@@ -11,11 +11,15 @@ def _norms(v: torch.Tensor) -> torch.Tensor:
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A uniform point of the ε-ball around the [0,1] images ``x`` [B,...] (ℓ2: a uniform
+    direction, radius ε·u), clamped to [0,1]. Drawn in ``x``'s float type, so a float64 run
+    never depends on float32 normal draws (which differ between CPU kernels)."""
+    kw = {"generator": generator, "device": x.device, "dtype": x.dtype}
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1
+        u = torch.rand(x.shape, **kw) * 2 - 1
         return (x + eps * u).clamp(0, 1)
-    r = torch.randn(x.shape, generator=generator, device=x.device)
-    u = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device)
+    r = torch.randn(x.shape, **kw)
+    u = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), **kw)
     return (x + eps * u * r / (_norms(r) + 1e-12)).clamp(0, 1)
 
 

@@ -69,7 +69,7 @@ def attack_cmd(
         ebm = Path(cfg["defense.ebm"])
     if defended and ebm is None:
         raise ConfigError("give --ebm FILE for the defended evaluation (or --undefended-only)")
-    dev = setup_device(cfg)
+    dev = setup_device(cfg, honours_dtype=True)  # run.dtype: models, images, chains
     from ebmctl.importers import resolve_model_argument
 
     # SOURCE[@WEIGHTS] (torchvision:NAME@FILE, ebm-defense:wrn@FILE, ...) is imported once

@@ -35,7 +35,7 @@ def _save_part(path: Path, outcome: AttackOutcome, meta: dict) -> None:
     tensors = {"natural_ok": outcome.natural_ok.to(torch.uint8),
                "robust_ok": outcome.robust_ok.to(torch.uint8),
                "clean_score": outcome.clean_score.float(),
-               "x_adv": outcome.x_adv.float().contiguous(),
+               "x_adv": outcome.x_adv.contiguous(),  # its own float type: resumes exactly
                "ok_by_step": outcome.ok_by_step.to(torch.uint8)}
     atomic_write_bytes(path, st_save(tensors, metadata={"ebmctl.part": json.dumps(meta)}))
 

@@ -42,8 +42,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     Args:
         model: a :func:`ebmctl.defend` result (its defense is attacked with ebmctl's attacks,
             inside the thesis' Alg. 1 loop) or any classifier taking [0,1] images (wrap one that
-            takes another range with ``ebmctl.defend(model, None, input_range=...)``).
-        x: images [N,C,H,W] in [0,1] pixel units (whatever the model's ``input_range``).
+            takes another range with ``ebmctl.defend(model, None, input_range=...)``). A
+            model converted with ``.double()`` (its EBM too: ``ebmctl.defend`` converts it) is
+            evaluated in float64, images, chains and attacks, whose results agree across CPUs
+            (the report's ``run.dtype``); any other model in float32.
+        x: images [N,C,H,W] in [0,1] pixel units (whatever the model's ``input_range``),
+            converted to the evaluation's float type.
         y: labels [N] (int64).
         attacks: registry names (``bpda-eot``, ``full-eot``, ``smooth-eot``, ``apgd-ce``,
             ``pgd``, ``square``, ``transfer``, ...; see ``ebmctl plugins``) or
@@ -84,7 +88,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     from ebmctl.plugins import get_registries
 
     defended = _as_defended(model)
-    x = _checked_images(x, y)
+    dtype = _model_dtype(defended)
+    x = _checked_images(x, y, dtype)
     if norm not in ("linf", "l2"):
         raise ConfigError(f"unknown norm {norm!r}; choose from linf, l2")
     if device is None:
@@ -93,7 +98,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     stochastic = defended.stochastic
     cfg = _profile(defended, task=task, norm=norm, eps=eps, steps=steps, step_size=step_size,
                    restarts=restarts, eot_reps=eot_reps, verify_reps=verify_reps, seeds=seeds,
-                   batch_size=batch_size, random_start=random_start)
+                   batch_size=batch_size, random_start=random_start,
+                   dtype="float64" if dtype == torch.float64 else "float32")
     task_obj = get_task(cfg)
     if attacks is None:
         attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if stochastic else "pgd"]
@@ -113,8 +119,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return _report(cfg, defended, task_obj, len(x), device, results, checks)
 
 
-def _checked_images(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x`` detached as float, after checking it is [N,C,H,W] in [0,1] with N = len(y) > 0.
+def _model_dtype(defended) -> torch.dtype:
+    """The float type the evaluation runs in: float64 when the model was converted with
+    ``.double()`` (then the EBM must be too: :func:`ebmctl.defend` converts it), else float32."""
+    p = next((p for p in defended.parameters() if p.is_floating_point()), None)
+    return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+
+
+def _checked_images(x: torch.Tensor, y: torch.Tensor,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``x`` detached as ``dtype``, after checking it is [N,C,H,W] in [0,1] with N = len(y) > 0.
 
     Raises:
         InputError: naming what is wrong.
@@ -124,7 +138,7 @@ def _checked_images(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if len(x) != len(y) or len(x) == 0:
         raise InputError(f"x and y must hold the same, non-zero number of images "
                          f"({len(x)} vs {len(y)})")
-    x = x.detach().float()
+    x = x.detach().to(dtype)
     if x.min() < 0 or x.max() > 1:
         raise InputError("x must be in [0,1] pixel units (ebmctl's eps and step size are too)")
     return x
@@ -133,7 +147,7 @@ def _checked_images(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _profile(defended, *, task: str, norm: str, eps: float, steps: int,
              step_size: float | None, restarts: int, eot_reps: int | None,
              verify_reps: int | None, seeds: Sequence[int], batch_size: int,
-             random_start: bool):
+             random_start: bool, dtype: str = "float32"):
     """The default profile with :func:`evaluate`'s arguments and the wrapper's defense settings
     on top (provenance "ebmctl.evaluate"), so the CLI's code reads them as it reads a
     profile."""
@@ -144,7 +158,7 @@ def _profile(defended, *, task: str, norm: str, eps: float, steps: int,
                   "attack.seeds": [int(s) for s in seeds], "attack.random_start": random_start,
                   "defense.steps": defended.steps, "defense.eot_reps": verify_reps or defended.reps,
                   "defense.average": defended.defense.average,
-                  "defense.clamp": defended.defense.clamp}
+                  "defense.clamp": defended.defense.clamp, "run.dtype": dtype}
     over["attack.eps" if norm == "linf" else "attack.eps_l2"] = eps
     if step_size is not None:
         over["attack.step_size" if norm == "linf" else "attack.step_size_l2"] = step_size

@@ -40,7 +40,7 @@ from ebmctl.attacks.base import (
     constructor_params,
 )
 from ebmctl.console import info, progress_bar
-from ebmctl.context import RunConfig, environment, get_task, load_dataset
+from ebmctl.context import RunConfig, environment, get_task, load_dataset, working_dtype
 from ebmctl.defense import Defense, DefenseConfig
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ConfigError
@@ -150,9 +150,11 @@ def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
 
 def build_defense(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device,
                   fixer: torch.nn.Module | None = None) -> Defense:
-    """:meth:`Defense.from_config` with the profile's ``[defense]`` and ``[langevin]``."""
+    """:meth:`Defense.from_config` with the profile's ``[defense]`` and ``[langevin]``, its
+    chains in ``run.dtype``."""
     return Defense.from_config(model, ebm, cfg.section(DefenseConfig),
-                               cfg.section(LangevinConfig), device, fixer)
+                               cfg.section(LangevinConfig), device, fixer,
+                               dtype=working_dtype(cfg))
 
 
 def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
@@ -164,7 +166,7 @@ def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
     from ebmctl.data_utils import pick_subset
 
     held = pick_subset(data, n)
-    return bundle, held.x, held.y
+    return bundle, held.x.to(working_dtype(cfg)), held.y
 
 
 def method_list(cfg: Config, method: str | None, defended: bool) -> list[str]:
@@ -511,9 +513,10 @@ def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device
     """Load the models, build every defense and attack, pick the images: every setting is
     checked before any work is done."""
     task = get_task(cfg)
-    model = TaskModel.load(model_path, device)
+    dtype = working_dtype(cfg)
+    model = TaskModel.load(model_path, device, dtype)
     model.check_task(task.name)
-    ebm = EnergyModel.load(ebm_path, device) if (defended and ebm_path) else None
+    ebm = EnergyModel.load(ebm_path, device, dtype) if (defended and ebm_path) else None
     if defended and ebm is None:
         raise ConfigError("a defended evaluation needs an EBM (--ebm FILE)")
     runs = plan_runs(cfg, model, ebm, device, undefended, defended, method, fixer_path)
@@ -552,7 +555,8 @@ def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, un
 
         runs.append(PlannedRun(
             "defended+fixer",
-            build_defense(cfg, model, ebm, device, fixer=load_fixer(fixer_path, device)),
+            build_defense(cfg, model, ebm, device,
+                          fixer=load_fixer(fixer_path, device, working_dtype(cfg))),
             [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     check_options_used(cfg, [a for _, _, attacks in runs for a in attacks])
     for _, defense, attacks in runs:  # e.g. attack.gradient_steps > defense.steps, before work
@@ -575,7 +579,7 @@ def _defense_settings(cfg: Config, device, ebm_path: Path | None,
     defense = cfg.section(DefenseConfig)
     return {"steps": defense.steps, "eot_reps": defense.eot_reps,
             # "auto" is bf16 on a CPU with native bf16 (and on CUDA): figures can move
-            "precision": cfg.section(LangevinConfig).precision_on(device),
+            "precision": cfg.section(LangevinConfig).precision_on(device, working_dtype(cfg)),
             "attack_eot_reps": cfg.section(AttackConfig).eot_reps, "average": defense.average,
             "ebm": str(ebm_path) if ebm_path else None,
             "fixer": str(fixer_path) if fixer_path else None}
@@ -646,9 +650,10 @@ def _save_adversarials(cfg, out: Path, report: AttackReport, x, y) -> str:
     for label, r in report.results.items():
         for name, a in r.attacks.items():
             for s in a.per_seed:
-                tensors[f"{label}.{name}.seed{s.seed}"] = s.x_adv.float().contiguous()
-        tensors[f"{label}.worst-case"] = r.x_adv.float().contiguous()
-    tensors["x_natural"], tensors["y"] = x.float().contiguous(), y.contiguous()
+                tensors[f"{label}.{name}.seed{s.seed}"] = s.x_adv.contiguous()
+        tensors[f"{label}.worst-case"] = r.x_adv.contiguous()
+    # in run.dtype (float32, or float64 for a reference run), as evaluated
+    tensors["x_natural"], tensors["y"] = x.contiguous(), y.contiguous()
     atomic_write_bytes(adv_path, st_save(tensors, metadata={
         "ebmctl.kind": "adversarials", "ebmctl.config": cfg.to_json()}))
     return str(adv_path)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ebmctl.config import AutoBool, AutoInt, setting
 from ebmctl.device import autocast, resolve_precision
-from ebmctl.errors import NumericalError
+from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.sampling import autotune, fastgrad
 from ebmctl.sampling.autotune import AUTO, CPU_BLOCK_ELEMENTS, cpu_block_rows  # noqa: F401
 
@@ -107,8 +107,19 @@ class LangevinConfig:
         """``chunk_size`` as a row count (``auto``: :data:`AUTO_CHUNK_ROWS`)."""
         return AUTO_CHUNK_ROWS if self.chunk_size == AUTO else int(self.chunk_size)
 
-    def precision_on(self, device: torch.device) -> str:
-        """``precision`` resolved on ``device`` (``auto`` picks bf16 where it pays)."""
+    def precision_on(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """``precision`` resolved on ``device`` (``auto`` picks bf16 where it pays) for chains in
+        ``dtype``: under float64 (``run.dtype``) ``fp32`` and ``auto`` both mean no autocast and
+        resolve to ``"fp64"``, so the chain stays in float64 on every machine.
+
+        Raises:
+            ConfigError: bf16 or fp16 with ``dtype`` float64.
+        """
+        if dtype == torch.float64:
+            if self.precision in ("bf16", "fp16"):
+                raise ConfigError(f"langevin.precision = {self.precision!r} cannot run under "
+                                  "run.dtype = 'float64'; set langevin.precision = fp32 or auto")
+            return "fp64"
         return resolve_precision(self.precision, device)
 
 
@@ -156,15 +167,24 @@ def _compiled_energy_and_grad(net: nn.Module, x: torch.Tensor, precision: str
         return energy_and_grad(net, x, precision)
 
 
+def chain_dtype(net: nn.Module) -> torch.dtype:
+    """The float type a chain on ``net`` runs in: float64 for a network whose parameters are
+    float64 (loaded under ``run.dtype = float64``, or converted with ``.double()``), else
+    float32 (reduced precision comes from autocast, never from the chain's own type)."""
+    p = next((p for p in net.parameters() if p.is_floating_point()), None)
+    return torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+
+
 def energy_and_grad(net: nn.Module, x: torch.Tensor, precision: str = "fp32",
                     create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies [B] and input gradients ∇_x U_net(x) (fp32) for a batch."""
+    """Energies [B] and input gradients ∇_x U_net(x) [B,...] of a batch ``x``, both in ``x``'s
+    dtype (float32, or float64 under ``run.dtype``) whatever ``precision`` computed them in."""
     with torch.enable_grad():
         xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
         with autocast(precision, x.device):
             energy = net(xg)
         (grad,) = torch.autograd.grad(energy.sum(), xg, create_graph=create_graph)
-    return energy.detach().float(), grad.float() if grad.dtype != torch.float32 else grad
+    return energy.detach().to(x.dtype), grad.to(x.dtype)
 
 
 def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSettings,
@@ -172,13 +192,14 @@ def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSett
              noise: Callable[[int], torch.Tensor] | None = None,
              callback: Callable[[int, torch.Tensor], None] | None = None,
              check_every: int = 50) -> torch.Tensor:
-    """Run ``steps`` Langevin steps from ``x`` (internal units). Returns the final state.
+    """Run ``steps`` Langevin steps from ``x`` (internal units). Returns the final state, in the
+    network's float type (:func:`chain_dtype`): float32, or float64 for a float64 network.
 
     ``noise(k)`` may supply the step-k noise (for common-noise experiments); otherwise it is
-    drawn from ``generator``.
+    drawn from ``generator`` in the chain's float type.
     """
     drift, scale = settings.drift, settings.eta * settings.tau
-    x = x.detach().float()
+    x = x.detach().to(chain_dtype(net))
     with frozen(net):
         # ``auto`` settings become one measured variant (cached per machine and EBM shape)
         variant = autotune.resolve(net, x, settings, lambda v: sampler_gradient(net, v),
