@@ -149,6 +149,26 @@ def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(digits_artifact
     assert lo <= d["adversarial"] <= hi and not math.isnan(lo)
 
 
+def test_the_eps0_control_runs_on_the_first_control_images_and_says_so(digits_artifacts,
+                                                                       tmp_path):
+    from ebmctl.evaluate.report import format_table
+
+    clf, ebm = digits_artifacts
+    sets = ["attack.n_images=8", "attack.batch_size=8", "attack.steps=2", "attack.eot_reps=2",
+            "attack.restarts=1", "defense.steps=2", "defense.eot_reps=2", "attack.seeds=0",
+            "attack.sanity_images=4", "attack.control_images=3", "run.device=cpu",
+            "langevin.precision=fp32"]
+    rep = run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"),
+                         tmp_path / "r.json", undefended=False)
+    control = rep["results"]["defended"]["eps0_control"]
+    assert control["n_images"] == 3 and len(control["per_image_robust"]) == 3
+    assert rep["results"]["defended"]["n_images"] == 8  # the headline keeps every image
+    row = next(r for r in format_table(rep) if "eps = 0 control" in r[1])
+    assert "first 3 images" in row[1]
+    mono = next(c for c in rep["sanity"]["checks"] if "does not rise" in c["check"])
+    assert mono["adversarial"][0] == sum(control["per_image_robust"]) / 3
+
+
 def test_a_radius_of_whole_255ths_is_printed_as_such():
     from ebmctl.units import format_radius
 

@@ -132,7 +132,11 @@ class AttackConfig:
     sanity: bool = setting(True, "run the sanity checks in every attack report")
     sanity_eps: float = setting(0.5, "large radius of the sanity check (linf; l2 uses it times "
                                 "sqrt(D))", minimum=0)
-    sanity_images: int = setting(50, "images of the large-radius sanity check", minimum=1)
+    sanity_images: int = setting(50, "images of the large-radius and half-radius sanity checks",
+                                 minimum=1)
+    control_images: int = setting(0, "images of the eps = 0 control, the first of the attacked "
+                                  "ones (0 = all); it reruns the whole attack at eps = 0, so "
+                                  "its cost scales with this number", minimum=0)
 
     @property
     def radius(self) -> float:

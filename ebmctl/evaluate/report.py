@@ -330,7 +330,11 @@ def _quick(cfg: Config, attack: Attack, defense: Defense, task, x, y, device, la
 def eps_zero_control(cfg: Config, label: str, defense: Defense, attacks: list[Attack], task,
                      x, y, device, seed: int) -> Eps0Control:
     """The first attack at ε = 0: nothing moves, so any image it "breaks" is broken by Alg. 1's
-    repeated stochastic verification alone. ``inflation`` = natural − ε0 accuracy."""
+    repeated stochastic verification alone. ``inflation`` = natural − ε0 accuracy, both on the
+    first ``attack.control_images`` images (0 = all of ``x``), with the attack's full schedule
+    (every step screens and verifies, so the control can still fail)."""
+    n = cfg.section(AttackConfig).control_images or len(x)
+    x, y = x[:n], y[:n]
     att = make_attack(cfg, attacks[0].name, defense.stochastic, eps=0.0, cls=type(attacks[0]))
     res = _quick(cfg, att, defense, task, x, y, device, f"{label}-eps0", seed)
     return Eps0Control(attack=att.name, seed=seed, n_images=len(x), natural=res.natural,
@@ -400,7 +404,8 @@ def _model_checks(cfg: Config, label: str, defense: Defense, attacks: list[Attac
                        cls=type(attacks[0]))
     at_half = _quick(cfg, half, defense, task, x[:n], y[:n], device, f"{label}-half-eps",
                      first.seed)
-    curve = [sum(control.per_image_robust[:n]) / n, at_half.adversarial,
+    m = min(n, control.n_images)  # the control may hold fewer images than the check
+    curve = [sum(control.per_image_robust[:m]) / m, at_half.adversarial,
              sum(first.robust_ok[:n]) / n]
     checks.append(SanityCheck(f"{label}: accuracy does not rise with eps ({attacks[0].name}, "
                               f"first {n} images, tolerance {tol})",
@@ -716,7 +721,9 @@ def format_table(report: dict) -> list[tuple[str, str, str, str, str]]:
                          "yes" if r["converged"] else "NOT converged"))
         c = r.get("eps0_control")
         if c is not None:
-            rows.append((label, f"eps = 0 control ({c['attack']}, seed {c['seed']})",
+            subset = (f", first {c['n_images']} images"
+                      if c["n_images"] < report.get("n_images", c["n_images"]) else "")
+            rows.append((label, f"eps = 0 control ({c['attack']}, seed {c['seed']}{subset})",
                          f"{c['natural']:.3f}",
                          format_accuracy(c["adversarial"], None, c["adversarial_ci"]),
                          f"inflation {c['inflation']:+.3f}"))
