@@ -56,7 +56,11 @@ def quickstart_cmd(
         info(f"using cached {clf_path}")
     if retrain or not ebm_path.exists():
         info(f"training the EBM -> {ebm_path}")
-        train_ebm(cfg, bundle, ebm_path, dev, resume=True)
+        # the health check also reports label survival, with the classifier just trained (a
+        # reading, not a setting of the EBM: the cache key above is computed without it)
+        health_cfg = cfg if cfg["train.health_classifier"] else cfg.with_overrides(
+            {"train.health_classifier": str(clf_path)}, "quickstart: the trained classifier")
+        train_ebm(health_cfg, bundle, ebm_path, dev, resume=True)
     else:
         info(f"using cached {ebm_path}")
     out = work / "report.json"
