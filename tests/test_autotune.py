@@ -80,6 +80,7 @@ def all_variants(explicit=True):
                 for b in (0, 8):
                     out.append(Variant(p, cl, b, g))
     out.append(Variant("fp32", True, 8, "explicit", threads=1))
+    out += [Variant(p, False, b, "dense") for p in ("fp32", "bf16") for b in (0, 8)]
     return out
 
 
@@ -146,6 +147,29 @@ def test_explicit_gradient_when_the_last_layer_does_not_cover_the_map():
         _, g_ref = energy_and_grad(net, x)
         g = fastgrad.ExplicitGrad(net)(x)
     assert torch.allclose(g, g_ref, rtol=1e-5, atol=1e-9)
+
+
+def test_dense_lowering_matches_autograd_and_follows_weight_changes():
+    """Layers on small maps as matrix products (8x8: the first layer's input gradient and the
+    4x4 -> 2x2 layer); the matrices are rebuilt when an optimiser step changes the weights."""
+    net, x = ebm(8, 1, 8), batch(6)
+    assert fastgrad.dense_applies(net, (1, 8, 8))
+    assert not fastgrad.dense_applies(ebm(32, 3, 32), (3, 32, 32))
+    lowered = fastgrad.dense_layers([(c.weight.shape, c.stride, c.padding)
+                                     for c in list(net.net)[0:-1:2]], (1, 8, 8))
+    assert [(f, b) for f, b, _ in lowered] == [(False, True), (False, False), (True, True)]
+    dense = fastgrad.ExplicitGrad(net, dense=True)
+    with frozen(net):
+        _, ref = energy_and_grad(net, x)
+        assert torch.allclose(dense(x), ref, rtol=1e-5, atol=1e-8)
+    with torch.no_grad():
+        net.net[4].weight.mul_(1.5)  # in place, as an optimiser step: a new version
+    with frozen(net):
+        _, ref = energy_and_grad(net, x)
+        assert torch.allclose(fastgrad.ExplicitGrad(net, dense=True)(x), ref, rtol=1e-5,
+                              atol=1e-8)
+    with pytest.raises(ValueError):
+        fastgrad.ExplicitGrad(net, channels_last=True, dense=True)
 
 
 def test_smooth_and_other_networks_stay_on_autograd():

@@ -5,7 +5,9 @@ A *variant* is how one gradient evaluation of the sampler runs: precision (fp32,
 autocast), memory layout (NCHW or channels_last), rows per gradient evaluation (``block_rows``,
 0 = the whole batch), how the input gradient is computed (``autograd``, or ``explicit``: one
 forward pass keeping the activation masks and one transposed pass, for piecewise-linear EBMs,
-:mod:`ebmctl.sampling.fastgrad`), and on CUDA ``compile`` / a captured CUDA ``graph``.
+:mod:`ebmctl.sampling.fastgrad`; ``dense``: the same with small-map layers as matrix
+products), one intra-op thread instead of the process's (``threads``), and on CUDA
+``compile`` / a captured CUDA ``graph``.
 
 :func:`resolve` turns a sampler's settings into one variant. Every setting given explicitly is
 kept exactly (an explicit ``channels_last = False`` is never replaced); only the ``auto`` ones
@@ -44,10 +46,11 @@ import torch
 from torch import nn
 
 from ebmctl.device import autotune_enabled, cpu_has_native_bf16, fixed_precision
+from ebmctl.sampling import fastgrad
 
 AUTO = "auto"
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
-GRADS = ("autograd", "explicit")
+GRADS = ("autograd", "explicit", "dense")
 #: a bf16/fp16 candidate must give every row a drift with this cosine to fp32's drift
 REDUCED_MIN_COSINE = 0.99
 #: reduced precision must beat the best fp32 variant by this factor (it costs accuracy)
@@ -499,6 +502,7 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
     layouts = [request.channels_last] if request.channels_last is not None else (
         [False, True] if x.dim() == 4 else [False])
     grads = ["autograd"] + (["explicit"] if explicit_ok else [])
+    dense_ok = explicit_ok and x.dim() == 4 and fastgrad.dense_applies(net, tuple(x.shape[1:]))
     compiles = ([request.compile] if request.compile is not None else
                 ([False, True] if cuda else [False]))
     base_precision = request.precision or ("fp64" if x.dtype == torch.float64 else "fp32")
@@ -516,6 +520,8 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
                 cands.append(Variant(base_precision, cl, ref_block, g, comp))
                 if cuda and g == "explicit":
                     cands.append(Variant(base_precision, cl, ref_block, g, False, True))
+    if dense_ok and False in layouts:  # the dense lowering runs on NCHW rows
+        cands.append(Variant(base_precision, False, ref_block, "dense"))
     rates = timer.run([(v, rows_for(v.block_rows)) for v in cands])
     if not rates:
         raise RuntimeError("no sampler variant could run: " + json.dumps(timer.table))
@@ -565,14 +571,15 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
         cands = []
         for p in reduced:
             for cl in layouts:
-                v = replace(best, precision=p, channels_last=cl, graph=False)
+                v = replace(best, precision=p, channels_last=cl and best.grad != "dense",
+                            graph=False)
                 try:
                     cos = drift_cosine_min(build, sample, v)
                 except Exception as exc:  # e.g. no bf16 kernels on this device
                     timer.table[v.name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
                     continue
                 accuracy[v.name] = round(cos, 6)
-                if cos >= REDUCED_MIN_COSINE:
+                if cos >= REDUCED_MIN_COSINE and v not in cands:
                     cands.append(v)
                 else:
                     timer.table[v.name] = {"drift_cosine_min": round(cos, 6),
@@ -626,7 +633,7 @@ def resolve(net: nn.Module, x: torch.Tensor, settings, build: Builder, *,
         entries = load_cache(x.device)
         if key in entries:
             v = _entry_variant(entries[key], request, cache_file(x.device))
-            if v is not None and v.grad == "explicit" and not explicit_ok:
+            if v is not None and v.grad != "autograd" and not explicit_ok:
                 v = None
         if v is not None:
             _record(v, "cache", x)

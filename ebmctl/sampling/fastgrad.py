@@ -23,11 +23,22 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from ebmctl.nn.ebm import LightweightEBM
 
 #: precision name → compute dtype of the explicit gradient (fp32/fp64: the network's own dtype)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: dense lowering: a layer becomes one matrix product when its matrix (inputs × outputs) has
+#: at most this many entries (4 MiB in fp32) ...
+DENSE_MAX_ENTRIES = 1 << 20
+#: ... and no more multiply-adds than this factor times the convolution's (small maps: the
+#: padded 4x4 stride-2 layer from 4x4 to 2x2 is exactly as much work as its matrix); the first
+#: layer's input gradient (a transposed convolution to 1–3 channels, which convolution kernels
+#: handle poorly) is lowered on the size bound alone
+DENSE_MAX_RATIO = 1.5
+#: lowered matrices per convolution weight, rebuilt when the weight changes (its version)
+_DENSE = WeakTensorKeyDictionary()  # (tensors compare elementwise: not a WeakKeyDictionary)
 
 
 def _slope(act: nn.Module) -> float | None:
@@ -71,13 +82,26 @@ class ExplicitGrad:
     the gradient [B,C,H,W] in ``x``'s dtype and memory layout (``energy=True``: also the
     energies [B] in ``x``'s dtype).
 
+    With ``dense`` (NCHW only) layers on small maps run as one matrix product each (the
+    convolution written out as a matrix, see :data:`DENSE_MAX_ENTRIES`): on 8×8 inputs the
+    convolution kernels' per-call overhead and poor shapes cost more than the dense product's
+    extra zeros. The matrices are built from the weights on first use and kept while the
+    weights are unchanged.
+
     Raises:
-        ValueError: ``net`` is not supported (check :func:`supports` first).
+        ValueError: ``net`` is not supported (check :func:`supports` first), or ``dense``
+            with ``channels_last``.
     """
 
-    def __init__(self, net: nn.Module, precision: str = "fp32", channels_last: bool = False):
+    def __init__(self, net: nn.Module, precision: str = "fp32", channels_last: bool = False,
+                 dense: bool = False):
         if not supports(net):
             raise ValueError("ExplicitGrad needs a plain LeakyReLU/ReLU LightweightEBM")
+        if dense and channels_last:
+            raise ValueError("the dense lowering works on NCHW rows only")
+        self.dense = dense
+        self.sources = [c.weight for c in list(net.net)[0:-1:2]]
+        self.plans: dict[tuple, list] = {}
         layers = list(net.net)
         param = next(net.parameters())
         self.dtype = _DTYPES.get(precision, param.dtype)
@@ -94,15 +118,43 @@ class ExplicitGrad:
         last = layers[-1]
         self.last = (prep(last.weight), prep(last.bias), last.stride, last.padding)
 
+    def _plan(self, shape: tuple) -> list:
+        """Per layer: (dense forward matrix and bias, or None; dense input-gradient matrix, or
+        None; output shape) for rows of ``shape`` (C,H,W)."""
+        plan = self.plans.get(shape)
+        if plan is not None:
+            return plan
+        plan, in_shape = [], shape
+        lowered = dense_layers([(w.shape, stride, padding) for w, _, stride, padding, _ in
+                                self.layers], shape)
+        for (w, b, stride, padding, _), src, (fwd, bwd, out_shape) in zip(
+                self.layers, self.sources, lowered):
+            mats = _dense_matrix(src, w, stride, padding, in_shape) if (fwd or bwd) else None
+            bias = None
+            if fwd and b is not None:
+                bias = b.repeat_interleave(out_shape[1] * out_shape[2])  # NCHW: channel-major
+            plan.append(((mats[0], bias) if fwd else None, mats[1] if bwd else None, out_shape))
+            in_shape = out_shape
+        self.plans[shape] = plan
+        return plan
+
     def __call__(self, x: torch.Tensor, energy: bool = False):
         h = x if x.dtype == self.dtype else x.to(self.dtype)
+        plan = self._plan(tuple(x.shape[1:])) if self.dense else [(None, None, None)] * len(
+            self.layers)
         kept = []
-        for w, b, stride, padding, slope in self.layers:
+        for (w, b, stride, padding, slope), (fwd, bwd, out_shape) in zip(self.layers, plan):
             inp = h
-            h = F.conv2d(h, w, b, stride, padding)
+            if fwd is not None:
+                m, bias = fwd
+                flat = h.reshape(h.shape[0], -1)
+                h = (torch.addmm(bias, flat, m) if bias is not None else flat @ m).view(
+                    h.shape[0], *out_shape)
+            else:
+                h = F.conv2d(h, w, b, stride, padding)
             # in place: the output is kept anyway (its sign is the mask), so no second buffer
             h = torch.relu_(h) if slope == 0.0 else F.leaky_relu_(h, slope)
-            kept.append((inp, w, stride, padding, slope, h))
+            kept.append((inp, w, stride, padding, slope, h, bwd))
         wl, bl, sl, pl = self.last
         out_hw = ((h.shape[-2] + 2 * pl[0] - wl.shape[-2]) // sl[0] + 1,
                   (h.shape[-1] + 2 * pl[1] - wl.shape[-1]) // sl[1] + 1)
@@ -116,13 +168,66 @@ class ExplicitGrad:
         e = None
         if energy:
             e = F.conv2d(h, wl, bl, sl, pl).flatten(1).sum(1).to(x.dtype)
-        for inp, w, stride, padding, slope, out in reversed(kept):
+        for inp, w, stride, padding, slope, out, bwd in reversed(kept):
             g = torch.ops.aten.leaky_relu_backward(g, out, slope, True)
-            g = torch.ops.aten.convolution_backward(
-                g, inp, w, None, stride, padding, (1, 1), False, (0, 0), 1,
-                (True, False, False))[0]
+            if bwd is not None:
+                g = torch.mm(g.reshape(g.shape[0], -1), bwd).view(inp.shape)
+            else:
+                g = torch.ops.aten.convolution_backward(
+                    g, inp, w, None, stride, padding, (1, 1), False, (0, 0), 1,
+                    (True, False, False))[0]
         g = g if g.dtype == x.dtype else g.to(x.dtype)
         return (e, g) if energy else g
+
+
+def dense_layers(convs: list[tuple], shape: tuple) -> list[tuple[bool, bool, tuple]]:
+    """For convolutions given as (weight shape, stride, padding) applied in turn to rows of
+    ``shape`` (C,H,W): per layer (forward lowered, input gradient lowered, output shape) under
+    the bounds :data:`DENSE_MAX_ENTRIES` and :data:`DENSE_MAX_RATIO`."""
+    out, in_shape = [], tuple(shape)
+    for i, (wshape, stride, padding) in enumerate(convs):
+        ho = (in_shape[1] + 2 * padding[0] - wshape[2]) // stride[0] + 1
+        wo = (in_shape[2] + 2 * padding[1] - wshape[3]) // stride[1] + 1
+        n_in = in_shape[0] * in_shape[1] * in_shape[2]
+        n_out = wshape[0] * ho * wo
+        macs = n_out * wshape[1] * wshape[2] * wshape[3]
+        fwd = n_in * n_out <= min(DENSE_MAX_ENTRIES, DENSE_MAX_RATIO * macs)
+        bwd = n_in * n_out <= DENSE_MAX_ENTRIES and (fwd or i == 0)
+        out.append((fwd, bwd, (wshape[0], ho, wo)))
+        in_shape = (wshape[0], ho, wo)
+    return out
+
+
+def dense_applies(net: nn.Module, shape: tuple) -> bool:
+    """True when the dense lowering would change any layer of ``net`` (:func:`supports` must
+    hold) for rows of ``shape`` (C,H,W)."""
+    convs = [(c.weight.shape, c.stride, c.padding) for c in list(net.net)[0:-1:2]]
+    return any(f or b for f, b, _ in dense_layers(convs, shape))
+
+
+def _dense_matrix(src: torch.Tensor, w: torch.Tensor, stride, padding, in_shape: tuple
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, Mᵀ) of the convolution with weight ``w`` on rows of ``in_shape``: x.flatten() @ M
+    equals conv2d(x).flatten() without bias (NCHW order). Built by convolving the one-hot
+    basis, so its entries are the weights themselves; cached per ``src`` parameter and its
+    version (an optimiser step changes the version)."""
+    key = (src._version, w.dtype, w.device, tuple(in_shape), tuple(stride), tuple(padding))
+    hit = _DENSE.get(src)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    n = in_shape[0] * in_shape[1] * in_shape[2]
+    rows = []
+    for start in range(0, n, 256):  # the one-hot basis in slices: memory ~256 rows at a time
+        k = min(256, n - start)
+        basis = torch.zeros((k, n), dtype=w.dtype, device=w.device)
+        basis[torch.arange(k, device=w.device), torch.arange(start, start + k,
+                                                             device=w.device)] = 1
+        rows.append(F.conv2d(basis.view(k, *in_shape), w.contiguous(), None, stride,
+                             padding).reshape(k, -1))
+    m = torch.cat(rows).contiguous()
+    mats = (m, m.t().contiguous())
+    _DENSE[src] = (key, mats)
+    return mats
 
 
 class CudaGraphGrad:
@@ -131,8 +236,8 @@ class CudaGraphGrad:
     ``fn`` must be free of host synchronisation and allocation-dependent control flow (the
     explicit gradient is: a fixed sequence of kernels). One graph is captured per input shape
     and layout on first use; calling copies ``x`` into the static input, replays, and returns
-    the static output, which the next call overwrites (the sampler consumes it at once).
-    Capture failures fall back to ``fn`` for good, with one warning.
+    a copy of the static output (blocks of one shape share a graph, so the output must not
+    alias it). Capture failures fall back to ``fn`` for good, with one warning.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -157,7 +262,7 @@ class CudaGraphGrad:
         graph, static_x, static_g = entry
         static_x.copy_(x)
         graph.replay()
-        return static_g
+        return static_g.clone()
 
     def _capture(self, x: torch.Tensor) -> tuple:
         static_x = x.clone()

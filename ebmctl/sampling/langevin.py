@@ -232,8 +232,9 @@ def sampler_gradient(net: nn.Module, variant: "autotune.Variant"
     in the rows' dtype and layout (a fresh tensor the caller may overwrite). Rows are
     independent, so evaluating them in blocks of ``variant.block_rows`` changes nothing but
     rounding."""
-    if variant.grad == "explicit":
-        one = fastgrad.ExplicitGrad(net, variant.precision, variant.channels_last)
+    if variant.grad in ("explicit", "dense"):
+        one = fastgrad.ExplicitGrad(net, variant.precision, variant.channels_last,
+                                    dense=variant.grad == "dense")
         if variant.graph:
             one = fastgrad.CudaGraphGrad(one)
     else:
