@@ -84,8 +84,8 @@ def tuned_settings(device: torch.device, precision: str = AUTO,
 def sampler_variants(device: torch.device, net: nn.Module | None = None,
                      x: torch.Tensor | None = None) -> dict[str, LangevinSettings]:
     """Named settings to compare with ``--all-variants``: concrete variants (NCHW and
-    channels_last, autograd and, for a piecewise-linear EBM, the explicit gradient, whole batch
-    and the fixed rule's CPU blocks; bf16 where the hardware has it; compile and CUDA graphs on
+    channels_last, autograd and, for a piecewise-linear EBM, the explicit gradient and on
+    small maps its dense lowering, whole batch and the fixed rule's CPU blocks; bf16 where the hardware has it; compile and CUDA graphs on
     CUDA), plus ``auto`` (the tuner's choice)."""
     cuda = device.type == "cuda"
     block = 0 if (x is None or net is None) else autotune.cpu_block_rows(
@@ -94,9 +94,10 @@ def sampler_variants(device: torch.device, net: nn.Module | None = None,
     grads = ["autograd"] + (["explicit"] if explicit else [])
     precisions = ["fp32"] + (["bf16"] if cuda or cpu_has_native_bf16() else [])
     found: list[Variant] = []
+    dense = explicit and x is not None and fastgrad.dense_applies(net, tuple(x.shape[1:]))
     for p in precisions:
         for cl in (False, True):
-            for g in grads:
+            for g in grads + (["dense"] if dense and not cl else []):
                 for b in dict.fromkeys((0, block)):
                     found.append(Variant(p, cl, b, g))
     if cuda:
