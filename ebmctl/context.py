@@ -34,8 +34,8 @@ class RunConfig:
     threads: int = setting(0, "CPU threads (0 = torch default)", minimum=0)
     dtype: str = setting("float32", "float32 | float64 (`ebmctl attack` and ebmctl.evaluate): "
                          "float64 runs models, images and Langevin chains in float64, so results "
-                         "agree across CPUs to ~1e-12 (reference runs and tests; several times "
-                         "slower)", choices=tuple(DTYPES))
+                         "agree across CPUs to ~1e-12 (reference runs and tests; 4-12x slower "
+                         "on CPU)", choices=tuple(DTYPES))
     out_dir: str = setting("runs", "where commands write artifacts and reports")
 
 
@@ -95,9 +95,9 @@ def setup_device(cfg: Config, *, honours_dtype: bool = False) -> torch.device:
 
 def working_dtype(cfg: Config) -> torch.dtype:
     """The float type ``run.dtype`` names: what an attack evaluation loads its models in,
-    converts its images to and runs its Langevin chains in. float64 makes every decision
-    (argmax, gradient sign, broken or robust) the same on every CPU, since float64 kernels agree
-    to ~1e-12, far inside the margins of those decisions.
+    converts its images to and runs its Langevin chains in. Under float64 the CPU kernels of
+    different machines agree to ~1e-12, so a decision (argmax, gradient sign, broken or robust)
+    can differ only where its margin is below that: in practice never.
 
     Raises:
         ConfigError: float64 with ``langevin.precision`` = bf16 | fp16, which would run the
