@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
 import warnings
 import weakref
@@ -385,14 +386,26 @@ def _layout(x: torch.Tensor, v: Variant) -> torch.Tensor:
         v.channels_last and x.dim() == 4) else x.contiguous()
 
 
+@dataclass
+class _Samples:
+    """Per-round rows/s of one candidate: by wall-clock time and by this process's CPU time."""
+
+    wall: list[float]
+    cpu: list[float]
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.wall) if self.wall else 0.0
+
+
 class _Timer:
-    """Interleaved timing of candidate gradient functions on given rows (rows/s of the best
-    round), within a wall-clock budget."""
+    """Interleaved timing of candidate gradient functions on given rows, within a wall-clock
+    budget: every round times each candidate once, so candidates of one round share the
+    machine's load."""
 
     def __init__(self, x: torch.Tensor, build: Builder, deadline: float):
         self.x, self.build, self.deadline = x, build, deadline
         self.table: dict[str, dict] = {}
-        self.best: dict[Variant, float] = {}
 
     def over(self) -> bool:
         return time.perf_counter() > self.deadline
@@ -413,11 +426,11 @@ class _Timer:
         return fn, xs, warm, once
 
     def run(self, cands: list[tuple[Variant, int]], rounds: int = ROUNDS,
-            give_up_vs: float | None = None) -> dict[Variant, float]:
-        """rows/s of each (variant, rows) candidate. A candidate whose single call is slower
-        per row than ``give_up_vs`` rows/s by 2× is dropped after its warm-up."""
+            give_up_vs: float | None = None) -> dict[Variant, _Samples]:
+        """Per-round rows/s of each (variant, rows) candidate. A candidate whose single call is
+        slower per row than ``give_up_vs`` rows/s by 2× is dropped after its warm-up."""
         live = []
-        for v, rows in cands:
+        for v, rows in dict.fromkeys(cands):
             try:
                 fn, xs, warm, once = self._prepare(v, rows)
             except Exception as exc:  # a variant that cannot run here is not a candidate
@@ -430,27 +443,45 @@ class _Timer:
                 self.table[v.name]["dropped"] = "over 2x slower on its first calls"
                 continue
             reps = max(1, math.ceil(MIN_SAMPLE_S / once))
-            live.append((v, rows, fn, xs, reps, []))
+            live.append((v, rows, fn, xs, reps, _Samples([], [])))
         for r in range(rounds):
             if r >= 2 and self.over():
                 break
             for v, rows, fn, xs, reps, samples in live:
                 _sync(xs.device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(reps):
                     fn(xs)
                 _sync(xs.device)
-                samples.append(rows * reps / (time.perf_counter() - t0))
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                samples.wall.append(rows * reps / wall)
+                samples.cpu.append(rows * reps / max(cpu, 1e-9))
         out = {}
         for v, rows, fn, xs, reps, samples in live:
-            # the best round: other processes only ever slow a sample down, so the fastest
-            # of the interleaved rounds is the steadiest estimate on a shared machine
-            rate = max(samples) if samples else rows / 1e9
-            out[v] = rate
-            # a candidate timed again (as the next stage's incumbent) keeps its best figure
-            self.best[v] = max(rate, self.best.get(v, 0.0))
-            self.table[v.name]["rows_per_s"] = round(self.best[v], 1)
-        return {v: self.best[v] for v in out}
+            out[v] = samples
+            self.table[v.name].update(rows_per_s=round(samples.rate, 1),
+                                      rows_per_cpu_s=round(statistics.median(samples.cpu), 1))
+        return out
+
+
+def _pick(stats: dict[Variant, _Samples], incumbent: Variant, gain: float = MIN_GAIN,
+          cpu_check: bool = True) -> Variant:
+    """The challenger whose wall-clock rate, as the median over rounds of its ratio to the
+    incumbent's in the same round, is highest and at least ``gain``; with ``cpu_check`` its
+    CPU-time rate must not be lower either (the two agree when the gain is real; a round in
+    which the incumbent waited for a core inflates only the first). Else the incumbent."""
+    if incumbent not in stats:
+        return max(stats, key=lambda v: stats[v].rate)
+    inc = stats[incumbent]
+    best, best_ratio = incumbent, gain
+    for v, st in stats.items():
+        if v == incumbent or not st.wall:
+            continue
+        wall = statistics.median(a / b for a, b in zip(st.wall, inc.wall))
+        cpu = statistics.median(a / b for a, b in zip(st.cpu, inc.cpu))
+        if wall >= best_ratio and (cpu >= 1.0 or not cpu_check):
+            best, best_ratio = v, wall
+    return best
 
 
 def _load_average() -> list[float] | None:
@@ -469,14 +500,6 @@ def drift_cosine_min(build: Builder, x: torch.Tensor, v: Variant) -> float:
     return torch.nn.functional.cosine_similarity(ref, got, dim=1, eps=1e-30).min().item()
 
 
-def _pick(rates: dict[Variant, float], incumbent: Variant, gain: float = MIN_GAIN) -> Variant:
-    """The fastest candidate if it beats ``incumbent`` by ``gain``, else ``incumbent``."""
-    best = max(rates, key=rates.get)
-    if incumbent in rates and rates[best] < gain * rates[incumbent]:
-        return incumbent
-    return best
-
-
 def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
          explicit_ok: bool, budget_s: float = TUNE_BUDGET_S) -> tuple[Variant, dict]:
     """Measure candidates for the free settings of ``request`` on the rows of ``x`` and
@@ -485,8 +508,9 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
 
     Stages: layout × gradient method at a reference block; then rows per block; then one
     thread (CPU); then reduced precision (bf16, and fp16 on CUDA) where it passes the drift
-    check. Each candidate's figure is its best interleaved round; a stage keeps its incumbent
-    (first the fixed rules' variant) unless a challenger is :data:`MIN_GAIN` faster."""
+    check. Every stage times its incumbent (first the fixed rules' variant) in the same rounds
+    as its challengers and keeps it unless a challenger is :data:`MIN_GAIN` faster by the
+    median of per-round ratios, wall-clock and CPU time agreeing (:func:`_pick`)."""
     start = time.perf_counter()
     dev, rows = x.device, int(x.shape[0])
     timer = _Timer(x, build, start + budget_s)
@@ -533,7 +557,7 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
     def block_stage(best: Variant) -> Variant:
         if blocks_fixed or _rows_interact(net) or timer.over():
             return best
-        per_row = 1.0 / rates[best]
+        per_row = 1.0 / max(rates[best].rate, 1e-9)
         sizes = [b for b in BLOCK_CANDIDATES if b < rows and b * per_row <= MAX_CALL_S]
         if cuda:
             sizes = [b for b in sizes if b >= 256]
@@ -541,11 +565,10 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
             sizes.append(rows)  # the whole batch
         cands = [replace(best, block_rows=block_of(b)) for b in sizes]
         cands = [v for v in dict.fromkeys(cands) if v != best]
-        more = timer.run([(v, rows_for(v.block_rows)) for v in cands])
-        rates.update(more)
-        if not more:
+        if not cands:
             return best
-        more[best] = rates[best]
+        more = timer.run([(v, rows_for(v.block_rows)) for v in [best, *cands]])
+        rates.update(more)
         return _pick(more, best)
 
     best = block_stage(best)
@@ -554,10 +577,10 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
     # than the second core gives)
     if not cuda and torch.get_num_threads() > 1 and not timer.over():
         one = replace(best, threads=1)
-        more = timer.run([(one, rows_for(one.block_rows)), (best, rows_for(best.block_rows))])
+        more = timer.run([(best, rows_for(best.block_rows)), (one, rows_for(one.block_rows))])
         rates.update(more)
-        if one in more and best in more and more[one] > THREADS_MIN_GAIN * more[best]:
-            best = one
+        # wall time only: one thread always spends less CPU time per row
+        best = _pick(more, best, THREADS_MIN_GAIN, cpu_check=False)
 
     # stage 4: reduced precision, only where it agrees with fp32 and clearly wins
     if request.precision is None and base_precision == "fp32" and not timer.over():
@@ -579,23 +602,25 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
                     timer.table[v.name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
                     continue
                 accuracy[v.name] = round(cos, 6)
-                if cos >= REDUCED_MIN_COSINE and v not in cands:
-                    cands.append(v)
+                if cos >= REDUCED_MIN_COSINE:
+                    if v not in cands:
+                        cands.append(v)
                 else:
                     timer.table[v.name] = {"drift_cosine_min": round(cos, 6),
                                            "dropped": f"drift cosine < {REDUCED_MIN_COSINE}"}
         if cands:
             # one slow first call (e.g. a kernel without a native path) drops a candidate
-            more = timer.run([(v, rows_for(v.block_rows)) for v in cands],
-                             give_up_vs=rates[best])
-            for v in more:
-                timer.table[v.name]["drift_cosine_min"] = accuracy.get(v.name)
+            more = timer.run([(v, rows_for(v.block_rows)) for v in [best, *cands]],
+                             give_up_vs=rates[best].rate)
+            for v in cands:
+                if v in more:
+                    timer.table[v.name]["drift_cosine_min"] = accuracy.get(v.name)
             rates.update(more)
-            if more and max(more.values()) >= REDUCED_MIN_GAIN * rates[best]:
-                best = max(more, key=more.get)
-                best = block_stage(best)
+            reduced_best = _pick(more, best, REDUCED_MIN_GAIN)
+            if reduced_best != best:
+                best = block_stage(reduced_best)
     report = {"candidates": timer.table, "chosen": best.name,
-              "rows_per_s": round(rates.get(best, 0.0), 1),
+              "rows_per_s": round(rates[best].rate if best in rates else 0.0, 1),
               "tune_seconds": round(time.perf_counter() - start, 2),
               "rows": rows, "cpu_native_bf16": cpu_has_native_bf16(),
               "threads": torch.get_num_threads(), "load_average": _load_average()}
