@@ -34,7 +34,7 @@ def test_profile_layers_and_fraction():
     cfg = resolve("quick", ["attack.eps=8/255", "attack.seeds=1,2,3"])
     assert cfg["attack.eps"] == pytest.approx(8 / 255)
     assert cfg["attack.seeds"] == [1, 2, 3]
-    assert cfg["train.steps"] == 300  # from the profile file
+    assert cfg["train.steps"] == 600  # from the profile file
     assert cfg.provenance["attack.eps"] == "--set"
     assert cfg.provenance["train.steps"].startswith("profile")
     assert cfg.provenance["model.depth"] == "default"

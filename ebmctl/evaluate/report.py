@@ -721,8 +721,9 @@ def format_table(report: dict) -> list[tuple[str, str, str, str, str]]:
                          "yes" if r["converged"] else "NOT converged"))
         c = r.get("eps0_control")
         if c is not None:
-            subset = (f", first {c['n_images']} images"
-                      if c["n_images"] < report.get("n_images", c["n_images"]) else "")
+            n_control = c.get("n_images")  # absent from reports written before it was kept
+            subset = (f", first {n_control} images"
+                      if n_control and n_control < report.get("n_images", n_control) else "")
             rows.append((label, f"eps = 0 control ({c['attack']}, seed {c['seed']}{subset})",
                          f"{c['natural']:.3f}",
                          format_accuracy(c["adversarial"], None, c["adversarial_ci"]),
