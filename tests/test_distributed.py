@@ -103,7 +103,8 @@ def test_both_launcher_names_run_the_cli(module, tmp_path):
 
 TINY_EBM = ["train.steps=4", "train.checkpoint_every=2", "train.mcmc_steps=3",
             "train.batch_size=8", "train.bank_size=16", "ebm.channels=4",
-            "langevin.precision=fp32", "train.log_every=1", "output.grid_every=1000"]
+            "langevin.precision=fp32", "train.log_every=1", "output.grid_every=1000",
+            "train.bank_init=uniform"]  # the noise bank the shard tests rebuild (quick's is data)
 
 
 @pytest.mark.parametrize("n,shards", [(16, 2), (17, 3), (1500, 4), (5, 5)])

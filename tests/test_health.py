@@ -95,7 +95,7 @@ def test_convergent_trainer_runs_the_same_check_and_checks_the_classifier_path_f
     sets = ["run.threads=1", "data.max_train=48", "train.steps=1", "train.mcmc_steps=2",
             "train.batch_size=8", "train.bank_size=16", "ebm.channels=4", "train.log_every=1",
             "langevin.precision=fp32", "output.grid_every=1000", "train.health_chains=8",
-            "defense.steps=30"]
+            "defense.steps=30", "train.health_horizon=0"]  # 0: the default, max(10·K, K_def)
     argv = ["train", "ebm", "--profile", "quick", *[a for s in sets for a in ("--set", s)]]
     out = tmp_path / "e.safetensors"
     r = run_cli(argv + ["--out", out])
