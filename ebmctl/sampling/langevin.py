@@ -210,7 +210,10 @@ def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSett
         for k in range(steps):
             # in place on the step's own buffers, in the order of x − drift·∇U + scale·z (the
             # same roundings, one allocation fewer per term); caller-given noise is not touched
-            x = x - step_grad(x).mul_(drift)
+            grad = step_grad(x)
+            # autograd may hand back a broadcast (stride-0) gradient, e.g. for an energy linear
+            # in x: scale that one out of place
+            x = x - (grad.mul_(drift) if _dense(grad) else grad * drift)
             if noise is not None:
                 x = x + scale * noise(k)
             else:
@@ -224,6 +227,11 @@ def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSett
     if not torch.isfinite(x).all():
         raise NumericalError("Langevin chain produced NaN/Inf; lower langevin.tau or check the EBM")
     return x.contiguous()
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` owns one element per index (no broadcast strides), so it may be written."""
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
 
 
 def sampler_gradient(net: nn.Module, variant: "autotune.Variant"
