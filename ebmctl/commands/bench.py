@@ -52,8 +52,9 @@ def bench_cmd(
     train: bool = typer.Option(False, "--train/--no-train",
                                help="also time one mid-run training update"),
     train_batch: int = typer.Option(64, "--train-batch", help="rows per training update"),
-    train_steps: int = typer.Option(0, "--train-langevin-steps", help="Langevin steps K per "
-                                    "training update (0: 100 on CUDA, 5 on CPU)"),
+    train_steps: int = typer.Option(0, "--train-langevin-steps", help="chain length K of the "
+                                    "timed training update, in Langevin steps (0: 100 on CUDA, "
+                                    "5 on CPU)"),
     ebm: Optional[Path] = ebm_option(None, "to time instead of a seeded lightweight EBM (its "
                                      "image size and channels replace --image-size/--channels)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
