@@ -270,7 +270,8 @@ def net_signature(net: nn.Module) -> str:
 
 
 def batch_bucket(rows: int) -> int:
-    """Rows rounded up to a power of two (at least 16): batches in one bucket share a choice."""
+    """Rows rounded up to a power of two (at least 16): batches in one bucket share a choice
+    (e.g. 1600 → 2048, 64 → 64, 5 → 16)."""
     return max(16, 1 << max(0, int(rows) - 1).bit_length())
 
 
@@ -339,7 +340,12 @@ def _honours(v: Variant, r: Request) -> bool:
 
 def store(device: torch.device, key: str, entry: dict) -> Path:
     """Add ``entry`` under ``key`` to this machine's cache file (atomically rewritten; a bad
-    existing file is replaced). Returns the path."""
+    existing file is replaced). Returns the path.
+
+    Raises:
+        OSError: the cache directory cannot be created or written (:func:`resolve` then warns
+            and keeps the choice for this process only).
+    """
     from ebmctl.artifacts import atomic_write_json
 
     path = cache_file(device)
@@ -492,8 +498,9 @@ def _load_average() -> list[float] | None:
 
 
 def drift_cosine_min(build: Builder, x: torch.Tensor, v: Variant) -> float:
-    """The smallest per-row cosine between ``v``'s gradient and the fp32 autograd gradient on
-    the rows ``x`` (1.0 = same direction)."""
+    """The smallest per-row cosine (over rows of ``x`` [B,C,H,W]) between ``v``'s gradient
+    and the fp32 autograd gradient of the same rows: 1.0 = the same direction. ``build`` is
+    :func:`resolve`'s gradient builder."""
     ref = build(Variant("fp32", False, 0, "autograd"))(x.contiguous())
     got = build(replace(v, block_rows=0))(_layout(x, v))
     ref, got = ref.flatten(1).double(), got.contiguous().flatten(1).double()
