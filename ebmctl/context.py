@@ -105,13 +105,9 @@ def working_dtype(cfg: Config) -> torch.dtype:
     """
     from ebmctl.sampling.langevin import LangevinConfig
 
-    dtype = cfg.section(RunConfig).dtype
-    precision = cfg.section(LangevinConfig).precision
-    if dtype == "float64" and precision in ("bf16", "fp16"):
-        raise ConfigError(f"run.dtype = 'float64' cannot run with langevin.precision = "
-                          f"{precision!r} (reduced-precision chains); set langevin.precision = "
-                          "fp32 or auto")
-    return DTYPES[dtype]
+    dtype = DTYPES[cfg.section(RunConfig).dtype]
+    cfg.section(LangevinConfig).check_dtype(dtype)
+    return dtype
 
 
 def get_task(cfg: Config) -> Task:

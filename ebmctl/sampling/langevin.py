@@ -115,12 +115,20 @@ class LangevinConfig:
         Raises:
             ConfigError: bf16 or fp16 with ``dtype`` float64.
         """
+        self.check_dtype(dtype)
         if dtype == torch.float64:
-            if self.precision in ("bf16", "fp16"):
-                raise ConfigError(f"langevin.precision = {self.precision!r} cannot run under "
-                                  "run.dtype = 'float64'; set langevin.precision = fp32 or auto")
             return "fp64"
         return resolve_precision(self.precision, device)
+
+    def check_dtype(self, dtype: torch.dtype) -> None:
+        """Refuse reduced-precision chains (bf16, fp16) under float64 (``run.dtype``).
+
+        Raises:
+            ConfigError: bf16 or fp16 with ``dtype`` float64, naming both keys.
+        """
+        if dtype == torch.float64 and self.precision in ("bf16", "fp16"):
+            raise ConfigError(f"langevin.precision = {self.precision!r} cannot run under "
+                              "run.dtype = 'float64'; set langevin.precision = fp32 or auto")
 
 
 #: Rows per chunk (noise stream) under ``chunk_size = auto``: the former fixed default, so an
@@ -210,10 +218,7 @@ def langevin(net: nn.Module, x: torch.Tensor, steps: int, settings: LangevinSett
         for k in range(steps):
             # in place on the step's own buffers, in the order of x − drift·∇U + scale·z (the
             # same roundings, one allocation fewer per term); caller-given noise is not touched
-            grad = step_grad(x)
-            # autograd may hand back a broadcast (stride-0) gradient, e.g. for an energy linear
-            # in x: scale that one out of place
-            x = x - (grad.mul_(drift) if _dense(grad) else grad * drift)
+            x = x - step_grad(x).mul_(drift)
             if noise is not None:
                 x = x + scale * noise(k)
             else:
@@ -249,7 +254,10 @@ def sampler_gradient(net: nn.Module, variant: "autotune.Variant"
         energy_grad = _compiled_energy_and_grad if variant.compile else energy_and_grad
 
         def one(x: torch.Tensor) -> torch.Tensor:
-            return energy_grad(net, x, variant.precision)[1]
+            grad = energy_grad(net, x, variant.precision)[1]
+            # autograd may hand back a broadcast (stride-0) gradient, e.g. for an energy linear
+            # in x: copy it, so the caller may write the result as promised
+            return grad if _dense(grad) else grad.contiguous()
     block = variant.block_rows
 
     def blocked(x: torch.Tensor) -> torch.Tensor:
