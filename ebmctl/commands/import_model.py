@@ -20,9 +20,11 @@ def import_model_cmd(
                                  "path/module.py:factory (runs that file's code) | "
                                  "ebm-defense:ebm | ebm-defense:wrn"),
     out: Path = out_option(..., "for the artifact (.safetensors)"),
-    weights: Optional[Path] = typer.Option(None, "--weights", help=".safetensors, or a .pt/.pth "
-                                           "state dict (read with weights_only=True; a pickled "
-                                           "module is refused)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="safetensors or torch.save "
+                                           "state dict, recognised by content whatever its "
+                                           "extension (read with weights_only=True; a pickled "
+                                           "module is refused; state_dict/model/net wrappers and "
+                                           "module./_orig_mod. prefixes are removed)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="output classes "
                                               "(default: from the weights, else 1000)"),
     mean: Optional[str] = typer.Option(None, "--mean", help="per-channel input mean of [0,1] "
