@@ -36,6 +36,7 @@ from ebmctl.contracts import ModelSpec
 from ebmctl.ood import OODConfig
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.synthesis import SynthConfig
+from ebmctl.training.adversarial import AdversarialConfig
 from ebmctl.training.autoencoder import AutoencoderConfig
 from ebmctl.training.fixer import FixConfig
 from ebmctl.training.hat import HatConfig
@@ -80,7 +81,7 @@ def ebmctl_profile_schema(add):
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
                     FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
                     AutoencoderConfig, HatConfig, EbmConfig, DataConfig, TaskConfig,
-                    ModelConfig, TrainConfig, OutputConfig):
+                    ModelConfig, AdversarialConfig, TrainConfig, OutputConfig):
         add(section)
 
 

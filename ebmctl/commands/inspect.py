@@ -45,6 +45,10 @@ def inspect_cmd(file: Path = typer.Argument(..., help="a .safetensors artifact")
         else:
             print(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}")
     print(f"tensors: {len(tensors)}  values: {n_params:,}")
+    adv = (decoded.get("ebmctl.extra") or {}).get("adversarial") if isinstance(
+        decoded.get("ebmctl.extra"), dict) else None
+    if adv:
+        print(adversarial_line(adv))
     if "langevin_autotune" in summary:
         entries = summary["langevin_autotune"]
         if not entries:
@@ -55,6 +59,23 @@ def inspect_cmd(file: Path = typer.Argument(..., help="a .safetensors artifact")
                   f"(batch <= {e['batch_bucket']}, "
                   f"{e['threads']} threads): {e['variant']}, "
                   f"{e['rows_per_s']} rows/s, tuned {e['tuned_at']}")
+
+
+def adversarial_line(adv: dict) -> str:
+    """One line for an adversarially trained model's ``[adversarial]`` record: method, threat,
+    attack steps, the kept (best held-out robust) epoch and its scores."""
+    from ebmctl.units import format_radius
+
+    steps = 1 if adv.get("method") == "fgsm-rs" else adv.get("steps")
+    metric = adv.get("metric", "score")
+    beta = f", beta={adv['beta']:g}" if adv.get("method") == "trades" else ""
+    return (f"adversarial training: {adv.get('method')} {adv.get('norm')} "
+            f"eps={format_radius(adv.get('eps', 0))}, {steps} step(s) of "
+            f"{format_radius(adv.get('alpha') or 0)}{beta}, crafted in "
+            f"{adv.get('craft_mode')} mode; kept epoch {adv.get('best_epoch')} (held-out "
+            f"robust {metric} {adv.get('val_robust', float('nan')):.4f}, PGD-"
+            f"{adv.get('eval_steps')}); test {metric} {adv.get('test', float('nan')):.4f}, "
+            f"robust {adv.get('test_robust', float('nan')):.4f}")
 
 
 def _autotune_entries(file: Path) -> list[dict]:

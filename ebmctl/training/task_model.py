@@ -16,6 +16,7 @@ from ebmctl.models import TaskModel
 from ebmctl.config import Config, setting
 from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
+from ebmctl.training.adversarial import adversarial_loss, adversarial_settings, robust_accuracy
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     checkpoint_path,
@@ -98,7 +99,14 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     after every epoch makes the run resumable, and all randomness is keyed by (seed, epoch), so
     a resumed run equals an uninterrupted one.
 
+    With ``adversarial.method`` set (:mod:`ebmctl.training.adversarial`) every batch is
+    replaced by the training attack's images (TRADES: joined by them), each epoch is scored by
+    a held-out PGD on the validation split, and the artifact keeps the epoch with the best
+    held-out robust score (Rice et al. 2020), recording the ``[adversarial]`` settings.
+
     Raises:
+        ConfigError: invalid ``[adversarial]`` settings, or adversarial training without a
+            validation split.
         NumericalError: the loss or a gradient became NaN/Inf (the last checkpoint is kept).
     """
     job = _TaskTraining(cfg, bundle, task, Path(out), device)
@@ -133,6 +141,16 @@ class _TaskTraining:
         self.milestones = [int(f * self.total) for f in cfg["model.lr_milestones"]]
         self.start_epoch, self.history = 0, []
         self.guard = ResumeGuard.for_run(cfg, task.model_kind)
+        self.adv = adversarial_settings(cfg)
+        if self.adv.active and len(bundle.val.x) == 0:
+            from ebmctl.errors import ConfigError
+
+            raise ConfigError("adversarial training keeps the epoch with the best held-out "
+                              "robust score and needs a validation split; set "
+                              "data.val_fraction > 0")
+        # Rice et al. 2020: the best held-out robust epoch's weights, its epoch and score
+        self.best: dict[str, torch.Tensor] | None = None
+        self.best_epoch, self.best_robust = 0, float("-inf")
 
     def restore(self, force_resume: bool) -> None:
         """Continue from the run's checkpoint (checked by the ResumeGuard)."""
@@ -141,6 +159,11 @@ class _TaskTraining:
         self.net.load_state_dict(ck["model"])
         restore_optimizer(self.opt, ck)
         self.start_epoch, self.history = ck["step"], ck["state"].get("history", [])
+        best = {k[5:]: v for k, v in ck["tensors"].items() if k.startswith("best.")}
+        if best:
+            self.best = best
+            self.best_epoch = ck["state"]["best_epoch"]
+            self.best_robust = ck["state"]["best_robust"]
         info(f"resumed from {self.ckpt_file} at epoch {self.start_epoch}")
 
     def train(self) -> None:
@@ -152,14 +175,37 @@ class _TaskTraining:
                 loss = self.train_epoch(epoch, bar)
                 val = evaluate_task_model(self.model, task, self.bundle.val.x,
                                           self.bundle.val.y, self.device)
-                self.history.append({"epoch": epoch + 1, "loss": loss,
-                                     f"val_{task.metric_name}": val,
-                                     "seconds": round(time.time() - t0, 1)})
+                row = {"epoch": epoch + 1, "loss": loss, f"val_{task.metric_name}": val}
+                if self.adv.active:
+                    row[f"val_robust_{task.metric_name}"] = self.held_out_robust(epoch + 1)
+                    info(f"epoch {epoch + 1}: val {task.metric_name} {val:.4f}, held-out "
+                         f"robust {row[f'val_robust_{task.metric_name}']:.4f} "
+                         f"(PGD-{self.adv.eval_steps})")
+                self.history.append({**row, "seconds": round(time.time() - t0, 1)})
                 if epoch + 1 < self.epochs:
+                    best = ({f"best.{k}": v for k, v in self.best.items()} if self.best
+                            else None)
                     save_checkpoint(self.ckpt_file, target=task.model_kind, step=epoch + 1,
-                                    model=self.net, optimizer=self.opt,
-                                    state={"history": self.history}, config=self.cfg,
-                                    arch=self.arch, arch_args=self.args, guard=self.guard)
+                                    model=self.net, optimizer=self.opt, tensors=best,
+                                    state={"history": self.history,
+                                           "best_epoch": self.best_epoch,
+                                           "best_robust": self.best_robust},
+                                    config=self.cfg, arch=self.arch, arch_args=self.args,
+                                    guard=self.guard)
+
+    def held_out_robust(self, epoch: int) -> float:
+        """The held-out robust score after ``epoch`` (the first ``adversarial.eval_images``
+        validation images, the same PGD start every epoch); keeps the weights when it is the
+        best so far (ties keep the earlier epoch)."""
+        n = self.adv.eval_images
+        robust = robust_accuracy(self.model, self.task, self.bundle.val.x[:n],
+                                 self.bundle.val.y[:n], self.adv,
+                                 make_generator(self.device, self.seed, "task-robust-eval"),
+                                 self.device)
+        if robust > self.best_robust:
+            self.best_robust, self.best_epoch = robust, epoch
+            self.best = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        return robust
 
     def train_epoch(self, epoch: int, bar) -> float:
         """One pass in an order keyed by (seed, epoch), the learning rate set per iteration by
@@ -170,6 +216,8 @@ class _TaskTraining:
         # Dropout draws from the global RNG: keyed by epoch, so a resumed run matches too.
         seed_global_rng(self.seed, "task-dropout", epoch)
         perm = torch.randperm(len(x), generator=gen)
+        # the training attack's draws: a stream of their own, so natural training's is unchanged
+        adv_gen = make_generator(self.device, self.seed, "task-adversarial", epoch)
         self.model.train()
         losses = []
         for i in range(self.steps_per_epoch):
@@ -179,7 +227,11 @@ class _TaskTraining:
             idx = perm[i * bs:(i + 1) * bs]
             xb, yb = task.augment(x[idx], y[idx], gen, cfg)
             xb = xb.to(self.device).contiguous(memory_format=self.memory_format)
-            loss = task.train_loss(self.model(xb), yb.to(self.device))
+            if self.adv.active:
+                loss = adversarial_loss(self.model, task, xb, yb.to(self.device), self.adv,
+                                        adv_gen, self.memory_format)
+            else:
+                loss = task.train_loss(self.model(xb), yb.to(self.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if not torch.isfinite(loss) or not grads_finite(self.net):
@@ -195,6 +247,8 @@ class _TaskTraining:
         from ebmctl.context import environment
 
         cfg, task, bundle, out = self.cfg, self.task, self.bundle, self.out
+        if self.best is not None:  # the best held-out robust epoch, not the last
+            self.net.load_state_dict(self.best)
         self.net.to(memory_format=torch.contiguous_format)  # artifacts store contiguous tensors
         test = evaluate_task_model(self.model, task, bundle.test.x, bundle.test.y, self.device)
         data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
@@ -202,12 +256,32 @@ class _TaskTraining:
                 "dataset": cfg["data.dataset"]}
         extra = {"history": self.history, f"test_{task.metric_name}": test,
                  **self.guard.artifact_extra()}
+        if self.adv.active:
+            extra["adversarial"] = self.adversarial_record(test)
         save_artifact(out, model_tensors(self.net), kind=task.model_kind, arch=self.arch,
                       arch_args=self.args, task=task.name, data=data, config=cfg,
                       step=self.epochs, extra=extra)
         atomic_write_json(out.with_suffix(".log.json"),
                           {"history": self.history, "test": test, "config": cfg.to_dict(),
-                           "environment": environment(cfg, self.device)})
+                           "environment": environment(cfg, self.device),
+                           **({"adversarial": extra["adversarial"]} if self.adv.active
+                              else {})})
         self.ckpt_file.unlink(missing_ok=True)
         info(f"{task.model_kind} test {task.metric_name}: {test:.4f}")
+        if self.adv.active:
+            rec = extra["adversarial"]
+            info(f"kept epoch {rec['best_epoch']} (best held-out robust "
+                 f"{task.metric_name} {rec['val_robust']:.4f}); test robust "
+                 f"{task.metric_name} {rec['test_robust']:.4f} (PGD-{self.adv.eval_steps})")
         return out
+
+    def adversarial_record(self, test: float) -> dict:
+        """What the artifact records of adversarial training: the ``[adversarial]`` settings,
+        the kept epoch, its held-out robust score and the test split's clean and PGD scores."""
+        test_robust = robust_accuracy(self.model, self.task, self.bundle.test.x,
+                                      self.bundle.test.y, self.adv,
+                                      make_generator(self.device, self.seed, "task-robust-test"),
+                                      self.device)
+        return {**self.adv.record(), "best_epoch": self.best_epoch,
+                "val_robust": self.best_robust, "test": test, "test_robust": test_robust,
+                "metric": self.task.metric_name}
