@@ -12,6 +12,7 @@ from ebmctl import __version__
 from ebmctl.commands import (
     attack,
     bench,
+    compare,
     fix,
     import_model,
     inspect,
@@ -65,7 +66,7 @@ def main_options(
 
 # Each module exports a typer app; a nameless one adds its command(s), a named one a group.
 for module in (purify, attack, quickstart, plugins, inspect, lyapunov, synthesize, ood, bench,
-               import_model, report, train, profiles, fix):
+               import_model, report, compare, train, profiles, fix):
     app.add_typer(module.app)
 
 

@@ -45,7 +45,9 @@ def attack_cmd(
     save_adversarials: bool = typer.Option(False, "--save-adversarials",
                                            help="write the adversarial images (.adv.safetensors)"),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="KEY=V1,V2,...: one defended "
-                                        "evaluation per value, e.g. defense.steps=0,10,100,300"),
+                                        "evaluation per value, e.g. defense.steps=0,10,100,300 "
+                                        "(with --undefended-only: of the undefended model, "
+                                        "e.g. attack.eps=0.05,0.1,0.2)"),
     out: Optional[Path] = out_option(None, "for the report JSON (default: "
                                      "run.out_dir/attack-report.json; PNG and HTML beside it)"),
     force: ForceOpt = False,
@@ -104,23 +106,22 @@ def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],
 
 def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Optional[Path],
            method: Optional[str], undefended_only: bool, resume: bool, force: bool) -> None:
-    """--sweep KEY=V1,V2,...: one defended evaluation per value, a sweep report and table."""
+    """--sweep KEY=V1,V2,...: one defended (with --undefended-only: undefended) evaluation per
+    value, a sweep report and table."""
     from ebmctl.artifacts import claim_output
     from ebmctl.config import parse_set_options
     from ebmctl.console import info, out_console
-    from ebmctl.errors import ConfigError
     from ebmctl.evaluate.report import run_sweep
     from ebmctl.evaluate.tables import sweep_table
 
     (key, raw), = parse_set_options([sweep]).items()
     values = [cfg.schema.coerce(key, v) if cfg.schema else v
               for v in raw.split(",") if v.strip()]
-    if undefended_only:
-        raise ConfigError("--sweep evaluates the defended model; drop --undefended-only")
     out = out or Path(cfg["run.out_dir"]) / "attack-sweep.json"
     for path in (out, out.with_suffix(".png")):  # --resume continues its own report
         claim_output(path, force=force, resume=resume)
-    rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume)
+    rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume,
+                    undefended=undefended_only)
     out_console().print(sweep_table(rep))
     info(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -666,22 +666,36 @@ def _save_adversarials(cfg, out: Path, report: AttackReport, x, y) -> str:
 
 def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
               out: Path, key: str, values: list, *, method: str | None = None,
-              resume: bool = False) -> SweepReport:
-    """Defended evaluation for each value of one profile key (e.g. defense.steps for the
-    thesis' K study, attack.eot_reps for H_adv); writes per-value reports, a sweep JSON and a
-    plot of natural and adversarial figures against the value."""
+              resume: bool = False, undefended: bool = False) -> SweepReport:
+    """Defended (``undefended``: undefended) evaluation for each value of one profile key
+    (e.g. defense.steps for the thesis' K study, attack.eot_reps for H_adv, attack.eps for a
+    robust-accuracy-against-ε curve that ``ebmctl compare`` overlays); writes per-value
+    reports, a sweep JSON and a plot of natural and adversarial figures against the value.
+
+    Raises:
+        ConfigError: no values, or a radius/step key of the other norm (it would be ignored).
+    """
     if not values:
         raise ConfigError("--sweep needs KEY=V1,V2,...")
+    norm = cfg.section(AttackConfig).norm
+    instead = {"linf": {"attack.eps_l2": "attack.eps", "attack.step_size_l2": "attack.step_size"},
+               "l2": {"attack.eps": "attack.eps_l2", "attack.step_size": "attack.step_size_l2"}}
+    if key in instead[norm]:
+        raise ConfigError(f"--sweep {key} does not apply under attack.norm = {norm!r} and "
+                          f"would be ignored; sweep {instead[norm][key]}")
+    label = "undefended" if undefended else "defended"
     rows, out = [], Path(out)
     for v in values:
         sub = cfg.with_overrides({key: v}, "--sweep")
         rep = run_evaluation(sub, model_path, ebm_path, device,
-                             out.with_name(f"{out.stem}.{key}={v}.json"), undefended=False,
-                             defended=True, method=method, resume=resume, sanity=False)
-        rows.append(SweepRow(sub[key], rep.results["defended"]))
+                             out.with_name(f"{out.stem}.{key}={v}.json"),
+                             undefended=undefended, defended=not undefended, method=method,
+                             resume=resume, sanity=False)
+        rows.append(SweepRow(sub[key], rep.results[label]))
     report = SweepReport(key=key, metric=rep.metric, n_images=rep.n_images, seeds=rep.seeds,
                          threat=rep.threat, rows=rows, config=cfg.to_dict(),
-                         environment=environment(cfg, device))
+                         environment=environment(cfg, device), label=label, task=rep.task,
+                         model=rep.model, defense=rep.defense if not undefended else None)
     atomic_write_json(out, report.to_json())
     xs = [float(r.value) for r in rows]
     positive = all(v > 0 for v in xs)

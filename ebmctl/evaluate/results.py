@@ -415,7 +415,10 @@ class SweepRow(JsonRecord):
 
 @dataclass(frozen=True, eq=False)
 class SweepReport(JsonRecord):
-    """``ebmctl attack --sweep KEY=V1,V2,...``: one defended evaluation per value."""
+    """``ebmctl attack --sweep KEY=V1,V2,...``: one evaluation per value of the ``label``
+    model (``defended``, or ``undefended`` with ``--undefended-only``). ``task``, ``model``
+    (the task model's path) and ``defense`` (the defended runs' settings, None undefended)
+    let ``ebmctl compare`` name its lines; sweeps written before they were kept lack them."""
 
     key: str
     metric: str
@@ -425,10 +428,16 @@ class SweepReport(JsonRecord):
     rows: list[SweepRow]
     config: dict
     environment: dict
+    label: str = "defended"
+    task: str | None = None
+    model: str | None = None
+    defense: dict | None = None
 
     def to_json(self) -> dict:
         return {"command": "attack --sweep", "key": self.key,
                 "values": [r.value for r in self.rows], "metric": self.metric,
                 "n_images": self.n_images, "seeds": list(self.seeds),
                 "threat": self.threat.to_json(), "rows": [r.to_json() for r in self.rows],
-                "config": self.config, "environment": self.environment}
+                "label": self.label, "task": self.task, "model": self.model,
+                "defense": self.defense, "config": self.config,
+                "environment": self.environment}
