@@ -26,7 +26,14 @@ from ebmctl.data_utils import (
 from ebmctl.defended import DefendedModel as DefendedModel  # the library API (LIBRARY)
 from ebmctl.defended import defend as defend
 from ebmctl.defended import load_ebm as load_ebm
-from ebmctl.defense import Defense, adapt_images, average_outputs
+from ebmctl.defense import (
+    CallablePurifier,
+    Defense,
+    Purifier,
+    PurifierContext,
+    adapt_images,
+    average_outputs,
+)
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.evaluate.library import evaluate as evaluate
 from ebmctl.evaluate.plots import save_grid, save_image01, save_tiles
@@ -57,6 +64,8 @@ __all__ = [
     "split_indices",
     "announce_image_notes", "read_image01", "read_label_map",
     "format_radius", "save_tiles",
+    # purifiers (``ebmctl_register_purifiers``): subclass Purifier, or wrap a function
+    "CallablePurifier", "Purifier", "PurifierContext",
     # profile sections declared as dataclasses (``add(MySection)`` in ebmctl_profile_schema)
     "Fraction", "setting",
     # the library API for users who bring their own classifier (docs/python-api.md)

@@ -1,5 +1,5 @@
-"""Core built-in plugin: EBM architectures, the attacks, the core profile sections and the
-bundled profiles.
+"""Core built-in plugin: EBM architectures, the attacks, the purifiers, the core profile
+sections and the bundled profiles.
 
 It uses the same hooks a third-party plugin would.
 """
@@ -16,7 +16,7 @@ from ebmctl.attacks.pgd import FGSM, PGD
 from ebmctl.attacks.square import Square
 from ebmctl.attacks.transfer import Transfer
 from ebmctl.context import DataConfig, RunConfig, TaskConfig
-from ebmctl.defense import DefenseConfig
+from ebmctl.defense import DefenseConfig, LangevinPurifier
 from ebmctl.dynamics.report import LyapunovConfig
 from ebmctl.evaluate.quality import QualityConfig
 from ebmctl.evaluate.resubmit import EvaluateConfig
@@ -34,6 +34,7 @@ from ebmctl.nn.sngan import (
 )
 from ebmctl.contracts import ModelSpec
 from ebmctl.ood import OODConfig
+from ebmctl.purifiers import BUILTIN_PURIFIERS
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.synthesis import SynthConfig
 from ebmctl.training.adversarial import AdversarialConfig
@@ -72,6 +73,12 @@ def ebmctl_register_models(register):
 def ebmctl_register_attacks(register):
     for cls in (BPDAEOT, PGD, FGSM, FullGradientEOT, SmoothedGradientEOT, APGD, APGDDLR,
                 Transfer, Square):
+        register(cls)
+
+
+@hookimpl
+def ebmctl_register_purifiers(register):
+    for cls in (LangevinPurifier, *BUILTIN_PURIFIERS):
         register(cls)
 
 

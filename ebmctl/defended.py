@@ -1,6 +1,7 @@
-"""Bring your own classifier: :func:`defend` wraps any ``nn.Module`` in the EOT Langevin defense
-as an ordinary PyTorch classifier, so torchattacks, AutoAttack-style code or a hand-written loop
-can attack it; :func:`load_ebm` loads an EBM artifact (or a shipped one by name).
+"""Bring your own classifier: :func:`defend` wraps any ``nn.Module`` in a purification defense
+(the EOT Langevin defense of an EBM, a registered purifier by name, or any callable) as an
+ordinary PyTorch classifier, so torchattacks, AutoAttack-style code or a hand-written loop can
+attack it; :func:`load_ebm` loads an EBM artifact (or a shipped one by name).
 
 The wrapper is built from the same pieces as the CLI's defense (:class:`ebmctl.defense.Defense`
 for the chain, :mod:`ebmctl.attacks.gradients` for differentiable chains), so the library and
@@ -15,12 +16,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ebmctl.defense import Defense, DefenseConfig, average_outputs
+from ebmctl.defense import CallablePurifier, Defense, DefenseConfig, Purifier, average_outputs
 from ebmctl.models import EnergyModel
 from ebmctl.errors import ConfigError, InputError
+from ebmctl.shipped import SHIPPED_EBM_NAMES
 
 #: EBMs shipped inside the package, by name (see :mod:`ebmctl.shipped`)
-SHIPPED_EBMS = ("cifar10",)
+SHIPPED_EBMS = SHIPPED_EBM_NAMES
 GRADIENTS = ("bpda", "full", "smooth")
 AVERAGES = ("logits", "softmax", "logsoftmax")
 
@@ -58,6 +60,34 @@ def load_ebm(path_or_name: str | Path | EnergyModel,
     return EnergyModel.load(path, device, dtype)
 
 
+def as_purifier(purifier: Purifier | str | Callable[..., torch.Tensor],
+                device: torch.device | str = "cpu") -> Purifier:
+    """A :class:`~ebmctl.defense.Purifier` from a purifier, a registered name with settings
+    (``"jpeg:quality=75"``, see ``ebmctl plugins``) or any callable (wrapped as a
+    :class:`~ebmctl.defense.CallablePurifier`: ``fn(x)``, or ``fn(x, generator)`` when it has
+    ``stochastic = True``; ``differentiable`` from its attribute, default False).
+
+    Raises:
+        ConfigError: an unknown name or setting; ``"ebm"`` (give the EBM as ``ebm=``).
+    """
+    if isinstance(purifier, Purifier):
+        return purifier
+    if isinstance(purifier, str):
+        from ebmctl.defense import PurifierContext
+        from ebmctl.plugins import get_registries
+        from ebmctl.purifiers import build_purifier, parse_purifier_spec
+
+        if parse_purifier_spec(purifier)[0] == "ebm":
+            raise ConfigError("the EBM purifier takes its EBM as defend(model, ebm=...), with "
+                              "steps= and reps=")
+        return build_purifier(purifier, get_registries().purifiers,
+                              PurifierContext(device=torch.device(device)))
+    if callable(purifier):
+        return CallablePurifier(purifier)
+    raise ConfigError(f"purifier must be a Purifier, a registered name or a callable, got "
+                      f"{type(purifier).__name__}")
+
+
 class _StraightThrough(torch.autograd.Function):
     """BPDA (Athalye et al. 2018): forward = the purified images, computed without a graph;
     backward = the identity, so the gradient w.r.t. a purified copy is passed to its input."""
@@ -87,21 +117,25 @@ class _FromUnit(nn.Module):
 
 
 class DefendedModel(nn.Module):
-    """A classifier defended by EOT Langevin purification (thesis Eq. 2.5), usable as any
+    """A classifier defended by purification (the EBM's EOT Langevin purification, thesis
+    Eq. 2.5, or any :class:`~ebmctl.defense.Purifier` given as ``purifier``), usable as any
     ``nn.Module``: ``forward(x)`` with ``x`` [B,C,H,W] in ``input_range`` returns
-    [B,num_classes] outputs averaged over ``reps`` purified copies (``average``: ``logits`` =
-    mean logits; ``softmax`` = log of the mean probabilities; ``logsoftmax`` = mean
-    log-probabilities). Without an EBM (or with ``steps = 0``) it is the model itself.
+    [B,num_classes] outputs averaged over ``reps`` purified copies (one for a deterministic
+    purifier; ``average``: ``logits`` = mean logits; ``softmax`` = log of the mean
+    probabilities; ``logsoftmax`` = mean log-probabilities). Without a purifier (or with
+    ``steps = 0``) it is the model itself.
 
     Every call draws fresh Langevin noise from generators keyed by ``(seed, call number)``, so
     repeated calls (an attacker's EOT) see the defense's randomness while a fresh wrapper with
     the same seed repeats the same sequence; :meth:`reseed` restarts the sequence.
 
-    The backward pass follows ``gradient``: ``bpda`` treats the chain as the identity
-    (straight-through, an autograd Function); ``full`` differentiates exactly through all K
-    steps (checkpointed, :func:`ebmctl.attacks.gradients.langevin_differentiable`); ``smooth``
-    as ``full`` with a softplus-smoothed second derivative of the EBM's (Leaky)ReLUs. Calls
-    without a gradient (``torch.no_grad()``, inputs not requiring grad) skip the graph.
+    The backward pass follows ``gradient``: ``bpda`` treats the purifier as the identity
+    (straight-through, an autograd Function; Athalye, Carlini & Wagner 2018); ``full``
+    differentiates exactly through the purifier (the EBM's: all K steps, checkpointed,
+    :func:`ebmctl.attacks.gradients.langevin_differentiable`; only a ``differentiable``
+    purifier); ``smooth`` as ``full`` with a softplus-smoothed second derivative of the EBM's
+    (Leaky)ReLUs. Calls without a gradient (``torch.no_grad()``, inputs not requiring grad)
+    skip the graph.
 
     Attributes:
         defense: the :class:`ebmctl.defense.Defense` it runs (also what
@@ -113,8 +147,10 @@ class DefendedModel(nn.Module):
                  average: str = "logits", gradient: str = "bpda",
                  input_range: tuple[float, float] = (0.0, 1.0), seed: int = 0,
                  clamp: bool = False, smooth_temperature: float = 0.1, segment: int = 0,
-                 chunk_size: int = 2048):
+                 chunk_size: int = 2048, purifier: Purifier | None = None):
         super().__init__()
+        if ebm is not None and purifier is not None:
+            raise ConfigError("give an EBM or a purifier, not both")
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
             raise ConfigError(f"input_range must be (low, high) with low < high, got {input_range}")
@@ -132,9 +168,18 @@ class DefendedModel(nn.Module):
         self.ebm_net = ebm.net if ebm is not None else None  # a submodule: .to() moves it
         self.input_range, self.gradient, self.seed = (lo, hi), gradient, int(seed)
         self.smooth_temperature, self.segment = float(smooth_temperature), int(segment)
-        self.defense = Defense(self.task_model, ebm, steps=steps if ebm is not None else 0,
-                               reps=reps if ebm is not None else 1, average=average,
-                               clamp=clamp, chunk_size=chunk_size)
+        if purifier is not None:
+            self.defense = Defense(self.task_model, purifier=purifier,
+                                   reps=reps if purifier.stochastic else 1, average=average,
+                                   clamp=clamp, chunk_size=chunk_size)
+        else:
+            self.defense = Defense(self.task_model, ebm, steps=steps if ebm is not None else 0,
+                                   reps=reps if ebm is not None else 1, average=average,
+                                   clamp=clamp, chunk_size=chunk_size)
+        if gradient != "bpda":  # a backward pass the purifier lacks: refused now, not mid-attack
+            from ebmctl.attacks.gradients import check_backward
+
+            check_backward(self.defense, gradient)
         self.calls = 0
         self._smooth_net: nn.Module | None = None
 
@@ -153,6 +198,10 @@ class DefendedModel(nn.Module):
     @property
     def stochastic(self) -> bool:
         return self.defense.stochastic
+
+    @property
+    def purifier(self) -> Purifier | None:
+        return self.defense.purifier
 
     def reseed(self, seed: int | None = None) -> "DefendedModel":
         """Restart the noise sequence (optionally under a new seed)."""
@@ -193,7 +242,7 @@ class DefendedModel(nn.Module):
         from ebmctl.attacks.gradients import purify_differentiable, smoothed_copy
 
         backward_net = None
-        if self.gradient == "smooth":
+        if self.gradient == "smooth" and self.ebm is not None:
             if self._smooth_net is None:
                 self._smooth_net = smoothed_copy(self.ebm.net, self.smooth_temperature)[0]
             backward_net = self._smooth_net.to(flat01.device)
@@ -208,23 +257,25 @@ class DefendedModel(nn.Module):
         """
         if x.dim() != 4:
             raise InputError(f"expected images [B,C,H,W], got shape {tuple(x.shape)}")
-        if not self.stochastic:
+        if not self.defense.purifies:
             return self.model(x)
         lo, hi = self.input_range
         x01 = (x - lo) / (hi - lo)
-        h = self.reps
+        h = self.reps if self.stochastic else 1
         flat = x01.repeat(h, *([1] * (x01.dim() - 1)))  # replica r of image b: row r*B + b
         purified = self._chain(flat, self._next_key())
         out = self.task_model(purified)
         return average_outputs(out.view(h, x.shape[0], *out.shape[1:]), self.defense.average)
 
 
-def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
+def defend(model: nn.Module, ebm: EnergyModel | str | Path | None = None, *,
+           purifier: Purifier | str | Callable[..., torch.Tensor] | None = None,
            steps: int | None = None, reps: int | None = None, average: str = "logits",
            gradient: str = "bpda", input_range: tuple[float, float] = (0.0, 1.0),
            seed: int = 0, clamp: bool = False, smooth_temperature: float = 0.1) -> DefendedModel:
-    """Wrap a classifier in the EBM defense: purify each input with ``steps`` Langevin steps,
-    ``reps`` times with independent noise, and average the classifier's outputs.
+    """Wrap a classifier in a purification defense: the EBM defense (purify each input with
+    ``steps`` Langevin steps, ``reps`` times with independent noise, and average the
+    classifier's outputs), or any ``purifier``.
 
     Args:
         model: any classifier taking images [B,C,H,W] in ``input_range`` and returning
@@ -234,6 +285,13 @@ def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
             The EBM resizes and converts channels itself, so it may defend another resolution.
             It is moved to the model's device and, for a model converted with ``.double()``,
             to float64 (the whole defense then runs in float64).
+        purifier: instead of an EBM, any purifier: a registered name with settings
+            (``"jpeg:quality=75"``, ``"bit-depth:bits=3"``, ``"median:size=2"``,
+            ``"gaussian-noise:sigma=0.1"``; see ``ebmctl plugins``), a
+            :class:`~ebmctl.api.Purifier`, or a callable mapping [0,1] images [B,C,H,W] to
+            [0,1] images (see :func:`as_purifier`). A stochastic one is averaged over ``reps``
+            copies (default ``defense.eot_reps``); a non-differentiable one only takes
+            ``gradient="bpda"``.
         steps: K Langevin steps per copy (default: the profile default ``defense.steps``).
         reps: H copies averaged (default: ``defense.eot_reps``).
         average: ``logits`` | ``softmax`` | ``logsoftmax`` (see :class:`DefendedModel`).
@@ -249,9 +307,21 @@ def defend(model: nn.Module, ebm: EnergyModel | str | Path | None, *,
         EBM moves with it).
 
     Raises:
-        ConfigError: an unknown ``gradient`` or ``average``, steps < 0, reps < 1, a bad range.
+        ConfigError: an unknown ``gradient`` or ``average``, steps < 0, reps < 1, a bad range;
+            both ``ebm`` and ``purifier``; an unknown purifier or setting; ``gradient="full"``
+            or ``"smooth"`` for a purifier without that backward pass.
         InputError / ArtifactError: ``ebm`` cannot be loaded.
     """
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if purifier is not None:
+        if ebm is not None:
+            raise ConfigError("give defend() an EBM or a purifier, not both")
+        chosen = as_purifier(purifier, first.device if first is not None else "cpu")
+        reps = DefenseConfig().eot_reps if reps is None else int(reps)
+        return DefendedModel(model, None, steps=0, reps=reps, average=average,
+                             gradient=gradient, input_range=input_range, seed=seed,
+                             clamp=clamp, smooth_temperature=smooth_temperature,
+                             purifier=chosen)
     if ebm is not None:
         first = next((p for p in model.parameters() if p.is_floating_point()), None)
         device = first.device if first is not None else torch.device("cpu")

@@ -47,6 +47,19 @@ def ebmctl_register_attacks(register):
 
 
 @hookspec
+def ebmctl_register_purifiers(register):
+    """Register purifiers: call ``register(cls)`` with a subclass of :class:`ebmctl.api.Purifier`.
+
+    A purifier maps [0,1] images [B,C,H,W] to [0,1] images [B,C,H,W]; the class sets ``name``
+    (what ``--purifier NAME`` and ``ebmctl.defend(model, purifier=NAME)`` call it),
+    ``description``, ``stochastic`` (it draws its randomness from the seed key the attacks hand
+    it, so they use EOT) and ``differentiable`` (it has a usable backward pass; without one the
+    attacks use BPDA, and ``attack.gradient = full`` is refused). Its ``__init__`` keyword
+    arguments are its settings (``--purifier NAME:key=value,...``, typed by their defaults).
+    """
+
+
+@hookspec
 def ebmctl_profile_schema(add):
     """Declare profile keys: ``add(SectionConfig)`` with a frozen dataclass declaring a whole
     section (see :func:`ebmctl.config.section_keys`), or one key at a time with

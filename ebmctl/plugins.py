@@ -52,6 +52,7 @@ class Registries:
     datasets: Registry
     models: Registry
     attacks: Registry
+    purifiers: Registry
     schema: Schema
     profile_dirs: list[Path]
     plugins: dict[str, PluginInfo]
@@ -114,7 +115,7 @@ def _new_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[st
 def _collect(pm, infos, failures) -> Registries:
     reg = Registries(
         tasks=Registry("task"), datasets=Registry("dataset"), models=Registry("model"),
-        attacks=Registry("attack"), schema=Schema(), profile_dirs=[], plugins=infos,
+        attacks=Registry("attack"), purifiers=Registry("purifier"), schema=Schema(), profile_dirs=[], plugins=infos,
         failures=failures,
     )
     what = {
@@ -122,6 +123,7 @@ def _collect(pm, infos, failures) -> Registries:
         "ebmctl_register_datasets": ("datasets", reg.datasets),
         "ebmctl_register_models": ("models", reg.models),
         "ebmctl_register_attacks": ("attacks", reg.attacks),
+        "ebmctl_register_purifiers": ("purifiers", reg.purifiers),
     }
     for hook_name, (label, registry) in what.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
@@ -158,7 +160,7 @@ def _collect(pm, infos, failures) -> Registries:
     # without its dataset) would fail later with a confusing error far from the cause.
     failed = {name for name, info in infos.items() if info.error is not None}
     for name in failed:
-        for registry in (reg.tasks, reg.datasets, reg.models, reg.attacks):
+        for registry in (reg.tasks, reg.datasets, reg.models, reg.attacks, reg.purifiers):
             registry.drop_plugin(name)
         for key in keys_of.get(name, []):
             reg.schema.keys.pop(key, None)
@@ -200,7 +202,7 @@ class PluginHost:
         return self._pm
 
     def registries(self) -> Registries:
-        """Tasks, datasets, models, attacks, the profile schema and profile folders of every
+        """Tasks, datasets, models, attacks, purifiers, the profile schema and profile folders of every
         loaded plugin (loading them now if this host has not yet)."""
         if self._reg is None:
             pm, infos, failures = _new_manager()

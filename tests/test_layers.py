@@ -45,6 +45,7 @@ LAYERS = {
     # core: the algorithms and the models they run on
     "ebmctl.attacks": CORE,
     "ebmctl.defense": CORE,
+    "ebmctl.purifiers": CORE,
     "ebmctl.sampling": CORE,
     "ebmctl.models": CORE,
     "ebmctl.architectures": CORE,

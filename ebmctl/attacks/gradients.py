@@ -1,6 +1,12 @@
 """The one place that estimates a gradient through the defense: ``bpda | full | smooth | exact``.
 
-The thesis' EBMs are piecewise linear (LeakyReLU, no normalisation): the Hessian of U is zero
+Every mode goes through the purifier contract (:class:`ebmctl.defense.Purifier`): ``bpda``
+purifies without a graph and passes the gradient w.r.t. each purified copy to its input (any
+purifier); ``full`` and ``exact`` differentiate through the purifier's own backward pass (only a
+``differentiable`` one; :func:`check_backward` refuses the others before any work); ``smooth``
+differentiates the EBM purifier's chain through a smoothed copy of its network.
+
+For the EBM purifier: the thesis' EBMs are piecewise linear (LeakyReLU, no normalisation): the Hessian of U is zero
 almost everywhere, so each Langevin step X ← X − d·∇U(X) + s·Z has Jacobian I and exact autograd
 through all K steps returns the BPDA gradient. :func:`langevin_differentiable` computes that
 exact chain gradient with bounded memory (segment checkpointing: only every S-th state is kept;
@@ -23,19 +29,17 @@ shorter surrogate chain (Lee & Kim 2023, ``attack.gradient_steps``).
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ebmctl.device import autocast
-from ebmctl.defense import Defense, adapt_images, average_outputs
-from ebmctl.errors import ConfigError, NumericalError
-from ebmctl.sampling.langevin import LangevinSettings, frozen, langevin
+from ebmctl.defense import Defense, RowNoise, average_outputs
+from ebmctl.errors import ConfigError
+from ebmctl.sampling.differentiable import auto_segment, langevin_differentiable  # noqa: F401
+from ebmctl.sampling.langevin import frozen
 from ebmctl.seeds import make_generator
-from ebmctl.units import to_internal, to_public
 
 GRADIENT_MODES = ("bpda", "full", "smooth", "exact")
 
@@ -103,111 +107,7 @@ def smoothed_copy(net: nn.Module, temperature: float) -> tuple[nn.Module, int]:
     return twin, replaced
 
 
-# --- differentiable Langevin chain ------------------------------------------------------
-
-class _ChainRunner:
-    """Runs steps [start, end) of one chain: ``fast`` (no graph, the plain sampler's arithmetic)
-    or ``with_graph`` (create_graph=True through ``backward_net``)."""
-
-    def __init__(self, net, backward_net, settings: LangevinSettings, steps: int, segment: int,
-                 noise: Callable[[int, torch.Tensor], torch.Tensor]):
-        self.net, self.backward_net, self.settings = net, backward_net, settings
-        self.steps, self.segment, self.noise = steps, segment, noise
-
-    def bounds(self, s: int) -> tuple[int, int]:
-        return s * self.segment, min(self.steps, (s + 1) * self.segment)
-
-    def fast(self, x: torch.Tensor, s: int) -> torch.Tensor:
-        drift, scale = self.settings.drift, self.settings.eta * self.settings.tau
-        a, b = self.bounds(s)
-        for k in range(a, b):
-            with torch.enable_grad():
-                xg = x.detach().requires_grad_(True)
-                with autocast(self.settings.precision, x.device):
-                    energy = self.net(xg)
-                (g,) = torch.autograd.grad(energy.sum(), xg)
-            x = x - drift * g.to(x.dtype) + scale * self.noise(k, x)
-        return x
-
-    def with_graph(self, x: torch.Tensor, s: int) -> torch.Tensor:
-        drift, scale = self.settings.drift, self.settings.eta * self.settings.tau
-        a, b = self.bounds(s)
-        with frozen(self.backward_net):  # no parameter graphs on the recomputation
-            for k in range(a, b):
-                energy = self.backward_net(x)
-                (g,) = torch.autograd.grad(energy.sum(), x, create_graph=True)
-                x = x - drift * g + scale * self.noise(k, x)
-        return x
-
-
-class _Segment(torch.autograd.Function):
-    """Checkpointed segment: forward keeps only its input; backward recomputes with a graph."""
-
-    @staticmethod
-    def forward(ctx, x, runner, s):
-        ctx.runner, ctx.s = runner, s
-        ctx.save_for_backward(x)
-        return runner.fast(x.detach(), s)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            xi = x.detach().requires_grad_(True)
-            y = ctx.runner.with_graph(xi, ctx.s)
-            (gx,) = torch.autograd.grad(y, xi, grad_out)
-        return gx, None, None
-
-
-def auto_segment(steps: int) -> int:
-    """√K segments balance stored states (K/S) against the recomputed graph (S steps)."""
-    return max(1, int(math.ceil(math.sqrt(max(1, steps)))))
-
-
-def langevin_differentiable(net: nn.Module, x: torch.Tensor, steps: int,
-                            settings: LangevinSettings, *, key: tuple | None = None,
-                            noise: Callable[[int], torch.Tensor] | None = None,
-                            backward_net: nn.Module | None = None, segment: int = 0
-                            ) -> torch.Tensor:
-    """K Langevin steps from ``x`` (internal units) whose output is differentiable w.r.t. ``x``.
-
-    The forward values equal :func:`ebmctl.sampling.langevin.langevin` given the same noise. Noise comes
-    from ``noise(k)`` if given, else from generators derived from ``key`` per segment. The
-    backward pass differentiates through ``backward_net`` (default ``net``; a
-    :func:`smoothed_copy` for the smoothed attack). Memory: about K/S stored states plus one
-    S-step graph, S = ``segment`` (0 = √K)."""
-    if steps <= 0:
-        return x
-    seg = segment or auto_segment(steps)
-    if noise is None:
-        if key is None:
-            raise ValueError("langevin_differentiable needs a noise function or a seed key")
-        gens: dict[int, torch.Generator] = {}
-
-        def step_noise(k: int, like: torch.Tensor) -> torch.Tensor:
-            s = k // seg
-            if k % seg == 0 or s not in gens:  # a fresh generator at each segment start
-                gens[s] = make_generator(like.device, *key, "seg", s)
-            return torch.randn(like.shape, generator=gens[s], device=like.device, dtype=like.dtype)
-    else:
-        def step_noise(k: int, like: torch.Tensor) -> torch.Tensor:
-            return noise(k).to(like.dtype)
-
-    runner = _ChainRunner(net, backward_net or net, settings, steps, seg, step_noise)
-    n_seg = (steps + seg - 1) // seg
-    with frozen(net), frozen(backward_net or net):
-        for s in range(n_seg):
-            x = _Segment.apply(x, runner, s)
-        if not torch.isfinite(x).all():
-            raise NumericalError("Langevin chain produced NaN/Inf; lower langevin.tau")
-    return x
-
 # --- fixed (common) noise -------------------------------------------------------------
-
-#: noise(k, shape) -> [rows, *shape]: the Langevin noise of chain step k for each row of a
-#: flat replicate batch (replicate h of image j is row h·b + j, as in Defense.replicates)
-RowNoise = Callable[[int, torch.Size], torch.Tensor]
-
 
 class CommonNoise:
     """Langevin noise fixed per (image of an attacked batch, replicate, chain step k).
@@ -245,41 +145,19 @@ class CommonNoise:
         return noise
 
 
-def _ebm_input(defense: Defense, x01: torch.Tensor) -> torch.Tensor:
-    ebm = defense.ebm
-    return to_internal(adapt_images(x01, ebm.image_size, ebm.channels))
-
-
-def _bound_noise(noise: RowNoise, z: torch.Tensor) -> Callable[[int], torch.Tensor]:
-    shape = z.shape[1:]
-
-    def step(k: int) -> torch.Tensor:
-        out = noise(k, shape).to(z.device)
-        if out.shape[0] != z.shape[0]:
-            raise ValueError(f"noise for {out.shape[0]} rows, chain has {z.shape[0]}")
-        return out
-
-    return step
-
-
 def purify_with_noise(defense: Defense, x01: torch.Tensor, reps: int, noise: RowNoise
                       ) -> torch.Tensor:
     """H purified copies [H,B,...] of [0,1] images [B,C,H,W] (no gradient, no fixer) whose
-    Langevin noise is ``noise`` (e.g. :meth:`CommonNoise.for_rows`) instead of the defense's
-    per-chunk generators; same K, precision and clamp as :meth:`Defense.replicates`."""
+    randomness is ``noise`` (e.g. :meth:`CommonNoise.for_rows`) instead of the key's; same
+    purifier settings as :meth:`Defense.replicates`.
+
+    Raises:
+        ConfigError: the purifier takes no fixed noise (:attr:`Purifier.fixed_noise`).
+    """
     if not defense.stochastic:
         return x01.detach().unsqueeze(0)
-    ebm = defense.ebm
     flat = x01.detach().repeat(reps, *([1] * (x01.dim() - 1)))
-    in_size, in_ch = tuple(flat.shape[-2:]), flat.shape[1]
-    z = _ebm_input(defense, flat)
-    settings = ebm.settings(defense.precision, channels_last=defense.channels_last)
-    with torch.no_grad():
-        z = langevin(ebm.net, z, defense.steps, settings, noise=_bound_noise(noise, z))
-    defense.count_image_steps(z.shape[0] * defense.steps)
-    out = adapt_images(to_public(z), in_size, in_ch)
-    out = out.clamp(0, 1) if defense.clamp else out
-    return out.view(reps, *x01.shape)
+    return defense.purifier.purify_with_noise(flat, noise).view(reps, *x01.shape)
 
 
 def predict_with_noise(defense: Defense, x01: torch.Tensor, reps: int, common: CommonNoise,
@@ -301,29 +179,45 @@ def purify_differentiable(defense: Defense, x01: torch.Tensor, key: tuple, *,
                           backward_net: nn.Module | None = None, segment: int = 0,
                           steps: int | None = None, noise: RowNoise | None = None
                           ) -> torch.Tensor:
-    """The defense's Langevin purifier (plus clamp) on [0,1] images [B,C,H,W], differentiable
-    w.r.t. ``x01``. The fixer is not applied here: :meth:`Defense.outputs_of` applies it, so
-    every gradient mode keeps its Jacobian.
+    """The defense's purifier on [0,1] images [B,C,H,W], differentiable w.r.t. ``x01``
+    (:meth:`Purifier.purify_differentiable`). The fixer is not applied here:
+    :meth:`Defense.outputs_of` applies it, so every gradient mode keeps its Jacobian.
 
     Args:
-        steps: chain length (default: the defense's K; fewer = a surrogate chain).
-        noise: fixed per-row noise (:class:`CommonNoise`); default: drawn from ``key``.
+        backward_net, segment, steps, noise: options of the EBM's Langevin chain (the net the
+            backward pass differentiates, the checkpoint length, K' of a surrogate chain,
+            fixed per-row noise such as :class:`CommonNoise`'s); given only when set.
+
+    Raises:
+        ConfigError: the purifier has no backward pass or does not take an option given.
     """
-    ebm = defense.ebm
-    steps = defense.steps if steps is None else int(steps)
-    if ebm is None or steps <= 0:
+    if not defense.purifies:
         return x01
-    in_size, in_ch = tuple(x01.shape[-2:]), x01.shape[1]
-    z = _ebm_input(defense, x01)
-    # fp32 throughout: the recomputed segments take second derivatives, which reduced
-    # precision would make inconsistent with the forward chain
-    z = langevin_differentiable(ebm.net, z, steps, ebm.settings("fp32"), key=key,
-                                noise=None if noise is None else _bound_noise(noise, z),
-                                backward_net=backward_net, segment=segment)
-    # forward once, recomputed with a graph once on the backward pass
-    defense.count_image_steps(2 * z.shape[0] * steps)
-    out = adapt_images(to_public(z), in_size, in_ch)
-    return out.clamp(0, 1) if defense.clamp else out
+    options = {"backward_net": backward_net, "segment": segment or None, "steps": steps,
+               "noise": noise}
+    return defense.purifier.purify_differentiable(
+        x01, key, **{k: v for k, v in options.items() if v is not None})
+
+
+def check_backward(defense: Defense, mode: str, attack: str = "") -> None:
+    """Refuse a gradient mode the defense's purifier cannot give, before any work: ``full``
+    and ``exact`` need a backward pass (:attr:`Purifier.differentiable`); ``smooth`` needs a
+    chain with activations to smooth (the EBM purifier's ``backward_net``). BPDA always
+    applies.
+
+    Raises:
+        ConfigError: one line naming the attack, the mode and the purifier.
+    """
+    if not defense.purifies or mode not in ("full", "smooth", "exact"):
+        return
+    p, who = defense.purifier, f"attack {attack!r}" if attack else "the attack"
+    if not p.differentiable:
+        raise ConfigError(f"{who} needs a gradient through the purifier (attack.gradient = "
+                          f"{mode}), but purifier {p.name!r} has no backward pass: use BPDA "
+                          "(bpda-eot, or attack.gradient = bpda)")
+    if mode == "smooth" and "backward_net" not in p.chain_options:
+        raise ConfigError(f"{who}: attack.gradient = smooth smooths the EBM's activations; "
+                          f"purifier {p.name!r} has none: use full or bpda")
 
 
 def energy_and_input_gradient(defense: Defense, x01: torch.Tensor
@@ -363,12 +257,14 @@ def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: i
         key: seed key; the replicates' noise is derived from ``(*key, "eot")`` (bpda) or
             ``(*key, "chain")`` (full/smooth).
         loss_fn: per-example loss [B] to maximise, of averaged outputs [B,...].
-        mode: ``bpda``: the Langevin chain is the identity on the backward pass (BPDA, Athalye
+        mode: ``bpda``: the purifier is the identity on the backward pass (BPDA, Athalye
             et al. 2018); the gradient of L(mean_h f(x̂_h)) w.r.t. each replicate x̂_h is taken
-            and the H gradients are averaged (Eq. 2.10). ``full``: exact autograd through all K
-            Langevin steps (checkpointed, :func:`langevin_differentiable`). ``smooth``: as full,
-            through ``backward_net`` (a :func:`smoothed_copy`). ``exact``: the defense is
-            deterministic (no EBM), plain autograd.
+            and the H gradients are averaged (Eq. 2.10). ``full``: exact autograd through the
+            purifier (for the EBM: all K Langevin steps, checkpointed,
+            :func:`langevin_differentiable`). ``smooth``: as full, through ``backward_net`` (a
+            :func:`smoothed_copy`). ``exact``: plain autograd through a deterministic
+            defense (none, or a differentiable deterministic purifier). Without a purifier
+            every mode is ``exact``.
         chain_steps: K' of a surrogate chain for ``full``/``smooth`` (0 = the defense's K); the
             outputs and loss returned are then those of the K'-step replicates.
         noise: fixed per-row Langevin noise for the H replicates (:class:`CommonNoise`) in
@@ -379,12 +275,13 @@ def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: i
         per-image loss [B]).
 
     Raises:
-        ConfigError: unknown ``mode``.
+        ConfigError: unknown ``mode``, or one the purifier cannot give (:func:`check_backward`).
     """
     if mode not in GRADIENT_MODES:
         raise ConfigError(f"unknown gradient mode {mode!r}; choose from {', '.join(GRADIENT_MODES)}")
-    if not defense.stochastic:
+    if not defense.purifies:
         mode = "exact"
+    check_backward(defense, mode)
     with torch.enable_grad():
         if mode == "bpda":
             r = (defense.replicates(x_adv, reps, (*key, "eot")) if noise is None
@@ -395,10 +292,10 @@ def eot_gradient(defense: Defense, x_adv: torch.Tensor, y: torch.Tensor, reps: i
             (g,) = torch.autograd.grad(loss.sum(), r)
             return g.mean(0), avg.detach(), loss.detach()
         xg = x_adv.detach().requires_grad_(True)
-        if mode == "exact":
+        if not defense.purifies:
             h, purified = 1, xg.unsqueeze(0)
         else:
-            h = reps
+            h = reps if defense.stochastic else 1
             flat = xg.repeat(h, *([1] * (xg.dim() - 1)))
             purified = purify_differentiable(defense, flat, (*key, "chain"),
                                              backward_net=backward_net, segment=segment,

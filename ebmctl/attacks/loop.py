@@ -31,6 +31,7 @@ from ebmctl.attacks.gradients import (
     GRADIENT_MODES,
     CommonNoise,
     RowNoise,
+    check_backward,
     energy_and_input_gradient,
     eot_gradient,
     predict_with_noise,
@@ -133,8 +134,22 @@ class SteppedAttack(Attack):
         """Reject settings this defense cannot honour, before any work.
 
         Raises:
-            ConfigError: ``gradient_steps`` > the defense's K; ``energy_weight`` without an EBM.
+            ConfigError: a gradient mode the purifier cannot give (``full``/``exact`` without
+                a backward pass, ``smooth`` without an EBM chain; :func:`~ebmctl.attacks.
+                gradients.check_backward`); ``gradient_steps`` > the defense's K or without an
+                EBM chain; fixed noise the purifier cannot take; ``energy_weight`` without an
+                EBM.
         """
+        mode = self.gradient_mode()
+        check_backward(defense, mode, self.name)
+        p = defense.purifier if defense.purifies else None
+        if p is not None and self.gradient_steps and "steps" not in p.chain_options:
+            raise ConfigError(f"attack.gradient_steps = {self.gradient_steps} shortens the "
+                              f"EBM's Langevin chain; purifier {p.name!r} has none")
+        if defense.stochastic and not p.fixed_noise and (self.common_noise
+                                                         or self.common_noise_defender):
+            raise ConfigError(f"attack.common_noise fixes the EBM's Langevin noise; purifier "
+                              f"{p.name!r} takes no fixed noise")
         if defense.stochastic and self.gradient_steps > defense.steps:
             raise ConfigError(f"attack.gradient_steps = {self.gradient_steps} exceeds "
                               f"defense.steps = {defense.steps}: the surrogate chain must not "

@@ -1,5 +1,6 @@
 """PGD (Madry et al. 2018; thesis Eq. 2.8) and FGSM (Goodfellow et al. 2015; Eq. 1.2) with the
-model's exact gradients, for deterministic models (no Langevin purifier; a fixer is allowed)."""
+model's exact gradients, for deterministic models (no purifier, or a deterministic differentiable
+one, differentiated through; a fixer is allowed)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,18 @@ class PGD(SteppedAttack):
     def gradient_mode(self) -> str:
         return "exact"
 
-    def estimate(self, defense, task, x_adv, y, key):
+    def check_defense(self, defense) -> None:
+        super().check_defense(defense)
+        self._check_deterministic(defense)
+
+    def _check_deterministic(self, defense) -> None:
         if defense.stochastic:
-            raise ConfigError("attack 'pgd' needs exact gradients and cannot see through "
-                              "Langevin purification; use attack.method = 'bpda-eot'")
+            raise ConfigError(f"attack {self.name!r} needs exact gradients of a deterministic "
+                              f"defense and purifier {defense.purifier.name!r} is stochastic; "
+                              "use attack.method = 'bpda-eot' (or full-eot)")
+
+    def estimate(self, defense, task, x_adv, y, key):
+        self._check_deterministic(defense)
         return eot_gradient(defense, x_adv, y, 1, key, self.loss_fn(task), "exact")
 
 

@@ -25,7 +25,13 @@ def attack_cmd(
     ctx: typer.Context,
     model: Path = model_option(..., "(or SOURCE[@WEIGHTS] as `ebmctl import-model` takes, e.g. "
                                "torchvision:resnet18@rn.pt)"),
-    ebm: Optional[Path] = ebm_option(None, "for the defense (or ebm-defense:ebm@FILE)"),
+    ebm: Optional[Path] = ebm_option(None, "for the defense, the short form of --purifier ebm "
+                                     "(or a shipped name: cifar10; or ebm-defense:ebm@FILE)"),
+    purifier: Optional[str] = typer.Option(None, "--purifier", help="purifier of the defense: "
+                                           "NAME[:key=value,...], e.g. jpeg:quality=75, "
+                                           "bit-depth:bits=3, median:size=2, "
+                                           "gaussian-noise:sigma=0.1, ebm:steps=100 (see "
+                                           "`ebmctl plugins`; defense.purifier)"),
     fixer: Optional[Path] = typer.Option(None, "--fixer", help="fixer artifact: also evaluate "
                                          "purification + fixer (`ebmctl fix train`)"),
     method: Optional[str] = typer.Option(None, "--method", help="attack(s) on the defended model, "
@@ -52,8 +58,10 @@ def attack_cmd(
                                      "run.out_dir/attack-report.json; PNG and HTML beside it)"),
     force: ForceOpt = False,
 ):
-    """Attack the undefended model (PGD) and the EBM-defended one (BPDA+EOT, or the attacks in
-    --method / attack.methods), with sanity checks; report JSON + PNG."""
+    """Attack the undefended model (PGD) and the defended one (BPDA+EOT, or the attacks in
+    --method / attack.methods) with sanity checks; report JSON + PNG. The defense is the EBM's
+    Langevin purification (--ebm) or any registered purifier (--purifier NAME[:key=value,...]):
+    a purifier without a backward pass is attacked with BPDA, a stochastic one with EOT."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
     from ebmctl.context import setup_device
@@ -61,23 +69,29 @@ def attack_cmd(
     from ebmctl.evaluate.html import write_html
     from ebmctl.evaluate.report import run_evaluation
 
-    cfg = _attack_config(ctx, norm, eps, n_images, seeds, task)
+    cfg = _attack_config(ctx, norm, eps, n_images, seeds, task, purifier)
     if undefended_only and defended_only:
         raise ConfigError("--undefended-only and --defended-only exclude each other")
     if fixer is not None and undefended_only:
         raise ConfigError("--fixer is part of the defense; drop --undefended-only")
     defended = not undefended_only
-    if ebm is None and cfg.get("defense.ebm"):
+    spec = cfg["defense.purifier"].strip()
+    uses_ebm = not spec or spec.split(":", 1)[0].strip() == "ebm"
+    if ebm is None and cfg.get("defense.ebm") and uses_ebm:
         ebm = Path(cfg["defense.ebm"])
-    if defended and ebm is None:
-        raise ConfigError("give --ebm FILE for the defended evaluation (or --undefended-only)")
+    if defended and ebm is None and not spec:
+        raise ConfigError("give --ebm FILE or --purifier NAME for the defended evaluation (or "
+                          "--undefended-only)")
+    if undefended_only and purifier:
+        raise ConfigError("--purifier is the defense; drop --undefended-only")
     dev = setup_device(cfg, honours_dtype=True)  # run.dtype: models, images, chains
     from ebmctl.importers import resolve_model_argument
+    from ebmctl.shipped import ebm_path
 
     # SOURCE[@WEIGHTS] (torchvision:NAME@FILE, ebm-defense:wrn@FILE, ...) is imported once
     model = resolve_model_argument(model, cfg["run.out_dir"])
     if ebm is not None:
-        ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
+        ebm = resolve_model_argument(ebm_path(ebm), cfg["run.out_dir"])
     if sweep:
         _sweep(cfg, model, ebm, dev, sweep, out, method, undefended_only, resume, force)
         return
@@ -93,11 +107,14 @@ def attack_cmd(
 
 
 def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],
-                   n_images: Optional[int], seeds: Optional[str], task: Optional[str]):
+                   n_images: Optional[int], seeds: Optional[str], task: Optional[str],
+                   purifier: Optional[str] = None):
     """The profile with the command's flags over it; --eps is the radius of the norm in force,
     wherever that norm was chosen (``attack.eps_l2`` for l2, else ``attack.eps``)."""
     cfg = make_config(ctx, {"attack.norm": norm or None, "attack.n_images": n_images,
                             "attack.seeds": seeds or None, "task.name": task or None})
+    if purifier:  # a value may hold commas (key=value,...), which --set would split
+        cfg = cfg.with_overrides({"defense.purifier": purifier}, "--set")
     if eps:
         key = "attack.eps_l2" if cfg["attack.norm"] == "l2" else "attack.eps"
         cfg = cfg.with_overrides({key: eps}, "--set")
@@ -111,12 +128,16 @@ def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Optional
     from ebmctl.artifacts import claim_output
     from ebmctl.config import parse_set_options
     from ebmctl.console import info, out_console
+    from ebmctl.errors import ConfigError
     from ebmctl.evaluate.report import run_sweep
     from ebmctl.evaluate.tables import sweep_table
 
     (key, raw), = parse_set_options([sweep]).items()
     values = [cfg.schema.coerce(key, v) if cfg.schema else v
               for v in raw.split(",") if v.strip()]
+    if undefended_only and key.split(".", 1)[0] in ("defense", "langevin"):
+        raise ConfigError(f"--sweep {key} changes the defense, which --undefended-only does not "
+                          "evaluate")
     out = out or Path(cfg["run.out_dir"]) / "attack-sweep.json"
     for path in (out, out.with_suffix(".png")):  # --resume continues its own report
         claim_output(path, force=force, resume=resume)
@@ -132,6 +153,12 @@ def _print_report(report: dict) -> None:
     from ebmctl.evaluate.report import report_notes
     from ebmctl.evaluate.tables import results_table, task_table
 
+    named = (report.get("defense") or {}).get("purifier")
+    if named:
+        opts = ", ".join(f"{k}={v}" for k, v in named["settings"].items())
+        info(f"purifier: {named['name']}" + (f" ({opts})" if opts else "")
+             + (" stochastic (EOT)" if named["stochastic"] else "")
+             + ("" if named["differentiable"] else "; no backward pass (BPDA)"))
     out_console().print(results_table(report))
     for note in report_notes(report):
         info(note)

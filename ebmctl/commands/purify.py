@@ -1,4 +1,5 @@
-"""`ebmctl purify`: Langevin purification of image files."""
+"""`ebmctl purify`: purification of image files (the EBM's Langevin purification by default,
+or any registered purifier with --purifier)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ app = typer.Typer()
 def purify_cmd(
     ctx: typer.Context,
     images: list[Path] = typer.Argument(..., help="image files to purify"),
-    ebm: Optional[Path] = ebm_option(None, "(default: shipped)"),
+    ebm: Optional[Path] = ebm_option(None, "(default: shipped; also a shipped name, cifar10)"),
+    purifier: Optional[str] = typer.Option(None, "--purifier", help="purifier: "
+                                           "NAME[:key=value,...], e.g. jpeg:quality=75 or "
+                                           "bit-depth:bits=3 (see `ebmctl plugins`; default: "
+                                           "defense.purifier, else the EBM's, 'ebm')"),
     steps: Optional[int] = langevin_steps_option(None, "of the defense, K_def (default: "
                                                  "defense.steps, or the K_def the EBM's "
                                                  "training profile recorded)"),
@@ -33,8 +38,9 @@ def purify_cmd(
                                          "purification (`ebmctl fix train`)"),
     force: ForceOpt = False,
 ):
-    """Run K Langevin steps of an EBM on each image and write <name>.purified.png (with --fixer:
-    purified then fixed, <name>.fixed.png; with -H N: <name>.purified-000.png ...).
+    """Run K Langevin steps of an EBM (or the purifier --purifier names) on each image and
+    write <name>.purified.png (with --fixer: purified then fixed, <name>.fixed.png; with -H N:
+    <name>.purified-000.png ...).
 
     Each output has its input's size and mode (gray stays gray, RGB stays RGB, an alpha channel
     is kept, 16-bit gray stays 16-bit; palette, bilevel and CMYK inputs come back as RGB or
@@ -46,8 +52,6 @@ def purify_cmd(
     from ebmctl.console import info
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError, InputError
-    from ebmctl.models import EnergyModel
-    from ebmctl.shipped import default_ebm
 
     cfg = make_config(ctx)
     if steps is not None and steps < 0:
@@ -55,13 +59,7 @@ def purify_cmd(
     if not images:
         raise InputError("no images given")
     dev = setup_device(cfg)
-    if ebm is not None:  # ebm-defense:ebm@FILE as `ebmctl import-model` takes
-        from ebmctl.importers import resolve_model_argument
-
-        ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
-    energy = EnergyModel.load(ebm or default_ebm(), dev)
-    k = steps if steps is not None else energy.purification_steps(
-        cfg["defense.steps"], not cfg.is_default("defense.steps"))
+    chosen, energy = _purifier(cfg, purifier, ebm, steps, dev)
     fixer_net = None
     if fixer is not None:
         from ebmctl.models import load_fixer
@@ -71,11 +69,52 @@ def purify_cmd(
     # fails before any work is done or anything is written.
     loaded, targets = _claim_outputs(images, out_dir, replicates,
                                      ".fixed" if fixer_net is not None else ".purified", force)
-    info(f"purifying with K = {k} Langevin steps of {energy.path}")
+    if energy is not None:
+        info(f"purifying with K = {chosen.steps} Langevin steps of {energy.path}")
+    else:
+        info(f"purifying with {chosen.describe()}")
     for i, ((path, img, meta), outs) in enumerate(zip(loaded, targets)):
-        _note_conversions(path, img, meta, energy)
-        out = _purify_copies(cfg, energy, fixer_net, img, len(outs), k, (str(path), i), dev)
+        if energy is not None:
+            _note_conversions(path, img, meta, energy)
+        out = _purify_copies(cfg, chosen, fixer_net, img, len(outs), (str(path), i), dev)
         _save_copies(out, outs, path, meta)
+
+
+def _purifier(cfg, spec: Optional[str], ebm: Optional[Path], steps: Optional[int], dev):
+    """The purifier ``--purifier`` (else ``defense.purifier``, else ``ebm``) names, and the
+    EBM it runs (None for another purifier): ``--ebm`` (a file, a shipped name or
+    ebm-defense:ebm@FILE; default the shipped EBM) and ``--langevin-steps`` belong to ``ebm``.
+
+    Raises:
+        ConfigError: --ebm or --langevin-steps with another purifier; an unknown purifier or
+            setting.
+    """
+    from ebmctl.defense import DefenseConfig, PurifierContext
+    from ebmctl.errors import ConfigError
+    from ebmctl.models import EnergyModel
+    from ebmctl.plugins import get_registries
+    from ebmctl.purifiers import build_purifier, parse_purifier_spec
+    from ebmctl.sampling.langevin import LangevinConfig
+    from ebmctl.shipped import default_ebm, ebm_path
+
+    spec = (spec or cfg["defense.purifier"] or "ebm").strip()
+    name = parse_purifier_spec(spec)[0]
+    energy = None
+    if name == "ebm":
+        if ebm is not None:  # ebm-defense:ebm@FILE as `ebmctl import-model` takes
+            from ebmctl.importers import resolve_model_argument
+
+            ebm = resolve_model_argument(ebm_path(ebm), cfg["run.out_dir"])
+        energy = EnergyModel.load(ebm or default_ebm(), dev)
+    elif ebm is not None or steps is not None:
+        raise ConfigError(f"--ebm and --langevin-steps belong to the EBM's purifier, not to "
+                          f"--purifier {name}")
+    context = PurifierContext(device=dev, ebm=energy, defense=cfg.section(DefenseConfig),
+                              langevin=cfg.section(LangevinConfig),
+                              steps_chosen=not cfg.is_default("defense.steps"))
+    chosen = build_purifier(spec, get_registries().purifiers, context,
+                            {"steps": steps} if steps is not None else None)
+    return chosen, energy
 
 
 def _claim_outputs(images: list[Path], out_dir: Optional[Path], replicates: int, kind: str,
@@ -111,18 +150,16 @@ def _note_conversions(path: Path, img, meta, energy) -> None:
              f"back to {output_mode(meta)}")
 
 
-def _purify_copies(cfg, energy, fixer_net, img, copies: int, k: int, key: tuple, dev):
+def _purify_copies(cfg, purifier, fixer_net, img, copies: int, key: tuple, dev):
     """``copies`` purified (then fixed) copies of ``img`` ([C,H,W] in [0,1]) at its own size,
     keyed by (run.seed, "purify", *key): [copies, C, H, W] in [0,1]."""
-    from ebmctl.context import RunConfig
-    from ebmctl.defense import DefenseConfig
-    from ebmctl.sampling.langevin import LangevinConfig
+    import torch
 
-    langevin = cfg.section(LangevinConfig)
+    from ebmctl.context import RunConfig
+
     x = img.unsqueeze(0).to(dev).repeat(copies, 1, 1, 1)
-    out = energy.purify01(x, k, (cfg.section(RunConfig).seed, "purify", *key),
-                          precision=langevin.precision_on(dev), chunk_size=langevin.chunk_size,
-                          clamp=cfg.section(DefenseConfig).clamp)
+    with torch.no_grad():
+        out = purifier.purify(x, (cfg.section(RunConfig).seed, "purify", *key))
     if fixer_net is not None:  # after resizing back, as in the defense
         from ebmctl.models import fix_images
 

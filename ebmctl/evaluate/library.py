@@ -95,21 +95,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if device is None:
         device = next((p.device for p in defended.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    stochastic = defended.stochastic
+    purified = defended.defense.purifies
     cfg = _profile(defended, task=task, norm=norm, eps=eps, steps=steps, step_size=step_size,
                    restarts=restarts, eot_reps=eot_reps, verify_reps=verify_reps, seeds=seeds,
                    batch_size=batch_size, random_start=random_start,
                    dtype="float64" if dtype == torch.float64 else "float32")
     task_obj = get_task(cfg)
     if attacks is None:
-        attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if stochastic else "pgd"]
+        attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if purified else "pgd"]
     registry = get_registries().attacks
-    built = [a if isinstance(a, Attack) else make_attack(cfg, a, stochastic,
+    built = [a if isinstance(a, Attack) else make_attack(cfg, a, purified,
                                                          cls=registry.get(a)) for a in attacks]
     if not built:
         raise ConfigError("give at least one attack")
     check_options_used(cfg, built)
-    label = "defended" if stochastic else "undefended"
+    for a in built:  # a gradient mode the purifier cannot give, refused before any work
+        getattr(a, "check_defense", lambda d: None)(defended.defense)
+    label = "defended" if purified else "undefended"
     results = {label: run_label(cfg, label, defended.defense, built, task_obj, x, y, device,
                                 list(cfg.section(AttackConfig).seeds), {})}
     checks = None
@@ -179,7 +181,11 @@ def _report(cfg, defended, task, n_images: int, device, results: dict,
         command="evaluate", task=task.name, metric=task.metric_name,
         dataset="tensors given to ebmctl.evaluate", split=None, n_images=n_images,
         seeds=list(attack.seeds), threat=threat_of(cfg),
-        defense={"steps": defended.steps if defended.stochastic else 0,
+        defense={"purifier": None if defense.purifier is None or not defense.purifies else {
+                     "name": defense.purifier.name, "settings": defense.purifier.settings(),
+                     "stochastic": bool(defense.purifier.stochastic),
+                     "differentiable": bool(defense.purifier.differentiable)},
+                 "steps": defended.steps if defended.stochastic else 0,
                  "eot_reps": defense.reps, "attack_eot_reps": attack.eot_reps,
                  "average": defense.average, "gradient": defended.gradient,
                  "input_range": list(defended.input_range),

@@ -276,8 +276,8 @@ def write_gallery(path: str | Path, label: str, x, x_adv, defense, threat: dict,
     n = min(n, len(x))
     xs, advs = x[:n].detach().float().cpu(), x_adv[:n].detach().float().cpu()
     purified, row = None, "purified adversarial (1 replicate)"
-    if defense.stochastic:
-        dev = next(defense.ebm.net.parameters()).device
+    if defense.purifies:
+        dev = next((p.device for p in defense.model.parameters()), torch.device("cpu"))
         with torch.no_grad():
             purified = defense.transform(advs.to(dev), key).float().cpu()
         if defense.fixer is not None:

@@ -41,7 +41,7 @@ from ebmctl.attacks.base import (
 )
 from ebmctl.console import info, progress_bar
 from ebmctl.context import RunConfig, environment, get_task, load_dataset, working_dtype
-from ebmctl.defense import Defense, DefenseConfig
+from ebmctl.defense import Defense, DefenseConfig, LangevinPurifier, Purifier, PurifierContext
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.attack_eval import evaluate_attack
@@ -70,6 +70,7 @@ from ebmctl.evaluate.results import (
 )
 from ebmctl.evaluate.stats import still_falling
 from ebmctl.plugins import get_registries
+from ebmctl.purifiers import build_purifier, parse_purifier_spec
 from ebmctl.config import Config
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.units import format_radius
@@ -149,12 +150,36 @@ def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
 
 
 def build_defense(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device,
-                  fixer: torch.nn.Module | None = None) -> Defense:
+                  fixer: torch.nn.Module | None = None,
+                  purifier: Purifier | None = None) -> Defense:
     """:meth:`Defense.from_config` with the profile's ``[defense]`` and ``[langevin]``, its
-    chains in ``run.dtype``."""
-    return Defense.from_config(model, ebm, cfg.section(DefenseConfig),
-                               cfg.section(LangevinConfig), device, fixer,
-                               dtype=working_dtype(cfg))
+    chains in ``run.dtype``; ``purifier`` in place of the EBM's when given."""
+    return Defense.from_config(model, None if purifier is not None else ebm,
+                               cfg.section(DefenseConfig), cfg.section(LangevinConfig), device,
+                               fixer, dtype=working_dtype(cfg), purifier=purifier)
+
+
+def resolve_purifier(cfg: Config, ebm: EnergyModel | None, device) -> Purifier | None:
+    """The purifier ``defense.purifier`` (``--purifier NAME[:key=value,...]``) names, built
+    from the registered purifiers; None when it is empty (the EBM's Langevin purification with
+    ``defense.steps`` and ``defense.clamp`` when there is an EBM, else no purifier).
+
+    Raises:
+        ConfigError: an unknown purifier or setting; an EBM given with a purifier other than
+            ``ebm``; the ``ebm`` purifier without an EBM.
+    """
+    spec = cfg.section(DefenseConfig).purifier.strip()
+    if not spec:
+        return None
+    name = parse_purifier_spec(spec)[0]
+    if ebm is not None and name != LangevinPurifier.name:
+        raise ConfigError(f"--ebm and --purifier {name} exclude each other: the EBM is the "
+                          f"'{LangevinPurifier.name}' purifier (--purifier "
+                          f"{LangevinPurifier.name}:steps=K)")
+    context = PurifierContext(device=torch.device(device), dtype=working_dtype(cfg), ebm=ebm,
+                              defense=cfg.section(DefenseConfig),
+                              langevin=cfg.section(LangevinConfig), steps_chosen=True)
+    return build_purifier(spec, get_registries().purifiers, context)
 
 
 def evaluation_images(cfg: Config, model: TaskModel, split: str = "test"):
@@ -411,7 +436,7 @@ def _model_checks(cfg: Config, label: str, defense: Defense, attacks: list[Attac
                               f"first {n} images, tolerance {tol})",
                               all(b <= a + tol for a, b in zip(curve, curve[1:])),
                               {"eps": [0.0, eps / 2, eps], "adversarial": curve}))
-    if defense.stochastic:
+    if defense.purifies:  # masking is a risk of every purifier, random or not
         check, masking = _transfer_check(cfg, label, defense, task, x, y, device, row,
                                          first.seed)
         checks.append(check)
@@ -522,9 +547,12 @@ def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device
     model = TaskModel.load(model_path, device, dtype)
     model.check_task(task.name)
     ebm = EnergyModel.load(ebm_path, device, dtype) if (defended and ebm_path) else None
-    if defended and ebm is None:
-        raise ConfigError("a defended evaluation needs an EBM (--ebm FILE)")
-    runs = plan_runs(cfg, model, ebm, device, undefended, defended, method, fixer_path)
+    purifier = resolve_purifier(cfg, ebm, device) if defended else None
+    if defended and ebm is None and purifier is None:
+        raise ConfigError("a defended evaluation needs a purifier: --ebm FILE (the EBM's "
+                          "Langevin purification) or --purifier NAME")
+    runs = plan_runs(cfg, model, ebm, device, undefended, defended, method, fixer_path,
+                     purifier)
     bundle, x, y = evaluation_images(cfg, model)
     parts_dir = out.with_name(out.stem + ".parts")
     fingerprint = _fingerprint(cfg, model_path, ebm_path if defended else None,
@@ -534,7 +562,9 @@ def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device
     header = {"command": "attack", "task": task.name, "metric": task.metric_name,
               "dataset": bundle.name, "split": "test", "n_images": len(x),
               "threat": threat_of(cfg), "defense": _defense_settings(
-                  cfg, device, ebm_path if defended else None, fixer_path if defended else None),
+                  cfg, device, ebm_path if defended else None, fixer_path if defended else None,
+                  next((r.defense.purifier for r in runs if r.defense.purifier is not None),
+                       None)),
               "model": str(model_path), "environment": environment(cfg, device),
               "config": cfg.to_dict()}
     seeds = list(cfg.section(AttackConfig).seeds or [cfg.section(RunConfig).seed])
@@ -545,15 +575,17 @@ def plan_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device
 
 
 def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, undefended: bool,
-              defended: bool, method: str | None, fixer_path: Path | None
-              ) -> list[PlannedRun]:
-    """One :class:`PlannedRun` per model evaluated; every attack built before any work."""
+              defended: bool, method: str | None, fixer_path: Path | None,
+              purifier: Purifier | None = None) -> list[PlannedRun]:
+    """One :class:`PlannedRun` per model evaluated (the defended ones through ``purifier``,
+    else the EBM's); every attack built before any work."""
     runs = []
     if undefended:
         runs.append(PlannedRun("undefended", build_defense(cfg, model, None, device),
                                [make_attack(cfg, m, False) for m in method_list(cfg, None, False)]))
     if defended:
-        runs.append(PlannedRun("defended", build_defense(cfg, model, ebm, device),
+        runs.append(PlannedRun("defended", build_defense(cfg, model, ebm, device,
+                                                         purifier=purifier),
                                [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     if defended and fixer_path is not None:
         from ebmctl.models import load_fixer
@@ -561,7 +593,8 @@ def plan_runs(cfg: Config, model: TaskModel, ebm: EnergyModel | None, device, un
         runs.append(PlannedRun(
             "defended+fixer",
             build_defense(cfg, model, ebm, device,
-                          fixer=load_fixer(fixer_path, device, working_dtype(cfg))),
+                          fixer=load_fixer(fixer_path, device, working_dtype(cfg)),
+                          purifier=purifier),
             [make_attack(cfg, m, True) for m in method_list(cfg, method, True)]))
     check_options_used(cfg, [a for _, _, attacks in runs for a in attacks])
     for _, defense, attacks in runs:  # e.g. attack.gradient_steps > defense.steps, before work
@@ -580,9 +613,15 @@ def threat_of(cfg: Config) -> Threat:
 
 
 def _defense_settings(cfg: Config, device, ebm_path: Path | None,
-                      fixer_path: Path | None) -> dict:
+                      fixer_path: Path | None, purifier: Purifier | None = None) -> dict:
+    """The report's ``defense`` record: the purifier by name with its settings (None for an
+    undefended-only run), H_def, H_adv, the averaging and the EBM/fixer files."""
     defense = cfg.section(DefenseConfig)
-    return {"steps": defense.steps, "eot_reps": defense.eot_reps,
+    named = None if purifier is None else {"name": purifier.name,
+                                           "settings": purifier.settings(),
+                                           "stochastic": bool(purifier.stochastic),
+                                           "differentiable": bool(purifier.differentiable)}
+    return {"purifier": named, "steps": defense.steps, "eot_reps": defense.eot_reps,
             # "auto" is bf16 on a CPU with native bf16 (and on CUDA): figures can move
             "precision": cfg.section(LangevinConfig).precision_on(device, working_dtype(cfg)),
             "attack_eot_reps": cfg.section(AttackConfig).eot_reps, "average": defense.average,
