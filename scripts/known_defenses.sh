@@ -22,7 +22,7 @@ if [ "$SET" = digits ]; then
 else
   CLF=ebmctl/weights/cifar10-classifier.safetensors
   P=(-p cifar10-attack -m "$CLF" --set langevin.precision=fp32 --set attack.sanity=false
-     --set data.root=../shared/data/cifar10)
+     --set data.root=../shared/data/cifar10 --set run.threads=2)
   SPECS=("jpeg:quality=75" "bit-depth:bits=5" "median:size=2" "gaussian-noise:sigma=0.03")
 fi
 "$EB" attack "${P[@]}" --undefended-only -o "$OUT/undefended.json" --force
