@@ -24,6 +24,9 @@ ForceResumeOpt = typer.Option(False, "--force-resume", help="resume even though 
                               "updates, logging/checkpoint frequency or sharding changed; the "
                               "artifact records the changes (other settings cannot change)")
 EpochsOpt = typer.Option(None, "--epochs", help="override model.epochs")
+StopAfterOpt = typer.Option(None, "--stop-after", min=1, help="train at most this many epochs "
+                            "in this call, then keep the checkpoint and exit; continue with "
+                            "--resume (a long run in chunks)")
 #: ``--steps`` counted training updates before ``-k/--langevin-steps`` and ``--updates`` split
 #: the two meanings (kept for one release).
 OLD_STEPS = {"--steps": "--updates"}
@@ -81,7 +84,7 @@ def train_ebm_cmd(ctx: typer.Context, out: Optional[Path] = _out("ebm"),
 
 
 def _train_task(cfg, out, resume, kind_check: str | None, force_resume: bool = False,
-                force: bool = False):
+                force: bool = False, stop_after: int | None = None):
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.training.task_model import train_task_model
@@ -94,27 +97,32 @@ def _train_task(cfg, out, resume, kind_check: str | None, force_resume: bool = F
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
     path = train_task_model(cfg, bundle, task, out, dev, resume,
-                            force_resume=force_resume)
-    info(f"wrote {path}")
+                            force_resume=force_resume, stop_after=stop_after)
+    if path is None:
+        info(f"not finished: continue with the same command and --resume (writes {out})")
+    else:
+        info(f"wrote {path}")
 
 
 @app.command("classifier", cls=command())
 def train_classifier_cmd(ctx: typer.Context, out: Optional[Path] = _out("classifier"),
                          resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
-                         force: ForceOpt = False, epochs: Optional[int] = EpochsOpt):
+                         force: ForceOpt = False, epochs: Optional[int] = EpochsOpt,
+                         stop_after: Optional[int] = StopAfterOpt):
     """Train the classifier of the classification task."""
     _train_task(make_config(ctx, {"model.epochs": epochs}), out, resume, "classifier",
-                force_resume, force)
+                force_resume, force, stop_after)
 
 
 @app.command("segmenter", cls=command())
 def train_segmenter_cmd(ctx: typer.Context, out: Optional[Path] = _out("segmenter"),
                         resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
-                        force: ForceOpt = False, epochs: Optional[int] = EpochsOpt):
+                        force: ForceOpt = False, epochs: Optional[int] = EpochsOpt,
+                        stop_after: Optional[int] = StopAfterOpt):
     """Train the segmenter of the segmentation task (task.name = segmentation unless the profile
     names another task that trains a segmenter)."""
     cfg = make_config(ctx, {"model.epochs": epochs}, defaults={"task.name": "segmentation"})
-    _train_task(cfg, out, resume, "segmenter", force_resume, force)
+    _train_task(cfg, out, resume, "segmenter", force_resume, force, stop_after)
 
 
 @app.command("autoencoder", cls=command(aliases=OLD_STEPS))
@@ -143,9 +151,11 @@ def train_model_cmd(ctx: typer.Context,
                                                      ".safetensors, kind: classifier, "
                                                      "segmenter, ...)"),
                     resume: bool = ResumeOpt, force_resume: bool = ForceResumeOpt,
-                    force: ForceOpt = False, epochs: Optional[int] = EpochsOpt):
+                    force: ForceOpt = False, epochs: Optional[int] = EpochsOpt,
+                    stop_after: Optional[int] = StopAfterOpt):
     """Train the task model of whichever task the profile names (task.name)."""
-    _train_task(make_config(ctx, {"model.epochs": epochs}), out, resume, None, force_resume, force)
+    _train_task(make_config(ctx, {"model.epochs": epochs}), out, resume, None, force_resume, force,
+                stop_after)
 
 
 @app.command("hat", cls=command(aliases=OLD_STEPS))

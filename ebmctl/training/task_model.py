@@ -16,6 +16,7 @@ from ebmctl.models import TaskModel
 from ebmctl.config import Config, setting
 from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
+from ebmctl.units import to_internal
 from ebmctl.training.adversarial import adversarial_loss, adversarial_settings, robust_accuracy
 from ebmctl.training.checkpoint import (
     ResumeGuard,
@@ -54,8 +55,27 @@ class ModelConfig:
                                choices=("step", "onecycle"))
     warmup_fraction: float = setting(0.25, "fraction of training spent warming up "
                                      "(model.lr_schedule = onecycle)", minimum=0, maximum=1)
-    augment: bool = setting(False, "random crop (pad 4) + horizontal flip")
+    augment: bool = setting(False, "random translation (model.translate) + horizontal flip")
     flip: bool = setting(True, "horizontal flip in augmentation")
+    translate: int = setting(4, "largest random shift in pixels of the augmentation, borders "
+                             "reflected (model.augment)", minimum=0, maximum=16)
+    lr_start_factor: float = setting(0.0, "learning rate at the first iteration as a fraction "
+                                     "of model.lr (model.lr_schedule = onecycle; airbench: 0.2)",
+                                     minimum=0, maximum=1)
+    lr_end_factor: float = setting(0.0, "learning rate at the last iteration as a fraction of "
+                                   "model.lr (model.lr_schedule = onecycle; airbench: 0.07)",
+                                   minimum=0, maximum=1)
+    norm_lr_scale: float = setting(1.0, "learning-rate multiplier for normalisation-layer "
+                                   "parameters (BatchNorm affine); their weight decay is divided "
+                                   "by it, so the decay per step stays model.lr x "
+                                   "model.weight_decay (airbench's bias_scaler: 64)", minimum=1e-6)
+    lookahead_every: int = setting(0, "every this many iterations pull the weights to an "
+                                   "exponential average of themselves and continue from it; "
+                                   "the run ends on the average (airbench: 5; 0 = off)",
+                                   minimum=0)
+    lookahead_decay: float = setting(0.7738, "weight of the old average at a lookahead update, "
+                                     "ramped by (iteration / total)^3 (airbench: 0.95^5)",
+                                     minimum=0, maximum=1)
 
 
 def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.Tensor,
@@ -71,29 +91,87 @@ def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.
 
 def task_lr(cfg: Config, it: int, total: int, milestones: list[int]) -> float:
     """Learning rate at iteration ``it`` of ``total``: step drops, or a one-cycle triangle
-    (linear warm-up over ``model.warmup_fraction`` of training, then linear decay to 0)."""
+    (linear warm-up over ``model.warmup_fraction`` of training from ``model.lr_start_factor``
+    × peak, then linear decay towards ``model.lr_end_factor`` × peak; both 0 by default).
+    airbench's triangle is start 0.2, peak at 23 %, end 0.07 (Jordan 2024)."""
     peak = cfg["model.lr"]
     if cfg["model.lr_schedule"] == "onecycle":
+        start, end = cfg["model.lr_start_factor"], cfg["model.lr_end_factor"]
         warm = max(1, round(cfg["model.warmup_fraction"] * total))
         if it < warm:
-            return peak * (it + 1) / warm
-        return peak * max(0.0, (total - it) / max(1, total - warm))
+            return peak * (start + (1 - start) * (it + 1) / warm)
+        return peak * (end + (1 - end) * max(0.0, (total - it) / max(1, total - warm)))
     return peak * 0.1 ** sum(it >= m for m in milestones)
 
 
+_NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm,
+                torch.nn.modules.instancenorm._InstanceNorm)
+
+
+def param_groups(net: torch.nn.Module, lr: float, weight_decay: float,
+                 norm_scale: float) -> list[dict]:
+    """The trainable parameters in two groups: normalisation-layer parameters at learning rate
+    ``lr × norm_scale`` and weight decay ``weight_decay / norm_scale`` (the same decay per step,
+    airbench's ``bias_scaler``), and all others at ``lr``, ``weight_decay``. Each group keeps
+    its ``lr_scale`` so :func:`task_lr`'s schedule multiplies both. Frozen parameters (e.g. the
+    whitening filters) are left out."""
+    norm_ids = {id(p) for m in net.modules() if isinstance(m, _NORM_LAYERS)
+                for p in m.parameters(recurse=False)}
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    norm = [p for p in trainable if id(p) in norm_ids]
+    other = [p for p in trainable if id(p) not in norm_ids]
+    groups = [{"params": other, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0}]
+    if norm and norm_scale != 1.0:
+        groups.append({"params": norm, "lr": lr * norm_scale,
+                       "weight_decay": weight_decay / norm_scale, "lr_scale": norm_scale})
+    else:
+        groups[0]["params"] = trainable
+    return groups
+
+
 def _optimizer(net: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """``model.optimizer``: Nesterov SGD with momentum, or Adam; both with weight decay."""
+    """``model.optimizer``: Nesterov SGD with momentum, or Adam; both with weight decay, the
+    normalisation layers at ``model.norm_lr_scale`` × the learning rate."""
     model = cfg.section(ModelConfig)
+    groups = param_groups(net, model.lr, model.weight_decay, model.norm_lr_scale)
     if model.optimizer == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=model.lr, momentum=model.momentum,
-                               weight_decay=model.weight_decay, nesterov=True)
-    return torch.optim.Adam(net.parameters(), lr=model.lr, weight_decay=model.weight_decay)
+        return torch.optim.SGD(groups, lr=model.lr, momentum=model.momentum, nesterov=True)
+    return torch.optim.Adam(groups, lr=model.lr)
+
+
+class Lookahead:
+    """airbench's lookahead (Jordan 2024, ``LookaheadState``; after Zhang et al. 2019,
+    "Lookahead Optimizer: k steps forward, 1 step back"): every ``every`` iterations the
+    average ``a ← d·a + (1 − d)·w`` of each floating-point tensor of the state dict
+    (parameters and BatchNorm statistics) is updated and the network continues from it
+    (``w ← a``), with ``d = decay · (it / total)³``: early in training the weights move freely,
+    late they are averaged. :meth:`finish` leaves the network on the average."""
+
+    def __init__(self, net: torch.nn.Module, every: int, decay: float):
+        self.net, self.every, self.decay = net, every, decay
+        self.average = {k: v.detach().clone() for k, v in net.state_dict().items()
+                        if v.is_floating_point()}
+
+    def step(self, it: int, total: int) -> None:
+        """After iteration ``it`` (1-based) of ``total``."""
+        if it % self.every == 0:
+            self._pull(self.decay * (it / total) ** 3)
+
+    @torch.no_grad()
+    def _pull(self, d: float) -> None:
+        state = self.net.state_dict()
+        for k, a in self.average.items():
+            a.lerp_(state[k].detach(), 1 - d)
+            state[k].copy_(a)
+
+    def finish(self) -> None:
+        self._pull(1.0)
 
 
 @keeps_global_rng
 def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                      device: torch.device, resume: bool = False,
-                     force_resume: bool = False) -> Path:
+                     force_resume: bool = False, stop_after: int | None = None) -> Path | None:
     """Train the task model ``model.arch`` on ``bundle``'s training split with the task's own
     loss and augmentation; write the artifact (with its test score) and a JSON log. A checkpoint
     after every epoch makes the run resumable, and all randomness is keyed by (seed, epoch), so
@@ -104,6 +182,9 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     a held-out PGD on the validation split, and the artifact keeps the epoch with the best
     held-out robust score (Rice et al. 2020), recording the ``[adversarial]`` settings.
 
+    ``stop_after`` runs at most that many epochs in this call and returns None with the
+    checkpoint kept, so a long run goes in chunks (resume it with ``resume=True``).
+
     Raises:
         ConfigError: invalid ``[adversarial]`` settings, or adversarial training without a
             validation split.
@@ -112,7 +193,10 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
     job = _TaskTraining(cfg, bundle, task, Path(out), device)
     if (resume or force_resume) and job.ckpt_file.exists():
         job.restore(force_resume)
-    job.train()
+    if not job.train(stop_after):
+        info(f"stopped after epoch {job.history[-1]['epoch'] if job.history else 0} of "
+             f"{job.epochs}; checkpoint {job.ckpt_file}")
+        return None
     return job.finish()
 
 
@@ -128,6 +212,16 @@ class _TaskTraining:
         net, self.arch, self.args = build_model("task", cfg, bundle, (self.seed, "task-init"),
                                                 task)
         task.prepare_model(net, cfg)
+        init_from_data = getattr(net, "init_from_data", None)
+        if callable(init_from_data):
+            # Data-dependent initialisation (airbench's whitening layer): the network asks for
+            # ``init_images`` training images, drawn at random (an ImageFolder's split is
+            # class-sorted, so a prefix would hold one or two classes) and given in its own
+            # [-1,1] units. Deterministic; a resume overwrites it with the checkpoint anyway.
+            n = min(int(getattr(net, "init_images", len(bundle.train.x))), len(bundle.train.x))
+            pick = torch.randperm(len(bundle.train.x),
+                                  generator=make_generator("cpu", self.seed, "task-data-init"))
+            init_from_data(to_internal(bundle.train.x[pick[:n]]))
         self.net = net
         self.model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels,
                                task.model_kind, task.name).to(device)
@@ -136,6 +230,8 @@ class _TaskTraining:
         net.to(memory_format=self.memory_format)
         self.epochs, self.batch = cfg["model.epochs"], cfg["model.batch_size"]
         self.opt = _optimizer(net, cfg)
+        every = cfg["model.lookahead_every"]
+        self.lookahead = Lookahead(net, every, cfg["model.lookahead_decay"]) if every else None
         self.steps_per_epoch = max(1, (len(bundle.train.x) + self.batch - 1) // self.batch)
         self.total = self.epochs * self.steps_per_epoch
         self.milestones = [int(f * self.total) for f in cfg["model.lr_milestones"]]
@@ -159,6 +255,9 @@ class _TaskTraining:
         self.net.load_state_dict(ck["model"])
         restore_optimizer(self.opt, ck)
         self.start_epoch, self.history = ck["step"], ck["state"].get("history", [])
+        if self.lookahead is not None:
+            self.lookahead.average = {k[10:]: v for k, v in ck["tensors"].items()
+                                      if k.startswith("lookahead.")}
         best = {k[5:]: v for k, v in ck["tensors"].items() if k.startswith("best.")}
         if best:
             self.best = best
@@ -166,13 +265,20 @@ class _TaskTraining:
             self.best_robust = ck["state"]["best_robust"]
         info(f"resumed from {self.ckpt_file} at epoch {self.start_epoch}")
 
-    def train(self) -> None:
-        """The remaining epochs, each followed by a validation score and a checkpoint."""
+    def train(self, stop_after: int | None = None) -> bool:
+        """The remaining epochs, each followed by a validation score and a checkpoint; with
+        ``stop_after``, at most that many. Returns whether training is complete."""
         task, t0 = self.task, time.time()
         with progress_bar(self.total - self.start_epoch * self.steps_per_epoch,
                           f"train {task.model_kind}") as bar:
             for epoch in range(self.start_epoch, self.epochs):
+                if stop_after is not None and epoch - self.start_epoch >= stop_after:
+                    return False
+                t_epoch = time.time()
                 loss = self.train_epoch(epoch, bar)
+                train_seconds = time.time() - t_epoch  # the training pass alone (throughput)
+                if epoch + 1 == self.epochs and self.lookahead is not None:
+                    self.lookahead.finish()  # the run ends on the average (airbench)
                 val = evaluate_task_model(self.model, task, self.bundle.val.x,
                                           self.bundle.val.y, self.device)
                 row = {"epoch": epoch + 1, "loss": loss, f"val_{task.metric_name}": val}
@@ -181,17 +287,26 @@ class _TaskTraining:
                     info(f"epoch {epoch + 1}: val {task.metric_name} {val:.4f}, held-out "
                          f"robust {row[f'val_robust_{task.metric_name}']:.4f} "
                          f"(PGD-{self.adv.eval_steps})")
-                self.history.append({**row, "seconds": round(time.time() - t0, 1)})
+                else:
+                    info(f"epoch {epoch + 1}: val {task.metric_name} {val:.4f}, train loss "
+                         f"{loss:.4f}, {train_seconds:.0f} s")
+                self.history.append({**row, "seconds": round(time.time() - t0, 1),
+                                     "train_seconds": round(train_seconds, 1)})
                 if epoch + 1 < self.epochs:
                     best = ({f"best.{k}": v for k, v in self.best.items()} if self.best
-                            else None)
+                            else {})
+                    if self.lookahead is not None:
+                        best.update({f"lookahead.{k}": v
+                                     for k, v in self.lookahead.average.items()})
                     save_checkpoint(self.ckpt_file, target=task.model_kind, step=epoch + 1,
-                                    model=self.net, optimizer=self.opt, tensors=best,
+                                    model=self.net, optimizer=self.opt,
+                                    tensors=best or None,
                                     state={"history": self.history,
                                            "best_epoch": self.best_epoch,
                                            "best_robust": self.best_robust},
                                     config=self.cfg, arch=self.arch, arch_args=self.args,
                                     guard=self.guard)
+        return True
 
     def held_out_robust(self, epoch: int) -> float:
         """The held-out robust score after ``epoch`` (the first ``adversarial.eval_images``
@@ -223,7 +338,7 @@ class _TaskTraining:
         for i in range(self.steps_per_epoch):
             lr = task_lr(cfg, epoch * self.steps_per_epoch + i, self.total, self.milestones)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             idx = perm[i * bs:(i + 1) * bs]
             xb, yb = task.augment(x[idx], y[idx], gen, cfg)
             xb = xb.to(self.device).contiguous(memory_format=self.memory_format)
@@ -238,6 +353,8 @@ class _TaskTraining:
                 raise numerical_stop(f"task-model loss or gradient became NaN/Inf in epoch "
                                      f"{epoch + 1}", self.ckpt_file)
             opt.step()
+            if self.lookahead is not None:
+                self.lookahead.step(epoch * self.steps_per_epoch + i + 1, self.total)
             losses.append(loss.item())
             bar.advance(1, f"loss {loss.item():.3f}")
         return sum(losses) / len(losses)
@@ -256,13 +373,22 @@ class _TaskTraining:
                 "dataset": cfg["data.dataset"]}
         extra = {"history": self.history, f"test_{task.metric_name}": test,
                  **self.guard.artifact_extra()}
+        if getattr(self.net, "flip_tta", False):
+            # a network with test-time augmentation (airbench's flip TTA): its test score on
+            # one view too, so a report can say what the augmentation adds
+            self.net.flip_tta = False
+            extra[f"test_{task.metric_name}_single_view"] = evaluate_task_model(
+                self.model, task, bundle.test.x, bundle.test.y, self.device)
+            self.net.flip_tta = True
         if self.adv.active:
             extra["adversarial"] = self.adversarial_record(test)
         save_artifact(out, model_tensors(self.net), kind=task.model_kind, arch=self.arch,
                       arch_args=self.args, task=task.name, data=data, config=cfg,
                       step=self.epochs, extra=extra)
         atomic_write_json(out.with_suffix(".log.json"),
-                          {"history": self.history, "test": test, "config": cfg.to_dict(),
+                          {"history": self.history, "test": test,
+                           **{k: v for k, v in extra.items() if k.endswith("_single_view")},
+                           "config": cfg.to_dict(),
                            "environment": environment(cfg, self.device),
                            **({"adversarial": extra["adversarial"]} if self.adv.active
                               else {})})

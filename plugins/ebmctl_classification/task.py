@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
-from ebmctl.api import Task
+from ebmctl.api import ConfigError, Task
 
 
 class ClassificationTask(Task):
@@ -15,9 +17,19 @@ class ClassificationTask(Task):
     default_arch = "small-cnn"
     metric_name = "accuracy"
     description = "image classification: cross-entropy loss, accuracy, broken = misclassified"
+    #: ``model.label_smoothing``: the training loss's smoothing s (Szegedy et al. 2016, "Rethinking
+    #: the Inception Architecture", §7); the attacker's loss and the score never smooth.
+    label_smoothing: float = 0.0
+
+    def configured(self, config) -> "ClassificationTask":
+        task = copy.copy(self)
+        task.label_smoothing = float(config["model.label_smoothing"])
+        return task
 
     def train_loss(self, outputs, targets):
-        return F.cross_entropy(outputs, targets)
+        """Mean cross-entropy [scalar] of logits [B, K] against labels [B], the one-hot target
+        smoothed to (1 − s)·onehot + s/K."""
+        return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
 
     def train_loss_per_example(self, outputs, targets):
         return F.cross_entropy(outputs, targets, reduction="none")
@@ -35,9 +47,13 @@ class ClassificationTask(Task):
         if not config["model.augment"]:
             return x, y
         b, _, h, w = x.shape
-        padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
-        dx = torch.randint(0, 9, (b,), generator=generator)
-        dy = torch.randint(0, 9, (b,), generator=generator)
+        t = config["model.translate"]  # random shift of up to t pixels, reflected borders
+        if t >= min(h, w):
+            raise ConfigError(f"model.translate = {t} needs images larger than {t} pixels; "
+                              f"these are {h}x{w}")
+        padded = F.pad(x, (t, t, t, t), mode="reflect") if t else x
+        dx = torch.randint(0, 2 * t + 1, (b,), generator=generator)
+        dy = torch.randint(0, 2 * t + 1, (b,), generator=generator)
         rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).to(x.device)
         cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).to(x.device)
         out = padded[torch.arange(b).view(b, 1, 1), :, rows.view(b, h, 1), cols.view(b, 1, w)]
