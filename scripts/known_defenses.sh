@@ -19,11 +19,13 @@ if [ "$SET" = digits ]; then
   [ -f "$CLF" ] || "$EB" train classifier -p quick --seed 0 -o "$CLF"
   P=(-p quick -m "$CLF" --set langevin.precision=fp32 --set attack.sanity=false)
   SPECS=("jpeg:quality=75" "bit-depth:bits=1" "median:size=2" "gaussian-noise:sigma=0.1")
+  BITS=1 EPS=0.1 STEPS=40 ALPHA=0.02
 else
   CLF=ebmctl/weights/cifar10-classifier.safetensors
   P=(-p cifar10-attack -m "$CLF" --set langevin.precision=fp32 --set attack.sanity=false
      --set data.root=../shared/data/cifar10 --set run.threads=2)
   SPECS=("jpeg:quality=75" "bit-depth:bits=5" "median:size=2" "gaussian-noise:sigma=0.03")
+  BITS=5 EPS=$(python3 -c "print(8/255)") STEPS=20 ALPHA=$(python3 -c "print(2/255)")
 fi
 "$EB" attack "${P[@]}" --undefended-only -o "$OUT/undefended.json" --force
 for spec in "${SPECS[@]}"; do
@@ -41,4 +43,9 @@ for spec in "${SPECS[@]}"; do
       --set attack.eot_reps=8 -o "$OUT/$name.bpda-eot.json" --force
   fi
 done
+"$EB" attack "${P[@]}" --defended-only --purifier "${SPECS[1]}" --method square \
+  --set attack.steps=1000 --set attack.eot_reps=1 -o "$OUT/bit-depth.square.json" --force
+.venv/bin/python scripts/known_defenses_masking.py "$CLF" -p "${P[1]}" --bits "${BITS}" \
+  --eps "$EPS" --steps "$STEPS" --step-size "$ALPHA" --out "$OUT/masking.json" \
+  --set data.root=../shared/data/cifar10
 .venv/bin/python scripts/known_defenses_table.py "$OUT" > "$OUT/table.md"

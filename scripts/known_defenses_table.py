@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ebmctl.evaluate.stats import accuracy_interval
 
-ORDER = ("naive", "bpda", "bpda-eot")
+ORDER = ("naive", "bpda", "bpda-eot", "square")
 
 
 def main() -> None:
@@ -41,6 +41,8 @@ def main() -> None:
             for attack, a in res["attacks"].items():
                 label = {"full-eot": "PGD through the purifier (no EOT)",
                          "transfer": "transfer from the bare classifier",
+                         "square": f"Square, gradient-free ({a['accuracy_curve'].__len__() - 1} "
+                                   "queries)",
                          "bpda-eot": "BPDA" if kind == "bpda" else "BPDA+EOT (H_adv = 8)"}[attack]
                 entry["attacks"].append({"report": path.name, "attack": attack, "label": label,
                                          "adversarial": a["adversarial_mean"],
@@ -63,11 +65,29 @@ def main() -> None:
         lo, hi = entry["worst_case"]["ci"]
         rows.append(f"| {name} ({opts}) | {entry['natural']:.3f} | **per-image worst case** | "
                     f"**{worst:.3f}** [{lo:.3f}, {hi:.3f}] | | |")
+    masking = folder / "masking.json"
+    mask_rows = []
+    if masking.exists():  # scripts/known_defenses_masking.py
+        summary["masking_demo"] = json.loads(masking.read_text())
+        for label, r in summary["masking_demo"].items():
+            if label == "settings":
+                continue
+            gm = r["gradient_masking"] or {}
+            attacks = ", ".join(f"{n} {v:.3f}" for n, v in r["attacks"].items())
+            mask_rows.append(f"| {label} | {r['natural']:.3f} | {attacks} | "
+                             f"{r['worst_case']:.3f} | "
+                             f"{'**fires**' if gm.get('suspected') else 'silent'} |")
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("| purifier | natural | attack | robust accuracy [95% CI] | converged | masking "
           "warning |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if mask_rows:
+        print()
+        print("| bit-depth defense declared | natural | robust accuracy per attack | per-image "
+              "worst case | masking warning |")
+        print("|---|---|---|---|---|")
+        print("\n".join(mask_rows))
 
 
 if __name__ == "__main__":
