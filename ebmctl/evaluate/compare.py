@@ -33,6 +33,13 @@ WORST = "worst case (per image)"
 RADIUS_KEYS = {"linf": "attack.eps", "l2": "attack.eps_l2"}
 
 
+def eps_text(eps: float) -> str:
+    """A radius as the sweep wrote it: "0.2" for a short decimal, else "8/255" for whole
+    255ths (:func:`ebmctl.units.format_radius`)."""
+    short = f"{eps:g}"
+    return short if len(short) <= 5 else format_radius(eps)
+
+
 def _load(path: Path) -> dict:
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -152,7 +159,7 @@ def build_comparison(paths: list[Path], names: list[str] | None = None) -> dict:
                 "headline": attack == WORST, "reports": [], "points": []})
             if any(abs(q["eps"] - point["eps"]) < 1e-12 for q in line["points"]):
                 raise InputError(f"{path.name} gives {model} / {defense} / {attack} at "
-                                 f"eps={format_radius(point['eps'])} a second time")
+                                 f"eps={eps_text(point['eps'])} a second time")
             line["points"].append(point)
             if str(path) not in line["reports"]:
                 line["reports"].append(str(path))
@@ -181,7 +188,7 @@ def table_rows(comparison: dict) -> tuple[list[str], list[list[str]]]:
     curve had not converged."""
     eps = comparison["eps"]
     cols = ["model", "defense", "attack", "natural"] + [
-        f"eps={format_radius(e)}" for e in eps]
+        f"eps={eps_text(e)}" for e in eps]
     rows = []
     for ln in comparison["lines"]:
         by_eps = {round(q["eps"], 12): q for q in ln["points"]}
@@ -276,7 +283,7 @@ def comparison_notes(comparison: dict) -> list[str]:
     one seed, and differing image counts."""
     notes = []
     for ln in comparison["lines"]:
-        bad = [format_radius(q["eps"]) for q in ln["points"] if q["converged"] is False]
+        bad = [eps_text(q["eps"]) for q in ln["points"] if q["converged"] is False]
         if bad:
             notes.append(f"{ln['model']} / {ln['defense']} / {ln['attack']}: not converged at "
                          f"eps = {', '.join(bad)}")
