@@ -245,9 +245,13 @@ def comparison_png(comparison: dict) -> bytes:
         style = "-" if ln["defense"] == "undefended" else "--"
         label = f"{ln['model']}, {ln['defense'].split(' (')[0]}, {ln['attack']}"
         ax.plot(xs, ys, style, marker="o", markersize=3, color=colour, label=label)
-        ax.fill_between(xs, [q["adversarial_ci"][0] for q in ln["points"]],
-                        [q["adversarial_ci"][1] for q in ln["points"]], color=colour,
-                        alpha=0.15, lw=0)
+        lo = [q["adversarial_ci"][0] for q in ln["points"]]
+        hi = [q["adversarial_ci"][1] for q in ln["points"]]
+        if len(xs) == 1:  # a band needs two points: a single one gets an error bar
+            ax.errorbar(xs, ys, yerr=[[ys[0] - lo[0]], [hi[0] - ys[0]]], color=colour,
+                        capsize=3, lw=1)
+        else:
+            ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
     ax.set_xlabel(f"{comparison['norm']} eps ([0,1] pixels)")
     ax.set_ylabel(f"adversarial {comparison['metric']}\n(mean over seeds, 95% band)")
     ax.set_ylim(-0.02, 1.02)
