@@ -60,8 +60,9 @@ class JPEG(Purifier):
         from PIL import Image
 
         if x01.shape[1] not in (1, 3):
-            raise ConfigError(f"purifier 'jpeg' codes 1- or 3-channel images, got "
-                              f"{x01.shape[1]} channels")
+            raise ConfigError(
+                f"purifier 'jpeg' codes 1- or 3-channel images, got {x01.shape[1]} channels"
+            )
         pixels = (x01.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         out = []
         for img in pixels.permute(0, 2, 3, 1).numpy():
@@ -96,7 +97,7 @@ class BitDepth(Purifier):
         return {"bits": self.bits}
 
     def purify(self, x01: torch.Tensor, key: tuple) -> torch.Tensor:
-        levels = 2 ** self.bits - 1
+        levels = 2**self.bits - 1
         return torch.round(x01.clamp(0, 1) * levels) / levels
 
 
@@ -129,8 +130,9 @@ class MedianFilter(Purifier):
             return x01
         b, c, h, w = x01.shape
         if k > min(h, w):
-            raise ConfigError(f"purifier 'median': a {k}x{k} window is larger than the "
-                              f"{h}x{w} images")
+            raise ConfigError(
+                f"purifier 'median': a {k}x{k} window is larger than the {h}x{w} images"
+            )
         before, after = k // 2, (k - 1) // 2
         padded = F.pad(x01, (before, after, before, after), mode="reflect")
         windows = F.unfold(padded, k).view(b, c, k * k, h * w)
@@ -178,8 +180,7 @@ def parse_purifier_spec(spec: str) -> tuple[str, dict[str, str]]:
     name, _, rest = str(spec).strip().partition(":")
     name = name.strip()
     if not name:
-        raise ConfigError(f"--purifier {spec!r}: give NAME[:key=value,...], e.g. "
-                          "bit-depth:bits=3")
+        raise ConfigError(f"--purifier {spec!r}: give NAME[:key=value,...], e.g. bit-depth:bits=3")
     options: dict[str, str] = {}
     for item in (i.strip() for i in rest.split(",")) if rest.strip() else ():
         key, eq, value = item.partition("=")
@@ -206,13 +207,18 @@ def _coerce(purifier: str, key: str, raw: str, kind: type) -> Any:
                 return float(num) / float(den)
             return float(raw)
     except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"purifier {purifier!r}: {key} must be {kind.__name__}, got "
-                          f"{raw!r}") from None
+        raise ConfigError(
+            f"purifier {purifier!r}: {key} must be {kind.__name__}, got {raw!r}"
+        ) from None
     return raw
 
 
-def build_purifier(spec: str, registry: Registry, context: PurifierContext | None = None,
-                   overrides: dict[str, Any] | None = None) -> Purifier:
+def build_purifier(
+    spec: str,
+    registry: Registry,
+    context: PurifierContext | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Purifier:
     """The purifier ``spec`` (``NAME[:key=value,...]``) names, from the registered purifier
     classes; every key is used (typed by :meth:`Purifier.option_types`) or rejected.
     ``overrides`` adds typed settings a command's own flags gave (e.g. ``--langevin-steps``).
@@ -227,12 +233,13 @@ def build_purifier(spec: str, registry: Registry, context: PurifierContext | Non
     unknown = sorted(set(raw) - set(types))
     if unknown:
         known = ", ".join(sorted(types)) or "none"
-        raise ConfigError(f"purifier {name!r} has no setting {', '.join(map(repr, unknown))} "
-                          f"(its settings: {known})")
+        raise ConfigError(
+            f"purifier {name!r} has no setting {', '.join(map(repr, unknown))} "
+            f"(its settings: {known})"
+        )
     options = {k: _coerce(name, k, v, types[k]) for k, v in raw.items()}
     for k, v in (overrides or {}).items():
         if k in options:
-            raise ConfigError(f"purifier {name!r}: {k} given twice (in the purifier and by a "
-                              "flag)")
+            raise ConfigError(f"purifier {name!r}: {k} given twice (in the purifier and by a flag)")
         options[k] = v
     return cls.from_options(options, context or PurifierContext())

@@ -40,30 +40,50 @@ def main() -> None:
     cfg = resolve(args.profile, args.set)
     held = pick_subset(load_dataset(cfg).split("test"), args.n_images)
     model = TaskModel.load(args.classifier, torch.device("cpu")).eval()
-    levels = 2 ** args.bits - 1
+    levels = 2**args.bits - 1
 
     def squeeze(x):  # Xu et al.'s bit-depth reduction, with autograd's zero gradient
         return torch.round(x * levels) / levels
 
     squeeze.differentiable = True  # the naive claim under test
-    common = dict(eps=args.eps, steps=args.steps, step_size=args.step_size,
-                  batch_size=args.n_images, sanity=False, seeds=(0,))
+    common = dict(
+        eps=args.eps,
+        steps=args.steps,
+        step_size=args.step_size,
+        batch_size=args.n_images,
+        sanity=False,
+        seeds=(0,),
+    )
     out = {}
     for label, defended, attacks in (
-            ("naive: PGD through torch.round (claimed differentiable)",
-             ebmctl.defend(model, purifier=squeeze, gradient="full"), ["full-eot", "transfer"]),
-            ("honest: bit-depth without a backward pass, BPDA",
-             ebmctl.defend(model, purifier=f"bit-depth:bits={args.bits}"),
-             ["bpda-eot", "transfer"])):
+        (
+            "naive: PGD through torch.round (claimed differentiable)",
+            ebmctl.defend(model, purifier=squeeze, gradient="full"),
+            ["full-eot", "transfer"],
+        ),
+        (
+            "honest: bit-depth without a backward pass, BPDA",
+            ebmctl.defend(model, purifier=f"bit-depth:bits={args.bits}"),
+            ["bpda-eot", "transfer"],
+        ),
+    ):
         rep = ebmctl.evaluate(defended, held.x, held.y, attacks, **common).to_json()
         row = rep["results"]["defended"]
-        out[label] = {"natural": row["natural"],
-                      "attacks": {n: a["adversarial_mean"] for n, a in row["attacks"].items()},
-                      "worst_case": row["adversarial"],
-                      "gradient_masking": row.get("gradient_masking")}
-    out["settings"] = {"profile": args.profile, "bits": args.bits, "eps": args.eps,
-                       "steps": args.steps, "step_size": args.step_size,
-                       "n_images": len(held.x), "precision": "fp32"}
+        out[label] = {
+            "natural": row["natural"],
+            "attacks": {n: a["adversarial_mean"] for n, a in row["attacks"].items()},
+            "worst_case": row["adversarial"],
+            "gradient_masking": row.get("gradient_masking"),
+        }
+    out["settings"] = {
+        "profile": args.profile,
+        "bits": args.bits,
+        "eps": args.eps,
+        "steps": args.steps,
+        "step_size": args.step_size,
+        "n_images": len(held.x),
+        "precision": "fp32",
+    }
     text = json.dumps(out, indent=2)
     with open(args.out, "w") as fh:
         fh.write(text + "\n")

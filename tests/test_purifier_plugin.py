@@ -19,14 +19,24 @@ from guide import ROOT, guide_commands
 
 EXAMPLE = ROOT / "examples" / "ebmctl-purifier-example"
 DIST = "ebmctl-purifier-example"
-SETS = ["attack.n_images=6", "attack.batch_size=6", "attack.steps=2", "attack.eot_reps=2",
-        "attack.restarts=1", "defense.eot_reps=2", "attack.seeds=0", "attack.sanity=false",
-        "run.device=cpu", "langevin.precision=fp32"]
+SETS = [
+    "attack.n_images=6",
+    "attack.batch_size=6",
+    "attack.steps=2",
+    "attack.eot_reps=2",
+    "attack.restarts=1",
+    "defense.eot_reps=2",
+    "attack.seeds=0",
+    "attack.sanity=false",
+    "run.device=cpu",
+    "langevin.precision=fp32",
+]
 
 
 def _pip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def _forget_plugin() -> None:
@@ -43,8 +53,9 @@ def installed_purifier(tmp_path_factory):
     (cmd,) = guide_commands("install-purifier")
     assert cmd == ["pip", "install", "examples/ebmctl-purifier-example"]
     src = tmp_path_factory.mktemp("pkg") / DIST
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "build",
-                                                                "*.egg-info"))
+    shutil.copytree(
+        EXAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    )
     _pip("uninstall", "-y", DIST)  # a leftover from an interrupted run
     result = _pip(*cmd[1:-1], str(src), "--no-deps", "--no-build-isolation", "-q")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -56,8 +67,9 @@ def installed_purifier(tmp_path_factory):
         _forget_plugin()
 
 
-def test_the_installed_purifier_is_listed_and_attacked(installed_purifier, digits_artifacts,
-                                                       tmp_path):
+def test_the_installed_purifier_is_listed_and_attacked(
+    installed_purifier, digits_artifacts, tmp_path
+):
     listed = json.loads(run_cli(["plugins", "--json"]).stdout)
     rows = {p["plugin"]: p for p in listed["plugins"]}
     assert (rows["resize-pad"]["distribution"], rows["resize-pad"]["error"]) == (DIST, None)
@@ -67,18 +79,45 @@ def test_the_installed_purifier_is_listed_and_attacked(installed_purifier, digit
 
     clf, _ = digits_artifacts
     out = tmp_path / "r.json"
-    r = run_cli(["attack", "--profile", "quick", "-m", clf, "--purifier",
-                 "random-resize-pad:max_pad=2", "--method", "bpda-eot,full-eot,transfer",
-                 "-o", out, *sum((["--set", s] for s in SETS), [])])
+    r = run_cli(
+        [
+            "attack",
+            "--profile",
+            "quick",
+            "-m",
+            clf,
+            "--purifier",
+            "random-resize-pad:max_pad=2",
+            "--method",
+            "bpda-eot,full-eot,transfer",
+            "-o",
+            out,
+            *sum((["--set", s] for s in SETS), []),
+        ]
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     assert rep["defense"]["purifier"]["name"] == "random-resize-pad"
     assert rep["defense"]["purifier"]["settings"] == {"max_pad": 2}
     defended = rep["results"]["defended"]
     assert {n: a["gradient"] for n, a in defended["attacks"].items()} == {
-        "bpda-eot": "bpda", "full-eot": "full", "transfer": "classifier only"}
+        "bpda-eot": "bpda",
+        "full-eot": "full",
+        "transfer": "classifier only",
+    }
     assert 0 <= defended["adversarial"] <= defended["natural"] <= 1
-    bad = run_cli(["attack", "--profile", "quick", "-m", clf, "--purifier",
-                   "random-resize-pad:max_pad=0", "-o", tmp_path / "bad.json"])
+    bad = run_cli(
+        [
+            "attack",
+            "--profile",
+            "quick",
+            "-m",
+            clf,
+            "--purifier",
+            "random-resize-pad:max_pad=0",
+            "-o",
+            tmp_path / "bad.json",
+        ]
+    )
     assert bad.exit_code != 0 and "max_pad must be >= 1" in bad.output
     assert len(bad.output.strip().splitlines()) == 1

@@ -25,11 +25,24 @@ from ebmctl.testing import run_cli
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
-BUILTIN = {"jpeg": (False, False), "bit-depth": (False, False), "median": (False, True),
-           "gaussian-noise": (True, True)}  # name -> (stochastic, differentiable)
-SETS = ["attack.n_images=6", "attack.batch_size=6", "attack.steps=2", "attack.eot_reps=2",
-        "attack.restarts=1", "defense.eot_reps=2", "attack.seeds=0", "attack.sanity=false",
-        "run.device=cpu", "langevin.precision=fp32"]
+BUILTIN = {
+    "jpeg": (False, False),
+    "bit-depth": (False, False),
+    "median": (False, True),
+    "gaussian-noise": (True, True),
+}  # name -> (stochastic, differentiable)
+SETS = [
+    "attack.n_images=6",
+    "attack.batch_size=6",
+    "attack.steps=2",
+    "attack.eot_reps=2",
+    "attack.restarts=1",
+    "defense.eot_reps=2",
+    "attack.seeds=0",
+    "attack.sanity=false",
+    "run.device=cpu",
+    "langevin.precision=fp32",
+]
 
 
 def _images(channels: int = 3, n: int = 4, size: int = 16) -> torch.Tensor:
@@ -70,7 +83,10 @@ def test_declared_stochasticity_holds(name):
 
 def test_settings_change_the_output_as_the_papers_define():
     x = _images()
-    q10, q90 = _purifier("jpeg:quality=10").purify(x, ()), _purifier("jpeg:quality=90").purify(x, ())
+    q10, q90 = (
+        _purifier("jpeg:quality=10").purify(x, ()),
+        _purifier("jpeg:quality=90").purify(x, ()),
+    )
     assert (q10 - x).abs().mean() > (q90 - x).abs().mean()
     one_bit = _purifier("bit-depth:bits=1").purify(x, ())
     assert set(one_bit.unique().tolist()) <= {0.0, 1.0}
@@ -78,8 +94,9 @@ def test_settings_change_the_output_as_the_papers_define():
     assert torch.allclose(three * 7, (three * 7).round(), atol=1e-5)
     const = torch.full((1, 1, 5, 5), 0.25)
     const[0, 0, 2, 2] = 1.0  # one outlier: a 3x3 median removes it
-    assert torch.allclose(_purifier("median:size=3").purify(const, ()), torch.full_like(const,
-                                                                                       0.25))
+    assert torch.allclose(
+        _purifier("median:size=3").purify(const, ()), torch.full_like(const, 0.25)
+    )
     noisy = _purifier("gaussian-noise:sigma=0.05").purify(torch.full((1, 3, 64, 64), 0.5), (1,))
     assert 0.04 < float((noisy - 0.5).std()) < 0.06
 
@@ -178,7 +195,9 @@ def test_plugins_lists_the_purifiers_with_their_declarations():
     listed = {p["name"]: p for p in json.loads(r.stdout)["purifiers"]}
     for name, (stochastic, differentiable) in BUILTIN.items():
         assert (listed[name]["stochastic"], listed[name]["differentiable"]) == (
-            stochastic, differentiable)
+            stochastic,
+            differentiable,
+        )
     assert listed["jpeg"]["settings"] == {"quality": "int"}
     assert listed["ebm"]["plugin"] == "core" and listed["ebm"]["stochastic"] == "depends"
     text = run_cli(["plugins"]).stdout
@@ -188,38 +207,61 @@ def test_plugins_lists_the_purifiers_with_their_declarations():
 def test_attack_with_a_purifier_uses_bpda_and_the_report_names_it(digits_artifacts, tmp_path):
     clf, _ = digits_artifacts
     out = tmp_path / "r.json"
-    r = run_cli(["attack", "--profile", "quick", "-m", clf, "--purifier", "bit-depth:bits=2",
-                 "--defended-only", "-o", out, *_sets()])
+    r = run_cli(
+        [
+            "attack",
+            "--profile",
+            "quick",
+            "-m",
+            clf,
+            "--purifier",
+            "bit-depth:bits=2",
+            "--defended-only",
+            "-o",
+            out,
+            *_sets(),
+        ]
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
-    assert rep["defense"]["purifier"] == {"name": "bit-depth", "settings": {"bits": 2},
-                                          "stochastic": False, "differentiable": False}
+    assert rep["defense"]["purifier"] == {
+        "name": "bit-depth",
+        "settings": {"bits": 2},
+        "stochastic": False,
+        "differentiable": False,
+    }
     assert rep["config"]["defense"]["purifier"] == "bit-depth:bits=2"
     assert rep["results"]["defended"]["attacks"]["bpda-eot"]["gradient"] == "bpda"
     assert "purifier: bit-depth (bits=2)" in r.output
     assert "bit-depth" in out.with_suffix(".html").read_text()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--purifier", "jepg"], "unknown purifier 'jepg'; did you mean 'jpeg'?"),
-    (["--purifier", "jpeg:qualty=5"], "purifier 'jpeg' has no setting 'qualty' (its settings: "
-                                      "quality)"),
-    (["--purifier", "jpeg:quality=high"], "quality must be int"),
-    (["--purifier", "jpeg:quality=500"], "quality must be in 1..95"),
-    (["--purifier", "median:size"], "'size' is not key=value"),
-    (["--purifier", "bit-depth", "--method", "full-eot"], "has no backward pass"),
-    (["--purifier", "jpeg", "--method", "pgd"], "has no backward pass"),
-    (["--purifier", "gaussian-noise", "--method", "pgd"], "is stochastic"),
-    (["--purifier", "gaussian-noise", "--set", "attack.common_noise=true"], "common_noise"),
-    (["--purifier", "jpeg", "--ebm", "EBM"], "exclude each other"),
-    (["--purifier", "ebm"], "needs an EBM"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--purifier", "jepg"], "unknown purifier 'jepg'; did you mean 'jpeg'?"),
+        (
+            ["--purifier", "jpeg:qualty=5"],
+            "purifier 'jpeg' has no setting 'qualty' (its settings: quality)",
+        ),
+        (["--purifier", "jpeg:quality=high"], "quality must be int"),
+        (["--purifier", "jpeg:quality=500"], "quality must be in 1..95"),
+        (["--purifier", "median:size"], "'size' is not key=value"),
+        (["--purifier", "bit-depth", "--method", "full-eot"], "has no backward pass"),
+        (["--purifier", "jpeg", "--method", "pgd"], "has no backward pass"),
+        (["--purifier", "gaussian-noise", "--method", "pgd"], "is stochastic"),
+        (["--purifier", "gaussian-noise", "--set", "attack.common_noise=true"], "common_noise"),
+        (["--purifier", "jpeg", "--ebm", "EBM"], "exclude each other"),
+        (["--purifier", "ebm"], "needs an EBM"),
+    ],
+)
 def test_bad_purifier_input_is_a_one_line_error(digits_artifacts, tmp_path, args, needle):
     clf, ebm = digits_artifacts
     args = [str(ebm) if a == "EBM" else a for a in args]
     out = tmp_path / "r.json"
-    r = run_cli(["attack", "--profile", "quick", "-m", clf, "--defended-only", "-o", out,
-                 *args, *_sets()])
+    r = run_cli(
+        ["attack", "--profile", "quick", "-m", clf, "--defended-only", "-o", out, *args, *_sets()]
+    )
     assert r.exit_code != 0 and r.output.strip().startswith("Error:"), r.output
     assert needle in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
@@ -228,8 +270,10 @@ def test_bad_purifier_input_is_a_one_line_error(digits_artifacts, tmp_path, args
 
 def test_spec_parsing():
     assert parse_purifier_spec("jpeg") == ("jpeg", {})
-    assert parse_purifier_spec(" gaussian-noise:sigma=8/255 ") == ("gaussian-noise",
-                                                                    {"sigma": "8/255"})
+    assert parse_purifier_spec(" gaussian-noise:sigma=8/255 ") == (
+        "gaussian-noise",
+        {"sigma": "8/255"},
+    )
     assert _purifier("gaussian-noise:sigma=8/255").sigma == pytest.approx(8 / 255)
     with pytest.raises(ConfigError, match="given twice"):
         parse_purifier_spec("jpeg:quality=1,quality=2")
@@ -244,8 +288,18 @@ def test_purify_command_takes_a_purifier(tmp_path):
     assert r.exit_code == 0, r.output
     out = torch.tensor(list(Image.open(tmp_path / "o" / "a.purified.png").getdata()))
     assert set(out.unique().tolist()) <= {0, 255}
-    bad = run_cli(["purify", img, "--purifier", "bit-depth", "--langevin-steps", "3",
-                   "--out-dir", tmp_path / "p"])
+    bad = run_cli(
+        [
+            "purify",
+            img,
+            "--purifier",
+            "bit-depth",
+            "--langevin-steps",
+            "3",
+            "--out-dir",
+            tmp_path / "p",
+        ]
+    )
     assert bad.exit_code != 0 and "--langevin-steps" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
 

@@ -25,8 +25,15 @@ class _ChainRunner:
     """Runs steps [start, end) of one chain: ``fast`` (no graph, the plain sampler's arithmetic)
     or ``with_graph`` (create_graph=True through ``backward_net``)."""
 
-    def __init__(self, net, backward_net, settings: LangevinSettings, steps: int, segment: int,
-                 noise: Callable[[int, torch.Tensor], torch.Tensor]):
+    def __init__(
+        self,
+        net,
+        backward_net,
+        settings: LangevinSettings,
+        steps: int,
+        segment: int,
+        noise: Callable[[int, torch.Tensor], torch.Tensor],
+    ):
         self.net, self.backward_net, self.settings = net, backward_net, settings
         self.steps, self.segment, self.noise = steps, segment, noise
 
@@ -80,11 +87,17 @@ def auto_segment(steps: int) -> int:
     return max(1, int(math.ceil(math.sqrt(max(1, steps)))))
 
 
-def langevin_differentiable(net: nn.Module, x: torch.Tensor, steps: int,
-                            settings: LangevinSettings, *, key: tuple | None = None,
-                            noise: Callable[[int], torch.Tensor] | None = None,
-                            backward_net: nn.Module | None = None, segment: int = 0
-                            ) -> torch.Tensor:
+def langevin_differentiable(
+    net: nn.Module,
+    x: torch.Tensor,
+    steps: int,
+    settings: LangevinSettings,
+    *,
+    key: tuple | None = None,
+    noise: Callable[[int], torch.Tensor] | None = None,
+    backward_net: nn.Module | None = None,
+    segment: int = 0,
+) -> torch.Tensor:
     """K Langevin steps from ``x`` (internal units) whose output is differentiable w.r.t. ``x``.
 
     The forward values equal :func:`ebmctl.sampling.langevin.langevin` given the same noise. Noise comes
@@ -106,6 +119,7 @@ def langevin_differentiable(net: nn.Module, x: torch.Tensor, steps: int,
                 gens[s] = make_generator(like.device, *key, "seg", s)
             return torch.randn(like.shape, generator=gens[s], device=like.device, dtype=like.dtype)
     else:
+
         def step_noise(k: int, like: torch.Tensor) -> torch.Tensor:
             return noise(k).to(like.dtype)
 

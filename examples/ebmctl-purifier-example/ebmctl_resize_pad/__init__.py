@@ -38,7 +38,7 @@ class RandomResizePad(Purifier):
         for i in range(b):  # each image its own size and offset
             s = int(torch.randint(0, self.max_pad + 1, (1,), generator=g))
             left, top = (int(v) for v in torch.randint(0, self.max_pad - s + 1, (2,), generator=g))
-            small = F.interpolate(x01[i:i + 1], size=(h + s, w + s), mode="nearest")
+            small = F.interpolate(x01[i : i + 1], size=(h + s, w + s), mode="nearest")
             canvas = F.pad(small, (left, self.max_pad - s - left, top, self.max_pad - s - top))
             out.append(F.interpolate(canvas, size=(h, w), mode="bilinear", align_corners=False))
         return torch.cat(out).clamp(0, 1)
