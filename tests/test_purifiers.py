@@ -317,3 +317,17 @@ def test_the_shipped_ebm_by_name(tmp_path):
     r = run_cli(["purify", img, "--ebm", "cifar10", "-k", "1", "--out-dir", tmp_path / "o"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o" / "a.purified.png").is_file()
+
+
+def test_the_report_records_the_k_def_the_purifier_runs(digits_artifacts, tmp_path):
+    """``--purifier ebm:steps=K`` overrides the profile's defense.steps: the report's defense
+    record and its purifier settings both say K, never the profile's value."""
+    clf, ebm = digits_artifacts
+    out = tmp_path / "r.json"
+    r = run_cli(["attack", "--profile", "quick", "-m", clf, "--ebm", ebm, "--purifier",
+                 "ebm:steps=2", "--defended-only", "-o", out, *_sets(),
+                 "--set", "defense.steps=3"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["defense"]["purifier"]["settings"]["steps"] == 2
+    assert rep["defense"]["steps"] == 2

@@ -621,7 +621,10 @@ def _defense_settings(cfg: Config, device, ebm_path: Path | None,
                                            "settings": purifier.settings(),
                                            "stochastic": bool(purifier.stochastic),
                                            "differentiable": bool(purifier.differentiable)}
-    return {"purifier": named, "steps": defense.steps, "eot_reps": defense.eot_reps,
+    # K_def as the purifier runs it (--purifier ebm:steps=K, or the EBM's recorded K_def), not
+    # the profile's value; 0 for a purifier without a chain
+    steps = defense.steps if purifier is None else int(getattr(purifier, "steps", 0))
+    return {"purifier": named, "steps": steps, "eot_reps": defense.eot_reps,
             # "auto" is bf16 on a CPU with native bf16 (and on CUDA): figures can move
             "precision": cfg.section(LangevinConfig).precision_on(device, working_dtype(cfg)),
             "attack_eot_reps": cfg.section(AttackConfig).eot_reps, "average": defense.average,
