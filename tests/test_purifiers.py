@@ -251,6 +251,7 @@ def test_attack_with_a_purifier_uses_bpda_and_the_report_names_it(digits_artifac
         (["--purifier", "jpeg", "--method", "pgd"], "has no backward pass"),
         (["--purifier", "gaussian-noise", "--method", "pgd"], "is stochastic"),
         (["--purifier", "gaussian-noise", "--set", "attack.common_noise=true"], "common_noise"),
+        (["--purifier", "bit-depth", "--set", "attack.common_noise=true"], "is deterministic"),
         (["--purifier", "jpeg", "--ebm", "EBM"], "exclude each other"),
         (["--purifier", "ebm"], "needs an EBM"),
     ],

@@ -137,8 +137,8 @@ class SteppedAttack(Attack):
             ConfigError: a gradient mode the purifier cannot give (``full``/``exact`` without
                 a backward pass, ``smooth`` without an EBM chain; :func:`~ebmctl.attacks.
                 gradients.check_backward`); ``gradient_steps`` > the defense's K or without an
-                EBM chain; fixed noise the purifier cannot take; ``energy_weight`` without an
-                EBM.
+                EBM chain; fixed noise the purifier cannot take, or a deterministic purifier
+                (nothing to fix); ``energy_weight`` without an EBM.
         """
         mode = self.gradient_mode()
         check_backward(defense, mode, self.name)
@@ -150,6 +150,11 @@ class SteppedAttack(Attack):
                                                          or self.common_noise_defender):
             raise ConfigError(f"attack.common_noise fixes the EBM's Langevin noise; purifier "
                               f"{p.name!r} takes no fixed noise")
+        if p is not None and not defense.stochastic and (self.common_noise
+                                                         or self.common_noise_defender):
+            # nothing random to fix: the setting would be silently ignored
+            raise ConfigError(f"attack.common_noise fixes a random defense's noise; purifier "
+                              f"{p.name!r} is deterministic here")
         if defense.stochastic and self.gradient_steps > defense.steps:
             raise ConfigError(f"attack.gradient_steps = {self.gradient_steps} exceeds "
                               f"defense.steps = {defense.steps}: the surrogate chain must not "
