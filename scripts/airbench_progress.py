@@ -1,0 +1,32 @@
+"""Write docs/cifar10/airbench-progress.json from the airbench run's checkpoint: the per-epoch
+history (validation accuracy with flip TTA, smoothed training loss, seconds) that the
+checkpoint records, so the progress table in docs/cifar10.md can be rebuilt at any point.
+
+Usage: python scripts/airbench_progress.py [CHECKPOINT] [OUT]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+ckpt = Path(sys.argv[1] if len(sys.argv) > 1
+            else "runs/airbench/cifar10-classifier.ckpt.safetensors")
+out = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/cifar10/airbench-progress.json")
+if not ckpt.exists():
+    sys.exit(f"no checkpoint at {ckpt}")
+with safe_open(str(ckpt), "pt") as f:
+    meta = f.metadata()
+extra = json.loads(meta["ebmctl.extra"])
+config = json.loads(meta["ebmctl.config"])
+history = extra["state"]["history"]
+epochs = config.get("model", {}).get("epochs")
+record = {"profile": "cifar10-airbench", "epochs_done": len(history), "epochs_total": epochs,
+          "checkpoint": str(ckpt), "history": history}
+tmp = out.with_suffix(".tmp")
+tmp.write_text(json.dumps(record, indent=2) + "\n")
+tmp.replace(out)  # atomic: a reader never sees half a file
+print(f"{out}: {len(history)} of {epochs} epochs")
