@@ -15,22 +15,11 @@ import pytest
 
 import ebmctl.plugins
 from ebmctl.testing import run_cli
+from tiny_attack import set_args
 from guide import ROOT, guide_commands
 
 EXAMPLE = ROOT / "examples" / "ebmctl-purifier-example"
 DIST = "ebmctl-purifier-example"
-SETS = [
-    "attack.n_images=6",
-    "attack.batch_size=6",
-    "attack.steps=2",
-    "attack.eot_reps=2",
-    "attack.restarts=1",
-    "defense.eot_reps=2",
-    "attack.seeds=0",
-    "attack.sanity=false",
-    "run.device=cpu",
-    "langevin.precision=fp32",
-]
 
 
 def _pip(*args: str) -> subprocess.CompletedProcess:
@@ -92,7 +81,7 @@ def test_the_installed_purifier_is_listed_and_attacked(
             "bpda-eot,full-eot,transfer",
             "-o",
             out,
-            *sum((["--set", s] for s in SETS), []),
+            *set_args(),
         ]
     )
     assert r.exit_code == 0, r.output

@@ -21,6 +21,7 @@ from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.plugins import get_registries
 from ebmctl.purifiers import build_purifier, parse_purifier_spec
 from ebmctl.testing import run_cli
+from tiny_attack import set_args
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -31,18 +32,6 @@ BUILTIN = {
     "median": (False, True),
     "gaussian-noise": (True, True),
 }  # name -> (stochastic, differentiable)
-SETS = [
-    "attack.n_images=6",
-    "attack.batch_size=6",
-    "attack.steps=2",
-    "attack.eot_reps=2",
-    "attack.restarts=1",
-    "defense.eot_reps=2",
-    "attack.seeds=0",
-    "attack.sanity=false",
-    "run.device=cpu",
-    "langevin.precision=fp32",
-]
 
 
 def _images(channels: int = 3, n: int = 4, size: int = 16) -> torch.Tensor:
@@ -51,10 +40,6 @@ def _images(channels: int = 3, n: int = 4, size: int = 16) -> torch.Tensor:
 
 def _purifier(spec: str):
     return build_purifier(spec, get_registries().purifiers)
-
-
-def _sets():
-    return sum((["--set", s] for s in SETS), [])
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
@@ -219,7 +204,7 @@ def test_attack_with_a_purifier_uses_bpda_and_the_report_names_it(digits_artifac
             "--defended-only",
             "-o",
             out,
-            *_sets(),
+            *set_args(),
         ]
     )
     assert r.exit_code == 0, r.output
@@ -261,7 +246,7 @@ def test_bad_purifier_input_is_a_one_line_error(digits_artifacts, tmp_path, args
     args = [str(ebm) if a == "EBM" else a for a in args]
     out = tmp_path / "r.json"
     r = run_cli(
-        ["attack", "--profile", "quick", "-m", clf, "--defended-only", "-o", out, *args, *_sets()]
+        ["attack", "--profile", "quick", "-m", clf, "--defended-only", "-o", out, *args, *set_args()]
     )
     assert r.exit_code != 0 and r.output.strip().startswith("Error:"), r.output
     assert needle in r.output, r.output
@@ -326,7 +311,7 @@ def test_the_report_records_the_k_def_the_purifier_runs(digits_artifacts, tmp_pa
     clf, ebm = digits_artifacts
     out = tmp_path / "r.json"
     r = run_cli(["attack", "--profile", "quick", "-m", clf, "--ebm", ebm, "--purifier",
-                 "ebm:steps=2", "--defended-only", "-o", out, *_sets(),
+                 "ebm:steps=2", "--defended-only", "-o", out, *set_args(),
                  "--set", "defense.steps=3"])
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
