@@ -1,4 +1,4 @@
-"""The Langevin autotuner (issue 27): every variant computes the reference step within its
+"""The Langevin autotuner: every variant computes the reference step within its
 precision's tolerance, explicit settings are never replaced, the cache is keyed by machine,
 torch release and EBM shape and a bad cache file is ignored with a warning. No timing is
 asserted anywhere: the tuner's choice depends on the machine, so tests only check that it is
@@ -289,6 +289,48 @@ def test_choice_is_cached_and_reused(tuner_on, fake_tune):
     autotune.resolve(other, x, auto_settings(), lambda v: sampler_gradient(other, v),
                      explicit_ok=True)
     assert len(fake_tune) == 1
+
+
+def test_a_new_batch_bucket_reuses_the_nearest_tuned_bucket(tuner_on, fake_tune):
+    """One run meets several batch sizes; only the first of an EBM/row shape is measured. A
+    whole-batch choice made for 32 rows runs a 200-row batch in blocks of 32."""
+    net = ebm()
+    build = lambda v: sampler_gradient(net, v)  # noqa: E731
+    small = autotune.resolve(net, batch(24), auto_settings(), build, explicit_ok=True)
+    assert small.block_rows == 0 and len(fake_tune) == 1
+    big = autotune.resolve(net, batch(200), auto_settings(), build, explicit_ok=True)
+    assert len(fake_tune) == 1  # not measured again
+    assert big == small.__class__(**{**small.to_dict(), "block_rows": 32})
+    assert {"variant": big.name, "chosen_by": "cache (bucket 32)"}.items() <= next(
+        r for r in autotune.ran() if r["batch_bucket"] == 256).items()
+    tiny = autotune.resolve(net, batch(5), auto_settings(), build, explicit_ok=True)
+    assert tiny == small and len(fake_tune) == 1  # fewer rows: whole batch stays whole
+    # the reuse survives a new process (it reads the cache file), but never crosses structure,
+    # row shape, fixed settings or dtype
+    autotune.reset_memo()
+    autotune.resolve(net, batch(100), auto_settings(), build, explicit_ok=True)
+    assert len(fake_tune) == 1
+    wide = ebm(width=16)
+    autotune.resolve(wide, batch(100), auto_settings(), lambda v: sampler_gradient(wide, v),
+                     explicit_ok=True)
+    autotune.resolve(net, batch(100, size=16), auto_settings(),
+                     lambda v: sampler_gradient(net, v), explicit_ok=True)
+    autotune.resolve(net, batch(100), auto_settings(channels_last=False), build,
+                     explicit_ok=True)
+    dnet = ebm().double()
+    autotune.resolve(dnet, batch(100).double(), auto_settings(),
+                     lambda v: sampler_gradient(dnet, v), explicit_ok=True)
+    assert len(fake_tune) == 5
+
+
+def test_a_reused_bucket_keeps_a_measured_block_size(tuner_on, fake_tune, monkeypatch):
+    net = ebm()
+    build = lambda v: sampler_gradient(net, v)  # noqa: E731
+    blocked = Variant("fp32", False, 16, "autograd")
+    monkeypatch.setattr(autotune, "tune", lambda *a, **k: (blocked, {"candidates": {}}))
+    autotune.resolve(net, batch(60), auto_settings(), build, explicit_ok=False)
+    monkeypatch.setattr(autotune, "tune", lambda *a, **k: pytest.fail("measured again"))
+    assert autotune.resolve(net, batch(500), auto_settings(), build, explicit_ok=False) == blocked
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"format": "something-else"}',

@@ -23,6 +23,12 @@ trusted; writes are atomic. ``EBMCTL_AUTOTUNE=off`` disables measuring: ``auto``
 the fixed rules (fp32 unless the hardware has native bf16, NCHW, :func:`cpu_block_rows`,
 autograd), which is what the test suite runs.
 
+A batch whose bucket has no entry yet, while another bucket of the same EBM structure, row
+shape, threads, dtype and fixed settings has one, reuses the nearest bucket's choice
+(:func:`neighbour_variant`) instead of measuring again: one run meets several batch sizes
+(EOT copies, verification draws, the attack's last partial batch), and tuning each inside
+the run costs more than it saves. ``ebmctl bench --tune`` measures a bucket exactly.
+
 The sampler's results do not depend on the variant beyond rounding: the noise is drawn for the
 whole chunk in the same order, and rows are independent (no variant is bit-exact with another).
 """
@@ -365,8 +371,8 @@ _RAN: dict[str, dict] = {}
 
 def ran() -> list[dict]:
     """Each distinct variant the sampler resolved in this process: its name and fields, how
-    it was chosen (``explicit``, ``fixed rule``, ``cache``, ``measured``), the row shape and
-    batch bucket."""
+    it was chosen (``explicit``, ``fixed rule``, ``cache``, ``cache (bucket N)`` for another
+    bucket's choice reused, ``measured``), the row shape and batch bucket."""
     return [dict(v) for v in _RAN.values()]
 
 
@@ -669,6 +675,11 @@ def resolve(net: nn.Module, x: torch.Tensor, settings, build: Builder, *,
                 v = None
         if v is not None:
             _record(v, "cache", x)
+        else:
+            near = neighbour_variant(entries, net, x, request, explicit_ok)
+            if near is not None:
+                v, bucket = near
+                _record(v, f"cache (bucket {bucket})", x)
     if v is None:
         from ebmctl.console import info
 
@@ -678,7 +689,7 @@ def resolve(net: nn.Module, x: torch.Tensor, settings, build: Builder, *,
         entry = {"variant": v.to_dict(), "name": v.name, "net": net_signature(net),
                  "net_class": type(net).__qualname__, "row_shape": list(x.shape[1:]),
                  "batch_bucket": batch_bucket(x.shape[0]), "threads": torch.get_num_threads(),
-                 "request": asdict(request), "measured": report,
+                 "dtype": str(x.dtype), "request": asdict(request), "measured": report,
                  "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                      timespec="seconds")}
         try:
@@ -689,6 +700,38 @@ def resolve(net: nn.Module, x: torch.Tensor, settings, build: Builder, *,
         _LAST_REPORT[key] = entry
     _MEMO[memo_key] = v
     return v
+
+
+def neighbour_variant(entries: dict[str, dict], net: nn.Module, x: torch.Tensor,
+                      request: Request, explicit_ok: bool) -> tuple[Variant, int] | None:
+    """The choice of the nearest tuned batch bucket for ``x``'s rows, adapted to them, and that
+    bucket; None when no entry shares the EBM structure, row shape, thread count, input dtype
+    and fixed settings (``request``). Nearest is by log2 distance, a tie going to the larger
+    bucket (its per-row behaviour is the closer one for blocks). A "whole batch" choice made
+    for a smaller bucket becomes blocks of that bucket's size: only calls of that many rows
+    were measured. Entries that fail :func:`_entry_variant`'s checks are skipped."""
+    want = {"net": net_signature(net), "row_shape": list(x.shape[1:]),
+            "threads": torch.get_num_threads(), "dtype": str(x.dtype),
+            "request": asdict(request)}
+    target = batch_bucket(x.shape[0])
+    found = []
+    for entry in entries.values():
+        if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in want.items()):
+            continue
+        bucket = entry.get("batch_bucket")
+        if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
+            continue
+        v = _entry_variant(entry, request, cache_file(x.device))
+        if v is None or (v.grad != "autograd" and not explicit_ok):
+            continue
+        found.append((abs(math.log2(bucket) - math.log2(target)), -bucket, v))
+    if not found:
+        return None
+    _, neg_bucket, v = min(found, key=lambda t: (t[0], t[1]))
+    bucket = -neg_bucket
+    if v.block_rows == 0 and x.shape[0] > bucket and request.block_rows is None:
+        v = replace(v, block_rows=bucket)
+    return v, bucket
 
 
 #: the last tuning report per key in this process (``ebmctl bench --tune`` prints it)
