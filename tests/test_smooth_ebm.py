@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ebmctl.artifacts import load_artifact, load_model
+from ebmctl.attacks.gradients import langevin_differentiable, smoothed_copy
 from ebmctl.nn.ebm import LightweightEBM, SmoothLeakyReLU, make_activation
 from ebmctl.profiles import resolve
 from ebmctl.sampling.langevin import LangevinSettings, langevin
@@ -27,15 +28,6 @@ TINY = ["run.threads=1", "data.max_train=48", "train.steps=1", "train.mcmc_steps
 
 def _sets(items):
     return [a for s in items for a in ("--set", s)]
-
-
-def _chain():
-    """``langevin_differentiable``: its home moves from attacks.chain to attacks.gradients."""
-    try:
-        from ebmctl.attacks.gradients import langevin_differentiable
-    except ImportError:
-        from ebmctl.attacks.chain import langevin_differentiable
-    return langevin_differentiable
 
 
 def test_smooth_leaky_is_the_mefa_function():
@@ -112,7 +104,6 @@ def _smooth_case(steps=6):
 
 
 def test_smooth_ebm_chain_gradient_is_not_bpda_and_matches_finite_differences():
-    langevin_differentiable = _chain()
     net, settings, noise, x0, w = _smooth_case()
 
     def f(x):
@@ -135,10 +126,6 @@ def test_smooth_ebm_chain_gradient_is_not_bpda_and_matches_finite_differences():
 
 
 def test_smoothed_backward_copy_leaves_a_smooth_ebm_alone():
-    try:
-        from ebmctl.attacks.gradients import smoothed_copy
-    except ImportError:
-        from ebmctl.attacks.chain import smoothed_copy
     net, *_ = _smooth_case()
     _, replaced = smoothed_copy(net, 0.1)
     assert replaced == 0

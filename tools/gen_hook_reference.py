@@ -71,6 +71,8 @@ def _hooks() -> list[str]:
 def _methods(cls, names=None) -> list[str]:
     out = []
     for name, member in vars(cls).items():
+        if isinstance(member, classmethod):
+            member = member.__func__
         if name.startswith("_") or not inspect.isfunction(member):
             continue
         if names is not None and name not in names:
@@ -122,7 +124,7 @@ def _attacks() -> list[str]:
 
     out = ["## Attacks", "", f"### `Attack{_params(Attack.__init__, drop_self=True)}`", "",
            _doc(Attack), ""]
-    out += _methods(Attack, {"run"})
+    out += _methods(Attack, {"from_config", "gradient_mode", "check_defense", "run"})
     out += ["### `IterativeAttack`", "", _doc(sys.modules[IterativeAttack.__module__]), ""]
     out += _methods(IterativeAttack, {"direction"})
     out += _dataclass(AttackOutcome)

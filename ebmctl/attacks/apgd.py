@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ebmctl.attacks.gradients import GRADIENT_MODES
 from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.attacks.threat import ascent_step, project
 from ebmctl.errors import ConfigError
@@ -36,10 +37,19 @@ def apgd_checkpoints(steps: int) -> set[int]:
 class APGD(SteppedAttack):
     """APGD with EOT gradients. Norms: ℓ∞, ℓ2 (``step_size`` is unused: η starts at 2ε).
 
+    Registered as ``apgd-ce``, the name AutoAttack gives APGD with its default cross-entropy
+    loss; ``attack.loss`` may choose another (:class:`APGDDLR` is the DLR run). Reads
+    ``attack.gradient``, ``attack.gradient_steps`` and ``attack.loss`` besides the settings
+    of every :class:`~ebmctl.attacks.loop.SteppedAttack`.
+
     Args (beyond :class:`~ebmctl.attacks.loop.SteppedAttack`'s):
         gradient: ``bpda`` | ``full`` | ``smooth``: how the gradient passes the purifier.
         gradient_steps: K' ≤ K of a surrogate chain for ``full``/``smooth`` (0 = K).
         loss: ``ce`` (default) | ``margin`` | ``dlr``.
+
+    Raises:
+        ConfigError: an unknown gradient mode, ``gradient_steps`` with ``bpda``, or what
+            :class:`~ebmctl.attacks.loop.SteppedAttack` refuses.
 
     Example: ``APGD(eps=8/255, steps=100, loss="dlr", eot_reps=20).run(defense, task, x, y,
     (0,))``
@@ -48,12 +58,16 @@ class APGD(SteppedAttack):
     name = "apgd-ce"
     description = ("APGD (Croce & Hein 2020) with EOT gradients; attack.loss, attack.gradient, "
                    "attack.gradient_steps")
+    options = SteppedAttack.options | {"gradient", "gradient_steps"}
+    #: ρ of condition 1 and the momentum α (Croce & Hein 2020, Sec. 3.2)
     rho, momentum = 0.75, 0.75
 
     def __init__(self, *, gradient: str = "bpda", gradient_steps: int = 0, **kw):
         super().__init__(**kw)
+        if gradient not in GRADIENT_MODES:
+            raise ConfigError(f"unknown attack.gradient {gradient!r}; choose from bpda, full, "
+                              "smooth")
         self.gradient = gradient
-        self.gradient_mode()  # reject an unknown mode now, not at the first step
         self._set_gradient_steps(gradient_steps)
 
     def init_state(self, x, x_start, key):
@@ -108,6 +122,9 @@ class APGD(SteppedAttack):
 
 class APGDDLR(APGD):
     """APGD with the DLR loss (Croce & Hein 2020, Eq. 6). Norms: ℓ∞, ℓ2.
+
+    Raises:
+        ConfigError: ``loss`` other than ``dlr`` (use ``apgd-ce`` with that loss).
 
     Example: ``APGDDLR(eps=8/255, steps=100).run(Defense(model), task, x, y, (0,))``
     """

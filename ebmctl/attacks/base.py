@@ -1,13 +1,14 @@
-"""The attack interface: a small class per attack, registered through the attack hook; the
-profile section ``[attack]`` (:class:`AttackConfig`) and the one factory that builds an attack
-class from it (:func:`build_attack`)."""
+"""The attack interface: :class:`Attack`, the one class a new attack reads and subclasses
+(usually through :class:`~ebmctl.attacks.loop.SteppedAttack`, the thesis' Alg. 1 with hooks);
+the profile section ``[attack]`` (:class:`AttackConfig`); and :func:`build_attack`, the factory
+the evaluation calls (it defers to :meth:`Attack.from_config`). Attacks are registered through
+the attack hook (``ebmctl_register_attacks``); docs/attacks.md#writing-an-attack."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Self
 
 import torch
 
@@ -19,22 +20,64 @@ from ebmctl.contracts import Task
 
 @dataclass
 class AttackOutcome:
-    """Per-image results of one attack run over a batch (all tensors on CPU)."""
+    """Per-image results of one attack run over a batch of B images (all tensors on CPU).
 
-    natural_ok: torch.Tensor  # bool [B]
-    robust_ok: torch.Tensor  # bool [B]: survived every step of every restart
-    clean_score: torch.Tensor  # float [B]
-    x_adv: torch.Tensor  # [B,...] the breaking image (or the last iterate)
-    ok_by_step: torch.Tensor  # bool [R, N+1, B]: still unbroken after evaluation point n
+    Attributes:
+        natural_ok: bool [B], the defense classifies the clean image correctly (natural check).
+        robust_ok: bool [B], the image survived every evaluation point of every restart.
+        clean_score: float [B], the task's score of the clean outputs (the reference of
+            :meth:`Task.robust_ok`).
+        x_adv: [B,C,H,W] in [0,1], the breaking image (survivors: the last iterate).
+        ok_by_step: bool [R, N+1, B], still unbroken after evaluation point n of restart r.
+        info: free-form facts about the run (the built-in attacks: ``{"gradient": mode}``).
+    """
+
+    natural_ok: torch.Tensor
+    robust_ok: torch.Tensor
+    clean_score: torch.Tensor
+    x_adv: torch.Tensor
+    ok_by_step: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
 
 
 class Attack:
-    """Base class. Subclasses set ``name`` and implement :meth:`run`.
+    """Base class of every attack: what the evaluation reads from an attack, and how it builds
+    one from the profile. A subclass sets ``name`` and ``description``, overrides the class
+    attributes below where its defaults do not hold, and implements :meth:`run` (or subclasses
+    :class:`~ebmctl.attacks.loop.SteppedAttack`, which implements it as Alg. 1).
 
-    An attack receives the defense (task model + optional purifier), the task (losses and success
-    rule), a batch of [0,1] images and targets, and a seed key from which it derives every random
-    draw. It must honour the threat model ``norm``/``eps`` and report per-image outcomes.
+    An attack receives the defense (task model + optional purifier), the task (losses and
+    success rule), a batch of [0,1] images and targets, and a seed key from which it derives
+    every random draw. It must honour the threat model ``norm``/``eps`` and report per-image
+    outcomes. An instance holds settings only, never the state of a run, so one instance may
+    run many batches, from several threads.
+
+    Class attributes (the declarations the evaluation reads; defaults in brackets):
+        name: registry name, what ``--method`` and ``attack.methods`` call it [""].
+        description: one line for ``ebmctl list`` and the report [""].
+        gradient: how the attack's gradient passes the defense, the report's "gradient"
+            column and :meth:`gradient_mode`: ``exact`` | ``bpda`` | ``full`` | ``smooth``
+            (white-box, :data:`~ebmctl.attacks.gradients.GRADIENT_MODES`), ``classifier only``
+            (transfer) or ``none`` (gradient-free). The sanity checks compare white-box rows
+            with the other two kinds to detect gradient masking ["exact"].
+        per_step_curve: ``ok_by_step[r, n]`` measures the defense after n steps, so the report
+            judges convergence from the accuracy curve; False for an attack whose intermediate
+            points are not evaluated (transfer, the final-iterate protocol) [True].
+        config_fields: :class:`AttackConfig` fields :meth:`from_config` passes to the
+            constructor on every build, under the same name, beyond the common ones
+            (:func:`common_arguments`) [none].
+        options: the optional settings (keys of :data:`OPTIONAL_SETTINGS`) the attack reads.
+            :meth:`from_config` passes one to the constructor, as the keyword
+            ``OPTIONAL_SETTINGS[field]``, only when the user set it (otherwise the
+            constructor's default holds); a setting the user gave that no attack of a run
+            reads is refused, naming the key [none].
+
+    Instance attributes besides the arguments:
+        options_given: the ``attack.<field>`` keys :meth:`from_config` passed on (empty for
+            an instance built directly).
+        diagnostic: the attack's figure is not a robustness figure (the defender's
+            randomness was fixed), so the report marks its row and keeps it out of the
+            headline [False].
 
     Args:
         norm: ``linf`` | ``l2``.
@@ -50,9 +93,13 @@ class Attack:
         ConfigError: an invalid norm, negative radius/step/steps or < 1 restart/replicate.
     """
 
-    name = ""
-    description = ""
-    needs_defense = False  # True if it only makes sense against a stochastic defense
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    gradient: str = "exact"
+    per_step_curve: bool = True
+    config_fields: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[frozenset[str]] = frozenset()
+    options_given: frozenset[str] = frozenset()
 
     def __init__(self, *, norm: str = "linf", eps: float = 8 / 255, step_size: float = 2 / 255,
                  steps: int = 50, restarts: int = 1, eot_reps: int = 1, verify_reps: int = 1,
@@ -67,8 +114,76 @@ class Attack:
         self.restarts, self.eot_reps, self.verify_reps = restarts, eot_reps, verify_reps
         self.random_start = random_start
 
+    @classmethod
+    def from_config(cls, attack: AttackConfig, *, defended: bool, verify_reps: int,
+                    eps: float | None = None, given: Collection[str] = ()) -> Self:
+        """An instance configured by the profile section ``attack``.
+
+        The constructor receives :func:`common_arguments`, the :attr:`config_fields`, and of
+        the :attr:`options` those in ``given`` (the :data:`DEFENDED_ONLY` ones on defended
+        runs only); :attr:`options_given` records the latter. Override this classmethod when
+        the constructor takes other arguments than these.
+
+        Args:
+            attack: the ``[attack]`` section.
+            defended: the run attacks a defended model (H_adv and H_def apply; an undefended
+                run uses one replicate each way).
+            verify_reps: H_def, the replicates of the natural check and each verification
+                (``defense.eot_reps``).
+            eps: radius in [0,1] pixel units in place of ``attack.radius`` (sweeps, sanity
+                checks).
+            given: :class:`AttackConfig` field names the user set (profile or ``--set``).
+
+        Raises:
+            ConfigError: the constructor rejects a value (see the class's Raises).
+        """
+        chosen = [name for name in OPTIONAL_SETTINGS if name in cls.options and name in given
+                  and (defended or name not in DEFENDED_ONLY)]
+        kw = common_arguments(attack, defended=defended, verify_reps=verify_reps, eps=eps)
+        kw.update({name: getattr(attack, name) for name in cls.config_fields})
+        kw.update({OPTIONAL_SETTINGS[name]: getattr(attack, name) for name in chosen})
+        out = cls(**kw)
+        out.options_given = frozenset(f"attack.{name}" for name in chosen)
+        return out
+
+    @property
+    def diagnostic(self) -> bool:
+        """True when the figure is not a robustness figure (see the class docstring)."""
+        return False
+
+    def gradient_mode(self) -> str:
+        """How the gradient passes the defense: :attr:`gradient` (see the class docstring)."""
+        return self.gradient
+
+    def check_defense(self, defense: Defense) -> None:
+        """Refuse, before any work, settings this defense cannot honour (the default accepts
+        every defense). The evaluation calls it once per defense and attack.
+
+        Raises:
+            ConfigError: one line naming the setting and the defense's part that rejects it.
+        """
+
     def run(self, defense: Defense, task: Task, x: torch.Tensor, y: torch.Tensor, key: tuple,
             progress: Callable[[int], None] | None = None) -> AttackOutcome:
+        """Attack the images ``x`` [B,C,H,W] in [0,1] with targets ``y`` [B,...].
+
+        Args:
+            defense: the (defended) model the attack runs against.
+            task: the task's losses and success rule (``score``, ``natural_ok``,
+                ``robust_ok``, ``attack_loss``).
+            x: clean images, on the defense's device.
+            y: targets.
+            key: seed key; every random draw derives from it (``make_generator(device, *key,
+                ...)``), so the same key gives the same outcome.
+            progress: called with 1 after each evaluation point of each restart (R·(N+1)
+                calls in all), for a progress bar.
+
+        Returns:
+            The per-image :class:`AttackOutcome`.
+
+        Raises:
+            ConfigError: a setting the defense cannot honour.
+        """
         raise NotImplementedError
 
 
@@ -152,7 +267,8 @@ class AttackConfig:
         return self.step_size_l2 or self.eps_l2 / 4
 
 
-#: settings that only some attacks take: :class:`AttackConfig` field -> constructor argument
+#: settings that only some attacks take: :class:`AttackConfig` field -> constructor keyword;
+#: an attack lists those it reads in :attr:`Attack.options`
 OPTIONAL_SETTINGS = {"gradient": "gradient", "loss": "loss", "square_p_init": "p_init",
                      "final_iterate_only": "final_iterate_only",
                      "gradient_steps": "gradient_steps", "common_noise": "common_noise",
@@ -162,45 +278,26 @@ OPTIONAL_SETTINGS = {"gradient": "gradient", "loss": "loss", "square_p_init": "p
 DEFENDED_ONLY = ("gradient_steps", "common_noise", "common_noise_defender", "energy_weight")
 
 
-def constructor_params(cls: type) -> set[str]:
-    """Keyword names an attack class accepts, following ``**kw`` up its bases."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY
-                  or p.kind is p.POSITIONAL_OR_KEYWORD}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names - {"self"}
+def common_arguments(attack: AttackConfig, *, defended: bool, verify_reps: int,
+                     eps: float | None = None) -> dict[str, Any]:
+    """The constructor arguments every attack takes (:class:`Attack`'s), from ``attack``: the
+    threat model (``eps`` overrides ``attack.radius``; α is ``attack.step``), N, R and
+    ``random_start``; H_adv = ``attack.eot_reps`` and H_def = ``verify_reps`` on a defended
+    run, 1 and 1 on an undefended one."""
+    return {"norm": attack.norm, "eps": attack.radius if eps is None else eps,
+            "step_size": attack.step, "steps": attack.steps, "restarts": attack.restarts,
+            "eot_reps": attack.eot_reps if defended else 1,
+            "verify_reps": verify_reps if defended else 1, "random_start": attack.random_start}
 
 
 def build_attack(cls: type[Attack], attack: AttackConfig, *, defended: bool, verify_reps: int,
                  eps: float | None = None, given: Collection[str] = ()) -> Attack:
-    """An instance of the attack class ``cls`` configured by ``attack``.
-
-    Every attack gets the threat model (``eps`` overrides ``attack.radius``), N, R and
-    ``random_start``; a defended run also gets H_adv = ``attack.eot_reps`` and H_def =
-    ``verify_reps`` (an undefended one 1 and 1). Of :data:`OPTIONAL_SETTINGS`, only those in
-    ``given`` (field names the user set) reach the constructor, and only where it takes them;
-    the :data:`DEFENDED_ONLY` ones only on defended runs. ``options_given`` on the result lists
-    the keys (``attack.<field>``) it really received.
+    """An instance of the attack class ``cls`` configured by ``attack``:
+    ``cls.from_config(attack, ...)`` (:meth:`Attack.from_config`, which documents the
+    arguments).
 
     Raises:
         ConfigError: the constructor rejects a setting (see :class:`Attack`).
     """
-    kw = {"norm": attack.norm, "eps": attack.radius if eps is None else eps,
-          "step_size": attack.step, "steps": attack.steps, "restarts": attack.restarts,
-          "eot_reps": attack.eot_reps if defended else 1,
-          "verify_reps": verify_reps if defended else 1, "random_start": attack.random_start,
-          "smooth_temperature": attack.smooth_temperature,
-          "checkpoint_segment": attack.checkpoint_segment}
-    used = [name for name in OPTIONAL_SETTINGS
-            if name in given and (defended or name not in DEFENDED_ONLY)]
-    kw.update({OPTIONAL_SETTINGS[name]: getattr(attack, name) for name in used})
-    accepted = constructor_params(cls)
-    out = cls(**{k: v for k, v in kw.items() if k in accepted})
-    out.options_given = {f"attack.{name}" for name in used if OPTIONAL_SETTINGS[name] in accepted}
-    return out
+    return cls.from_config(attack, defended=defended, verify_reps=verify_reps, eps=eps,
+                           given=given)

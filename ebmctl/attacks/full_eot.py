@@ -20,7 +20,11 @@ class FullGradientEOT(SteppedAttack):
     Arguments: those of :class:`~ebmctl.attacks.loop.SteppedAttack` (``checkpoint_segment=0``)
     and ``gradient_steps=0``: K' ≤ K of a surrogate chain the gradient differentiates through
     (Lee & Kim 2023) while screening and verification still run the defense's K steps
-    (0 = K).
+    (0 = K; ``attack.gradient_steps``).
+
+    Raises:
+        ConfigError: a negative ``gradient_steps``; at the run, a purifier without a backward
+            pass or K' > K (:meth:`~ebmctl.attacks.loop.SteppedAttack.check_defense`).
 
     Example: ``FullGradientEOT(eps=8/255, step_size=2/255, steps=100, eot_reps=20,
     final_iterate_only=True, random_start=False).run(defense, task, x, y, key=(0,))`` (MEFA's
@@ -32,6 +36,7 @@ class FullGradientEOT(SteppedAttack):
                    "attack.gradient_steps, attack.final_iterate_only, attack.common_noise, "
                    "attack.energy_weight")
     gradient = "full"
+    options = SteppedAttack.options | {"gradient_steps"}
 
     def __init__(self, *, gradient_steps: int = 0, **kw):
         super().__init__(**kw)
@@ -51,6 +56,7 @@ class SmoothedGradientEOT(SteppedAttack):
     description = ("PGD+EOT through the chain, softplus-smoothed second derivatives; "
                    "attack.gradient_steps")
     gradient = "smooth"
+    options = SteppedAttack.options | {"gradient_steps"}
 
     def __init__(self, *, gradient_steps: int = 0, **kw):
         super().__init__(**kw)

@@ -18,17 +18,23 @@ Attacks differ only through the hooks :meth:`SteppedAttack.estimate` (gradient, 
 outputs, loss at the current points), :meth:`~SteppedAttack.init_state` /
 :meth:`~SteppedAttack.propose` (the next points), :meth:`~SteppedAttack.start_point` and
 :meth:`~SteppedAttack.evaluated` (which points are checked against the defense).
+
+The loop's bookkeeping (alive mask, breaking points, current iterates) lives in a run object
+made per call of :meth:`SteppedAttack.run`, never on the attack, so an instance holds settings
+only and may run several batches at once.
 """
 
 from __future__ import annotations
 
+import weakref
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from ebmctl.attacks.base import Attack, AttackOutcome
 from ebmctl.attacks.gradients import (
-    GRADIENT_MODES,
     CommonNoise,
     RowNoise,
     check_backward,
@@ -46,13 +52,63 @@ from ebmctl.contracts import Task
 from ebmctl.seeds import make_generator
 
 
+#: the run in progress in this thread (or task): :meth:`SteppedAttack.run` sets it for the
+#: duration of the loop. The hooks keep their plugin-facing signatures (``estimate(defense,
+#: task, x_adv, y, key)``, ``verify(defense, x_adv, rows, key)``), so the fixed-noise
+#: coordinates they need (the alive images' rows, the batch's size) reach them through this
+#: context variable rather than through attributes of the attack.
+_ACTIVE_RUN: ContextVar[_Run | None] = ContextVar("ebmctl_attack_run", default=None)
+
+
+@dataclass
+class _Run:
+    """The state of one :meth:`SteppedAttack.run` over a batch of B images.
+
+    Attributes:
+        key: the run's seed key; evaluation point n of restart r uses ``(*key, r, n)``.
+        x: clean images [B,C,H,W] in [0,1].
+        y: targets [B,...].
+        clean_score: float [B], the natural check's scores (the reference of ``robust_ok``).
+        alive: bool [B], not broken yet (rule 4 of the module docstring); updated in place.
+        x_best: [B,C,H,W], each broken image's breaking point; survivors get their last
+            iterate at the end of each restart.
+        x_adv: [B,C,H,W], the current restart's iterates.
+        restart: r, the current restart.
+        rows: long [b], batch positions of the images the current evaluation point attacks.
+    """
+
+    key: tuple
+    x: torch.Tensor
+    y: torch.Tensor
+    clean_score: torch.Tensor
+    alive: torch.Tensor
+    x_best: torch.Tensor
+    x_adv: torch.Tensor
+    restart: int = 0
+    rows: torch.Tensor | None = None
+
+    def attacker_noise(self, tag: str) -> CommonNoise:
+        """The attacker's fixed Langevin noise of this restart (``common_noise``): one stream
+        per restart and ``tag`` (``eot`` | ``chain``), independent of the attack step n."""
+        return CommonNoise((*self.key, self.restart, "common", tag), *self._batch())
+
+    def defender_noise(self) -> CommonNoise:
+        """The defender's fixed verification noise (``common_noise_defender``): one stream
+        per batch, independent of n and of the restart."""
+        return CommonNoise((*self.key, "common-verify"), *self._batch())
+
+    def _batch(self) -> tuple[int, torch.device, torch.dtype]:
+        return self.x.shape[0], self.x.device, self.x.dtype
+
+
 class SteppedAttack(Attack):
     """Alg. 1 with a pluggable gradient estimate and update rule (default: PGD, Eq. 2.8).
 
     Args (beyond :class:`~ebmctl.attacks.base.Attack`'s):
         loss: ``ce`` (the task's attack loss) | ``margin`` | ``dlr`` (see
             :mod:`ebmctl.attacks.losses`).
-        smooth_temperature: softplus temperature of the smoothed backward pass (``smooth``).
+        smooth_temperature: softplus temperature of the smoothed backward pass (``smooth``),
+            in pre-activation units.
         checkpoint_segment: Langevin steps per checkpoint segment of the differentiable chain
             (0 = √K); memory vs recomputation only, never the gradient.
         final_iterate_only: the MEFA protocol (Du, Hill & Cai 2026): no per-step screening or
@@ -77,11 +133,10 @@ class SteppedAttack(Attack):
         ConfigError: an unknown loss, a non-positive temperature, a negative segment or λ.
     """
 
-    #: how the gradient passes a stochastic defense: bpda | full | smooth (gradients.py)
     gradient = "bpda"
-    #: ok_by_step[r, n] is a measurement of the defense after n steps (False: a transfer
-    #: attack, whose crafting steps are not evaluated), so convergence can be judged
-    per_step_curve = True
+    config_fields = ("smooth_temperature", "checkpoint_segment")
+    options = frozenset({"loss", "final_iterate_only", "common_noise", "common_noise_defender",
+                         "energy_weight"})
     #: K' of the surrogate chain the gradient differentiates through (0 = K); set only by the
     #: attacks whose gradient passes the chain (``gradient_steps`` constructor argument)
     gradient_steps = 0
@@ -100,11 +155,6 @@ class SteppedAttack(Attack):
         self.common_noise, self.common_noise_defender = bool(common_noise), \
             bool(common_noise_defender)
         self.energy_weight = float(energy_weight)
-        self._rows: torch.Tensor | None = None  # alive images' positions, set by the loop
-        self._noise_key: tuple | None = None
-        #: (size, device, float type) of the batch being attacked, for its fixed noise
-        self._batch: tuple[int, torch.device, torch.dtype] = (0, torch.device("cpu"),
-                                                              torch.float32)
         if loss not in LOSSES:
             raise ConfigError(f"unknown attack.loss {loss!r}; choose from {', '.join(LOSSES)}")
         if smooth_temperature <= 0:
@@ -113,7 +163,10 @@ class SteppedAttack(Attack):
             raise ConfigError("attack.checkpoint_segment must be >= 0 (0 = sqrt(K))")
         self.loss, self.smooth_temperature = loss, float(smooth_temperature)
         self.checkpoint_segment = int(checkpoint_segment)
-        self._smooth_nets: dict[int, torch.nn.Module] = {}
+        # a cache, not run state: the smoothed copy of each EBM network this attack has met,
+        # dropped with the network
+        self._smooth_nets: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = \
+            weakref.WeakKeyDictionary()
 
     def _set_gradient_steps(self, steps: int) -> None:
         """Validate and keep ``gradient_steps`` (K' ≥ 0; only for ``full``/``smooth``)."""
@@ -163,32 +216,27 @@ class SteppedAttack(Attack):
             raise ConfigError(f"attack.energy_weight = {self.energy_weight} needs a defense "
                               "with an EBM (its energy is the extra loss term)")
 
-    def gradient_mode(self) -> str:
-        if self.gradient not in GRADIENT_MODES:
-            raise ConfigError(f"unknown attack.gradient {self.gradient!r}; choose from bpda, "
-                              "full, smooth")
-        return self.gradient
-
     def loss_fn(self, task: Task) -> LossFn:
+        """The per-image loss [B] the attack maximises (``loss``, for ``task``)."""
         return resolve_loss(self.loss, task)
 
     def _backward_net(self, defense: Defense):
         if self.gradient_mode() != "smooth" or defense.ebm is None:
             return None
         net = defense.ebm.net
-        if id(net) not in self._smooth_nets:
-            self._smooth_nets[id(net)] = smoothed_copy(net, self.smooth_temperature)[0]
-        return self._smooth_nets[id(net)]
+        if net not in self._smooth_nets:
+            self._smooth_nets[net] = smoothed_copy(net, self.smooth_temperature)[0]
+        return self._smooth_nets[net]
 
     # -- randomness ------------------------------------------------------------------------
     def attacker_noise(self, reps: int, tag: str) -> RowNoise | None:
-        """Fixed noise for ``reps`` replicates of the alive images (``common_noise``), else
-        None (fresh noise from the step's key)."""
-        if not self.common_noise or self._noise_key is None or self._rows is None:
+        """Fixed noise for ``reps`` replicates of the images the current evaluation point
+        attacks (``common_noise``, inside :meth:`run`), else None (fresh noise from the
+        step's key)."""
+        run = _ACTIVE_RUN.get()
+        if not self.common_noise or run is None or run.rows is None:
             return None
-        batch, device, dtype = self._batch
-        return CommonNoise((*self._noise_key, "common", tag), batch, device, dtype).for_rows(
-            self._rows, reps)
+        return run.attacker_noise(tag).for_rows(run.rows, reps)
 
     def replicates(self, defense: Defense, x_adv: torch.Tensor, reps: int, key: tuple
                    ) -> torch.Tensor:
@@ -201,12 +249,13 @@ class SteppedAttack(Attack):
 
     def verify(self, defense: Defense, x_adv: torch.Tensor, rows: torch.Tensor, key: tuple
                ) -> torch.Tensor:
-        """H_def-averaged outputs [b,...] of candidates ``x_adv`` (batch positions ``rows``)
-        with fresh noise, or with fixed noise under ``common_noise_defender``."""
-        if self.common_noise_defender and defense.stochastic and self._noise_key is not None:
-            batch, device, dtype = self._batch
-            common = CommonNoise((*self._noise_key[:-1], "common-verify"), batch, device, dtype)
-            return predict_with_noise(defense, x_adv, self.verify_reps, common, rows)
+        """H_def-averaged outputs [b,...] of candidates ``x_adv`` [b,C,H,W] (batch positions
+        ``rows``, long [b]) with fresh noise from ``(*key, "verify")``, or with fixed noise
+        under ``common_noise_defender`` (inside :meth:`run`)."""
+        run = _ACTIVE_RUN.get()
+        if self.common_noise_defender and defense.stochastic and run is not None:
+            return predict_with_noise(defense, x_adv, self.verify_reps, run.defender_noise(),
+                                      rows)
         return defense.predict(x_adv, self.verify_reps, (*key, "verify"))
 
     # -- hooks ---------------------------------------------------------------------------
@@ -244,16 +293,25 @@ class SteppedAttack(Attack):
         return grad, out, loss
 
     def init_state(self, x: torch.Tensor, x_start: torch.Tensor, key: tuple) -> dict:
+        """The update rule's state for one restart (default: none), handed to every
+        :meth:`propose` of that restart: ``x`` the clean images [B,C,H,W], ``x_start`` the
+        restart's start [B,C,H,W], ``key`` ``(*run_key, "state", r)``."""
         return {}
 
     def propose(self, state: dict, idx: torch.Tensor, x_nat: torch.Tensor, x_cur: torch.Tensor,
                 grad: torch.Tensor | None, loss: torch.Tensor, n: int, key: tuple
                 ) -> torch.Tensor:
-        """Next points [len(idx),...] for images ``idx`` (PGD: one projected ascent step)."""
+        """Next points [b,C,H,W] of the alive images ``idx`` (long [b], batch positions) from
+        their clean images ``x_nat`` and current points ``x_cur`` [b,C,H,W], the
+        :meth:`objective`'s gradient and loss [b] there, at evaluation point n (key
+        ``(*run_key, r, n)``); must stay in the ε-ball and [0,1]. Default: PGD, one projected
+        ascent step of size ``step_size`` (thesis Eq. 2.8)."""
         return project(ascent_step(x_cur, grad, self.step_size, self.norm), x_nat, self.eps,
                        self.norm)
 
     def start_point(self, x: torch.Tensor, r: int, key: tuple) -> torch.Tensor:
+        """Restart r's first iterate [B,C,H,W]: a uniform point of the ε-ball around ``x``
+        drawn from ``(*key, "start", r)``, or ``x`` itself without ``random_start``."""
         if not self.random_start:
             return x.clone()
         return random_start(x, self.eps, self.norm, make_generator(x.device, *key, "start", r))
@@ -266,37 +324,39 @@ class SteppedAttack(Attack):
     # -- the loop --------------------------------------------------------------------------
     def run(self, defense: Defense, task: Task, x: torch.Tensor, y: torch.Tensor, key: tuple,
             progress: Callable[[int], None] | None = None) -> AttackOutcome:
+        """Alg. 1 over the batch ``x`` [B,C,H,W] in [0,1] (rules 1-4 of the module docstring);
+        arguments, returns and errors as :meth:`Attack.run`."""
         self.check_defense(defense)
-        self._batch = (x.shape[0], x.device, x.dtype)
         clean_out = defense.predict(x, self.verify_reps, (*key, "natural"))
         clean_score = task.score(clean_out, y).float()
         natural_ok = task.natural_ok(clean_score).clone()
-        alive = natural_ok.clone()
-        x_best = x.clone()
+        run = _Run(key, x, y, clean_score, alive=natural_ok.clone(), x_best=x.clone(), x_adv=x)
         ok_by_step = torch.zeros(self.restarts, self.steps + 1, x.shape[0], dtype=torch.bool)
-        for r in range(self.restarts):
-            x_adv = self.start_point(x, r, key)
-            self._noise_key = (*key, r)
-            state = self.init_state(x, x_adv, (*key, "state", r))
-            for n in range(self.steps + 1):
-                idx = alive.nonzero().flatten()
-                if idx.numel():
-                    self._step(defense, task, x, y, x_adv, x_best, alive, clean_score, state,
-                               idx, (*key, r, n), n)
-                ok_by_step[r, n] = alive.cpu()
-                if progress is not None:
-                    progress(1)
-            keep = alive.nonzero().flatten()
-            x_best[keep] = x_adv[keep]
-        self._rows = self._noise_key = None
-        return AttackOutcome(natural_ok.cpu(), alive.cpu(), clean_score.cpu(), x_best.cpu(),
-                             ok_by_step, {"gradient": self.gradient_mode()})
+        token = _ACTIVE_RUN.set(run)
+        try:
+            for r in range(self.restarts):
+                run.restart, run.x_adv = r, self.start_point(x, r, key)
+                state = self.init_state(x, run.x_adv, (*key, "state", r))
+                for n in range(self.steps + 1):
+                    self._step(run, defense, task, state, n)
+                    ok_by_step[r, n] = run.alive.cpu()
+                    if progress is not None:
+                        progress(1)
+                keep = run.alive.nonzero().flatten()
+                run.x_best[keep] = run.x_adv[keep]
+        finally:
+            _ACTIVE_RUN.reset(token)
+        return AttackOutcome(natural_ok.cpu(), run.alive.cpu(), clean_score.cpu(),
+                             run.x_best.cpu(), ok_by_step, {"gradient": self.gradient_mode()})
 
-    def _step(self, defense, task, x, y, x_adv, x_best, alive, clean_score, state, idx, key, n):
-        """Screen, verify and (unless n = N) move the alive images ``idx``; updates ``x_adv``,
-        ``x_best`` and ``alive`` in place."""
-        xa, ya = x_adv[idx], y[idx]
-        self._rows = idx
+    def _step(self, run: _Run, defense: Defense, task: Task, state: dict, n: int) -> None:
+        """Evaluation point n of the current restart: screen, verify and (unless n = N) move
+        the alive images; updates ``run.x_adv``, ``run.x_best`` and ``run.alive`` in place."""
+        idx = run.alive.nonzero().flatten()
+        if not idx.numel():
+            return
+        run.rows, key = idx, (*run.key, run.restart, n)
+        xa, ya = run.x_adv[idx], run.y[idx]
         if self.final_iterate_only and n == self.steps:
             grad = screen_out = loss = None  # nothing to propose and no screening: skip it
         else:
@@ -305,19 +365,20 @@ class SteppedAttack(Attack):
             if screen_out is None or self.final_iterate_only:
                 cand = torch.arange(len(idx), device=idx.device)
             else:
-                screen_ok = task.robust_ok(task.score(screen_out, ya).float(), clean_score[idx])
+                screen_ok = task.robust_ok(task.score(screen_out, ya).float(),
+                                           run.clean_score[idx])
                 cand = (~screen_ok).nonzero().flatten()
             if cand.numel():
                 verify_out = self.verify(defense, xa[cand], idx[cand], key)
                 v_ok = task.robust_ok(task.score(verify_out, ya[cand]).float(),
-                                      clean_score[idx[cand]])
+                                      run.clean_score[idx[cand]])
                 broken = idx[cand[~v_ok]]
-                alive[broken] = False
-                x_best[broken] = x_adv[broken]
+                run.alive[broken] = False
+                run.x_best[broken] = run.x_adv[broken]
         if n < self.steps:
-            still = alive[idx]
-            nxt = self.propose(state, idx, x[idx], xa, grad, loss, n, key)
-            x_adv[idx[still]] = nxt[still].to(x_adv.dtype)
+            still = run.alive[idx]
+            nxt = self.propose(state, idx, run.x[idx], xa, grad, loss, n, key)
+            run.x_adv[idx[still]] = nxt[still].to(run.x_adv.dtype)
 
 
 class IterativeAttack(SteppedAttack):

@@ -5,10 +5,8 @@ one, differentiated through; a fixer is allowed)."""
 from __future__ import annotations
 
 from ebmctl.attacks.gradients import eot_gradient
-from ebmctl.attacks.loop import IterativeAttack, SteppedAttack
+from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.errors import ConfigError
-
-__all__ = ["FGSM", "PGD", "IterativeAttack"]  # IterativeAttack: old import path, kept
 
 
 class PGD(SteppedAttack):
@@ -25,9 +23,6 @@ class PGD(SteppedAttack):
     name = "pgd"
     description = "projected gradient descent with exact model gradients (undefended models)"
     gradient = "exact"
-
-    def gradient_mode(self) -> str:
-        return "exact"
 
     def check_defense(self, defense) -> None:
         super().check_defense(defense)
@@ -46,6 +41,9 @@ class PGD(SteppedAttack):
 
 class FGSM(PGD):
     """Single-step FGSM: one step of size ε from the clean image. Norms: ℓ∞, ℓ2.
+
+    Arguments: those of :class:`PGD`; ``steps``, ``step_size``, ``restarts`` and
+    ``random_start`` are fixed (1, ε, 1, False) whatever is given.
 
     Example: ``FGSM(eps=8/255).run(Defense(model), task, x, y, (0,))``
     """

@@ -36,9 +36,14 @@ class Square(SteppedAttack):
     """Square attack (gradient-free) inside Alg. 1. Norms: ℓ∞ (the paper's), ℓ2 (simplified).
 
     Args (beyond :class:`~ebmctl.attacks.loop.SteppedAttack`'s):
-        p_init: initial share of pixels in the square window (paper: 0.8 for ℓ∞).
+        p_init: initial share of pixels in the square window, in (0, 1] (paper: 0.8 for ℓ∞;
+            ``attack.square_p_init``).
         loss: ``margin`` (default for classification) | ``ce`` | ``dlr``; tasks whose outputs
             are not [B,C] logits use their own attack loss.
+
+    Raises:
+        ConfigError: ``p_init`` outside (0, 1], or what
+            :class:`~ebmctl.attacks.loop.SteppedAttack` refuses.
 
     Example: ``Square(eps=8/255, steps=1000, eot_reps=8).run(defense, task, x, y, (0,))``
     """
@@ -46,15 +51,13 @@ class Square(SteppedAttack):
     name = "square"
     description = "Square attack: gradient-free random search on the EOT margin"
     gradient = "none"
+    options = SteppedAttack.options | {"square_p_init"}
 
     def __init__(self, *, p_init: float = 0.8, loss: str = "margin", **kw):
         super().__init__(loss=loss, **kw)
         if not 0 < p_init <= 1:
             raise ConfigError("attack.square_p_init must be in (0, 1]")
         self.p_init = float(p_init)
-
-    def gradient_mode(self) -> str:
-        return "none"
 
     def loss_fn(self, task):
         chosen = resolve_loss(self.loss, task)

@@ -6,7 +6,6 @@ Athalye et al. 2018)."""
 
 from __future__ import annotations
 
-
 from ebmctl.attacks.gradients import eot_gradient
 from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.defense import Defense
@@ -24,9 +23,6 @@ class Transfer(SteppedAttack):
     description = "PGD on the undefended classifier, evaluated on the defended model"
     gradient = "classifier only"
     per_step_curve = False
-
-    def gradient_mode(self) -> str:
-        return "classifier only"
 
     def estimate(self, defense, task, x_adv, y, key):
         bare = Defense(defense.model, None, average=defense.average, fixer=defense.fixer)

@@ -37,7 +37,6 @@ from ebmctl.attacks.base import (
     Attack,
     AttackConfig,
     build_attack,
-    constructor_params,
 )
 from ebmctl.console import info, progress_bar
 from ebmctl.context import RunConfig, environment, get_task, load_dataset, working_dtype
@@ -140,11 +139,10 @@ def check_options_used(cfg: Config, attacks: list[Attack]) -> None:
     Raises:
         ConfigError: naming the key and the attacks run.
     """
-    for key, param in OPTIONAL_KEYS.items():
+    for key in OPTIONAL_KEYS:
         if cfg.is_default(key):
             continue
-        if not any(key in a.options_given if hasattr(a, "options_given")
-                   else param in constructor_params(type(a)) for a in attacks):
+        if not any(key in a.options_given for a in attacks):
             names = ", ".join(a.name for a in attacks)
             raise ConfigError(f"{key} does not apply to the attacks run ({names})")
 
