@@ -1,6 +1,6 @@
 """Write docs/cifar10/airbench-progress.json from the airbench run's checkpoint: the per-epoch
 history (validation accuracy with flip TTA, smoothed training loss, seconds) that the
-checkpoint records, so the progress table in docs/cifar10.md can be rebuilt at any point.
+checkpoint records, so the progress table in docs/results/cifar10.md can be rebuilt at any point.
 
 Usage: python scripts/airbench_progress.py [CHECKPOINT] [OUT]
 """
