@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU figures of docs/performance.md: run from the repository root.
+# The CPU figures of docs/results/performance.md: run from the repository root.
 #   bench/cpu.sh [OUT_DIR]      (default bench/results)
 # 1. the quickstart's geometry (8x8 digits, n_f=32) at the training batch (64) and the defense's
 #    purification batch (200 images x 8 EOT copies = 1600): the autotuner's table (--tune),

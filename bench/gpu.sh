@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures (needs CUDA; the same commands pick the GPU path by themselves), for
-# docs/performance.md:
+# docs/results/performance.md:
 # 1. the Langevin autotuner on CUDA (--tune: fp32/bf16/fp16 autocast, NCHW/channels_last,
 #    autograd or the explicit gradient, torch.compile, CUDA graphs; the table and the cached
 #    choice), then every variant and `auto` at batch 100 and 1500 for the shipped CIFAR-10 EBM

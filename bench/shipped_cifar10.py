@@ -1,11 +1,11 @@
-"""Measure the shipped CIFAR-10 EBM + classifier (or any pair): what `docs/shipped/` reports.
+"""Measure the shipped CIFAR-10 EBM + classifier (or any pair): what `docs/results/shipped-cifar10.md` reports.
 
     .venv/bin/python bench/shipped_cifar10.py --n 64 --steps 15,150,300,1500 --out docs/shipped
 
 Reports, on held-out images of the profiles' split (never trained on by either model):
 classifier accuracy; the fraction of images whose classifier label survives L Langevin steps
 started from them (a convergent EBM keeps it); defended (purified, EOT-averaged) natural accuracy;
-sample grids after each L. Attacks are run with `ebmctl attack` (see docs/shipped/README.md).
+sample grids after each L. Attacks are run with `ebmctl attack` (see docs/results/shipped-cifar10.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Write docs/cifar10/airbench-progress.json from the airbench run's checkpoint: the per-epoch
 history (validation accuracy with flip TTA, smoothed training loss, seconds) that the
-checkpoint records, so the progress table in docs/cifar10.md can be rebuilt at any point. Once
+checkpoint records, so the progress table in docs/results/cifar10.md can be rebuilt at any point. Once
 the run has finished (the checkpoint is gone), the artifact's training log
 (``<artifact>.log.json`` beside it) is read instead, with the test split's scores.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The digits attack suite of docs/attacks.md, on the quickstart's models (run `ebmctl quickstart`
+# The digits attack suite of docs/results/attacks.md, on the quickstart's models (run `ebmctl quickstart`
 # first). Each command resumes from its per-chunk results if interrupted: run the script again.
 # Every command is CPU-bound; on a small machine run one (or two with run.threads=1) at a time.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements of docs/known-defenses.md: each built-in input-transformation purifier
+# The measurements of docs/results/known-defenses.md: each built-in input-transformation purifier
 # attacked naively (PGD through the purifier where it has a backward pass, with no EOT; transfer
 # from the bare classifier always), with BPDA (H_adv = 1) and, for the stochastic one, with
 # BPDA+EOT; then the per-image worst case over all of them (scripts/known_defenses_table.py).

@@ -1,4 +1,4 @@
-"""The masking warning on a naive evaluation (docs/known-defenses.md): bit-depth reduction
+"""The masking warning on a naive evaluation (docs/results/known-defenses.md): bit-depth reduction
 wrapped as a plain function that *claims* a backward pass (``differentiable = True``), as a
 naive user would declare it, so PGD differentiates through ``torch.round`` (gradient zero almost
 everywhere: shattered gradients, Athalye, Carlini & Wagner 2018). ``ebmctl.evaluate`` runs that

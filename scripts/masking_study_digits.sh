@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gradient-masking study of docs/masking.md: a LeakyReLU EBM (the quickstart's) and a
+# The gradient-masking study of docs/results/masking.md: a LeakyReLU EBM (the quickstart's) and a
 # smooth-leaky EBM trained with the same recipe and budget (profile quick-smooth), each attacked
 # on the first 50 digits test images at linf eps = 0.1 (20 steps of eps/4, H_adv = 8,
 # K_def = 200, H_def = 8), plus an eps sweep and worst-of-10 resubmissions.

@@ -1,4 +1,4 @@
-"""Tables and the accuracy-vs-ε plot of docs/masking.md, from the reports that
+"""Tables and the accuracy-vs-ε plot of docs/results/masking.md, from the reports that
 scripts/masking_study_digits.sh writes.
 
 Every report attacks the same first-50 test images (one seeded subset), so per-image outcomes
