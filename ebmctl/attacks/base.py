@@ -2,7 +2,7 @@
 (usually through :class:`~ebmctl.attacks.loop.SteppedAttack`, the thesis' Alg. 1 with hooks);
 the profile section ``[attack]`` (:class:`AttackConfig`); and :func:`build_attack`, the factory
 the evaluation calls (it defers to :meth:`Attack.from_config`). Attacks are registered through
-the attack hook (``ebmctl_register_attacks``); docs/attacks.md#writing-an-attack."""
+the attack hook (``ebmctl_register_attacks``); docs/writing-an-attack.md."""
 
 from __future__ import annotations
 
