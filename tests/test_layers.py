@@ -216,3 +216,14 @@ def test_an_upward_import_is_caught():
     assert layer_of("ebmctl.commands.attack") == INTERFACE
     assert layer_of("ebmctl.distributed.__main__") == INTERFACE
     assert layer_of("ebmctl.distributed") == FOUNDATION
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages by name, so a new subpackage of ebmctl/ missing there
+    works from the source tree but is absent from the installed wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    packages = {m for m, p in modules().items() if p.name == "__init__.py"}
+    assert not packages - listed, f"add to [tool.setuptools] packages: {sorted(packages - listed)}"
