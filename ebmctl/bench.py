@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from ebmctl.context import runtime_environment
-from ebmctl.device import cpu_has_native_bf16
+from ebmctl.device import cpu_has_native_bf16, peak_memory_mib, peak_memory_start
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.sampling import autotune, fastgrad
 from ebmctl.sampling.autotune import AUTO, Variant
@@ -472,52 +471,6 @@ def _small_defense(device: torch.device, image_size: int, channels: int, width: 
                    chunk_size=AUTO if settings.block_rows == AUTO else 2048)
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _proc_status_kib("VmHWM") is not None
-    except OSError:
-        return False
-
-
-def _peak_memory_reset(device: torch.device) -> int:
-    """Start a peak-memory window; returns the baseline in bytes."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    if _reset_rss_peak():
-        return (_proc_status_kib("VmRSS") or 0) * 1024
-    return _rss_peak_bytes()
-
-
-def _rss_peak_bytes() -> int:
-    hwm = _proc_status_kib("VmHWM")
-    if hwm is not None:
-        return hwm * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
-
-
-def _peak_memory_mb(device: torch.device, base: int) -> float:
-    """Peak in the window: the CUDA allocator's peak, or on CPU the peak RSS above the RSS at
-    the window's start (the growth the measured work caused)."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-    return round(max(0, _rss_peak_bytes() - base) / 2 ** 20, 1)
-
-
 def attack_bench(device: torch.device, *, mode: str = "bpda", n_images: int = 8, reps: int = 4,
                  steps: int = 20, image_size: int = 32, channels: int = 3, width: int = 32,
                  repeats: int = 2, segment: int = 0, ebm: str = "",
@@ -556,9 +509,9 @@ def attack_bench(device: torch.device, *, mode: str = "bpda", n_images: int = 8,
         gemm_fn, gemm_work = gemm(variant.precision, device, gemm_size)
         gemm_fn()
         fns["gemm"] = gemm_fn
-    base = _peak_memory_reset(device)
+    base = peak_memory_start(device)
     times = interleaved(fns, repeats, device)
-    peak = _peak_memory_mb(device, base)
+    peak = peak_memory_mib(device, base)
     sec = statistics.median(times["attack"]["wall"])
     seg = segment or auto_segment(steps)
     state_mb = math.ceil(steps / seg) * rows * channels * image_size ** 2 * 4 / 2 ** 20
