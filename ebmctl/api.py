@@ -31,10 +31,10 @@ from ebmctl.defense import (
     Defense,
     Purifier,
     PurifierContext,
-    adapt_images,
     average_outputs,
 )
 from ebmctl.models import EnergyModel, TaskModel
+from ebmctl.units import adapt_images
 from ebmctl.evaluate.library import evaluate as evaluate
 from ebmctl.evaluate.plots import save_grid, save_image01, save_tiles
 from ebmctl.errors import (

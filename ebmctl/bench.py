@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,7 +34,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ebmctl.device import cpu_has_native_bf16
+from ebmctl.context import runtime_environment
+from ebmctl.device import cpu_has_native_bf16, peak_memory_mib, peak_memory_start
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.sampling import autotune, fastgrad
 from ebmctl.sampling.autotune import AUTO, Variant
@@ -294,6 +293,58 @@ def step_agreement(net: nn.Module, x: torch.Tensor, settings: LangevinSettings) 
 
 # --- the benchmarks -----------------------------------------------------------------------
 
+def _naive_and_gemm_rates(times: dict, work: int, flops: float, gemm_work: dict[str, float],
+                          gemm_size: int) -> dict:
+    """The naive loop's image-steps/s (wall and CPU) and each precision's GEMM GFLOP/s, then
+    the naive loop's GFLOP/s and its fraction of the fp32 GEMM's rate (paired by round), in
+    the order the bench row lists them; ``variants`` is left empty for the caller."""
+    row: dict = {
+        "flops_per_image_step": flops,
+        "naive_image_steps_per_s": round(work / statistics.median(times["naive"]["wall"]), 1),
+        "naive_image_steps_per_cpu_s": round(work / statistics.median(times["naive"]["cpu"]), 1),
+        "gemm": {p: {"size": gemm_size,
+                     "gflops": round(gemm_work[p] / statistics.median(
+                         times[f"gemm-{p}"]["wall"]) / 1e9, 2),
+                     "gflops_cpu_s": round(gemm_work[p] / statistics.median(
+                         times[f"gemm-{p}"]["cpu"]) / 1e9, 2)}
+                 for p in gemm_work},
+        "variants": {}}
+    row["naive_gflops"] = round(flops * row["naive_image_steps_per_s"] / 1e9, 2)
+    if "fp32" in gemm_work:
+        row["naive_peak_fraction"] = round(_paired_rate_ratio(
+            flops * work, times["naive"]["wall"], gemm_work["fp32"],
+            times["gemm-fp32"]["wall"]), 3)
+    return row
+
+
+def _variant_row(s: LangevinSettings, v: Variant, times: dict, name: str, work: int,
+                 flops: float, gemm_work: dict[str, float]) -> dict:
+    """One sampler variant's rates from the interleaved timings ``times`` (wall and CPU
+    seconds per round, keyed by function name): image-steps/s, GFLOP/s, its fraction of the
+    same-precision GEMM's rate (paired by round, and best against best) and its speedup over
+    the naive loop. ``work`` is image-steps per round, ``flops`` FLOPs per image-step."""
+    t, g = times[name], f"gemm-{v.precision}"
+    return {
+        "variant": v.name, **v.to_dict(),
+        "settings": {k: (val.to_dict() if isinstance(val, Variant) else val)
+                     for k, val in asdict(s).items() if k not in ("tau", "temperature")},
+        "image_steps_per_s": round(work / statistics.median(t["wall"]), 1),
+        "image_steps_per_cpu_s": round(work / statistics.median(t["cpu"]), 1),
+        "image_steps_per_s_best": round(work / min(t["wall"]), 1),
+        "gflops": round(flops * work / statistics.median(t["wall"]) / 1e9, 2),
+        "peak_fraction": round(_paired_rate_ratio(flops * work, t["wall"], gemm_work[v.precision],
+                                                  times[g]["wall"]), 3),
+        "peak_fraction_best": round(_best_rate_ratio(flops * work, t["wall"],
+                                                     gemm_work[v.precision],
+                                                     times[g]["wall"]), 3),
+        "peak_fraction_cpu_s": round(_paired_rate_ratio(flops * work, t["cpu"],
+                                                        gemm_work[v.precision],
+                                                        times[g]["cpu"]), 3),
+        "speedup": round(_paired_ratio(times["naive"]["wall"], t["wall"]), 3),
+        "cpu_speedup": round(_paired_ratio(times["naive"]["cpu"], t["cpu"]), 3),
+    }
+
+
 def sampler_bench(device: torch.device, batch: int, *, image_size: int = 32, channels: int = 3,
                   width: int = 32, steps: int = 5, repeats: int = 3,
                   variants: dict[str, LangevinSettings] | None = None, seed: int = 0,
@@ -345,46 +396,15 @@ def sampler_bench(device: torch.device, batch: int, *, image_size: int = 32, cha
     work = batch * steps
     row: dict = {"batch": batch, "image_size": image_size, "channels": channels, "width": width,
                  "ebm": ebm or None, "steps": steps, "repeats": repeats,
-                 "flops_per_image_step": flops,
-                 "naive_image_steps_per_s": round(work / statistics.median(times["naive"]["wall"]), 1),
-                 "naive_image_steps_per_cpu_s": round(work / statistics.median(times["naive"]["cpu"]), 1),
-                 "gemm": {p: {"size": gemm_size,
-                              "gflops": round(gemm_work[p] / statistics.median(
-                                  times[f"gemm-{p}"]["wall"]) / 1e9, 2),
-                              "gflops_cpu_s": round(gemm_work[p] / statistics.median(
-                                  times[f"gemm-{p}"]["cpu"]) / 1e9, 2)}
-                          for p in gemm_work},
-                 "variants": {}}
-    row["naive_gflops"] = round(flops * row["naive_image_steps_per_s"] / 1e9, 2)
-    if "fp32" in gemm_work:
-        row["naive_peak_fraction"] = round(_paired_rate_ratio(
-            flops * work, times["naive"]["wall"], gemm_work["fp32"],
-            times["gemm-fp32"]["wall"]), 3)
+                 **_naive_and_gemm_rates(times, work, flops, gemm_work, gemm_size)}
     for name, s in variants.items():
-        t, v = times[name], chosen[name]
-        g = f"gemm-{v.precision}"
         row["variants"][name] = {
-            "variant": v.name, **v.to_dict(),
-            "settings": {k: (val.to_dict() if isinstance(val, Variant) else val)
-                         for k, val in asdict(s).items() if k not in ("tau", "temperature")},
-            "image_steps_per_s": round(work / statistics.median(t["wall"]), 1),
-            "image_steps_per_cpu_s": round(work / statistics.median(t["cpu"]), 1),
-            "image_steps_per_s_best": round(work / min(t["wall"]), 1),
-            "gflops": round(flops * work / statistics.median(t["wall"]) / 1e9, 2),
-            "peak_fraction": round(_paired_rate_ratio(flops * work, t["wall"], gemm_work[v.precision],
-                                                      times[g]["wall"]), 3),
-            "peak_fraction_best": round(_best_rate_ratio(flops * work, t["wall"],
-                                                         gemm_work[v.precision],
-                                                         times[g]["wall"]), 3),
-            "peak_fraction_cpu_s": round(_paired_rate_ratio(flops * work, t["cpu"],
-                                                            gemm_work[v.precision],
-                                                            times[g]["cpu"]), 3),
-            "speedup": round(_paired_ratio(times["naive"]["wall"], t["wall"]), 3),
-            "cpu_speedup": round(_paired_ratio(times["naive"]["cpu"], t["cpu"]), 3),
+            **_variant_row(s, chosen[name], times, name, work, flops, gemm_work),
             "warmup_s": warmup[name],
             "resolve_s": tune_s[name],
             **({"process_speedup": round(_paired_ratio(times["naive-default-openmp"]["wall"],
-                                                       t["wall"]), 3)} if child_naive else {}),
+                                                       times[name]["wall"]), 3)}
+               if child_naive else {}),
             **step_agreement(net, x[: min(batch, 256)], s),
         }
     tuned = row["variants"].get("auto") or next(iter(row["variants"].values()))
@@ -451,52 +471,6 @@ def _small_defense(device: torch.device, image_size: int, channels: int, width: 
                    chunk_size=AUTO if settings.block_rows == AUTO else 2048)
 
 
-def _proc_status_kib(field: str) -> int | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _proc_status_kib("VmHWM") is not None
-    except OSError:
-        return False
-
-
-def _peak_memory_reset(device: torch.device) -> int:
-    """Start a peak-memory window; returns the baseline in bytes."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    if _reset_rss_peak():
-        return (_proc_status_kib("VmRSS") or 0) * 1024
-    return _rss_peak_bytes()
-
-
-def _rss_peak_bytes() -> int:
-    hwm = _proc_status_kib("VmHWM")
-    if hwm is not None:
-        return hwm * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
-
-
-def _peak_memory_mb(device: torch.device, base: int) -> float:
-    """Peak in the window: the CUDA allocator's peak, or on CPU the peak RSS above the RSS at
-    the window's start (the growth the measured work caused)."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-    return round(max(0, _rss_peak_bytes() - base) / 2 ** 20, 1)
-
-
 def attack_bench(device: torch.device, *, mode: str = "bpda", n_images: int = 8, reps: int = 4,
                  steps: int = 20, image_size: int = 32, channels: int = 3, width: int = 32,
                  repeats: int = 2, segment: int = 0, ebm: str = "",
@@ -535,9 +509,9 @@ def attack_bench(device: torch.device, *, mode: str = "bpda", n_images: int = 8,
         gemm_fn, gemm_work = gemm(variant.precision, device, gemm_size)
         gemm_fn()
         fns["gemm"] = gemm_fn
-    base = _peak_memory_reset(device)
+    base = peak_memory_start(device)
     times = interleaved(fns, repeats, device)
-    peak = _peak_memory_mb(device, base)
+    peak = peak_memory_mib(device, base)
     sec = statistics.median(times["attack"]["wall"])
     seg = segment or auto_segment(steps)
     state_mb = math.ceil(steps / seg) * rows * channels * image_size ** 2 * 4 / 2 ** 20
@@ -628,12 +602,15 @@ def training_bench(device: torch.device, *, image_size: int = 32, channels: int 
             "gemm_gflops": round(gemm_work / statistics.median(times["gemm"]["wall"]) / 1e9, 2)}
 
 
-def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(),
-           "platform": platform.platform(), "device": str(device),
-           "threads": torch.get_num_threads(), "cpu_native_bf16": cpu_has_native_bf16(),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "machine": autotune.machine_signature(device)}
+def bench_environment(device: torch.device) -> dict:
+    """:func:`ebmctl.context.runtime_environment` plus what sampler speed depends on: native
+    bf16, the CPU's vector capability, the machine signature the autotuner's cache is keyed
+    by, OpenMP's wait policy, whether autotuning is on, the load average, the CPU count and
+    the GPU."""
+    env = runtime_environment(device)
+    env.update({"cpu_native_bf16": cpu_has_native_bf16(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "machine": autotune.machine_signature(device)})
     env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     env["autotune"] = "on" if autotune.autotune_enabled() else "off"
     try:
@@ -680,7 +657,7 @@ class BenchPlan:
 def run_bench(plan: BenchPlan, device: torch.device, progress=None) -> dict:
     """The full report: memory / attack benches first (so the CPU RSS peak is theirs), then the
     tuning tables (``plan.tune``), the sampler at each batch size and the training update."""
-    report: dict = {"environment": environment(device), "plan": asdict(plan),
+    report: dict = {"environment": bench_environment(device), "plan": asdict(plan),
                     "tuned_settings": {k: v for k, v in asdict(tuned_settings(device)).items()
                                        if k not in ("tau", "temperature", "variant")}}
     geo = dict(image_size=plan.image_size, channels=plan.channels, width=plan.width)

@@ -21,6 +21,11 @@ from ebmctl.dynamics.report import LyapunovConfig
 from ebmctl.evaluate.quality import QualityConfig
 from ebmctl.evaluate.resubmit import EvaluateConfig
 from ebmctl.hookspecs import hookimpl
+from ebmctl.importers.python_factory import python_factory
+from ebmctl.importers.robustbench import robustbench_classifier
+from ebmctl.importers.timm import timm_classifier
+from ebmctl.importers.torchvision import torchvision_classifier
+from ebmctl.nn.ebm_defense_wrn import ebm_defense_wrn
 from ebmctl.nn.ebm import EbmConfig, lightweight_args, lightweight_ebm, lightweight_hat_args
 from ebmctl.nn.hat import hat_ebm
 from ebmctl.nn.fixer import fixer_args, fixer_resnet
@@ -64,9 +69,18 @@ def ebmctl_register_models(register):
     register(ModelSpec("hat-ebm", "hat-ebm", hat_ebm,
                        "Hat EBM: hat network H over generator G, U(Y,Z) = H(G(Z)+Y) (thesis "
                        "Ch. 6)"))
-    from ebmctl.importers import register_import_models
-
-    register_import_models(register)  # torchvision / timm / module.py:factory / authors' WRN
+    # the architectures imported artifacts rebuild (ebmctl import-model, ebmctl.importers)
+    register(ModelSpec("torchvision", "classifier", torchvision_classifier,
+                       "a torchvision architecture (ebmctl import-model torchvision:NAME)"))
+    register(ModelSpec("timm", "classifier", timm_classifier,
+                       "a timm architecture (ebmctl import-model timm:NAME; needs timm)"))
+    register(ModelSpec("robustbench", "classifier", robustbench_classifier,
+                       "a RobustBench model-zoo architecture (ebmctl import-model "
+                       "robustbench:NAME; needs robustbench)"))
+    register(ModelSpec("python-factory", "classifier", python_factory,
+                       "the user's module.py:factory (runs that file's code on every load)"))
+    register(ModelSpec("ebm-defense-wrn", "classifier", ebm_defense_wrn,
+                       "the WideResNet of the thesis authors' code (point0bar1/ebm-defense)"))
 
 
 @hookimpl

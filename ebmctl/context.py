@@ -154,9 +154,10 @@ def load_dataset(cfg: Config) -> DatasetBundle:
     return _cache[key]
 
 
-def environment(cfg: Config, device: torch.device) -> dict:
-    """What a report needs to be reproduced: versions (ebmctl, libraries, plugins), the device
-    and the seeds. Reports store the resolved profile next to it under "config"."""
+def runtime_environment(device: torch.device | str) -> dict:
+    """The software and the device a run used: versions (ebmctl, torch, python, numpy,
+    safetensors, the loaded plugins), the platform, the device and its name, and the threads.
+    Reports (:func:`environment`) and ``ebmctl bench`` both start from this."""
     import numpy
     import safetensors
 
@@ -167,7 +168,15 @@ def environment(cfg: Config, device: torch.device) -> dict:
         "ebmctl": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
         "numpy": numpy.__version__, "safetensors": safetensors.__version__,
         "platform": platform.platform(), "device": str(device), "device_name": name or "",
-        "threads": torch.get_num_threads(), "seed": cfg.section(RunConfig).seed,
-        "attack_seeds": list(cfg.get("attack.seeds") or [cfg.section(RunConfig).seed]),
-        "plugins": plugins,
+        "threads": torch.get_num_threads(), "plugins": plugins,
     }
+
+
+def environment(cfg: Config, device: torch.device) -> dict:
+    """What a report needs to be reproduced: :func:`runtime_environment` and the seeds.
+    Reports store the resolved profile next to it under "config"."""
+    env = runtime_environment(device)
+    plugins = env.pop("plugins")  # listed last, after the seeds
+    run = cfg.section(RunConfig)
+    return {**env, "seed": run.seed, "attack_seeds": list(cfg.get("attack.seeds") or [run.seed]),
+            "plugins": plugins}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmctl.defense import adapt_images
+from ebmctl.units import adapt_images
 from ebmctl.errors import InputError
 from ebmctl.contracts import DataRequest, DatasetBundle, Split
 

@@ -1,5 +1,5 @@
 """Purification and the EOT defense (docs/algorithms.md#purification-and-the-eot-defense),
-the purifier contract, the EBM's Langevin purifier, and the image adapter every model uses.
+the purifier contract and the EBM's Langevin purifier.
 
 A *purifier* (:class:`Purifier`) maps [0,1] images [B,C,H,W] to [0,1] images [B,C,H,W] and
 declares whether it is ``stochastic`` (it draws its randomness from the seed key the EOT
@@ -12,7 +12,8 @@ over a stochastic purifier's replicates. The EBM's Langevin purification
 
 Public images are [0,1]; the models of :mod:`ebmctl.models` (:class:`~ebmctl.models.EnergyModel`,
 :class:`~ebmctl.models.TaskModel`) convert to their own range, size and channels with
-:func:`adapt_images`, so an EBM can defend a task model of another resolution.
+:func:`ebmctl.units.adapt_images`, so an EBM can defend a task model of another resolution.
+``adapt_images`` is still importable from here for one release.
 """
 
 from __future__ import annotations
@@ -22,36 +23,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ebmctl.config import setting
-from ebmctl.errors import ArtifactError, ConfigError, InputError
+from ebmctl.errors import ConfigError, InputError
 from ebmctl.sampling.differentiable import langevin_differentiable
 from ebmctl.sampling.langevin import LangevinConfig, langevin
-from ebmctl.units import to_internal, to_public
+from ebmctl.units import adapt_images, to_internal, to_public
 
 if TYPE_CHECKING:
     from ebmctl.models import EnergyModel, TaskModel
-
-
-def adapt_images(x: torch.Tensor, size: int | tuple[int, int], channels: int) -> torch.Tensor:
-    """Resize to ``size`` (int: square; 0: keep) with bilinear interpolation (antialiased when
-    shrinking) and convert channels (gray↔RGB, RGBA→RGB; 0: keep)."""
-    if channels and x.shape[1] != channels:
-        if channels == 1:
-            x = x.mean(1, keepdim=True)
-        elif x.shape[1] == 1:
-            x = x.expand(-1, channels, -1, -1)
-        elif x.shape[1] == 4 and channels == 3:
-            x = x[:, :3]
-        else:
-            raise ArtifactError(f"cannot convert {x.shape[1]}-channel images to {channels}")
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    if hw[0] and tuple(x.shape[-2:]) != hw:
-        shrink = x.shape[-1] > hw[1] or x.shape[-2] > hw[0]
-        x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=shrink)
-    return x
 
 
 def average_outputs(outputs: torch.Tensor, mode: str = "logits") -> torch.Tensor:

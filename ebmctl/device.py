@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import sys
 from functools import lru_cache
 
 import torch
@@ -72,3 +74,58 @@ def autocast(precision: str, device: torch.device):
 def set_threads(n: int) -> None:
     if n and n > 0:
         torch.set_num_threads(n)
+
+
+# --- peak memory of one piece of work -------------------------------------------------------
+
+def _proc_status_kib(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _proc_status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def peak_memory_start(device: torch.device) -> int:
+    """Start a peak-memory window on ``device``; returns the baseline (bytes) to hand to
+    :func:`peak_memory_mib`. CUDA: resets the allocator's peak counter. CPU (Linux): resets
+    the process's peak RSS (VmHWM) to its current RSS, so the window's peak is the measured
+    work's own; where that reset is unavailable the baseline is the peak so far."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    if _reset_rss_peak():
+        return (_proc_status_kib("VmRSS") or 0) * 1024
+    return _rss_peak_bytes()
+
+
+def _rss_peak_bytes() -> int:
+    """The process's peak RSS: VmHWM (resettable) on Linux, else ``ru_maxrss`` (never reset)."""
+    hwm = _proc_status_kib("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def peak_memory_mib(device: torch.device, base: int) -> float:
+    """Peak in the window :func:`peak_memory_start` opened (MiB, rounded to 0.1): the CUDA
+    allocator's peak, or on CPU the peak RSS above the RSS at the window's start (the growth
+    the measured work caused)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return round(max(0, _rss_peak_bytes() - base) / 2 ** 20, 1)

@@ -155,7 +155,7 @@ def read_image01(path: str | Path, channels: int, *, size: int = 0,
     t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     t = t.float() if wide else t.float() / 255.0
     if size and tuple(t.shape[-2:]) != (size, size):
-        from ebmctl.defense import adapt_images
+        from ebmctl.units import adapt_images
 
         t = adapt_images(t[None], size, 0)[0]
     if notes is None:

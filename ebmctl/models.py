@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ebmctl.artifacts import load_artifact, load_model, read_header
-from ebmctl.defense import adapt_images
+from ebmctl.units import adapt_images
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.nn.hat import HatEBM
 from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state

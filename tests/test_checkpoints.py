@@ -139,3 +139,22 @@ def test_a_file_that_is_no_weights_is_a_one_line_error(source, tmp_path):
     r = _import(d, junk, tmp_path / "clf.safetensors")
     assert r.exit_code != 0 and "not a weights file" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_torch_load_is_only_called_with_weights_only_in_the_state_dict_reader():
+    """The one pickle path: every ``torch.load`` call in ebmctl/ sits in
+    ``importers/state_dict.py`` and passes ``weights_only=True``, so no pickled code runs."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "ebmctl"
+    calls = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "load" and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "torch"):
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
+                           and k.value.value is True for k in node.keywords)
+                calls.append((path.relative_to(root).as_posix(), safe))
+    assert calls == [("importers/state_dict.py", True)]

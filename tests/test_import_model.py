@@ -13,7 +13,7 @@ from torch import nn
 
 from ebmctl.artifacts import file_digest, read_header
 from ebmctl.models import EnergyModel, TaskModel
-from ebmctl.importers import EbmDefenseWRN
+from ebmctl.nn.ebm_defense_wrn import EbmDefenseWRN
 from ebmctl.sampling.langevin import langevin
 from ebmctl.testing import run_cli
 
@@ -262,7 +262,7 @@ def test_robustbench_model_imports_from_a_local_directory(fake_robustbench, tmp_
 
 def test_robustbench_source_works_as_model_argument_via_the_env(fake_robustbench, tmp_path,
                                                                  monkeypatch):
-    from ebmctl.importers import resolve_model_argument
+    from ebmctl.commands.model_argument import resolve_model_argument
 
     _, models = _zoo_dir(tmp_path)
     monkeypatch.setenv("ROBUSTBENCH_DIR", str(models))

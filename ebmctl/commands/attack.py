@@ -85,7 +85,7 @@ def attack_cmd(
     if undefended_only and purifier:
         raise ConfigError("--purifier is the defense; drop --undefended-only")
     dev = setup_device(cfg, honours_dtype=True)  # run.dtype: models, images, chains
-    from ebmctl.importers import resolve_model_argument
+    from ebmctl.commands.model_argument import resolve_model_argument
     from ebmctl.shipped import ebm_path
 
     # SOURCE[@WEIGHTS] (torchvision:NAME@FILE, ebm-defense:wrn@FILE, ...) is imported once

@@ -54,7 +54,7 @@ def fix_train_cmd(
     out = claim_output(out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors",
                        force=force, resume=resume)
     dev = setup_device(cfg)
-    from ebmctl.importers import resolve_model_argument
+    from ebmctl.commands.model_argument import resolve_model_argument
 
     # SOURCE[@WEIGHTS] as `ebmctl import-model` takes (e.g. torchvision:resnet18@rn.pt)
     ebm = resolve_model_argument(ebm, cfg["run.out_dir"])

@@ -92,7 +92,7 @@ def _load_models(cfg, ebm: Optional[Path], model: Optional[Path], checks: bool, 
     task and its checked model. SOURCE[@WEIGHTS] arguments, as `ebmctl import-model` takes, are
     imported once."""
     from ebmctl.context import get_task
-    from ebmctl.importers import resolve_model_argument
+    from ebmctl.commands.model_argument import resolve_model_argument
     from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.shipped import default_ebm
 

@@ -44,7 +44,7 @@ def ood_cmd(
     out = out or Path(cfg["run.out_dir"]) / f"ood-{ebm.stem}.json"
     for path in (out, out.with_suffix(".png"), out.with_suffix(".html")):
         claim_output(path, force=force)
-    from ebmctl.importers import resolve_model_argument
+    from ebmctl.commands.model_argument import resolve_model_argument
 
     ebm = resolve_model_argument(ebm, cfg["run.out_dir"])  # ebm-defense:ebm@FILE
     report = run_ood(cfg, ebm, dev, out, ood_sets)

@@ -102,7 +102,7 @@ def _purifier(cfg, spec: Optional[str], ebm: Optional[Path], steps: Optional[int
     energy = None
     if name == "ebm":
         if ebm is not None:  # ebm-defense:ebm@FILE as `ebmctl import-model` takes
-            from ebmctl.importers import resolve_model_argument
+            from ebmctl.commands.model_argument import resolve_model_argument
 
             ebm = resolve_model_argument(ebm_path(ebm), cfg["run.out_dir"])
         energy = EnergyModel.load(ebm or default_ebm(), dev)

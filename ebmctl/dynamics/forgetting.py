@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ebmctl.defense import adapt_images
+from ebmctl.units import adapt_images
 from ebmctl.dynamics.benettin import Progress, row_norms
 from ebmctl.errors import ConfigError
 from ebmctl.sampling.langevin import LangevinSettings, frozen, langevin

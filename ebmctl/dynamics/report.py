@@ -18,7 +18,7 @@ from ebmctl.console import progress_bar
 from ebmctl.context import RunConfig
 from ebmctl.contracts import DatasetBundle, Split
 from ebmctl.data_utils import pick_subset
-from ebmctl.defense import adapt_images
+from ebmctl.units import adapt_images
 from ebmctl.dynamics.benettin import (
     DTYPES,
     ExponentSettings,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ebmctl.config import setting
-from ebmctl.defense import adapt_images
+from ebmctl.units import adapt_images
 from ebmctl.errors import ArtifactError, InputError
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]

@@ -513,6 +513,81 @@ def drift_cosine_min(build: Builder, x: torch.Tensor, v: Variant) -> float:
     return torch.nn.functional.cosine_similarity(ref, got, dim=1, eps=1e-30).min().item()
 
 
+def _layout_and_gradient_candidates(net: nn.Module, x: torch.Tensor, request: Request,
+                                    explicit_ok: bool, layouts: list[bool], ref_block: int,
+                                    precision: str) -> list[Variant]:
+    """The first stage's candidates at the reference block: every layout × gradient method
+    (autograd, the explicit gradient where ``explicit_ok``) × ``torch.compile`` (CUDA, autograd
+    only), the explicit gradient in a CUDA graph too on CUDA, and the dense lowering where it
+    applies (NCHW rows only)."""
+    cuda = x.device.type == "cuda"
+    grads = ["autograd"] + (["explicit"] if explicit_ok else [])
+    dense_ok = explicit_ok and x.dim() == 4 and fastgrad.dense_applies(net, tuple(x.shape[1:]))
+    compiles = ([request.compile] if request.compile is not None else
+                ([False, True] if cuda else [False]))
+    cands = []
+    for cl in layouts:
+        for g in grads:
+            for comp in compiles:
+                if comp and g == "explicit":
+                    continue  # compile wraps the autograd step; the explicit one has no graph
+                cands.append(Variant(precision, cl, ref_block, g, comp))
+                if cuda and g == "explicit":
+                    cands.append(Variant(precision, cl, ref_block, g, False, True))
+    if dense_ok and False in layouts:  # the dense lowering runs on NCHW rows
+        cands.append(Variant(precision, False, ref_block, "dense"))
+    return cands
+
+
+def _block_stage(timer: _Timer, rates: dict[Variant, _Samples], best: Variant,
+                 rows: int) -> Variant:
+    """Rows per block: ``best`` at each of :data:`BLOCK_CANDIDATES` below ``rows`` whose call
+    stays under :data:`MAX_CALL_S` at ``best``'s rate (on CUDA only blocks of 256 rows or
+    more), and the whole batch, timed against ``best``; adds the timings to ``rates``."""
+    per_row = 1.0 / max(rates[best].rate, 1e-9)
+    sizes = [b for b in BLOCK_CANDIDATES if b < rows and b * per_row <= MAX_CALL_S]
+    if timer.x.device.type == "cuda":
+        sizes = [b for b in sizes if b >= 256]
+    if rows <= BLOCK_CANDIDATES[-1] and rows * per_row <= MAX_CALL_S:
+        sizes.append(rows)  # the whole batch
+    cands = [replace(best, block_rows=0 if b >= rows else b) for b in sizes]
+    cands = [v for v in dict.fromkeys(cands) if v != best]
+    if not cands:
+        return best
+    more = timer.run([(v, rows if v.block_rows == 0 else min(v.block_rows, rows))
+                      for v in [best, *cands]])
+    rates.update(more)
+    return _pick(more, best)
+
+
+def _accurate_reduced_candidates(build: Builder, sample: torch.Tensor, best: Variant,
+                                 precisions: list[str], layouts: list[bool], table: dict
+                                 ) -> tuple[list[Variant], dict[str, float]]:
+    """``best`` at each reduced precision and layout whose drift keeps a per-row cosine of at
+    least :data:`REDUCED_MIN_COSINE` with fp32's on ``sample`` [B,C,H,W]: (those candidates,
+    every measured variant's cosine). Variants that fail or drift are recorded in ``table``
+    with the reason."""
+    accuracy: dict[str, float] = {}
+    cands: list[Variant] = []
+    for p in precisions:
+        for cl in layouts:
+            v = replace(best, precision=p, channels_last=cl and best.grad != "dense",
+                        graph=False)
+            try:
+                cos = drift_cosine_min(build, sample, v)
+            except Exception as exc:  # e.g. no bf16 kernels on this device
+                table[v.name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                continue
+            accuracy[v.name] = round(cos, 6)
+            if cos >= REDUCED_MIN_COSINE:
+                if v not in cands:
+                    cands.append(v)
+            else:
+                table[v.name] = {"drift_cosine_min": round(cos, 6),
+                                 "dropped": f"drift cosine < {REDUCED_MIN_COSINE}"}
+    return cands, accuracy
+
+
 def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
          explicit_ok: bool, budget_s: float = TUNE_BUDGET_S) -> tuple[Variant, dict]:
     """Measure candidates for the free settings of ``request`` on the rows of ``x`` and
@@ -530,35 +605,19 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
     cuda = dev.type == "cuda"
     blocks_fixed = request.block_rows is not None
 
-    def block_of(b: int) -> int:
-        return 0 if b >= rows else b
-
     # the reference block: the fixed rule's, capped so one call stays short
     ref_block = (request.block_rows if blocks_fixed else
                  (0 if cuda else cpu_block_rows(x, net, _BlockOnly(None))))
     layouts = [request.channels_last] if request.channels_last is not None else (
         [False, True] if x.dim() == 4 else [False])
-    grads = ["autograd"] + (["explicit"] if explicit_ok else [])
-    dense_ok = explicit_ok and x.dim() == 4 and fastgrad.dense_applies(net, tuple(x.shape[1:]))
-    compiles = ([request.compile] if request.compile is not None else
-                ([False, True] if cuda else [False]))
     base_precision = request.precision or ("fp64" if x.dtype == torch.float64 else "fp32")
 
     def rows_for(b: int) -> int:
         return rows if b == 0 else min(b, rows)
 
     # stage 1: layout × gradient method (× compile, × CUDA graph on CUDA) at the reference block
-    cands = []
-    for cl in layouts:
-        for g in grads:
-            for comp in compiles:
-                if comp and g == "explicit":
-                    continue  # compile wraps the autograd step; the explicit one has no graph
-                cands.append(Variant(base_precision, cl, ref_block, g, comp))
-                if cuda and g == "explicit":
-                    cands.append(Variant(base_precision, cl, ref_block, g, False, True))
-    if dense_ok and False in layouts:  # the dense lowering runs on NCHW rows
-        cands.append(Variant(base_precision, False, ref_block, "dense"))
+    cands = _layout_and_gradient_candidates(net, x, request, explicit_ok, layouts, ref_block,
+                                            base_precision)
     rates = timer.run([(v, rows_for(v.block_rows)) for v in cands])
     if not rates:
         raise RuntimeError("no sampler variant could run: " + json.dumps(timer.table))
@@ -570,19 +629,7 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
     def block_stage(best: Variant) -> Variant:
         if blocks_fixed or _rows_interact(net) or timer.over():
             return best
-        per_row = 1.0 / max(rates[best].rate, 1e-9)
-        sizes = [b for b in BLOCK_CANDIDATES if b < rows and b * per_row <= MAX_CALL_S]
-        if cuda:
-            sizes = [b for b in sizes if b >= 256]
-        if rows <= BLOCK_CANDIDATES[-1] and rows * per_row <= MAX_CALL_S:
-            sizes.append(rows)  # the whole batch
-        cands = [replace(best, block_rows=block_of(b)) for b in sizes]
-        cands = [v for v in dict.fromkeys(cands) if v != best]
-        if not cands:
-            return best
-        more = timer.run([(v, rows_for(v.block_rows)) for v in [best, *cands]])
-        rates.update(more)
-        return _pick(more, best)
+        return _block_stage(timer, rates, best, rows)
 
     best = block_stage(best)
 
@@ -602,25 +649,8 @@ def tune(net: nn.Module, x: torch.Tensor, request: Request, build: Builder,
         reduced += ["fp16"] if cuda else []
         if not reduced:
             timer.table["bf16"] = {"dropped": "no native bf16 on this CPU (emulated)"}
-        accuracy = {}
-        sample = x[: min(rows, 64)]
-        cands = []
-        for p in reduced:
-            for cl in layouts:
-                v = replace(best, precision=p, channels_last=cl and best.grad != "dense",
-                            graph=False)
-                try:
-                    cos = drift_cosine_min(build, sample, v)
-                except Exception as exc:  # e.g. no bf16 kernels on this device
-                    timer.table[v.name] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-                    continue
-                accuracy[v.name] = round(cos, 6)
-                if cos >= REDUCED_MIN_COSINE:
-                    if v not in cands:
-                        cands.append(v)
-                else:
-                    timer.table[v.name] = {"drift_cosine_min": round(cos, 6),
-                                           "dropped": f"drift cosine < {REDUCED_MIN_COSINE}"}
+        cands, accuracy = _accurate_reduced_candidates(build, x[: min(rows, 64)], best, reduced,
+                                                       layouts, timer.table)
         if cands:
             # one slow first call (e.g. a kernel without a native path) drops a candidate
             more = timer.run([(v, rows_for(v.block_rows)) for v in [best, *cands]],

@@ -185,7 +185,8 @@ class _FixerTraining:
         self.ckpt_file = checkpoint_path(out)
         net, self.arch, self.args = build_model("fixer", cfg, run.bundle, (self.seed, "fix-init"))
         self.fixer = Fixer(net, run.bundle.channels).to(device)
-        self.features = build_feature_net(fix, run.task_model, device)
+        self.features = build_feature_net(fix.feature_net, fix.vgg_weights, fix.vgg_layers,
+                                          fix.classifier_layers, run.task_model, device)
         defense, langevin = cfg.section(DefenseConfig), cfg.section(LangevinConfig)
         self.steps = fix.purify_steps or defense.steps
         self.purify_kw = dict(batch=fix.purify_batch,

@@ -6,19 +6,16 @@ a local file or activations of the task model itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ebmctl.defense import adapt_images
+from ebmctl.units import adapt_images
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.models import TaskModel
 from ebmctl.registry import did_you_mean
-
-if TYPE_CHECKING:  # the section is declared by the trainer that imports this module
-    from ebmctl.training.fixer import FixConfig
 
 # --- feature networks for the perceptual loss ------------------------------------------------
 
@@ -147,17 +144,23 @@ class ClassifierFeatures(nn.Module):
         return feats + ([out] if "output" in self.layers else [])
 
 
-def build_feature_net(fix: FixConfig, task_model: TaskModel | None, device) -> nn.Module:
-    """The frozen feature network of the perceptual loss that ``fix.feature_net`` names.
+def build_feature_net(feature_net: str, vgg_weights: str | Path | None,
+                      vgg_layers: Sequence[str], classifier_layers: Sequence[str],
+                      task_model: TaskModel | None, device) -> nn.Module:
+    """The frozen feature network of the perceptual loss: ``feature_net`` is ``vgg16`` (VGG-16
+    from the local file ``vgg_weights``, features at ``vgg_layers``) or ``classifier`` (the
+    task model's own activations at ``classifier_layers``). The arguments are the values of
+    the ``[fix]`` section's keys of the same names; plain values, so this module does not
+    depend on the trainer that declares the section.
 
     Raises:
         ConfigError: ``classifier`` without a task model, or a bad VGG-16 setting.
     """
-    if fix.feature_net == "vgg16":
-        return VGGFeatures(fix.vgg_weights, list(fix.vgg_layers)).to(device)
+    if feature_net == "vgg16":
+        return VGGFeatures(vgg_weights, list(vgg_layers)).to(device)
     if task_model is None:
         raise ConfigError("fix.feature_net = 'classifier' needs the task model: pass --model FILE")
-    return ClassifierFeatures(task_model, list(fix.classifier_layers)).to(device)
+    return ClassifierFeatures(task_model, list(classifier_layers)).to(device)
 
 
 # --- losses -----------------------------------------------------------------------------------
