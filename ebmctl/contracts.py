@@ -149,8 +149,11 @@ class Task:
         """Bool [B]: the attacked example is still handled correctly (not broken)."""
         return adv_score > 0.5
 
-    def augment(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, config):
-        """Training-time augmentation of a batch (default: none)."""
+    def augment(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, config,
+                flip: torch.Tensor | None = None):
+        """Training-time augmentation of a batch (default: none). ``flip`` (bool [B]), when the
+        training loop passes it (``model.flip_mode = alternating``), says which images to
+        mirror instead of a random draw; a task that flips must honour it."""
         return x, y
 
     def prepare_model(self, net: nn.Module, config) -> None:

@@ -1,5 +1,6 @@
 """The airbench recipe's parts: the whitening layer whitens, the network's shapes and size, the
-smoothed loss, flip TTA, the schedule, normalisation-layer learning rates, lookahead, chunked
+smoothed loss, flip TTA and TTA level 2, the whitening-bias freeze, alternating flips, the
+schedule, normalisation-layer learning rates, lookahead, chunked
 training with resume, and one-line refusals of bad settings."""
 
 from __future__ import annotations
@@ -181,6 +182,107 @@ def test_lookahead_pulls_towards_the_average_and_ends_on_it():
     assert torch.allclose(net.weight, torch.full((1, 2), 2.0))
 
 
+def test_tta_level_two_weights_the_mirror_pairs_of_three_positions():
+    torch.manual_seed(0)  # test-only weight init
+    net = AirbenchNet(3, 10, (4, 8, 8), tta_translate=True).eval()
+    x = torch.rand(3, 3, 16, 16)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    down_right, up_left = padded[..., :16, :16], padded[..., 2:, 2:]
+    # the image content moves one pixel: row 1 of the down-right view is row 0 of the image
+    assert torch.equal(down_right[..., 1:, 1:], x[..., :-1, :-1])
+    assert torch.equal(up_left[..., :-1, :-1], x[..., 1:, 1:])
+    with torch.no_grad():
+
+        def pair(v):
+            return 0.5 * (net.single_view(v) + net.single_view(v.flip(3)))
+
+        hand = 0.5 * pair(x) + 0.25 * pair(down_right) + 0.25 * pair(up_left)
+        # untrained logits are ~1e-4: compare relative to their size
+        assert torch.allclose(net(x), hand, rtol=1e-4, atol=1e-9)
+        assert not torch.allclose(hand, pair(x), rtol=1e-2, atol=0)  # the translations count
+        net.tta_translate = False  # level 1: the mirror pair alone
+        assert torch.allclose(net(x), pair(x), rtol=1e-4, atol=1e-9)
+        net.flip_tta = False  # no TTA, whatever tta_translate says
+        net.tta_translate = True
+        assert torch.allclose(net(x), net.single_view(x), rtol=1e-4, atol=1e-9)
+
+
+def test_whitening_bias_trains_for_its_epochs_then_stays_put():
+    net = AirbenchNet(3, 10, (4, 8, 8), whiten_bias_epochs=2)
+    opt = torch.optim.SGD(param_groups(net, 0.1, 0.01, 1.0), lr=0.1, momentum=0.9,
+                          nesterov=True)
+    x = torch.rand(8, 3, 16, 16)
+    for epoch in range(4):
+        net.begin_epoch(epoch)
+        before = net.whiten.bias.detach().clone()
+        opt.zero_grad(set_to_none=True)
+        net(x).square().mean().backward()
+        opt.step()
+        moved = not torch.equal(before, net.whiten.bias)
+        # epochs 0 and 1 train it; from epoch 2 on not even momentum or decay move it
+        assert moved == (epoch < 2) == net.whiten.bias.requires_grad, epoch
+    always = AirbenchNet(3, 10, (4, 8, 8))  # the default: it trains throughout
+    always.begin_epoch(50)
+    assert always.whiten.bias.requires_grad and not always.whiten.weight.requires_grad
+
+
+def test_lookahead_starts_late_from_a_copy_and_syncs_every_epoch():
+    net = torch.nn.Linear(2, 1, bias=False)
+    la = Lookahead(net, every=2, decay=1.0, start_epoch=1, epoch_sync=True)
+    assert la.average is None
+
+    def set_to(v):
+        with torch.no_grad():
+            net.weight.fill_(v)
+
+    set_to(3.0)
+    la.step(2, 4, epoch=0)  # before the start epoch: nothing, and nothing to sync to
+    la.end_epoch()
+    assert la.average is None and torch.allclose(net.weight, torch.full((1, 2), 3.0))
+    set_to(5.0)
+    la.step(3, 4, epoch=1)  # not a lookahead iteration
+    assert la.average is None
+    la.step(4, 4, epoch=1)  # the first one of the start epoch: the average is a copy
+    assert torch.allclose(la.average["weight"], torch.full((1, 2), 5.0))
+    set_to(9.0)
+    la.end_epoch()  # the epoch ends on the average
+    assert torch.allclose(net.weight, torch.full((1, 2), 5.0))
+    set_to(7.0)
+    la.step(4, 4, epoch=2)  # d = 1 · (4/4)³: the average holds, the net returns to it
+    assert torch.allclose(net.weight, torch.full((1, 2), 5.0))
+    # without epoch_sync, end_epoch leaves the network where it is
+    plain = Lookahead(net, every=2, decay=0.5)
+    set_to(1.0)
+    plain.end_epoch()
+    assert torch.allclose(net.weight, torch.full((1, 2), 1.0))
+
+
+def test_alternating_flip_reverses_every_images_flip_each_epoch(monkeypatch, tmp_path):
+    from ebmctl_classification.task import ClassificationTask
+
+    seen: list[dict[bytes, bool]] = [{}, {}, {}]  # per epoch: image bytes → flipped
+    count = [0]
+    original = ClassificationTask.augment
+
+    def spy(self, x, y, generator, config, flip=None):
+        assert flip is not None and flip.dtype == torch.bool and flip.shape == (len(x),)
+        for img, f in zip(x, flip.tolist()):
+            seen[count[0] // 256][img.numpy().tobytes()] = f  # 256 training images an epoch
+            count[0] += 1
+        return original(self, x, y, generator, config, flip)
+
+    monkeypatch.setattr(ClassificationTask, "augment", spy)
+    settings = TINY + ["model.flip_mode=alternating", "model.epochs=3"]
+    r = run_cli(["train", "classifier", *_sets(settings), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert count[0] == 3 * 256 and len(seen[0]) > 250  # (identical digits share a key)
+    assert all(d.keys() == seen[0].keys() for d in seen)
+    first = seen[0]
+    assert 0.35 < sum(first.values()) / len(first) < 0.65  # a random half in the first epoch
+    for epoch, flips in enumerate(seen):
+        assert all(flips[k] == (first[k] ^ bool(epoch % 2)) for k in first), epoch
+
+
 def test_chunked_run_equals_one_run_and_resume_refuses_changed_settings(tmp_path):
     one, chunked = tmp_path / "one.safetensors", tmp_path / "chunked.safetensors"
     r = run_cli(["train", "classifier", *_sets(TINY), "--out", str(one)])
@@ -210,6 +312,29 @@ def test_chunked_run_equals_one_run_and_resume_refuses_changed_settings(tmp_path
         assert torch.allclose(a.tensors[k].float(), b.tensors[k].float(), atol=1e-5), k
 
 
+def test_chunked_run_with_airbench_schedules_equals_one_run(tmp_path):
+    # the lookahead average does not exist yet at the checkpoint (it starts in epoch 2), the
+    # whitening bias freezes after the first epoch and the flips alternate
+    settings = TINY + [
+        "model.flip_mode=alternating",
+        "model.lookahead_start_epoch=1",
+        "model.lookahead_epoch_sync=true",
+        "model.whiten_bias_epochs=1",
+        "model.tta_translate=true",
+    ]
+    one, chunked = tmp_path / "one.safetensors", tmp_path / "chunked.safetensors"
+    assert run_cli(["train", "classifier", *_sets(settings), "--out", str(one)]).exit_code == 0
+    r = run_cli(["train", "classifier", *_sets(settings), "--out", str(chunked),
+                 "--stop-after", "1"])
+    assert r.exit_code == 0 and not chunked.exists(), r.output
+    r = run_cli(["train", "classifier", *_sets(settings), "--out", str(chunked), "--resume"])
+    assert r.exit_code == 0, r.output
+    a, b = load_artifact(one, "classifier"), load_artifact(chunked, "classifier")
+    assert a.arch_args["tta_translate"] is True
+    for k in a.tensors:
+        assert torch.allclose(a.tensors[k].float(), b.tensors[k].float(), atol=1e-5), k
+
+
 @pytest.mark.parametrize(
     "setting, key",
     [
@@ -219,6 +344,9 @@ def test_chunked_run_equals_one_run_and_resume_refuses_changed_settings(tmp_path
         ("model.lookahead_decay=2", "model.lookahead_decay"),
         ("model.whiten_kernel=0", "model.whiten_kernel"),
         ("model.lr_end_factor=abc", "model.lr_end_factor"),
+        ("model.flip_mode=sometimes", "model.flip_mode"),
+        ("model.whiten_bias_epochs=-1", "model.whiten_bias_epochs"),
+        ("model.lookahead_start_epoch=-2", "model.lookahead_start_epoch"),
         ("model.whiten_epss=1", "model.whiten_eps"),  # unknown: the closest key is named
     ],
 )

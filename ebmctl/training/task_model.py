@@ -57,6 +57,10 @@ class ModelConfig:
                                      "(model.lr_schedule = onecycle)", minimum=0, maximum=1)
     augment: bool = setting(False, "random translation (model.translate) + horizontal flip")
     flip: bool = setting(True, "horizontal flip in augmentation")
+    flip_mode: str = setting("random", "random (each image flipped with probability 1/2 every "
+                             "epoch) | alternating (a random half flipped in the first epoch, "
+                             "every image's flip reversed each epoch after: airbench)",
+                             choices=("random", "alternating"))
     translate: int = setting(4, "largest random shift in pixels of the augmentation, borders "
                              "reflected (model.augment)", minimum=0, maximum=16)
     lr_start_factor: float = setting(0.0, "learning rate at the first iteration as a fraction "
@@ -76,6 +80,13 @@ class ModelConfig:
     lookahead_decay: float = setting(0.7738, "weight of the old average at a lookahead update, "
                                      "ramped by (iteration / total)^3 (airbench: 0.95^5)",
                                      minimum=0, maximum=1)
+    lookahead_start_epoch: int = setting(0, "the lookahead average starts as a copy of the "
+                                         "weights at the first lookahead iteration of the epoch "
+                                         "after this many (airbench: 3; 0 = from the initial "
+                                         "weights)", minimum=0)
+    lookahead_epoch_sync: bool = setting(False, "once the lookahead average exists, every "
+                                         "epoch ends with the network set to it, so each "
+                                         "validation score is the average's (airbench)")
 
 
 def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.Tensor,
@@ -145,20 +156,42 @@ class Lookahead:
     average ``a ← d·a + (1 − d)·w`` of each floating-point tensor of the state dict
     (parameters and BatchNorm statistics) is updated and the network continues from it
     (``w ← a``), with ``d = decay · (it / total)³``: early in training the weights move freely,
-    late they are averaged. :meth:`finish` leaves the network on the average."""
+    late they are averaged. :meth:`finish` leaves the network on the average.
 
-    def __init__(self, net: torch.nn.Module, every: int, decay: float):
+    With ``start_epoch`` > 0 the average (``None`` until then) begins as a copy of the weights
+    at the first lookahead iteration of epoch ``start_epoch`` (0-based; airbench: 3); with
+    ``epoch_sync`` :meth:`end_epoch` sets the network to the average after every epoch, as
+    airbench does."""
+
+    def __init__(self, net: torch.nn.Module, every: int, decay: float, start_epoch: int = 0,
+                 epoch_sync: bool = False):
         self.net, self.every, self.decay = net, every, decay
-        self.average = {k: v.detach().clone() for k, v in net.state_dict().items()
-                        if v.is_floating_point()}
+        self.start_epoch, self.epoch_sync = start_epoch, epoch_sync
+        self.average: dict[str, torch.Tensor] | None = (self._copy() if start_epoch == 0
+                                                          else None)
 
-    def step(self, it: int, total: int) -> None:
-        """After iteration ``it`` (1-based) of ``total``."""
-        if it % self.every == 0:
+    def _copy(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.net.state_dict().items()
+                if v.is_floating_point()}
+
+    def step(self, it: int, total: int, epoch: int = 0) -> None:
+        """After iteration ``it`` (1-based) of ``total``, in epoch ``epoch`` (0-based)."""
+        if it % self.every or epoch < self.start_epoch:
+            return
+        if self.average is None:
+            self.average = self._copy()
+        else:
             self._pull(self.decay * (it / total) ** 3)
+
+    def end_epoch(self) -> None:
+        """After each epoch: with ``epoch_sync``, the network continues from the average."""
+        if self.epoch_sync:
+            self.finish()
 
     @torch.no_grad()
     def _pull(self, d: float) -> None:
+        if self.average is None:  # not started yet: nothing to pull to
+            return
         state = self.net.state_dict()
         for k, a in self.average.items():
             a.lerp_(state[k].detach(), 1 - d)
@@ -231,7 +264,13 @@ class _TaskTraining:
         self.epochs, self.batch = cfg["model.epochs"], cfg["model.batch_size"]
         self.opt = _optimizer(net, cfg)
         every = cfg["model.lookahead_every"]
-        self.lookahead = Lookahead(net, every, cfg["model.lookahead_decay"]) if every else None
+        self.lookahead = (Lookahead(net, every, cfg["model.lookahead_decay"],
+                                    cfg["model.lookahead_start_epoch"],
+                                    cfg["model.lookahead_epoch_sync"]) if every else None)
+        # airbench's alternating flip: each image's flip in the first epoch, drawn once
+        self.first_flip = (torch.rand(len(bundle.train.x),
+                                      generator=make_generator("cpu", self.seed, "task-flip"))
+                           < 0.5 if cfg["model.flip_mode"] == "alternating" else None)
         self.steps_per_epoch = max(1, (len(bundle.train.x) + self.batch - 1) // self.batch)
         self.total = self.epochs * self.steps_per_epoch
         self.milestones = [int(f * self.total) for f in cfg["model.lr_milestones"]]
@@ -257,7 +296,7 @@ class _TaskTraining:
         self.start_epoch, self.history = ck["step"], ck["state"].get("history", [])
         if self.lookahead is not None:
             self.lookahead.average = {k[10:]: v for k, v in ck["tensors"].items()
-                                      if k.startswith("lookahead.")}
+                                      if k.startswith("lookahead.")} or None
         best = {k[5:]: v for k, v in ck["tensors"].items() if k.startswith("best.")}
         if best:
             self.best = best
@@ -277,8 +316,10 @@ class _TaskTraining:
                 t_epoch = time.time()
                 loss = self.train_epoch(epoch, bar)
                 train_seconds = time.time() - t_epoch  # the training pass alone (throughput)
-                if epoch + 1 == self.epochs and self.lookahead is not None:
-                    self.lookahead.finish()  # the run ends on the average (airbench)
+                if self.lookahead is not None:
+                    self.lookahead.end_epoch()
+                    if epoch + 1 == self.epochs:
+                        self.lookahead.finish()  # the run ends on the average (airbench)
                 val = evaluate_task_model(self.model, task, self.bundle.val.x,
                                           self.bundle.val.y, self.device)
                 row = {"epoch": epoch + 1, "loss": loss, f"val_{task.metric_name}": val}
@@ -295,7 +336,7 @@ class _TaskTraining:
                 if epoch + 1 < self.epochs:
                     best = ({f"best.{k}": v for k, v in self.best.items()} if self.best
                             else {})
-                    if self.lookahead is not None:
+                    if self.lookahead is not None and self.lookahead.average is not None:
                         best.update({f"lookahead.{k}": v
                                      for k, v in self.lookahead.average.items()})
                     save_checkpoint(self.ckpt_file, target=task.model_kind, step=epoch + 1,
@@ -333,6 +374,9 @@ class _TaskTraining:
         perm = torch.randperm(len(x), generator=gen)
         # the training attack's draws: a stream of their own, so natural training's is unchanged
         adv_gen = make_generator(self.device, self.seed, "task-adversarial", epoch)
+        begin_epoch = getattr(self.net, "begin_epoch", None)
+        if callable(begin_epoch):  # per-epoch network state (airbench's whitening-bias freeze)
+            begin_epoch(epoch)
         self.model.train()
         losses = []
         for i in range(self.steps_per_epoch):
@@ -340,7 +384,10 @@ class _TaskTraining:
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             idx = perm[i * bs:(i + 1) * bs]
-            xb, yb = task.augment(x[idx], y[idx], gen, cfg)
+            # the alternating flip plan: the first epoch's flips, all reversed in odd epochs
+            plan = ({} if self.first_flip is None
+                    else {"flip": self.first_flip[idx] ^ bool(epoch % 2)})
+            xb, yb = task.augment(x[idx], y[idx], gen, cfg, **plan)
             xb = xb.to(self.device).contiguous(memory_format=self.memory_format)
             if self.adv.active:
                 loss = adversarial_loss(self.model, task, xb, yb.to(self.device), self.adv,
@@ -354,7 +401,7 @@ class _TaskTraining:
                                      f"{epoch + 1}", self.ckpt_file)
             opt.step()
             if self.lookahead is not None:
-                self.lookahead.step(epoch * self.steps_per_epoch + i + 1, self.total)
+                self.lookahead.step(epoch * self.steps_per_epoch + i + 1, self.total, epoch)
             losses.append(loss.item())
             bar.advance(1, f"loss {loss.item():.3f}")
         return sum(losses) / len(losses)

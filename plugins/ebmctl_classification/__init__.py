@@ -68,3 +68,8 @@ def ebmctl_profile_schema(add):
         "batch (airbench; PyTorch's momentum is 1 minus this)", minimum=0, maximum=0.999)
     add("model.flip_tta", "bool", True, "in eval mode average the logits of the image and its "
         "mirror (airbench)")
+    add("model.tta_translate", "bool", False, "with model.flip_tta, also average the mirror "
+        "pairs of the image moved one pixel down-right and up-left (weights 1/2, 1/4, 1/4: "
+        "airbench's TTA level 2, six views)")
+    add("model.whiten_bias_epochs", "int", 0, "train the whitening layer's bias for this many "
+        "epochs, then freeze it (airbench: 3; 0 = it trains throughout)", minimum=0)

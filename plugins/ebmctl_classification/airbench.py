@@ -9,7 +9,10 @@ patch covariance divided by the square roots of their eigenvalues, with their ne
 64/256/256, a global 3×3 max-pool, a bias-free linear head and a 1/9 logit scale. BatchNorm
 weights are fixed at 1 (only the biases train), eps is 1e-12 and the running statistics move
 by 0.4 per batch (airbench's "momentum 0.6"); convolutions start from identity (Dirac) filters
-in their first ``in_channels`` outputs. The training recipe around it (Nesterov SGD with a
+in their first ``in_channels`` outputs. The whitening bias trains for the first
+``whiten_bias_epochs`` epochs and is frozen after (airbench: 3; 0 = it always trains), and the
+test-time augmentation is airbench's level 1 (``flip_tta``) or level 2 (``tta_translate``: the
+mirror pair at the image and at two 1-pixel translations). The training recipe around it (Nesterov SGD with a
 separate normalisation-bias learning rate, the triangular schedule, lookahead, label
 smoothing, flip + translate) lives in ``[model]`` settings; ``profiles/cifar10-airbench.toml``
 sets them.
@@ -22,6 +25,7 @@ pool 1×1. Inputs are the task model's [-1,1] images; the whitening layer's bias
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -105,8 +109,14 @@ class AirbenchNet(nn.Module):
     [B, num_classes].
 
     With ``flip_tta`` the model in eval mode returns the mean of the logits of the image and of
-    its left-right mirror (airbench's TTA level 1); training mode sees one view. Attacks and the
-    defense call the model in eval mode, so they differentiate through both views.
+    its left-right mirror (airbench's TTA level 1); training mode sees one view. With
+    ``tta_translate`` as well (level 2) that mirror pair is taken at three positions, the image
+    (weight 1/2) and the image moved one pixel down-right and one pixel up-left with reflected
+    borders (weight 1/4 each): six views. Attacks and the defense call the model in eval mode,
+    so they differentiate through all views (each gradient costs 2 or 6 single-view passes).
+
+    ``whiten_bias_epochs`` > 0: :meth:`begin_epoch` freezes the whitening bias from that epoch
+    on (airbench trains it for 3 epochs).
     """
 
     def __init__(
@@ -120,6 +130,8 @@ class AirbenchNet(nn.Module):
         bn_momentum: float = 0.6,
         logit_scale: float = 1 / 9,
         flip_tta: bool = True,
+        tta_translate: bool = False,
+        whiten_bias_epochs: int = 0,
     ):
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -127,6 +139,8 @@ class AirbenchNet(nn.Module):
             raise ValueError(f"airbench widths must be three positive integers, got {widths}")
         if whiten_kernel < 1 or whiten_images < 1:
             raise ValueError("whiten_kernel and whiten_images must be >= 1")
+        if whiten_bias_epochs < 0:
+            raise ValueError(f"whiten_bias_epochs must be >= 0, got {whiten_bias_epochs}")
         if not 0 <= bn_momentum < 1:
             raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
         self.whiten = WhiteningConv(in_channels, whiten_kernel, whiten_eps)
@@ -140,7 +154,8 @@ class AirbenchNet(nn.Module):
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)  # airbench's MaxPool2d(3) on the 3×3 map
         self.head = nn.Linear(cin, num_classes, bias=False)
-        self.logit_scale, self.flip_tta = logit_scale, flip_tta
+        self.logit_scale, self.flip_tta, self.tta_translate = logit_scale, flip_tta, tta_translate
+        self.whiten_bias_epochs = whiten_bias_epochs
 
     def init_from_data(self, images: torch.Tensor) -> None:
         """Data-dependent initialisation before training: whiten the first ``whiten_images``
@@ -148,17 +163,33 @@ class AirbenchNet(nn.Module):
         random draw of ``init_images`` of them."""
         self.whiten.init_from_data(images)
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the training loop before epoch ``epoch`` (0-based): the whitening bias
+        trains only while ``epoch < whiten_bias_epochs`` (always when that is 0). A frozen bias
+        gets no gradient, so SGD leaves it exactly where it is (no momentum, no decay)."""
+        n = self.whiten_bias_epochs
+        self.whiten.bias.requires_grad_(n == 0 or epoch < n)
+
     def single_view(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, classes] of one view, without TTA."""
         x = self.groups(self.activ(self.whiten(x)))
         return self.head(self.pool(x).flatten(1)) * self.logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.flip_tta and not self.training:
+        if not self.flip_tta or self.training:
+            return self.single_view(x)
+        if not self.tta_translate:
             # one batch of both views: a single pass over 2B images
             both = self.single_view(torch.cat((x, x.flip(3))))
             return 0.5 * (both[: len(x)] + both[len(x) :])
-        return self.single_view(x)
+        # 1-pixel moves with reflected borders: the padded image cropped at two corners
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        views = [x, padded[..., :h, :w], padded[..., 2:, 2:]]
+        # all six views (each position and its mirror) in one pass over 6B images
+        z = self.single_view(torch.cat(views + [v.flip(3) for v in views])).split(len(x))
+        pairs = [0.5 * (z[i] + z[i + 3]) for i in range(3)]
+        return 0.5 * pairs[0] + 0.25 * (pairs[1] + pairs[2])
 
 
 def airbench(**kw) -> AirbenchNet:
@@ -167,8 +198,8 @@ def airbench(**kw) -> AirbenchNet:
 
 def airbench_args(profile, bundle) -> dict:
     """``model.airbench_widths``, ``model.whiten_kernel``, ``model.whiten_eps``,
-    ``model.whiten_images``, ``model.bn_momentum`` and ``model.flip_tta`` at the data's channels
-    and classes."""
+    ``model.whiten_images``, ``model.bn_momentum``, ``model.flip_tta``, ``model.tta_translate``
+    and ``model.whiten_bias_epochs`` at the data's channels and classes."""
     return {
         "in_channels": bundle.channels,
         "num_classes": bundle.num_classes,
@@ -178,6 +209,8 @@ def airbench_args(profile, bundle) -> dict:
         "whiten_images": profile["model.whiten_images"],
         "bn_momentum": profile["model.bn_momentum"],
         "flip_tta": profile["model.flip_tta"],
+        "tta_translate": profile["model.tta_translate"],
+        "whiten_bias_epochs": profile["model.whiten_bias_epochs"],
     }
 
 

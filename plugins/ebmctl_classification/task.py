@@ -43,7 +43,7 @@ class ClassificationTask(Task):
     def robust_ok(self, adv_score, clean_score):
         return adv_score > 0.5
 
-    def augment(self, x, y, generator, config):
+    def augment(self, x, y, generator, config, flip=None):
         if not config["model.augment"]:
             return x, y
         b, _, h, w = x.shape
@@ -59,6 +59,7 @@ class ClassificationTask(Task):
         out = padded[torch.arange(b).view(b, 1, 1), :, rows.view(b, h, 1), cols.view(b, 1, w)]
         out = out.permute(0, 3, 1, 2)
         if config["model.flip"]:
-            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-            out = torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+            # the training loop's plan (alternating flip), else a fresh draw per image
+            flip = (torch.rand(b, generator=generator) < 0.5) if flip is None else flip
+            out = torch.where(flip.to(x.device).view(b, 1, 1, 1), out.flip(3), out)
         return out.contiguous(), y

@@ -136,11 +136,12 @@ class SegmentationTask(Task):
     def robust_ok(self, adv_score, clean_score):
         return dice_ratio_ok(adv_score, clean_score, self.threshold)
 
-    def augment(self, x, y, generator, config):
+    def augment(self, x, y, generator, config, flip=None):
         # Only horizontal flips: crops and shifts would need the mask moved with the image.
         if not (config["model.augment"] and config["model.flip"]):
             return x, y
-        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        if flip is None:  # no plan from the training loop (model.flip_mode = random)
+            flip = torch.rand(x.shape[0], generator=generator) < 0.5
         x, y = x.clone(), y.clone()
         x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
         return x, y
