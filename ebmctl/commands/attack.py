@@ -65,27 +65,13 @@ def attack_cmd(
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
     from ebmctl.context import RunConfig, setup_device
-    from ebmctl.defense import DefenseConfig
-    from ebmctl.errors import ConfigError
     from ebmctl.evaluate.html import write_html
     from ebmctl.evaluate.report import run_evaluation
 
     cfg = _attack_config(ctx, norm, eps, n_images, seeds, task, purifier)
-    defense, out_dir = cfg.section(DefenseConfig), Path(cfg.section(RunConfig).out_dir)
-    if undefended_only and defended_only:
-        raise ConfigError("--undefended-only and --defended-only exclude each other")
-    if fixer is not None and undefended_only:
-        raise ConfigError("--fixer is part of the defense; drop --undefended-only")
+    out_dir = Path(cfg.section(RunConfig).out_dir)
+    ebm = _defense_inputs(cfg, ebm, purifier, fixer, undefended_only, defended_only)
     defended = not undefended_only
-    spec = defense.purifier.strip()
-    uses_ebm = not spec or spec.split(":", 1)[0].strip() == "ebm"
-    if ebm is None and defense.ebm and uses_ebm:
-        ebm = Path(defense.ebm)
-    if defended and ebm is None and not spec:
-        raise ConfigError("give --ebm FILE or --purifier NAME for the defended evaluation (or "
-                          "--undefended-only)")
-    if undefended_only and purifier:
-        raise ConfigError("--purifier is the defense; drop --undefended-only")
     dev = setup_device(cfg, honours_dtype=True)  # run.dtype: models, images, chains
     from ebmctl.importers import resolve_model_argument
     from ebmctl.shipped import ebm_path
@@ -107,6 +93,34 @@ def attack_cmd(
     _print_report(report)
     html_page = write_html(out)  # the same report as one self-contained page
     info(f"wrote {out}, {out.with_suffix('.png')} and {html_page}")
+
+
+def _defense_inputs(cfg, ebm: Optional[Path], purifier: Optional[str], fixer: Optional[Path],
+                    undefended_only: bool, defended_only: bool) -> Optional[Path]:
+    """The EBM file of the defense (``--ebm``, else ``defense.ebm`` when the purifier is the
+    EBM's), after refusing flags that exclude each other.
+
+    Raises:
+        ConfigError: conflicting flags, or a defended run without an EBM or purifier.
+    """
+    from ebmctl.defense import DefenseConfig
+    from ebmctl.errors import ConfigError
+
+    defense = cfg.section(DefenseConfig)
+    if undefended_only and defended_only:
+        raise ConfigError("--undefended-only and --defended-only exclude each other")
+    if fixer is not None and undefended_only:
+        raise ConfigError("--fixer is part of the defense; drop --undefended-only")
+    spec = defense.purifier.strip()
+    uses_ebm = not spec or spec.split(":", 1)[0].strip() == "ebm"
+    if ebm is None and defense.ebm and uses_ebm:
+        ebm = Path(defense.ebm)
+    if not undefended_only and ebm is None and not spec:
+        raise ConfigError("give --ebm FILE or --purifier NAME for the defended evaluation (or "
+                          "--undefended-only)")
+    if undefended_only and purifier:
+        raise ConfigError("--purifier is the defense; drop --undefended-only")
+    return ebm
 
 
 def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],

@@ -87,7 +87,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         ConfigError: an unknown attack name or invalid threat settings.
     """
     from ebmctl.evaluate.checks import sanity_checks
-    from ebmctl.evaluate.plan import check_options_used, make_attack
     from ebmctl.evaluate.runner import run_label
     from ebmctl.plugins import get_registries
 
@@ -96,9 +95,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     x = _checked_images(x, y, dtype)
     if norm not in ("linf", "l2"):
         raise ConfigError(f"unknown norm {norm!r}; choose from linf, l2")
-    if device is None:
-        device = next((p.device for p in defended.parameters()), torch.device("cpu"))
-    device = torch.device(device)
+    device = torch.device(device if device is not None else next(
+        (p.device for p in defended.parameters()), torch.device("cpu")))
     purified = defended.defense.purifies
     profile = _defaults()
     settings = _settings(profile, defended, norm=norm, eps=eps, steps=steps,
@@ -108,14 +106,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     task_obj = get_registries().tasks.get(task).configured(profile)
     if attacks is None:
         attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if purified else "pgd"]
-    registry = get_registries().attacks
-    built = [a if isinstance(a, Attack) else make_attack(settings, a, purified,
-                                                         cls=registry.get(a)) for a in attacks]
-    if not built:
-        raise ConfigError("give at least one attack")
-    check_options_used(settings, built)
-    for a in built:  # a gradient mode the purifier cannot give, refused before any work
-        getattr(a, "check_defense", lambda d: None)(defended.defense)
+    built = _built_attacks(settings, attacks, defended)
     label = "defended" if purified else "undefended"
     results = {label: run_label(label, defended.defense, built, task_obj, x, y, device,
                                 list(settings.seeds), {},
@@ -127,6 +118,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                         results, [(label, defended.defense, built)])
     return _report(settings, profile, task, defended, task_obj, len(x), device, results,
                    checks)
+
+
+def _built_attacks(settings, attacks: Sequence[str | Attack], defended) -> list[Attack]:
+    """``attacks`` built (names) or as given (instances), checked against the settings given
+    and the defense before any work.
+
+    Raises:
+        ConfigError: no attack, an unknown name, a setting no attack takes, or a gradient mode
+            the purifier cannot give.
+    """
+    from ebmctl.evaluate.plan import check_options_used, make_attack
+    from ebmctl.plugins import get_registries
+
+    registry = get_registries().attacks
+    purified = defended.defense.purifies
+    built = [a if isinstance(a, Attack) else make_attack(settings, a, purified,
+                                                         cls=registry.get(a)) for a in attacks]
+    if not built:
+        raise ConfigError("give at least one attack")
+    check_options_used(settings, built)
+    for a in built:
+        getattr(a, "check_defense", lambda d: None)(defended.defense)
+    return built
 
 
 def _model_dtype(defended) -> torch.dtype:
