@@ -149,17 +149,19 @@ def test_headless_chromium_renders_the_attack_page(attack_page, tmp_path):
 
 
 class _Rows(HTMLParser):
-    """The cells of ``<table class="results">`` (the headline table), row by row, and each
-    row's class."""
+    """The cells of the table in ``<div class="results">`` (the headline table), row by row,
+    and each row's class."""
 
     def __init__(self):
         super().__init__()
-        self.inside, self.rows, self.classes, self.cell = False, [], [], None
+        self.div, self.inside, self.rows, self.classes, self.cell = False, False, [], [], None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "table":
-            self.inside = a.get("class") == "results"
+        if tag == "div":
+            self.div = a.get("class") == "results"
+        elif tag == "table":
+            self.inside = self.div
         elif self.inside and tag == "tr":
             self.rows.append([])
             self.classes.append(a.get("class") or "")
@@ -167,8 +169,8 @@ class _Rows(HTMLParser):
             self.cell = []
 
     def handle_endtag(self, tag):
-        if tag == "table":
-            self.inside = False
+        if tag in ("table", "div"):
+            self.inside = self.div = False
         elif tag == "td" and self.cell is not None:
             self.rows[-1].append("".join(self.cell))
             self.cell = None

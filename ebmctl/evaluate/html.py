@@ -123,7 +123,7 @@ def _table(report: AttackReport) -> str:
         f"<tr class=\"{'headline' if row.headline else ''}\">"
         + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>"
         for row in result_rows(report))
-    return f"<table class=\"results\">\n{head}</tr>\n{body}\n</table>"
+    return f"<div class=\"results\"><table>\n{head}</tr>\n{body}\n</table></div>"
 
 
 def _sanity(report: AttackReport) -> str:

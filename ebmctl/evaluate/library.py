@@ -86,8 +86,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         InputError: ``x`` not 4-d, outside [0,1], or ``len(x) != len(y)``.
         ConfigError: an unknown attack name or invalid threat settings.
     """
-    from ebmctl.evaluate.checks import sanity_checks
-    from ebmctl.evaluate.runner import run_label
     from ebmctl.plugins import get_registries
 
     defended = _as_defended(model)
@@ -107,17 +105,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if attacks is None:
         attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if purified else "pgd"]
     built = _built_attacks(settings, attacks, defended)
-    label = "defended" if purified else "undefended"
-    results = {label: run_label(label, defended.defense, built, task_obj, x, y, device,
+    results, checks = _run(settings, defended, built, task_obj, x, y, device, sanity)
+    return _report(settings, profile, task, defended, task_obj, len(x), device, results,
+                   checks)
+
+
+def _run(settings, defended, attacks: list[Attack], task, x, y, device, sanity: bool):
+    """``({label: ModelResult}, SanityReport | None)``: every attack on every seed against
+    the one model (``defended`` when it purifies, else ``undefended``), then the checks."""
+    from ebmctl.evaluate.checks import sanity_checks
+    from ebmctl.evaluate.runner import run_label
+
+    label = "defended" if defended.defense.purifies else "undefended"
+    results = {label: run_label(label, defended.defense, attacks, task, x, y, device,
                                 list(settings.seeds), {},
                                 batch_size=settings.attack.batch_size,
                                 tolerance=settings.attack.sanity_tolerance)}
-    checks = None
-    if sanity:
-        checks, results = sanity_checks(settings, task_obj, defended.task_model, x, y, device,
-                                        results, [(label, defended.defense, built)])
-    return _report(settings, profile, task, defended, task_obj, len(x), device, results,
-                   checks)
+    if not sanity:
+        return results, None
+    checks, results = sanity_checks(settings, task, defended.task_model, x, y, device, results,
+                                    [(label, defended.defense, attacks)])
+    return results, checks
 
 
 def _built_attacks(settings, attacks: Sequence[str | Attack], defended) -> list[Attack]:
