@@ -255,6 +255,17 @@ class Config:
         gave it)."""
         return self.provenance.get(key, "default") == "default"
 
+    def given_on_command_line(self, key: str) -> bool:
+        """True when ``key`` came from the command line of this run (``--set`` or a flag), not
+        from a profile file, an artifact or its default."""
+        return self.provenance.get(key, "default").startswith("--")
+
+    def given_together(self, key: str, other: str) -> bool:
+        """True when one profile file gave both ``key`` and ``other`` (neither is a default nor
+        from the command line)."""
+        source = self.provenance.get(key, "default")
+        return source.startswith("profile") and source == self.provenance.get(other)
+
     def with_overrides(self, overrides: dict[str, Any], source: str = "override") -> "Config":
         new = Config(dict(self.values), dict(self.provenance), self.name, self.schema)
         for k, v in overrides.items():
@@ -282,6 +293,24 @@ class Config:
             cfg.values[k] = schema.coerce(k, v) if k in schema.keys else v
             cfg.provenance[k] = "artifact"
         return cfg
+
+
+def replace_checked(section: S, **changes: Any) -> S:
+    """``dataclasses.replace(section, **changes)`` with each value parsed and checked as its
+    profile key would be (kind, bounds, choices; lists become tuples), so code that sets a
+    section from typed arguments refuses what a profile would refuse.
+
+    Raises:
+        ConfigError: an unknown field or a bad value, naming the profile key.
+    """
+    schema = Schema()
+    schema.keys.update(section_keys(type(section)))
+    name = type(section).section
+    values = {}
+    for field_name, value in changes.items():
+        out = schema.coerce(f"{name}.{field_name}", value)
+        values[field_name] = tuple(out) if isinstance(out, list) else out
+    return dataclasses.replace(section, **values)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ebmctl.evaluate.report import format_accuracy
+from ebmctl.evaluate.tables import format_accuracy
 from ebmctl.evaluate.stats import accuracy_interval
 
 EBMS = {"leaky": "LeakyReLU EBM", "smooth": "smooth-leaky EBM"}

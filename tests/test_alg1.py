@@ -16,10 +16,10 @@ from ebmctl.attacks.threat import project
 from ebmctl.defense import Defense
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.evaluate.attack_eval import evaluate_attack
-from ebmctl.evaluate.report import run_label, worst_case
+from ebmctl.evaluate.runner import run_label
+from ebmctl.evaluate.worst_case import worst_case
 from ebmctl.evaluate.results import SeedResult
 from ebmctl.nn.ebm import LightweightEBM
-from ebmctl.profiles import resolve
 from ebmctl.testing import tiny_bundle
 from ebmctl_classification.task import ClassificationTask
 
@@ -175,10 +175,10 @@ def test_the_headline_is_the_per_image_worst_case_over_attacks():
     first = type("A1", (Scripted,), {"name": "first", "screen": {(0, 1): {0, 1}}})
     second = type("A2", (Scripted,), {"name": "second", "screen": {(0, 1): {2, 3}}})
     defense = ScriptedDefense(verify_wrong={(0, 1): {0, 1, 2, 3}})
-    cfg = resolve(None, ["attack.batch_size=4"])
     for label in ("undefended", "defended"):
-        row = run_label(cfg, label, defense, [first(steps=2), second(steps=2)],
-                        ClassificationTask(), x, y, torch.device("cpu"), [0], {})
+        row = run_label(label, defense, [first(steps=2), second(steps=2)],
+                        ClassificationTask(), x, y, torch.device("cpu"), [0], {},
+                        batch_size=4, tolerance=0.02)
         assert row["attacks"]["first"]["adversarial_mean"] == 0.5
         assert row["attacks"]["second"]["adversarial_mean"] == 0.5
         assert row["adversarial"] == 0.0 and row["per_image_robust"] == [0, 0, 0, 0]

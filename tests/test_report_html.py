@@ -13,7 +13,8 @@ from torch import nn
 
 import ebmctl
 from ebmctl.evaluate.plots import save_grid
-from ebmctl.evaluate.report import format_accuracy
+from ebmctl.evaluate.results import AttackReport
+from ebmctl.evaluate.tables import WORST_CASE, format_accuracy, result_rows
 from ebmctl.testing import run_cli
 
 
@@ -145,3 +146,120 @@ def test_headless_chromium_renders_the_attack_page(attack_page, tmp_path):
     assert pixels.var() > 100.0  # a blank (single-colour) page has variance 0
     # the images were decoded: some rows hold many dark pixels, as text alone never does
     assert (pixels < 100).mean(axis=1).max() > 0.2
+
+
+class _Rows(HTMLParser):
+    """The cells of the table in ``<div class="results">`` (the headline table), row by row,
+    and each row's class."""
+
+    def __init__(self):
+        super().__init__()
+        self.div, self.inside, self.rows, self.classes, self.cell = False, False, [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "div":
+            self.div = a.get("class") == "results"
+        elif tag == "table":
+            self.inside = self.div
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+            self.classes.append(a.get("class") or "")
+        elif self.inside and tag == "td":
+            self.cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("table", "div"):
+            self.inside = self.div = False
+        elif tag == "td" and self.cell is not None:
+            self.rows[-1].append("".join(self.cell))
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def _page_rows(page: str) -> tuple[list[tuple], list[str]]:
+    p = _Rows()
+    p.feed(page)
+    body = [(tuple(r), c) for r, c in zip(p.rows, p.classes) if r]  # the header has no <td>
+    return [r for r, _ in body], [c for _, c in body]
+
+
+def test_the_page_and_the_terminal_show_the_same_rows(run_json, tmp_path):
+    """One source of rows: the page's headline table is result_rows, also where the page's own
+    renderer once differed (one attack: no worst-case row; a diagnostic run says so)."""
+    from ebmctl.evaluate.html import render_attack
+
+    path, rep = run_json
+    d = json.loads(path.read_text())
+    rows, classes = _page_rows(render_attack(d, path))
+    assert rows == [tuple(r) for r in result_rows(rep)]
+    assert [c == "headline" for c in classes] == [r[1] == WORST_CASE for r in rows]
+    one = json.loads(path.read_text())
+    und = one["results"]["undefended"]
+    und["attacks"] = {"pgd": {**und["attacks"]["pgd"], "diagnostic": True}}
+    rows, classes = _page_rows(render_attack(one, path))
+    assert rows == [tuple(r) for r in result_rows(AttackReport.from_json(one))]
+    assert not any(r[1] == WORST_CASE for r in rows)
+    assert rows[0][1] == "pgd (DIAGNOSTIC: defender noise fixed)" and classes[0] == "headline"
+
+
+def test_a_report_file_reads_back_into_the_records_it_was_written_from(run_json):
+    path, rep = run_json
+    d = json.loads(path.read_text())
+    back = AttackReport.from_json(d)
+    assert back.to_json() == d
+    r = back.results["undefended"]
+    assert r.adversarial.mean == rep.results["undefended"].adversarial.mean
+    assert r.attacks["pgd"].per_seed[0].x_adv is None  # images are never serialised
+    assert r.eps0_control.adversarial_ci == rep.results["undefended"].eps0_control.adversarial_ci
+
+
+@pytest.mark.parametrize("name", ["pgd-eps0.1-at-s0", "pgd-eps0.1-nat-s0"])
+def test_committed_reports_still_render(name, tmp_path):
+    """Reports under docs/ written by earlier versions load into records and render."""
+    from pathlib import Path
+
+    src = Path(__file__).parent.parent / "docs" / "adversarial-training" / f"{name}.json"
+    d = json.loads(src.read_text())
+    assert AttackReport.from_json(d).to_json() == d
+    out = tmp_path / "page.html"
+    r = run_cli(["report", str(src), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    rows, _ = _page_rows(out.read_text())
+    assert rows == [tuple(r) for r in result_rows(d)]
+
+
+#: appended to a copy of the page: once loaded, the DOM records how many images decoded
+_PROBE = ("<script>window.addEventListener('load', () => {document.body.dataset.decoded = "
+          "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length;"
+          "document.body.dataset.images = document.images.length;});</script>")
+
+
+@pytest.mark.slow
+def test_headless_chromium_shows_the_headline_table_and_every_figure(attack_page, tmp_path):
+    """The page as a browser builds it (``chromium --headless --dump-dom``): the headline
+    table holds the report's rows, and every figure on the page decoded."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
+    out, page_path = attack_page
+    page = page_path.read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", _PROBE + "</body>"))
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", probed.resolve().as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    dom = r.stdout
+    assert "<table" in dom, r.stderr[-2000:]
+    rows, _ = _page_rows(dom)
+    assert rows == [tuple(x) for x in result_rows(json.loads(out.read_text()))]
+    figures = len(re.findall(r"<img ", page))
+    assert figures == 3  # the curves and one gallery per model
+    assert f'data-images="{figures}"' in dom and f'data-decoded="{figures}"' in dom, dom[-500:]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ebmctl.evaluate import html as html_mod
+from ebmctl.evaluate.results import AttackReport
 from ebmctl.evaluate.plots import curve_axis_label, magnify_perturbation, save_gallery
 from ebmctl.testing import run_cli
 
@@ -88,22 +89,39 @@ def test_undefended_only_panels_drop_the_defended_tiles(tmp_path):
 
 
 def test_curve_axis_of_a_rule_scored_task_says_what_it_plots(monkeypatch):
-    labels = []
+    labels, ticks = [], []
 
     def capture(fig):
         labels.append(fig.axes[0].get_ylabel())
+        fig.canvas.draw()
+        ticks.extend(t for t in fig.axes[0].get_xticks() if 0 <= t <= 2)
         return b"png"
 
     monkeypatch.setattr(html_mod, "_fig_png", capture)
     rep = {"metric": "dice", "results": {"undefended": {"attacks": {
         "pgd": {"accuracy_curve": [1.0, 0.6, 0.5]}}}}}
-    assert html_mod._curves_png(rep) == b"png"
+    assert html_mod._curves_png(AttackReport.from_json(rep)) == b"png"
+    # a 2-step curve: the step axis is ticked at whole steps only (no step 0.5)
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert "fraction of images not broken" in labels[0] and "Dice-ratio" in labels[0]
     assert "robust dice" not in labels[0]
     assert curve_axis_label("accuracy") == "robust accuracy"
 
 
 # --- the attack gallery -----------------------------------------------------------------------
+
+def test_the_gallery_shows_several_classes_even_when_the_images_come_sorted():
+    from ebmctl.evaluate.plots import gallery_indices
+
+    y = torch.tensor([0] * 6 + [1] * 6 + [2] * 6)  # sorted by class, as folder datasets are
+    pick = gallery_indices(y, 8)
+    assert len(pick) == 8 and pick == sorted(pick)
+    assert sorted(y[pick].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2]  # round-robin over classes
+    assert gallery_indices(y, 8) == pick  # deterministic
+    assert gallery_indices(torch.tensor([3, 3]), 8) == [0, 1]
+    assert gallery_indices(torch.zeros(4, 2, 2, dtype=torch.long), 3) == [0, 1, 2]  # masks
+
+
 
 def test_perturbation_is_magnified_so_plus_minus_eps_spans_black_to_white():
     x = torch.full((1, 1, 1, 3), 0.5)

@@ -46,6 +46,37 @@ def test_l2_step_size_is_used_as_given_or_rejected():
         pytest.approx(0.5 / 4)
 
 
+def test_other_norm_keys_are_refused_by_where_they_came_from_not_by_label(tmp_path):
+    """Given on the command line under any flag's name, or by the profile file that chose the
+    norm: refused. Left by a profile while the command line changed the norm: ignored."""
+    from ebmctl.evaluate.plan import EvaluationSettings
+
+    base = resolve("quick", ["attack.norm=l2"])
+    with pytest.raises(ConfigError, match="attack.eps does not apply"):
+        EvaluationSettings.from_config(base.with_overrides({"attack.eps": 0.1}, "--eps"))
+    profile = tmp_path / "l2.toml"
+    profile.write_text('[attack]\nnorm = "l2"\neps = 0.1\n')
+    with pytest.raises(ConfigError, match="attack.eps does not apply"):
+        EvaluationSettings.from_config(resolve(str(profile)))
+    moved = resolve(str(profile), ["attack.norm=linf"])  # eps now applies: no conflict
+    assert EvaluationSettings.from_config(moved).attack.radius == 0.1
+    linf = tmp_path / "linf.toml"
+    linf.write_text('[attack]\neps_l2 = 0.7\n')  # a profile's l2 radius, the norm from --set
+    assert EvaluationSettings.from_config(resolve(str(linf), ["attack.norm=linf"])).attack.norm \
+        == "linf"
+
+
+def test_the_library_refuses_what_a_profile_would():
+    from ebmctl.config import replace_checked
+    from ebmctl.attacks.base import AttackConfig
+
+    with pytest.raises(ConfigError, match="attack.eps.*<= 1"):
+        replace_checked(AttackConfig(), eps=2.0)
+    with pytest.raises(ConfigError, match="attack.norm"):
+        replace_checked(AttackConfig(), norm="l1")
+    assert replace_checked(AttackConfig(), seeds=[1, 2]).seeds == (1, 2)
+
+
 def test_an_attack_option_no_attack_takes_is_rejected(digits_artifacts, tmp_path):
     clf, _ = digits_artifacts
     r = run_cli(["attack", "-p", "quick", "--model", str(clf), "--undefended-only",
@@ -67,7 +98,7 @@ def test_eps_follows_the_norm_chosen_by_a_profile_or_set(digits_artifacts, tmp_p
 
 
 class _Attack:
-    description, per_step_curve = "", True
+    description, per_step_curve, diagnostic = "", True, False
 
     def __init__(self, name: str, gradient: str):
         self.name, self.gradient = name, gradient

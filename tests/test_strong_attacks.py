@@ -18,13 +18,11 @@ from ebmctl.attacks.loop import SteppedAttack
 from ebmctl.defense import Defense, average_outputs
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ConfigError
-from ebmctl.evaluate.report import (
-    check_options_used,
-    format_table,
-    make_attack,
-    run_evaluation,
-    run_label,
-)
+from ebmctl.evaluate import plan
+from ebmctl.evaluate.plan import EvaluationSettings
+from ebmctl.evaluate.report import make_attack, run_evaluation
+from ebmctl.evaluate.runner import run_label
+from ebmctl.evaluate.tables import result_rows
 from ebmctl.evaluate.resubmit import resubmit_images, summarise_resubmissions
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve
@@ -251,20 +249,19 @@ def test_a_diagnostic_run_is_labelled_and_kept_out_of_the_headline():
     defense = ScriptedDefense(verify_wrong={(0, 1): {0, 1, 2, 3}})
     honest = type("H", (Scripted,), {"name": "honest"})
     fixed = type("D", (Scripted,), {"name": "fixed"})
-    cfg = resolve(None, ["attack.batch_size=4"])
     # "honest" runs one step only, so step 1's verification never reaches it
-    row = run_label(cfg, "defended", defense,
+    row = run_label("defended", defense,
                     [honest(steps=0), fixed(steps=2, common_noise_defender=True)], TASK, x, y,
-                    torch.device("cpu"), [0], {})
-    assert row["attacks"]["fixed"]["adversarial_mean"] == 0.0
-    assert row["attacks"]["fixed"]["diagnostic"] is True
-    assert "diagnostic" not in row["attacks"]["honest"] and "diagnostic" not in row
-    assert row["adversarial"] == 1.0 and row["attack"] == "honest"
-    table = format_table({"results": {"defended": row}})
+                    torch.device("cpu"), [0], {}, batch_size=4, tolerance=0.02)
+    assert row.attacks["fixed"].adversarial.mean == 0.0
+    assert row.attacks["fixed"].diagnostic is True
+    assert "diagnostic" not in row.attacks["honest"].to_json() and "diagnostic" not in row
+    assert row.adversarial.mean == 1.0 and row.attack == "honest"
+    table = result_rows({"results": {"defended": row.to_json()}})
     assert any("DIAGNOSTIC" in r[1] for r in table)
-    only = run_label(cfg, "defended", defense, [fixed(steps=2, common_noise_defender=True)],
-                     TASK, x, y, torch.device("cpu"), [0], {})
-    assert only["diagnostic"] is True
+    only = run_label("defended", defense, [fixed(steps=2, common_noise_defender=True)],
+                     TASK, x, y, torch.device("cpu"), [0], {}, batch_size=4, tolerance=0.02)
+    assert only.diagnostic is True
 
 
 # --- item 5: the defense-aware (energy) loss ------------------------------------------------
@@ -381,7 +378,7 @@ def test_the_report_carries_resubmission_figures_and_memory_per_attack(artifacts
     assert res["worst_case"]["per_image_eot_verdict"] == d["per_image_robust"]
     for a in (*d["attacks"].values(), *u["attacks"].values()):
         assert a["memory"]["peak_rss_mib"] > 0 and a["memory"]["cuda_peak_mib"] is None
-    printed = [r for r in format_table(rep) if "resubmissions (H=3)" in r[1]]
+    printed = [r for r in result_rows(rep) if "resubmissions (H=3)" in r[1]]
     fig = res["worst_case"]["by_eot_reps"]["3"]
     assert [r[3].split()[0] for r in printed] == [f"{fig['mean']:.3f}",
                                                  f"{fig['worst_of_n']:.3f}"]
@@ -391,3 +388,8 @@ def test_the_report_carries_resubmission_figures_and_memory_per_attack(artifacts
     with pytest.raises(ConfigError, match="evaluate.resubmissions"):
         run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"),
                        tmp_path / "bad.json", defended=False)
+
+
+def check_options_used(cfg, attacks) -> None:
+    """:func:`ebmctl.evaluate.plan.check_options_used` under the profile ``cfg``."""
+    plan.check_options_used(EvaluationSettings.from_config(cfg), attacks)

@@ -64,38 +64,27 @@ def attack_cmd(
     a purifier without a backward pass is attacked with BPDA, a stochastic one with EOT."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
-    from ebmctl.context import setup_device
-    from ebmctl.errors import ConfigError
+    from ebmctl.context import RunConfig, setup_device
     from ebmctl.evaluate.html import write_html
     from ebmctl.evaluate.report import run_evaluation
 
     cfg = _attack_config(ctx, norm, eps, n_images, seeds, task, purifier)
-    if undefended_only and defended_only:
-        raise ConfigError("--undefended-only and --defended-only exclude each other")
-    if fixer is not None and undefended_only:
-        raise ConfigError("--fixer is part of the defense; drop --undefended-only")
+    out_dir = Path(cfg.section(RunConfig).out_dir)
+    ebm = _defense_inputs(cfg, ebm, purifier, fixer, undefended_only, defended_only)
     defended = not undefended_only
-    spec = cfg["defense.purifier"].strip()
-    uses_ebm = not spec or spec.split(":", 1)[0].strip() == "ebm"
-    if ebm is None and cfg.get("defense.ebm") and uses_ebm:
-        ebm = Path(cfg["defense.ebm"])
-    if defended and ebm is None and not spec:
-        raise ConfigError("give --ebm FILE or --purifier NAME for the defended evaluation (or "
-                          "--undefended-only)")
-    if undefended_only and purifier:
-        raise ConfigError("--purifier is the defense; drop --undefended-only")
     dev = setup_device(cfg, honours_dtype=True)  # run.dtype: models, images, chains
     from ebmctl.commands.model_argument import resolve_model_argument
     from ebmctl.shipped import ebm_path
 
     # SOURCE[@WEIGHTS] (torchvision:NAME@FILE, ebm-defense:wrn@FILE, ...) is imported once
-    model = resolve_model_argument(model, cfg["run.out_dir"])
+    model = resolve_model_argument(model, str(out_dir))
     if ebm is not None:
-        ebm = resolve_model_argument(ebm_path(ebm), cfg["run.out_dir"])
+        ebm = resolve_model_argument(ebm_path(ebm), str(out_dir))
     if sweep:
-        _sweep(cfg, model, ebm, dev, sweep, out, method, undefended_only, resume, force)
+        _sweep(cfg, model, ebm, dev, sweep, out or out_dir / "attack-sweep.json", method,
+               undefended_only, resume, force)
         return
-    out = out or Path(cfg["run.out_dir"]) / "attack-report.json"
+    out = out or out_dir / "attack-report.json"
     for path in (out, out.with_suffix(".png"), out.with_suffix(".html")):  # --resume: its own
         claim_output(path, force=force, resume=resume)
     report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
@@ -106,6 +95,34 @@ def attack_cmd(
     info(f"wrote {out}, {out.with_suffix('.png')} and {html_page}")
 
 
+def _defense_inputs(cfg, ebm: Optional[Path], purifier: Optional[str], fixer: Optional[Path],
+                    undefended_only: bool, defended_only: bool) -> Optional[Path]:
+    """The EBM file of the defense (``--ebm``, else ``defense.ebm`` when the purifier is the
+    EBM's), after refusing flags that exclude each other.
+
+    Raises:
+        ConfigError: conflicting flags, or a defended run without an EBM or purifier.
+    """
+    from ebmctl.defense import DefenseConfig
+    from ebmctl.errors import ConfigError
+
+    defense = cfg.section(DefenseConfig)
+    if undefended_only and defended_only:
+        raise ConfigError("--undefended-only and --defended-only exclude each other")
+    if fixer is not None and undefended_only:
+        raise ConfigError("--fixer is part of the defense; drop --undefended-only")
+    spec = defense.purifier.strip()
+    uses_ebm = not spec or spec.split(":", 1)[0].strip() == "ebm"
+    if ebm is None and defense.ebm and uses_ebm:
+        ebm = Path(defense.ebm)
+    if not undefended_only and ebm is None and not spec:
+        raise ConfigError("give --ebm FILE or --purifier NAME for the defended evaluation (or "
+                          "--undefended-only)")
+    if undefended_only and purifier:
+        raise ConfigError("--purifier is the defense; drop --undefended-only")
+    return ebm
+
+
 def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],
                    n_images: Optional[int], seeds: Optional[str], task: Optional[str],
                    purifier: Optional[str] = None):
@@ -114,14 +131,16 @@ def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],
     cfg = make_config(ctx, {"attack.norm": norm or None, "attack.n_images": n_images,
                             "attack.seeds": seeds or None, "task.name": task or None})
     if purifier:  # a value may hold commas (key=value,...), which --set would split
-        cfg = cfg.with_overrides({"defense.purifier": purifier}, "--set")
+        cfg = cfg.with_overrides({"defense.purifier": purifier}, "--purifier")
     if eps:
-        key = "attack.eps_l2" if cfg["attack.norm"] == "l2" else "attack.eps"
-        cfg = cfg.with_overrides({key: eps}, "--set")
+        from ebmctl.attacks.base import AttackConfig
+
+        key = "attack.eps_l2" if cfg.section(AttackConfig).norm == "l2" else "attack.eps"
+        cfg = cfg.with_overrides({key: eps}, "--eps")
     return cfg
 
 
-def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Optional[Path],
+def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Path,
            method: Optional[str], undefended_only: bool, resume: bool, force: bool) -> None:
     """--sweep KEY=V1,V2,...: one defended (with --undefended-only: undefended) evaluation per
     value, a sweep report and table."""
@@ -138,7 +157,6 @@ def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Optional
     if undefended_only and key.split(".", 1)[0] in ("defense", "langevin"):
         raise ConfigError(f"--sweep {key} changes the defense, which --undefended-only does not "
                           "evaluate")
-    out = out or Path(cfg["run.out_dir"]) / "attack-sweep.json"
     for path in (out, out.with_suffix(".png")):  # --resume continues its own report
         claim_output(path, force=force, resume=resume)
     rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume,
@@ -147,13 +165,13 @@ def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Optional
     info(f"wrote {out} and {out.with_suffix('.png')}")
 
 
-def _print_report(report: dict) -> None:
-    """The results table, the report's notes, the task's own table and the sanity checks."""
+def _print_report(report) -> None:
+    """The results table of an :class:`~ebmctl.evaluate.results.AttackReport`, its notes, the
+    task's own table and the sanity checks."""
     from ebmctl.console import info, out_console
-    from ebmctl.evaluate.report import report_notes
-    from ebmctl.evaluate.tables import results_table, task_table
+    from ebmctl.evaluate.tables import report_notes, results_table, task_table
 
-    named = (report.get("defense") or {}).get("purifier")
+    named = (report.defense or {}).get("purifier")
     if named:
         opts = ", ".join(f"{k}={v}" for k, v in named["settings"].items())
         info(f"purifier: {named['name']}" + (f" ({opts})" if opts else "")
@@ -165,7 +183,6 @@ def _print_report(report: dict) -> None:
     extra = task_table(report)
     if extra is not None:
         out_console().print(extra)
-    sanity = report.get("sanity")
-    if sanity:
-        for c in sanity["checks"]:
-            info(f"sanity {'ok' if c['pass'] else 'FAILED'}: {c['check']}")
+    if report.sanity is not None:
+        for c in report.sanity.checks:
+            info(f"sanity {'ok' if c.passed else 'FAILED'}: {c.check}")

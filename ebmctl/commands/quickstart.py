@@ -19,8 +19,11 @@ app = typer.Typer()
 
 
 def _settings_hash(cfg, sections: tuple[str, ...]) -> str:
+    """The cache key of a model trained with these profile sections and the run's seed."""
+    from ebmctl.context import RunConfig
+
     d = {s: cfg.section(s) for s in sections}
-    d["seed"] = cfg["run.seed"]
+    d["seed"] = cfg.section(RunConfig).seed
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -35,15 +38,17 @@ def quickstart_cmd(
     import time
 
     from ebmctl.console import info, out_console
-    from ebmctl.context import get_task, load_dataset, setup_device
-    from ebmctl.evaluate.report import report_notes, run_evaluation
-    from ebmctl.evaluate.tables import quickstart_table
+    from ebmctl.context import RunConfig, get_task, load_dataset, setup_device
+    from ebmctl.defense import DefenseConfig
+    from ebmctl.evaluate.report import run_evaluation
+    from ebmctl.evaluate.tables import quickstart_table, report_notes
+    from ebmctl.training.trainer import TrainConfig
     from ebmctl.training.convergent import train_ebm
     from ebmctl.training.task_model import train_task_model
 
     cfg = make_config(ctx, default_profile="quick")
     dev = setup_device(cfg)
-    work = work_dir or Path(cfg["run.out_dir"]) / "quickstart"
+    work = work_dir or Path(cfg.section(RunConfig).out_dir) / "quickstart"
     t0 = time.time()
     bundle = load_dataset(cfg)
     task = get_task(cfg)
@@ -58,7 +63,7 @@ def quickstart_cmd(
         info(f"training the EBM -> {ebm_path}")
         # the health check also reports label survival, with the classifier just trained (a
         # reading, not a setting of the EBM: the cache key above is computed without it)
-        health_cfg = cfg if cfg["train.health_classifier"] else cfg.with_overrides(
+        health_cfg = cfg if cfg.section(TrainConfig).health_classifier else cfg.with_overrides(
             {"train.health_classifier": str(clf_path)}, "quickstart: the trained classifier")
         train_ebm(health_cfg, bundle, ebm_path, dev, resume=True)
     else:
@@ -66,11 +71,12 @@ def quickstart_cmd(
     out = work / "report.json"
     report = run_evaluation(cfg, clf_path, ebm_path, dev, out)
     total_seconds = round(time.time() - t0, 1)
-    out_console().print(quickstart_table(report, cfg["defense.steps"], cfg["defense.eot_reps"]))
+    defense = cfg.section(DefenseConfig)
+    out_console().print(quickstart_table(report, defense.steps, defense.eot_reps))
     for note in report_notes(report):
         info(note)
-    res = report["results"]
-    gap = res["defended"]["adversarial"] - res["undefended"]["adversarial"]
+    res = report.results
+    gap = res["defended"].adversarial.mean - res["undefended"].adversarial.mean
     out_console().print(f"defended minus undefended adversarial {task.metric_name}: "
                         f"{gap * 100:+.1f} points; total {total_seconds:.0f}s")
     info(f"report: {out}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ebmctl.errors import InputError
-from ebmctl.evaluate.report import format_accuracy
+from ebmctl.evaluate.tables import format_accuracy
 from ebmctl.evaluate.stats import accuracy_interval
 from ebmctl.units import format_radius
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ebmctl.errors import InputError
+from ebmctl.evaluate.results import SEMANTICS, AttackReport
+from ebmctl.evaluate.tables import as_report, report_notes, result_columns, result_rows
 
 _STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}"
@@ -93,72 +95,46 @@ def _read_png(path: Path) -> bytes | None:
 
 # --- attack ---------------------------------------------------------------------------------
 
-def _curves_png(report: dict) -> bytes | None:
-    from ebmctl.evaluate.plots import curve_axis_label
+def _curves_png(report: AttackReport) -> bytes | None:
+    from ebmctl.evaluate.plots import curve_axis_label, integer_ticks
 
-    series = [(f"{label} ({name})", a["accuracy_curve"])
-              for label, r in report.get("results", {}).items()
-              for name, a in r.get("attacks", {}).items() if a.get("accuracy_curve")]
+    series = [(f"{label} ({name})", a.accuracy_curve)
+              for label, r in report.results.items()
+              for name, a in r.attacks.items() if a.accuracy_curve]
     if not series:
         return None
     fig, ax = _pyplot().subplots(figsize=(6.4, 3.6), dpi=100)
     for name, curve in series:
         ax.plot(range(len(curve)), curve, marker="o" if len(curve) < 30 else None, label=name)
     ax.set_xlabel("attack step")
-    ax.set_ylabel(curve_axis_label(report.get("metric", "accuracy")) + "\n(worst restart)",
-                  fontsize=9)
+    integer_ticks(ax)  # steps are whole: no tick at step 0.5
+    ax.set_ylabel(curve_axis_label(report.metric) + "\n(worst restart)", fontsize=9)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _fig_png(fig)
 
 
-def _fmt(mean, std=None, ci=None) -> str:
-    from ebmctl.evaluate.report import format_accuracy
-
-    if mean is None:
-        return "n/a"
-    return format_accuracy(float(mean), std, ci)
-
-
-def _table(report: dict) -> str:
-    metric = _esc(report.get("metric", "accuracy"))
-    rows = []
-    for label, r in report.get("results", {}).items():
-        for name, a in r.get("attacks", {}).items():
-            conv = {True: "yes", False: "NOT converged", None: "n/a"}[a.get("converged")]
-            rows.append((label, name, _fmt(a.get("natural_mean"), a.get("natural_std"),
-                                           a.get("natural_ci")),
-                         _fmt(a.get("adversarial_mean"), a.get("adversarial_std"),
-                              a.get("adversarial_ci")), conv, ""))
-        rows.append((label, "worst case per image (all attacks)",
-                     _fmt(r.get("natural"), r.get("natural_std"), r.get("natural_ci")),
-                     _fmt(r.get("adversarial"), r.get("adversarial_std"),
-                          r.get("adversarial_ci")),
-                     "yes" if r.get("converged", True) else "NOT converged", "headline"))
-        c = r.get("eps0_control")
-        if c:
-            rows.append((label, f"eps = 0 control ({c.get('attack')}, seed {c.get('seed')})",
-                         _fmt(c.get("natural")), _fmt(c.get("adversarial"), None,
-                                                      c.get("adversarial_ci")),
-                         f"inflation {c.get('inflation', 0):+.3f}", ""))
-    head = ("<tr><th>model</th><th>attack</th><th>natural {m} [95% CI]</th>"
-            "<th>adversarial {m} [95% CI]</th><th>converged</th></tr>").format(m=metric)
+def _table(report: AttackReport) -> str:
+    """The headline table: the rows every results table shows (:func:`~ebmctl.evaluate.
+    tables.result_rows`), each model's headline row emphasised."""
+    head = "<tr>" + "".join(f"<th>{_esc(c)}</th>" for c in result_columns(report.metric))
     body = "\n".join(
-        f"<tr class=\"{cls}\"><td>{_esc(a)}</td><td>{_esc(b)}</td><td>{_esc(c)}</td>"
-        f"<td>{_esc(d)}</td><td>{_esc(e)}</td></tr>" for a, b, c, d, e, cls in rows)
-    return f"<table>\n{head}\n{body}\n</table>"
+        f"<tr class=\"{'headline' if row.headline else ''}\">"
+        + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>"
+        for row in result_rows(report))
+    return f"<div class=\"results\"><table>\n{head}</tr>\n{body}\n</table></div>"
 
 
-def _sanity(report: dict) -> str:
-    checks = (report.get("sanity") or {}).get("checks") or []
+def _sanity(report: AttackReport) -> str:
+    checks = report.sanity.checks if report.sanity is not None else []
     if not checks:
         return "<p>No sanity checks in this report.</p>"
     items = []
     for c in checks:
-        detail = {k: v for k, v in c.items() if k not in ("check", "pass", "per_image_robust")}
-        items.append(f"<li class=\"{'pass' if c.get('pass') else 'fail'}\">"
-                     f"<b>{'ok' if c.get('pass') else 'FAILED'}</b>: {_esc(c.get('check'))}"
+        detail = {k: v for k, v in c.figures.items() if k != "per_image_robust"}
+        items.append(f"<li class=\"{'pass' if c.passed else 'fail'}\">"
+                     f"<b>{'ok' if c.passed else 'FAILED'}</b>: {_esc(c.check)}"
                      f" <code>{_esc(json.dumps(detail, default=str))}</code></li>")
     return "<ul>" + "\n".join(items) + "</ul>"
 
@@ -172,13 +148,13 @@ def _eps(threat: dict, key: str = "eps") -> str:
     return format_radius(v) if threat.get("norm") == "linf" else f"{v:.4g}"
 
 
-def _attack_images(report: dict, json_path: Path | None) -> list[str]:
+def _attack_images(report: AttackReport, json_path: Path | None) -> list[str]:
     """The gallery of each model label (else its adversarial grid) and the task's figures
     (e.g. segmentation panels), read from beside the JSON."""
     if json_path is None:
         return []
     p, parts, figures = Path(json_path), [], []
-    for label in report.get("results", {}):
+    for label in report.results:
         gallery = _read_png(p.with_name(f"{p.stem}.{label}-gallery.png"))
         if gallery:
             figures.append(_img(gallery, f"{label} clean, adversarial, perturbation, purified",
@@ -189,46 +165,44 @@ def _attack_images(report: dict, json_path: Path | None) -> list[str]:
                                 f"{label} adversarial images", f"{label}: adversarial images"))
     if any(figures):
         parts += ["<h2>Images (adversarial = per-image worst case)</h2>", *figures]
-    task = report.get("task_report") or {}
+    task = report.task_report or {}
     table = task.get("table")
     if table:
-        parts += [f"<h2>{_esc(table.get('title', report.get('task', 'task')))}</h2>",
+        parts += [f"<h2>{_esc(table.get('title', report.task or 'task'))}</h2>",
                   _rows_table(table.get("columns", []), table.get("rows", []))]
     panels = [_read_png(p.with_name(Path(f).name)) for f in (task.get("files") or [])[:8]]
     if any(panels):
-        parts.append(f"<h2>{_esc(report.get('task', 'task'))} panels</h2>")
+        parts.append(f"<h2>{_esc(report.task or 'task')} panels</h2>")
         parts += [_img(png, Path(f).name) for png, f in zip(panels, task["files"])]
     return parts
 
 
-def render_attack(report: dict, json_path: str | Path | None = None) -> str:
-    """The page of an attack report (the JSON of ``ebmctl attack`` or ``ebmctl.evaluate``).
-    The gallery, grids and task figures written beside ``json_path`` are embedded."""
-    from ebmctl.evaluate.report import report_notes
-
-    title = (f"ebmctl {report.get('command', 'attack')}: {report.get('dataset', '')} "
-             f"({report.get('n_images', '?')} images)")
-    threat = report.get("threat", {})
+def render_attack(report: dict | AttackReport, json_path: str | Path | None = None) -> str:
+    """The page of an attack report (the JSON of ``ebmctl attack`` or ``ebmctl.evaluate``,
+    read back with :meth:`AttackReport.from_json`, or the record itself). The gallery, grids
+    and task figures written beside ``json_path`` are embedded."""
+    rep = as_report(report)
+    # a report states what its figures mean; one written by this version states SEMANTICS
+    semantics = report.get("semantics", "") if isinstance(report, dict) else SEMANTICS
+    title = f"ebmctl {rep.command}: {rep.dataset} ({rep.n_images} images)"
+    threat = rep.threat.to_json()
     parts = [f"<p>Threat model: {_esc(threat.get('norm'))} eps = {_esc(_eps(threat))}, "
              f"{_esc(threat.get('steps'))} steps of {_esc(_eps(threat, 'step_size'))}, "
-             f"{_esc(threat.get('restarts'))} restart(s); seeds {_esc(report.get('seeds'))}. "
-             f"{_esc(report.get('semantics', ''))}</p>",
-             "<h2>Headline</h2>", _table(report)]
-    try:
-        notes = report_notes(report)
-    except (KeyError, TypeError):
-        notes = []
+             f"{_esc(threat.get('restarts'))} restart(s); seeds {_esc(rep.seeds)}. "
+             f"{_esc(semantics)}</p>",
+             "<h2>Headline</h2>", _table(rep)]
+    notes = report_notes(rep)
     if notes:
         parts.append("<ul class=\"notes\">" + "".join(f"<li>{_esc(n)}</li>" for n in notes)
                      + "</ul>")
-    png = _curves_png(report)
+    png = _curves_png(rep)
     if png:
         parts += ["<h2>Accuracy vs attack step</h2>", _img(png, "accuracy vs attack step")]
-    parts += _attack_images(report, Path(json_path) if json_path is not None else None)
-    parts += ["<h2>Sanity checks</h2>", _sanity(report),
-              "<h2>Defense</h2>", _pre(report.get("defense")),
-              "<h2>Environment</h2>", _pre(report.get("environment")),
-              "<h2>Config</h2>", _pre(report.get("config"))]
+    parts += _attack_images(rep, Path(json_path) if json_path is not None else None)
+    parts += ["<h2>Sanity checks</h2>", _sanity(rep),
+              "<h2>Defense</h2>", _pre(rep.defense),
+              "<h2>Environment</h2>", _pre(rep.environment),
+              "<h2>Config</h2>", _pre(rep.config)]
     return _page(title, parts)
 
 

@@ -1,12 +1,15 @@
 """``ebmctl.evaluate(model, x, y, ...)``: the CLI's attack evaluation on tensors a user holds.
 
-The same code path as ``ebmctl attack`` (:func:`ebmctl.evaluate.report.run_label`, its attacks,
-sanity checks and table): per-attack rows with 95% intervals and accuracy-vs-step curves, the
-per-image worst case over attacks, the ε = 0 control and the sanity checks.
+The same code path as ``ebmctl attack`` (:func:`ebmctl.evaluate.runner.run_label`, its
+attacks, sanity checks and table): per-attack rows with 95% intervals and accuracy-vs-step
+curves, the per-image worst case over attacks, the ε = 0 control and the sanity checks. It is
+called with typed settings, the default profile's sections with the arguments in place
+(:func:`ebmctl.config.replace_checked`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -77,14 +80,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         ``per_image_robust``, ``eps0_control``; ``sanity``; ``threat``; ``config``
         (``report["results"]["defended"]["adversarial"]``, or the typed fields
         ``report.results["defended"].adversarial.mean``). ``report.to_json()`` is the JSON;
-        ``ebmctl.evaluate.report.format_table`` renders it.
+        ``ebmctl.evaluate.tables.result_rows`` gives its table's rows.
 
     Raises:
         InputError: ``x`` not 4-d, outside [0,1], or ``len(x) != len(y)``.
         ConfigError: an unknown attack name or invalid threat settings.
     """
-    from ebmctl.context import get_task
-    from ebmctl.evaluate.report import check_options_used, make_attack, run_label, sanity_checks
     from ebmctl.plugins import get_registries
 
     defended = _as_defended(model)
@@ -92,33 +93,62 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     x = _checked_images(x, y, dtype)
     if norm not in ("linf", "l2"):
         raise ConfigError(f"unknown norm {norm!r}; choose from linf, l2")
-    if device is None:
-        device = next((p.device for p in defended.parameters()), torch.device("cpu"))
-    device = torch.device(device)
+    device = torch.device(device if device is not None else next(
+        (p.device for p in defended.parameters()), torch.device("cpu")))
     purified = defended.defense.purifies
-    cfg = _profile(defended, task=task, norm=norm, eps=eps, steps=steps, step_size=step_size,
-                   restarts=restarts, eot_reps=eot_reps, verify_reps=verify_reps, seeds=seeds,
-                   batch_size=batch_size, random_start=random_start,
-                   dtype="float64" if dtype == torch.float64 else "float32")
-    task_obj = get_task(cfg)
+    profile = _defaults()
+    settings = _settings(profile, defended, norm=norm, eps=eps, steps=steps,
+                         step_size=step_size, restarts=restarts, eot_reps=eot_reps,
+                         verify_reps=verify_reps, seeds=seeds, batch_size=batch_size,
+                         random_start=random_start, dtype=dtype)
+    task_obj = get_registries().tasks.get(task).configured(profile)
     if attacks is None:
         attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if purified else "pgd"]
+    built = _built_attacks(settings, attacks, defended)
+    results, checks = _run(settings, defended, built, task_obj, x, y, device, sanity)
+    return _report(settings, profile, task, defended, task_obj, len(x), device, results,
+                   checks)
+
+
+def _run(settings, defended, attacks: list[Attack], task, x, y, device, sanity: bool):
+    """``({label: ModelResult}, SanityReport | None)``: every attack on every seed against
+    the one model (``defended`` when it purifies, else ``undefended``), then the checks."""
+    from ebmctl.evaluate.checks import sanity_checks
+    from ebmctl.evaluate.runner import run_label
+
+    label = "defended" if defended.defense.purifies else "undefended"
+    results = {label: run_label(label, defended.defense, attacks, task, x, y, device,
+                                list(settings.seeds), {},
+                                batch_size=settings.attack.batch_size,
+                                tolerance=settings.attack.sanity_tolerance)}
+    if not sanity:
+        return results, None
+    checks, results = sanity_checks(settings, task, defended.task_model, x, y, device, results,
+                                    [(label, defended.defense, attacks)])
+    return results, checks
+
+
+def _built_attacks(settings, attacks: Sequence[str | Attack], defended) -> list[Attack]:
+    """``attacks`` built (names) or as given (instances), checked against the settings given
+    and the defense before any work.
+
+    Raises:
+        ConfigError: no attack, an unknown name, a setting no attack takes, or a gradient mode
+            the purifier cannot give.
+    """
+    from ebmctl.evaluate.plan import check_options_used, make_attack
+    from ebmctl.plugins import get_registries
+
     registry = get_registries().attacks
-    built = [a if isinstance(a, Attack) else make_attack(cfg, a, purified,
+    purified = defended.defense.purifies
+    built = [a if isinstance(a, Attack) else make_attack(settings, a, purified,
                                                          cls=registry.get(a)) for a in attacks]
     if not built:
         raise ConfigError("give at least one attack")
-    check_options_used(cfg, built)
-    for a in built:  # a gradient mode the purifier cannot give, refused before any work
-        getattr(a, "check_defense", lambda d: None)(defended.defense)
-    label = "defended" if purified else "undefended"
-    results = {label: run_label(cfg, label, defended.defense, built, task_obj, x, y, device,
-                                list(cfg.section(AttackConfig).seeds), {})}
-    checks = None
-    if sanity:
-        checks, results = sanity_checks(cfg, task_obj, defended.task_model, x, y, device,
-                                        results, [(label, defended.defense, built)])
-    return _report(cfg, defended, task_obj, len(x), device, results, checks)
+    check_options_used(settings, built)
+    for a in built:
+        a.check_defense(defended.defense)
+    return built
 
 
 def _model_dtype(defended) -> torch.dtype:
@@ -146,41 +176,70 @@ def _checked_images(x: torch.Tensor, y: torch.Tensor,
     return x
 
 
-def _profile(defended, *, task: str, norm: str, eps: float, steps: int,
-             step_size: float | None, restarts: int, eot_reps: int | None,
-             verify_reps: int | None, seeds: Sequence[int], batch_size: int,
-             random_start: bool, dtype: str = "float32"):
-    """The default profile with :func:`evaluate`'s arguments and the wrapper's defense settings
-    on top (provenance "ebmctl.evaluate"), so the CLI's code reads them as it reads a
-    profile."""
+def _defaults():
+    """The default profile (schema defaults and the built-in profile): the values of every
+    setting :func:`evaluate` has no argument for."""
     from ebmctl.profiles import resolve
 
-    over: dict = {"task.name": task, "attack.norm": norm, "attack.steps": int(steps),
-                  "attack.restarts": int(restarts), "attack.batch_size": int(batch_size),
-                  "attack.seeds": [int(s) for s in seeds], "attack.random_start": random_start,
-                  "defense.steps": defended.steps, "defense.eot_reps": verify_reps or defended.reps,
-                  "defense.average": defended.defense.average,
-                  "defense.clamp": defended.defense.clamp, "run.dtype": dtype}
-    over["attack.eps" if norm == "linf" else "attack.eps_l2"] = eps
+    return resolve(None)
+
+
+def _settings(profile, defended, *, norm: str, eps: float, steps: int,
+              step_size: float | None, restarts: int, eot_reps: int | None,
+              verify_reps: int | None, seeds: Sequence[int], batch_size: int,
+              random_start: bool, dtype: torch.dtype):
+    """The evaluation settings of :func:`evaluate`: the default profile's sections with the
+    arguments and the wrapper's defense settings in place, each checked as its profile key
+    would be.
+
+    Raises:
+        ConfigError: a value the profile key would refuse (e.g. eps outside [0,1] for linf).
+    """
+    from ebmctl.config import replace_checked
+    from ebmctl.evaluate.plan import EvaluationSettings
+
+    base = EvaluationSettings.from_config(profile)
+    radius, step = ("eps", "step_size") if norm == "linf" else ("eps_l2", "step_size_l2")
+    changes: dict = {"norm": norm, "steps": int(steps), "restarts": int(restarts),
+                     "batch_size": int(batch_size), "seeds": [int(s) for s in seeds],
+                     "random_start": random_start, radius: eps}
     if step_size is not None:
-        over["attack.step_size" if norm == "linf" else "attack.step_size_l2"] = step_size
+        changes[step] = step_size
     if eot_reps is not None:
-        over["attack.eot_reps"] = eot_reps
-    return resolve(None).with_overrides(over, "ebmctl.evaluate")
+        changes["eot_reps"] = eot_reps
+    attack = replace_checked(base.attack, **changes)
+    defense = replace_checked(base.defense, steps=defended.steps,
+                              eot_reps=verify_reps or defended.reps,
+                              average=defended.defense.average, clamp=defended.defense.clamp)
+    return dataclasses.replace(base, attack=attack, defense=defense, dtype=dtype,
+                               seeds=attack.seeds,
+                               profile=_record(base.profile, attack, defense, dtype))
 
 
-def _report(cfg, defended, task, n_images: int, device, results: dict,
-            checks) -> AttackReport:
+def _record(profile: dict, attack: AttackConfig, defense, dtype: torch.dtype) -> dict:
+    """The report's ``config``: the default profile with the sections the evaluation ran
+    (lists as lists, as a profile file holds them) and its float type."""
+    out = {section: dict(values) for section, values in profile.items()}
+    for sec in (attack, defense):
+        out[type(sec).section].update({k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in dataclasses.asdict(sec).items()})
+    out["run"]["dtype"] = "float64" if dtype == torch.float64 else "float32"
+    return out
+
+
+def _report(settings, profile, task_name: str, defended, task, n_images: int, device,
+            results: dict, checks) -> AttackReport:
     """The :class:`AttackReport` of an ``ebmctl.evaluate`` call: the CLI's, with the wrapper's
     defense settings and the model's class name in place of artifact paths."""
     from ebmctl.context import environment
-    from ebmctl.evaluate.report import threat_of
+    from ebmctl.evaluate.plan import threat_of
 
-    defense, attack = defended.defense, cfg.section(AttackConfig)
+    defense, attack = defended.defense, settings.attack
+    config = {**settings.profile, "task": {**settings.profile.get("task", {}), "name": task_name}}
     return AttackReport(
         command="evaluate", task=task.name, metric=task.metric_name,
         dataset="tensors given to ebmctl.evaluate", split=None, n_images=n_images,
-        seeds=list(attack.seeds), threat=threat_of(cfg),
+        seeds=list(attack.seeds), threat=threat_of(attack),
         defense={"purifier": None if defense.purifier is None or not defense.purifies else {
                      "name": defense.purifier.name, "settings": defense.purifier.settings(),
                      "stochastic": bool(defense.purifier.stochastic),
@@ -191,4 +250,5 @@ def _report(cfg, defended, task, n_images: int, device, results: dict,
                  "input_range": list(defended.input_range),
                  "ebm": defended.ebm.path if defended.ebm is not None else None},
         model=type(defended.model).__name__, results=results,
-        environment=environment(cfg, device), config=cfg.to_dict(), sanity=checks)
+        environment={**environment(profile, device), "attack_seeds": list(attack.seeds)},
+        config=config, sanity=checks)

@@ -36,7 +36,9 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, upscal
 
 def save_curves(path: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]],
                 xlabel: str, ylabel: str, title: str = "", logx: bool = False,
-                hline: float | None = None) -> None:
+                hline: float | None = None, integer_x: bool = False) -> None:
+    """Line plot of ``curves`` ({label: (xs, ys)}) as a PNG at ``path``; ``integer_x``: the x
+    axis counts whole things (attack steps), so its ticks are integers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,6 +49,8 @@ def save_curves(path: str | Path, curves: dict[str, tuple[Sequence[float], Seque
         ax.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
     if logx:
         ax.set_xscale("log")
+    if integer_x:
+        integer_ticks(ax)
     if hline is not None:
         ax.axhline(hline, color="gray", lw=0.8, ls="--")
     ax.set_xlabel(xlabel)
@@ -60,6 +64,32 @@ def save_curves(path: str | Path, curves: dict[str, tuple[Sequence[float], Seque
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def integer_ticks(ax) -> None:
+    """Whole-number ticks on the x axis of ``ax`` (a step axis: a 2-step attack has no step
+    0.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def gallery_indices(y: torch.Tensor | None, n: int) -> list[int]:
+    """Up to ``n`` indices of images to show, spread over the classes of the labels ``y``
+    [B]: the first image of each class (classes in order of first appearance), then the
+    second of each, and so on, so the gallery is not all one class when the evaluated images
+    come sorted. Without class labels (None, or per-pixel targets) the first ``n``."""
+    if y is None or y.dim() != 1 or y.is_floating_point():
+        return list(range(n if y is None else min(n, len(y))))
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(y.tolist()):
+        by_class.setdefault(int(label), []).append(i)
+    picked: list[int] = []
+    for rank in range(max((len(v) for v in by_class.values()), default=0)):
+        picked += [v[rank] for v in by_class.values() if rank < len(v)]
+        if len(picked) >= n:
+            break
+    return sorted(picked[:n])
 
 
 def save_panels(path: str | Path, panels: Sequence[dict], title: str = "") -> None:
@@ -259,13 +289,16 @@ GALLERY_IMAGES = 8
 
 
 def write_gallery(path: str | Path, label: str, x, x_adv, defense, threat: dict, key: tuple,
-                  n: int = GALLERY_IMAGES) -> list[str]:
-    """The attack page's gallery PNG for one model label: the first ``n`` evaluated images clean,
+                  n: int = GALLERY_IMAGES, labels: torch.Tensor | None = None) -> list[str]:
+    """The attack page's gallery PNG for one model label: ``n`` evaluated images clean,
     adversarial (per-image worst case), their perturbation magnified, and (defended labels)
     one purified copy of each adversarial image, through the fixer if the defense has one.
+    With class ``labels`` the images are a few of each class (:func:`gallery_indices`), else
+    the first ``n``.
 
     Args:
         x, x_adv: [B,C,H,W] clean and adversarial images in [0,1].
+        labels: [B] class labels of ``x`` (None, or per-pixel targets: the first ``n``).
         defense: the :class:`ebmctl.defense.Defense` the label was attacked through.
         threat: {"norm", "eps"} (ε in [0,1] pixel units).
         key: the seed key of the purification noise.
@@ -273,8 +306,10 @@ def write_gallery(path: str | Path, label: str, x, x_adv, defense, threat: dict,
     Returns:
         The gallery's row labels, top to bottom.
     """
-    n = min(n, len(x))
-    xs, advs = x[:n].detach().float().cpu(), x_adv[:n].detach().float().cpu()
+    by_class = labels is not None and labels.dim() == 1 and not labels.is_floating_point()
+    pick = gallery_indices(labels, n) if by_class else list(range(min(n, len(x))))
+    n = len(pick)
+    xs, advs = x[pick].detach().float().cpu(), x_adv[pick].detach().float().cpu()
     purified, row = None, "purified adversarial (1 replicate)"
     if defense.purifies:
         dev = next((p.device for p in defense.model.parameters()), torch.device("cpu"))
@@ -283,5 +318,6 @@ def write_gallery(path: str | Path, label: str, x, x_adv, defense, threat: dict,
         if defense.fixer is not None:
             row = "purified and fixed adversarial (1 replicate)"
     return save_gallery(path, xs, advs, norm=threat["norm"], eps=float(threat["eps"]),
-                        purified=purified, purified_label=row, title=f"{label}: first {n} "
-                        "evaluated images (adversarial = per-image worst case)")
+                        purified=purified, purified_label=row, title=f"{label}: {n} evaluated images"
+                        + (" across the classes" if by_class else "")
+                        + " (adversarial = per-image worst case)")

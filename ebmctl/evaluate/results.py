@@ -7,11 +7,14 @@ worst case over its attacks, each attack's row, the ε = 0 control, the gradient
 verdict), :class:`SanityReport` and :class:`AttackReport` (the whole run). The sweep of
 ``ebmctl attack --sweep`` is :class:`SweepReport`.
 
-Every record's ``to_json()`` is exactly the JSON the report file holds, and the record reads
-like it: ``record[key]`` is ``record.to_json()[key]`` (a read-only ``Mapping``), so
-``report["results"]["defended"]["adversarial"]`` works on a record as on the loaded file.
-Records compare equal when their JSON does. Adversarial images travel as typed fields
-(:attr:`SeedResult.x_adv`, :attr:`WorstCase.x_adv`) that are never serialised.
+Every record's ``to_json()`` is exactly the JSON the report file holds, and
+``from_json(d)`` reads it back (:meth:`AttackReport.from_json` loads a report file's dict,
+older reports with missing fields included), so code reads attributes
+(``report.results["defended"].adversarial.mean``) whether the report was just computed or
+loaded. For older callers a record still answers ``record[key]`` as
+``record.to_json()[key]`` (a read-only ``Mapping``). Records compare equal when their JSON
+does. Adversarial images travel as typed fields (:attr:`SeedResult.x_adv`,
+:attr:`WorstCase.x_adv`) that are never serialised (None in a loaded report).
 
 Fractions of images are floats in [0, 1]; ``*_ci`` are 95% Wilson intervals over the
 ``n_images`` images (``ebmctl.evaluate.stats.accuracy_interval``); ``*_std`` is the sample
@@ -105,6 +108,11 @@ class Estimate:
         return {mean_key or prefix: self.mean, f"{prefix}_std": self.std,
                 f"{prefix}_ci": self.ci}
 
+    @classmethod
+    def from_json(cls, d: dict, prefix: str, mean_key: str | None = None) -> "Estimate":
+        """The estimate :meth:`to_json` wrote into ``d`` (std and ci None where absent)."""
+        return cls(d.get(mean_key or prefix), d.get(f"{prefix}_std"), d.get(f"{prefix}_ci"))
+
 
 @dataclass(frozen=True, eq=False)
 class SeedResult(JsonRecord):
@@ -130,8 +138,19 @@ class SeedResult(JsonRecord):
     seconds: float
     image_steps: int
     chunks_reused: int
-    x_adv: torch.Tensor = field(repr=False)
+    x_adv: torch.Tensor | None = field(repr=False)
     world_size: int | None = None
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SeedResult":
+        """The record :meth:`to_json` wrote (``x_adv`` None: images are not serialised)."""
+        return cls(seed=d.get("seed"), natural=d.get("natural"),
+                   adversarial=d.get("adversarial"), robust_by_step=d.get("robust_by_step", []),
+                   accuracy_curve=d.get("accuracy_curve", []),
+                   natural_ok=d.get("natural_ok", []), robust_ok=d.get("robust_ok", []),
+                   per_image=d.get("per_image", []), seconds=d.get("seconds", 0.0),
+                   image_steps=d.get("image_steps", 0), chunks_reused=d.get("chunks_reused", 0),
+                   x_adv=None, world_size=d.get("world_size"))
 
     @property
     def n_images(self) -> int:
@@ -174,6 +193,19 @@ class AttackRow(JsonRecord):
     @property
     def n_seeds(self) -> int:
         return len(self.per_seed)
+
+    @classmethod
+    def from_json(cls, d: dict, name: str | None = None) -> "AttackRow":
+        """The row :meth:`to_json` wrote (``name``: its key, for reports without ``attack``)."""
+        return cls(name=d.get("attack", name), description=d.get("description", ""),
+                   gradient=d.get("gradient", "exact"),
+                   natural=Estimate.from_json(d, "natural", "natural_mean"),
+                   adversarial=Estimate.from_json(d, "adversarial", "adversarial_mean"),
+                   n_images=d.get("n_images"), accuracy_curve=d.get("accuracy_curve") or [],
+                   converged=d.get("converged"), seconds=d.get("seconds", 0.0),
+                   image_steps=d.get("image_steps", 0),
+                   per_seed=[SeedResult.from_json(s) for s in d.get("per_seed", [])],
+                   memory=d.get("memory"), diagnostic=bool(d.get("diagnostic", False)))
 
     def to_json(self) -> dict:
         out = {"attack": self.name, "description": self.description, "gradient": self.gradient,
@@ -223,6 +255,11 @@ class MaskingVerdict(JsonRecord):
         return cls(non_white_box < white_box - tolerance, white_box, non_white_box, attack,
                    tolerance)
 
+    @classmethod
+    def from_json(cls, d: dict) -> "MaskingVerdict":
+        return cls(bool(d.get("suspected")), d.get("white_box"), d.get("non_white_box"),
+                   d.get("attack"), d.get("tolerance"))
+
     def to_json(self) -> dict:
         if self.attack is None:
             return {"suspected": self.suspected}
@@ -235,23 +272,38 @@ class MaskingVerdict(JsonRecord):
 class Eps0Control(JsonRecord):
     """A model's first attack at ε = 0 on one seed: nothing moves, so every image it "breaks"
     is broken by Alg. 1's repeated stochastic verification alone; ``inflation`` = natural − ε0
-    accuracy (0 for a deterministic model)."""
+    accuracy (0 for a deterministic model); ``adversarial_ci``: the 95% Wilson interval over
+    ``n_images``. Both are computed unless given (a loaded report keeps what it stored)."""
 
     attack: str
     seed: int
-    n_images: int
+    n_images: int | None
     natural: float
     adversarial: float
     per_image_robust: list[int]
+    inflation: float | None = None
+    adversarial_ci: list[float] | None = None
 
-    @property
-    def inflation(self) -> float:
-        return self.natural - self.adversarial
+    def __post_init__(self) -> None:
+        if self.inflation is None:
+            object.__setattr__(self, "inflation", self.natural - self.adversarial)
+        if self.adversarial_ci is None and self.n_images:
+            object.__setattr__(self, "adversarial_ci",
+                               accuracy_interval(self.adversarial, self.n_images))
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Eps0Control":
+        """The control :meth:`to_json` wrote; reports written before ``n_images`` was kept
+        give None there."""
+        return cls(attack=d.get("attack"), seed=d.get("seed"), n_images=d.get("n_images"),
+                   natural=d.get("natural"), adversarial=d.get("adversarial"),
+                   per_image_robust=d.get("per_image_robust", []),
+                   inflation=d.get("inflation"), adversarial_ci=d.get("adversarial_ci"))
 
     def to_json(self) -> dict:
         return {"attack": self.attack, "seed": self.seed, "n_images": self.n_images,
                 "natural": self.natural, "adversarial": self.adversarial,
-                "adversarial_ci": accuracy_interval(self.adversarial, self.n_images),
+                "adversarial_ci": self.adversarial_ci,
                 "inflation": self.inflation, "per_image_robust": self.per_image_robust}
 
 
@@ -288,6 +340,24 @@ class ModelResult(JsonRecord):
         """[M,C,H,W] the last seed's worst-case adversarial images."""
         return self.worst[-1].x_adv
 
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelResult":
+        """The result :meth:`to_json` wrote; keys it does not know are the task's ``extras``
+        (``worst`` is empty: its images are not serialised)."""
+        masking, control = d.get("gradient_masking"), d.get("eps0_control")
+        return cls(
+            attack=d.get("attack"), n_images=d.get("n_images"), n_seeds=d.get("n_seeds"),
+            natural=Estimate.from_json(d, "natural"),
+            adversarial=Estimate.from_json(d, "adversarial"),
+            per_image_robust=d.get("per_image_robust", []), converged=d.get("converged", True),
+            seconds=d.get("seconds", 0.0), image_steps=d.get("image_steps", 0),
+            attacks={n: AttackRow.from_json(a, n) for n, a in d.get("attacks", {}).items()},
+            worst=[], diagnostic=bool(d.get("diagnostic", False)),
+            gradient_masking=MaskingVerdict.from_json(masking) if masking else None,
+            resubmission=d.get("resubmission"),
+            eps0_control=Eps0Control.from_json(control) if control else None,
+            extras={k: v for k, v in d.items() if k not in _MODEL_KEYS})
+
     def to_json(self) -> dict:
         out = {"attack": self.attack, "n_images": self.n_images, "n_seeds": self.n_seeds,
                **self.natural.to_json("natural"), **self.adversarial.to_json("adversarial"),
@@ -306,6 +376,14 @@ class ModelResult(JsonRecord):
         return out
 
 
+#: the keys of a serialised :class:`ModelResult` that are not the task's extras
+_MODEL_KEYS = frozenset({
+    "attack", "n_images", "n_seeds", "natural", "natural_std", "natural_ci", "adversarial",
+    "adversarial_std", "adversarial_ci", "per_image_robust", "converged", "seconds",
+    "image_steps", "attacks", "diagnostic", "gradient_masking", "resubmission",
+    "eps0_control"})
+
+
 @dataclass(frozen=True, eq=False)
 class SanityCheck(JsonRecord):
     """One check that can fail; ``figures`` are the numbers it compared."""
@@ -313,6 +391,11 @@ class SanityCheck(JsonRecord):
     check: str
     passed: bool
     figures: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SanityCheck":
+        return cls(d.get("check", ""), bool(d.get("pass")),
+                   {k: v for k, v in d.items() if k not in ("check", "pass")})
 
     def to_json(self) -> dict:
         return {"check": self.check, **plain(self.figures), "pass": self.passed}
@@ -336,6 +419,10 @@ class SanityReport(JsonRecord):
     def to_json(self) -> dict:
         return {"checks": [c.to_json() for c in self.checks], "all_pass": self.all_pass}
 
+    @classmethod
+    def from_json(cls, d: dict) -> "SanityReport":
+        return cls([SanityCheck.from_json(c) for c in d.get("checks", [])])
+
 
 @dataclass(frozen=True, eq=False)
 class Threat(JsonRecord):
@@ -351,6 +438,11 @@ class Threat(JsonRecord):
     def to_json(self) -> dict:
         return {"norm": self.norm, "eps": self.eps, "step_size": self.step_size,
                 "steps": self.steps, "restarts": self.restarts, "units": "[0,1] pixels"}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Threat":
+        return cls(d.get("norm"), d.get("eps"), d.get("step_size"), d.get("steps"),
+                   d.get("restarts"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -394,6 +486,23 @@ class AttackReport(JsonRecord):
         if self.adversarials_file is not None:
             out["adversarials_file"] = self.adversarials_file
         return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> "AttackReport":
+        """The report a file holds (the dict ``json.load`` gives), read back into records;
+        fields an older report lacks are None or empty. ``to_json()`` of the result equals
+        ``d`` for a report this version wrote (less ``semantics``, which it restores)."""
+        sanity = d.get("sanity")
+        return cls(
+            command=d.get("command", "attack"), task=d.get("task", ""),
+            metric=d.get("metric", "accuracy"), dataset=d.get("dataset", ""),
+            split=d.get("split"), n_images=d.get("n_images"), seeds=list(d.get("seeds") or []),
+            threat=Threat.from_json(d.get("threat") or {}), defense=d.get("defense") or {},
+            model=d.get("model", ""),
+            results={k: ModelResult.from_json(r) for k, r in d.get("results", {}).items()},
+            environment=d.get("environment") or {}, config=d.get("config") or {},
+            sanity=SanityReport.from_json(sanity) if sanity else None,
+            task_report=d.get("task_report"), adversarials_file=d.get("adversarials_file"))
 
 
 @dataclass(frozen=True, eq=False)
