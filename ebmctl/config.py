@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, NewType
@@ -55,11 +56,14 @@ _KINDS: dict[Any, str] = {
 
 
 def setting(default: Any, help: str = "", *, minimum: float | None = None,
-            maximum: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+            maximum: float | None = None,
+            choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None) -> Any:
     """A field of a section dataclass: its default, plus the schema entry's help, bounds and
-    choices (kept in the field's ``metadata``). List defaults are given as tuples."""
+    choices (kept in the field's ``metadata``). List defaults are given as tuples. ``choices``
+    may be a function returning them, called when the schema is built (for choices that come
+    from a registry filled after the section is declared)."""
     meta = {"help": help, "minimum": minimum, "maximum": maximum,
-            "choices": tuple(choices) if choices else None}
+            "choices": choices if callable(choices) else tuple(choices) if choices else None}
     return field(default=default, metadata=meta)
 
 
@@ -84,8 +88,10 @@ def section_keys(cls: type) -> dict[str, Key]:
                               "AutoBool, AutoInt")
         meta = f.metadata
         default = list(f.default) if isinstance(f.default, tuple) else f.default
+        choices = meta.get("choices")
+        choices = tuple(choices()) if callable(choices) else choices
         out[key] = Key(kind, default, meta.get("help", ""), meta.get("minimum"),
-                       meta.get("maximum"), meta.get("choices"))
+                       meta.get("maximum"), choices)
     return out
 
 
@@ -178,6 +184,8 @@ def _or_auto(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _parse_str(v: Any) -> str:
+    if isinstance(v, os.PathLike):  # a typed --flag FILE
+        return os.fspath(v)
     if not isinstance(v, (str, int, float)) or isinstance(v, bool):
         raise ValueError(v)
     return str(v)
@@ -220,9 +228,13 @@ class Config:
     """A resolved profile: flat ``section.key`` values plus where each came from."""
 
     values: dict[str, Any]
+    #: where each value came from, as text for people (``ebmctl profiles show --provenance``,
+    #: report headers); code asks :meth:`is_default` or :meth:`chosen` instead of comparing it
     provenance: dict[str, str] = field(default_factory=dict)
     name: str = "defaults"
     schema: Schema | None = None
+    #: the keys the user set on the command line (``--set`` or a command's flag)
+    chosen_keys: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         try:
@@ -255,11 +267,29 @@ class Config:
         gave it)."""
         return self.provenance.get(key, "default") == "default"
 
-    def with_overrides(self, overrides: dict[str, Any], source: str = "override") -> "Config":
-        new = Config(dict(self.values), dict(self.provenance), self.name, self.schema)
+    def chosen(self, key: str) -> bool:
+        """True when the user set ``key`` on the command line (``--set`` or a command's flag),
+        as opposed to a default, a profile file, an artifact or a value the code derived."""
+        return key in self.chosen_keys
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "override", *,
+                       chosen: bool = False) -> "Config":
+        """A copy with ``overrides`` (key -> typed value, checked against the schema: bounds,
+        choices) on top, their provenance ``source``; ``chosen`` marks them as set by the user
+        (:meth:`chosen`). The values are typed already: nothing goes through ``"key=value"``
+        text.
+
+        Raises:
+            ConfigError: an unknown key or a value the schema refuses, naming it.
+        """
+        new = dataclasses.replace(self, values=dict(self.values), provenance=dict(self.provenance))
         for k, v in overrides.items():
             new.values[k] = self.schema.coerce(k, v) if self.schema else v
             new.provenance[k] = source
+        if chosen:
+            new.chosen_keys = self.chosen_keys | set(overrides)
+        else:  # a later layer replaced what the user had chosen
+            new.chosen_keys = self.chosen_keys - set(overrides)
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,7 +346,8 @@ def build_config(schema: Schema, profile_values: dict[str, Any], set_items: list
     for k, v in profile_values.items():
         values[k] = schema.coerce(k, v)
         prov[k] = f"profile {name}"
-    for k, v in parse_set_options(set_items).items():
+    sets = parse_set_options(set_items)
+    for k, v in sets.items():
         values[k] = schema.coerce(k, v)
         prov[k] = "--set"
-    return Config(values, prov, name, schema)
+    return Config(values, prov, name, schema, frozenset(sets))

@@ -25,7 +25,7 @@ from ebmctl.architectures import build_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.contracts import DatasetBundle, Task
-from ebmctl.context import RunConfig
+from ebmctl.context import DataConfig, RunConfig, TaskConfig
 from ebmctl.data_utils import pick_subset
 from ebmctl.defense import DefenseConfig
 from ebmctl.errors import ConfigError, NumericalError
@@ -355,9 +355,9 @@ class _FixerTraining:
                  **self.guard.artifact_extra()}
         bundle = self.run.bundle
         data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
-                "dataset": cfg["data.dataset"]}
+                "dataset": cfg.section(DataConfig).dataset}
         save_artifact(out, model_tensors(self.fixer.net), kind="fixer", arch=self.arch,
-                      arch_args=self.args, task=cfg["task.name"], data=data, config=cfg,
+                      arch_args=self.args, task=cfg.section(TaskConfig).name, data=data, config=cfg,
                       step=len(history) - 1, extra={**extra, "history": history})
         atomic_write_json(out.with_suffix(".log.json"),
                           {"history": history, **extra, "config": cfg.to_dict(),
