@@ -56,14 +56,11 @@ _KINDS: dict[Any, str] = {
 
 
 def setting(default: Any, help: str = "", *, minimum: float | None = None,
-            maximum: float | None = None,
-            choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None) -> Any:
+            maximum: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A field of a section dataclass: its default, plus the schema entry's help, bounds and
-    choices (kept in the field's ``metadata``). List defaults are given as tuples. ``choices``
-    may be a function returning them, called when the schema is built (for choices that come
-    from a registry filled after the section is declared)."""
+    choices (kept in the field's ``metadata``). List defaults are given as tuples."""
     meta = {"help": help, "minimum": minimum, "maximum": maximum,
-            "choices": choices if callable(choices) else tuple(choices) if choices else None}
+            "choices": tuple(choices) if choices else None}
     return field(default=default, metadata=meta)
 
 
@@ -88,10 +85,8 @@ def section_keys(cls: type) -> dict[str, Key]:
                               "AutoBool, AutoInt")
         meta = f.metadata
         default = list(f.default) if isinstance(f.default, tuple) else f.default
-        choices = meta.get("choices")
-        choices = tuple(choices()) if callable(choices) else choices
         out[key] = Key(kind, default, meta.get("help", ""), meta.get("minimum"),
-                       meta.get("maximum"), choices)
+                       meta.get("maximum"), meta.get("choices"))
     return out
 
 
@@ -99,22 +94,38 @@ class Schema:
     def __init__(self) -> None:
         self.keys: dict[str, Key] = {}
 
-    def add_section(self, cls: type) -> list[str]:
+    def add_section(self, cls: type,
+                    choices: dict[str, tuple[str, ...]] | None = None) -> list[str]:
         """Add every key of the section dataclass ``cls`` (see :func:`section_keys`); returns
-        their names.
+        their names. ``choices`` (field name -> allowed values) sets the choices of fields whose
+        values come from a registry the section's module cannot import (``train.recipe``: the
+        recipes import the section).
 
         Raises:
-            ConfigError: ``cls`` is not a section, or one of its keys is declared already.
+            ConfigError: ``cls`` is not a section, one of its keys is declared already, or
+                ``choices`` names a field it does not have.
         """
         keys = section_keys(cls)
         for name in keys:
             if name in self.keys:
                 raise ConfigError(f"profile key {name!r} is declared twice")
+        for fname, allowed in (choices or {}).items():
+            key = f"{cls.section}.{fname}"
+            if key not in keys:
+                raise ConfigError(f"{cls.__name__} has no field {fname!r} to give choices")
+            keys[key] = dataclasses.replace(keys[key], choices=tuple(allowed))
         self.keys.update(keys)
         return list(keys)
 
     def add(self, name: str, kind: str, default: Any, help: str = "", *, minimum=None,
             maximum=None, choices=None) -> None:
+        """Deprecated: declare one key ``"section.key"`` of ``kind`` (a key of ``_PARSERS``).
+        Kept for plugins written against it; declare a section dataclass and use
+        :meth:`add_section` instead.
+
+        Raises:
+            ConfigError: ``name`` has no section, or ``kind`` is unknown.
+        """
         if "." not in name:
             raise ConfigError(f"profile key {name!r} must be 'section.key'")
         if kind not in _PARSERS:

@@ -49,14 +49,12 @@ from ebmctl.training.perceptual import build_feature_net, mse_loss, perceptual_l
 
 @dataclass(frozen=True)
 class FixConfig:
-    """The profile section ``[fix]``: the fixer network, its two training stages and the
-    purified inputs they learn from (docs/algorithms.md#fixer)."""
+    """The profile section ``[fix]``: the fixer's two training stages and the purified inputs
+    they learn from (docs/algorithms.md#fixer); the network's own keys are
+    :class:`ebmctl.nn.fixer.FixerNetConfig`'s."""
 
     section: ClassVar[str] = "fix"
 
-    arch: str = setting("fixer-resnet", "fixer architecture (a 'fixer' model)")
-    width: int = setting(64, "fixer width", minimum=1)
-    blocks: int = setting(4, "fixer ResBlocks", minimum=0)
     stage1_epochs: int = setting(40, "stage 1 (MSE) epochs", minimum=0)
     stage2_epochs: int = setting(100, "stage 2 (perceptual) epochs, early-stopped", minimum=0)
     stage1_input: str = setting("purified", "stage 1 inputs: purified (Eq. 5.3) | natural",

@@ -51,14 +51,6 @@ from ebmctl.training.health import HealthHorizons, load_health_classifier, run_h
 from ebmctl.units import to_internal, to_public
 
 
-def recipe_names() -> tuple[str, ...]:
-    """The names of :data:`ebmctl.training.RECIPES`, the choices of ``train.recipe`` (read when
-    the schema is built, after the package has imported every recipe)."""
-    from ebmctl.training import RECIPES
-
-    return tuple(RECIPES)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """The profile section ``[train]``: the energy-training run every recipe shares (updates J,
@@ -91,8 +83,10 @@ class TrainConfig:
                           "parts, each with its own random stream and the loss averaged; under "
                           "torchrun one shard per process (1 = as many as processes); in one "
                           "process the shards run in turn", minimum=1)
+    # its choices are the names of ebmctl.training.RECIPES (given where the section is added:
+    # the recipes import this module)
     recipe: str = setting("convergent", "EBM training recipe: convergent (thesis Alg. 2) | midrun "
-                          "(thesis Alg. 4)", choices=recipe_names)
+                          "(thesis Alg. 4)")
     target_horizon: int = setting(2000, "K_def the mid-run chains should stay realistic for",
                                   minimum=1)
     rejuv_prob: float = setting(0.0, "rejuvenation probability per update (0 = K/K_def)",
