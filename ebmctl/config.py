@@ -74,7 +74,14 @@ def section_keys(cls: type) -> dict[str, Key]:
     name = getattr(cls, "section", None)
     if not dataclasses.is_dataclass(cls) or not isinstance(name, str) or not name:
         raise ConfigError(f"{cls!r} is not a profile section (a dataclass with a 'section' name)")
-    hints = typing.get_type_hints(cls)
+    # the names a section's annotations may use, for a class whose module is no longer in
+    # sys.modules (a plugin reloaded or unloaded after import)
+    names = {"ClassVar": typing.ClassVar, "Fraction": Fraction, "AutoBool": AutoBool,
+             "AutoInt": AutoInt}
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:
+        hints = typing.get_type_hints(cls, localns=names)
     out: dict[str, Key] = {}
     for f in dataclasses.fields(cls):
         key = f"{name}.{f.name}"
