@@ -29,12 +29,14 @@ from ebmctl.defended import load_ebm as load_ebm
 from ebmctl.defense import (
     CallablePurifier,
     Defense,
+    DefenseConfig,
     Purifier,
     PurifierContext,
     average_outputs,
 )
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.units import adapt_images
+from ebmctl.training.task_model import ModelConfig
 from ebmctl.evaluate.library import evaluate as evaluate
 from ebmctl.evaluate.plots import save_grid, save_image01, save_tiles
 from ebmctl.errors import (
@@ -66,8 +68,9 @@ __all__ = [
     "format_radius", "save_tiles",
     # purifiers (``ebmctl_register_purifiers``): subclass Purifier, or wrap a function
     "CallablePurifier", "Purifier", "PurifierContext",
-    # profile sections declared as dataclasses (``add(MySection)`` in ebmctl_profile_schema)
-    "Fraction", "setting",
+    # profile sections declared as dataclasses (``add(MySection)`` in ebmctl_profile_schema),
+    # and the core sections plugins read (``config.section(ModelConfig).width``)
+    "Fraction", "setting", "DefenseConfig", "ModelConfig",
     # the library API for users who bring their own classifier (docs/python-api.md)
     "DefendedModel", "defend", "evaluate", "load_ebm",
 ]

@@ -27,8 +27,8 @@ from ebmctl.importers.timm import timm_classifier
 from ebmctl.importers.torchvision import torchvision_classifier
 from ebmctl.nn.ebm_defense_wrn import ebm_defense_wrn
 from ebmctl.nn.ebm import EbmConfig, lightweight_args, lightweight_ebm, lightweight_hat_args
-from ebmctl.nn.hat import hat_ebm
-from ebmctl.nn.fixer import fixer_args, fixer_resnet
+from ebmctl.nn.hat import HatConfig, hat_ebm
+from ebmctl.nn.fixer import FixerNetConfig, fixer_args, fixer_resnet
 from ebmctl.nn.sngan import (
     encoder,
     sngan_ebm,
@@ -42,10 +42,10 @@ from ebmctl.ood import OODConfig
 from ebmctl.purifiers import BUILTIN_PURIFIERS
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.synthesis import SynthConfig
+from ebmctl.training import RECIPES
 from ebmctl.training.adversarial import AdversarialConfig
 from ebmctl.training.autoencoder import AutoencoderConfig
 from ebmctl.training.fixer import FixConfig
-from ebmctl.training.hat import HatConfig
 from ebmctl.training.task_model import ModelConfig
 from ebmctl.training.trainer import OutputConfig, TrainConfig
 
@@ -100,10 +100,11 @@ def ebmctl_register_purifiers(register):
 def ebmctl_profile_schema(add):
     # each section is declared next to the code that reads it
     for section in (RunConfig, LangevinConfig, DefenseConfig, AttackConfig, EvaluateConfig,
-                    FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
+                    FixerNetConfig, FixConfig, LyapunovConfig, SynthConfig, OODConfig, QualityConfig,
                     AutoencoderConfig, HatConfig, EbmConfig, DataConfig, TaskConfig,
-                    ModelConfig, AdversarialConfig, TrainConfig, OutputConfig):
+                    ModelConfig, AdversarialConfig, OutputConfig):
         add(section)
+    add(TrainConfig, choices={"recipe": tuple(RECIPES)})  # the one recipe table
 
 
 @hookimpl

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, NewType
@@ -73,7 +74,14 @@ def section_keys(cls: type) -> dict[str, Key]:
     name = getattr(cls, "section", None)
     if not dataclasses.is_dataclass(cls) or not isinstance(name, str) or not name:
         raise ConfigError(f"{cls!r} is not a profile section (a dataclass with a 'section' name)")
-    hints = typing.get_type_hints(cls)
+    # the names a section's annotations may use, for a class whose module is no longer in
+    # sys.modules (a plugin reloaded or unloaded after import)
+    names = {"ClassVar": typing.ClassVar, "Fraction": Fraction, "AutoBool": AutoBool,
+             "AutoInt": AutoInt}
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:
+        hints = typing.get_type_hints(cls, localns=names)
     out: dict[str, Key] = {}
     for f in dataclasses.fields(cls):
         key = f"{name}.{f.name}"
@@ -93,22 +101,38 @@ class Schema:
     def __init__(self) -> None:
         self.keys: dict[str, Key] = {}
 
-    def add_section(self, cls: type) -> list[str]:
+    def add_section(self, cls: type,
+                    choices: dict[str, tuple[str, ...]] | None = None) -> list[str]:
         """Add every key of the section dataclass ``cls`` (see :func:`section_keys`); returns
-        their names.
+        their names. ``choices`` (field name -> allowed values) sets the choices of fields whose
+        values come from a registry the section's module cannot import (``train.recipe``: the
+        recipes import the section).
 
         Raises:
-            ConfigError: ``cls`` is not a section, or one of its keys is declared already.
+            ConfigError: ``cls`` is not a section, one of its keys is declared already, or
+                ``choices`` names a field it does not have.
         """
         keys = section_keys(cls)
         for name in keys:
             if name in self.keys:
                 raise ConfigError(f"profile key {name!r} is declared twice")
+        for fname, allowed in (choices or {}).items():
+            key = f"{cls.section}.{fname}"
+            if key not in keys:
+                raise ConfigError(f"{cls.__name__} has no field {fname!r} to give choices")
+            keys[key] = dataclasses.replace(keys[key], choices=tuple(allowed))
         self.keys.update(keys)
         return list(keys)
 
     def add(self, name: str, kind: str, default: Any, help: str = "", *, minimum=None,
             maximum=None, choices=None) -> None:
+        """Deprecated: declare one key ``"section.key"`` of ``kind`` (a key of ``_PARSERS``).
+        Kept for plugins written against it; declare a section dataclass and use
+        :meth:`add_section` instead.
+
+        Raises:
+            ConfigError: ``name`` has no section, or ``kind`` is unknown.
+        """
         if "." not in name:
             raise ConfigError(f"profile key {name!r} must be 'section.key'")
         if kind not in _PARSERS:
@@ -178,6 +202,8 @@ def _or_auto(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _parse_str(v: Any) -> str:
+    if isinstance(v, os.PathLike):  # a typed --flag FILE
+        return os.fspath(v)
     if not isinstance(v, (str, int, float)) or isinstance(v, bool):
         raise ValueError(v)
     return str(v)
@@ -220,9 +246,13 @@ class Config:
     """A resolved profile: flat ``section.key`` values plus where each came from."""
 
     values: dict[str, Any]
+    #: where each value came from, as text for people (``ebmctl profiles show --provenance``,
+    #: report headers); code asks :meth:`is_default` or :meth:`chosen` instead of comparing it
     provenance: dict[str, str] = field(default_factory=dict)
     name: str = "defaults"
     schema: Schema | None = None
+    #: the keys the user set on the command line (``--set`` or a command's flag)
+    chosen_keys: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         try:
@@ -255,10 +285,10 @@ class Config:
         gave it)."""
         return self.provenance.get(key, "default") == "default"
 
-    def given_on_command_line(self, key: str) -> bool:
-        """True when ``key`` came from the command line of this run (``--set`` or a flag), not
-        from a profile file, an artifact or its default."""
-        return self.provenance.get(key, "default").startswith("--")
+    def chosen(self, key: str) -> bool:
+        """True when the user set ``key`` on the command line (``--set`` or a command's flag),
+        as opposed to a default, a profile file, an artifact or a value the code derived."""
+        return key in self.chosen_keys
 
     def given_together(self, key: str, other: str) -> bool:
         """True when one profile file gave both ``key`` and ``other`` (neither is a default nor
@@ -266,11 +296,24 @@ class Config:
         source = self.provenance.get(key, "default")
         return source.startswith("profile") and source == self.provenance.get(other)
 
-    def with_overrides(self, overrides: dict[str, Any], source: str = "override") -> "Config":
-        new = Config(dict(self.values), dict(self.provenance), self.name, self.schema)
+    def with_overrides(self, overrides: dict[str, Any], source: str = "override", *,
+                       chosen: bool = False) -> "Config":
+        """A copy with ``overrides`` (key -> typed value, checked against the schema: bounds,
+        choices) on top, their provenance ``source``; ``chosen`` marks them as set by the user
+        (:meth:`chosen`). The values are typed already: nothing goes through ``"key=value"``
+        text.
+
+        Raises:
+            ConfigError: an unknown key or a value the schema refuses, naming it.
+        """
+        new = dataclasses.replace(self, values=dict(self.values), provenance=dict(self.provenance))
         for k, v in overrides.items():
             new.values[k] = self.schema.coerce(k, v) if self.schema else v
             new.provenance[k] = source
+        if chosen:
+            new.chosen_keys = self.chosen_keys | set(overrides)
+        else:  # a later layer replaced what the user had chosen
+            new.chosen_keys = self.chosen_keys - set(overrides)
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -345,7 +388,8 @@ def build_config(schema: Schema, profile_values: dict[str, Any], set_items: list
     for k, v in profile_values.items():
         values[k] = schema.coerce(k, v)
         prov[k] = f"profile {name}"
-    for k, v in parse_set_options(set_items).items():
+    sets = parse_set_options(set_items)
+    for k, v in sets.items():
         values[k] = schema.coerce(k, v)
         prov[k] = "--set"
-    return Config(values, prov, name, schema)
+    return Config(values, prov, name, schema, frozenset(sets))

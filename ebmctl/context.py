@@ -111,19 +111,23 @@ def working_dtype(cfg: Config) -> torch.dtype:
 
 
 def get_task(cfg: Config) -> Task:
-    return get_registries().tasks.get(cfg["task.name"]).configured(cfg)
+    """The task plugin ``task.name`` names, configured from the profile (its own sections).
+
+    Raises:
+        ConfigError: no task plugin of that name is loaded.
+    """
+    return get_registries().tasks.get(cfg.section(TaskConfig).name).configured(cfg)
 
 
 def with_task_defaults(cfg: Config) -> Config:
     """Keys still at their schema default take the task's default dataset and architecture,
     so ``--set task.name=segmentation`` alone gives a runnable segmentation config."""
-    tasks = get_registries().tasks
-    if cfg["task.name"] not in tasks:
+    tasks, name = get_registries().tasks, cfg.section(TaskConfig).name
+    if name not in tasks:
         return cfg
-    task = tasks.get(cfg["task.name"])
+    task = tasks.get(name)
     defaults = {"data.dataset": task.default_dataset, "model.arch": task.default_arch}
-    changes = {k: v for k, v in defaults.items()
-               if v and cfg.provenance.get(k) == "default" and cfg[k] != v}
+    changes = {k: v for k, v in defaults.items() if v and cfg.is_default(k) and cfg[k] != v}
     return cfg.with_overrides(changes, f"task {task.name} default") if changes else cfg
 
 
@@ -139,7 +143,7 @@ _cache: dict[str, DatasetBundle] = {}
 
 
 def load_dataset(cfg: Config) -> DatasetBundle:
-    spec = get_registries().datasets.get(cfg["data.dataset"])
+    spec = get_registries().datasets.get(cfg.section(DataConfig).dataset)
     req = data_request(cfg)
     key = repr((spec.name, req))
     if key not in _cache:

@@ -71,8 +71,9 @@ class DatasetSpec:
     needs_root: bool = False
 
 
-#: Reads an architecture's constructor arguments from the resolved profile (a ``Config``:
-#: ``profile["section.key"]``) and the dataset: ``reader(profile, bundle) -> dict`` of JSON values.
+#: Reads an architecture's constructor arguments from the resolved profile (a ``Config``; read
+#: the keys through their section, ``profile.section(MySection).width``) and the dataset:
+#: ``reader(profile, bundle) -> dict`` of JSON values.
 ArgsReader = Callable[[Any, DatasetBundle], dict]
 
 

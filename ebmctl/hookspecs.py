@@ -62,10 +62,13 @@ def ebmctl_register_purifiers(register):
 @hookspec
 def ebmctl_profile_schema(add):
     """Declare profile keys: ``add(SectionConfig)`` with a frozen dataclass declaring a whole
-    section (see :func:`ebmctl.config.section_keys`), or one key at a time with
-    ``add("section.key", kind, default, help, minimum=, maximum=, choices=)``; kind is one of
-    int, float, fraction, str, bool, int_list, float_list, str_list, bool_or_auto, int_or_auto
-    (the last two also accept the string ``"auto"``)."""
+    section (see :func:`ebmctl.config.section_keys`; fields made with ``ebmctl.api.setting``),
+    then read them back typed with ``config.section(SectionConfig).field``.
+
+    Deprecated: one key at a time with ``add("section.key", kind, default, help, minimum=,
+    maximum=, choices=)`` (kind one of int, float, fraction, str, bool, int_list, float_list,
+    str_list, bool_or_auto, int_or_auto) still works for plugins written against it; declare a
+    section instead."""
 
 
 @hookspec

@@ -352,6 +352,6 @@ def artifact_dataset(path: str | Path) -> str:
 def config_for_model(cfg: Config, path: str | Path) -> Config:
     """Use the model's training dataset unless the profile or --set chose one explicitly."""
     name = artifact_dataset(path)
-    if name and cfg.provenance.get("data.dataset") in ("default", None) and cfg["data.dataset"] != name:
+    if name and cfg.is_default("data.dataset") and cfg.get("data.dataset") != name:
         return cfg.with_overrides({"data.dataset": name}, "model artifact")
     return cfg

@@ -144,7 +144,7 @@ def _collect(pm, infos, failures) -> Registries:
                 if key in reg.schema.keys:
                     raise PluginError(f"plugin {_plugin!r} declared profile key {key!r} twice")
             if is_section:
-                reg.schema.add_section(name)
+                reg.schema.add_section(name, **kw)
                 infos[_plugin].registered.setdefault("profile sections", []).append(name.section)
             else:
                 reg.schema.add(name, kind, default, help, **kw)

@@ -28,6 +28,7 @@ from ebmctl.evaluate.quality import (
 from ebmctl.models import EnergyModel, TaskModel, config_for_model, load_energy_model
 from ebmctl.config import Config, setting
 from ebmctl.sampling.langevin import LangevinConfig
+from ebmctl.training.trainer import TrainConfig
 from ebmctl.seeds import make_generator
 
 
@@ -92,7 +93,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
                                    for k, v in sets.items()})
         samples = out["samples"]
     else:
-        steps = synth.steps or cfg["train.mcmc_steps"]
+        steps = synth.steps or cfg.section(TrainConfig).mcmc_steps
         data01 = bundle.train.x if bundle is not None else None
         out = sample_plain(model, n, steps, synth.init, data01, key, precision,
                            langevin.chunk_size)

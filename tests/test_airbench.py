@@ -15,7 +15,7 @@ from ebmctl_classification.airbench import AirbenchNet, WhiteningConv
 from ebmctl.artifacts import load_artifact
 from ebmctl.profiles import resolve
 from ebmctl.testing import run_cli
-from ebmctl.training.task_model import Lookahead, param_groups, task_lr
+from ebmctl.training.task_model import Lookahead, ModelConfig, param_groups, task_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,7 +144,7 @@ def test_triangular_schedule_starts_peaks_and_ends_at_its_factors():
         ],
     )
     total = 100
-    lrs = [task_lr(cfg, it, total, []) for it in range(total + 1)]
+    lrs = [task_lr(cfg.section(ModelConfig), it, total, []) for it in range(total + 1)]
     warm = 23
     assert lrs[0] == pytest.approx(1.5 * (0.2 + 0.8 / warm))
     assert lrs[warm - 1] == pytest.approx(1.5) and max(lrs) == pytest.approx(1.5)

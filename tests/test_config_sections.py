@@ -154,11 +154,29 @@ def test_attacks_are_built_from_the_attack_section_without_a_profile():
     assert ungiven.energy_weight == 0.0 and ungiven.options_given == set()
 
 
+def _declared_by(module) -> set[str]:
+    """The profile keys a plugin module's ``ebmctl_profile_schema`` declares (sections or, the
+    deprecated form, single keys)."""
+    from ebmctl.config import section_keys
+
+    keys: set[str] = set()
+    module.ebmctl_profile_schema(lambda what, *a, **kw: keys.update(
+        section_keys(what) if isinstance(what, type) else {what}))
+    return keys
+
+
 def test_keys_only_one_plugin_reads_are_declared_by_that_plugin_under_their_old_names():
-    owners = {row["plugin"]: row["registered"].get("profile keys", [])
-              for row in json.loads(run_cli(["plugins", "--json"]).stdout)["plugins"]}
-    assert {"task.dice_mode", "task.dice_ratio_threshold"} <= set(owners["segmentation"])
-    assert {"model.depth", "model.widen_factor", "model.dropout"} <= set(owners["classification"])
+    import ebmctl_classification
+    import ebmctl_segmentation
+
+    rows = json.loads(run_cli(["plugins", "--json"]).stdout)["plugins"]
+    sections = {row["plugin"]: row["registered"].get("profile sections", []) for row in rows}
+    assert {"task", "segmentation", "data"} <= set(sections["segmentation"])
+    assert sections["classification"] == ["model"] * 3
+    assert ({"task.dice_mode", "task.dice_ratio_threshold"}
+            <= _declared_by(ebmctl_segmentation))
+    assert ({"model.depth", "model.widen_factor", "model.dropout"}
+            <= _declared_by(ebmctl_classification))
     # the segmentation plugin declares the Dice modes, so a bad one fails when the profile is
     # read, whatever the task, with the choices named
     with pytest.raises(ConfigError, match="'task.dice_mode'.*choose from foreground, mean"):
@@ -210,9 +228,16 @@ def test_every_core_key_is_declared_by_a_section_beside_the_code_that_reads_it()
     from ebmctl.config import section_keys
 
     core: list[type] = []
-    ebmctl.builtin.ebmctl_profile_schema(core.append)
+    ebmctl.builtin.ebmctl_profile_schema(lambda cls, **choices: core.append(cls))
     rows = json.loads(run_cli(["plugins", "--json"]).stdout)["plugins"]
     plugin_keys = {k for row in rows for k in row["registered"].get("profile keys", [])}
+    # the plugins' own sections (the bundled plugins declare every key as a section field)
+    import importlib
+
+    for row in rows:
+        if row["plugin"] != "core" and row["registered"].get("profile sections"):
+            module = importlib.import_module(f"ebmctl_{row['plugin']}")
+            module.ebmctl_profile_schema(lambda cls, **kw: plugin_keys.update(section_keys(cls)))
     # no hand-written keys are left: each is a field of a core section or a plugin's own key
     schema = ebmctl.plugins.get_registries().schema
     assert set(schema.keys) - plugin_keys == {k for cls in core for k in section_keys(cls)}

@@ -13,7 +13,13 @@ from ebmctl.profiles import resolve
 from ebmctl.contracts import DatasetBundle, Split
 from ebmctl.sampling.langevin import LangevinSettings
 from ebmctl.testing import run_cli
-from ebmctl.training.health import LABELS_NOT_MEASURED, health_horizon, run_health_check
+from ebmctl.training.health import (
+    LABELS_NOT_MEASURED,
+    HealthHorizons,
+    health_horizon,
+    run_health_check,
+)
+from ebmctl.training.trainer import TrainConfig
 
 
 class Tilted(nn.Module):
@@ -54,17 +60,28 @@ def _cfg(*sets):
                           *sets])
 
 
+def _horizon(cfg, trained_horizon: int = 0) -> int:
+    return health_horizon(cfg.section(TrainConfig), cfg["defense.steps"], trained_horizon)
+
+
+def _check(net, cfg, bundle, **kw):
+    """The trainer's call of the health check for the run ``cfg`` describes."""
+    train = cfg.section(TrainConfig)
+    return run_health_check(net, bundle, SETTINGS, "cpu", None,
+                            HealthHorizons.of(train, cfg["defense.steps"]),
+                            chains=train.health_chains, seed=cfg["run.seed"], **kw)
+
+
 def test_verdict_names_its_horizon_and_a_longer_horizon_withdraws_convergent():
     net, bundle = Tilted(), _bundle()
-    at_10k = run_health_check(net, _cfg("train.health_horizon=20"), bundle, SETTINGS, "cpu",
-                              None)
+    at_10k = _check(net, _cfg("train.health_horizon=20"), bundle)
     assert at_10k["convergent"] and at_10k["decided_at"] == 20
     assert at_10k["verdict"].startswith("convergent at 20 Langevin steps")
     assert LABELS_NOT_MEASURED in at_10k["verdict"]  # no classifier: no claim about labels
     # the defense's horizon K_def = 1500: the same EBM is no longer called convergent
     cfg = _cfg("defense.steps=1500")
-    assert health_horizon(cfg) == 1500  # max(10·K, K_def)
-    at_kdef = run_health_check(net, cfg, bundle, SETTINGS, "cpu", None)
+    assert _horizon(cfg) == 1500  # max(10·K, K_def)
+    at_kdef = _check(net, cfg, bundle)
     assert not at_kdef["convergent"] and at_kdef["decided_at"] == 1500
     assert at_kdef["verdict"].startswith("non-convergent at 1500 Langevin steps")
     assert at_kdef["short"]["steps"] == 2 and at_kdef["defense"]["steps"] == 1500
@@ -72,19 +89,24 @@ def test_verdict_names_its_horizon_and_a_longer_horizon_withdraws_convergent():
 
 
 def test_horizon_defaults_cover_k_def_and_the_midrun_target():
-    assert health_horizon(_cfg("train.mcmc_steps=100", "defense.steps=200")) == 1000  # 10·K
-    assert health_horizon(_cfg("train.mcmc_steps=20", "defense.steps=100")) == 200
+    from ebmctl.training import RECIPES
+
+    assert _horizon(_cfg("train.mcmc_steps=100", "defense.steps=200")) == 1000  # 10·K
+    assert _horizon(_cfg("train.mcmc_steps=20", "defense.steps=100")) == 200
     midrun = _cfg("train.recipe=midrun", "train.mcmc_steps=20", "defense.steps=100",
                   "train.target_horizon=2000")
-    assert health_horizon(midrun) == 2000  # the shipped EBM's recipe: K_def it was trained for
-    assert health_horizon(_cfg("train.health_horizon=1500", "defense.steps=100")) == 1500
-    assert health_horizon(_cfg("train.longrun_steps=300")) == 300  # the older key still works
+    # the shipped EBM's recipe: the K_def its chains were trained for, which the recipe names
+    trained = RECIPES["midrun"](midrun, _bundle(), "cpu").trained_horizon
+    assert trained == 2000 and _horizon(midrun, trained) == 2000
+    assert RECIPES["convergent"](midrun, _bundle(), "cpu").trained_horizon == 0
+    assert _horizon(_cfg("train.health_horizon=1500", "defense.steps=100")) == 1500
+    assert _horizon(_cfg("train.longrun_steps=300")) == 300  # the older key still works
 
 
 def test_label_survival_is_reported_at_each_horizon_with_a_classifier():
     net, bundle = Tilted(), _bundle()
     cfg = _cfg("train.health_horizon=1500", "defense.steps=20")
-    report = run_health_check(net, cfg, bundle, SETTINGS, "cpu", None, classifier=Brightness())
+    report = _check(net, cfg, bundle, classifier=Brightness())
     assert report["start_accuracy"] == 1.0
     assert report["short"]["label_kept"] == 1.0 and report["defense"]["label_kept"] == 1.0
     assert report["long"]["label_kept"] == 0.0 and report["long"]["accuracy"] == 0.0
@@ -114,5 +136,4 @@ def test_convergent_trainer_runs_the_same_check_and_checks_the_classifier_path_f
 
 @pytest.mark.parametrize("chains", [0])
 def test_health_chains_zero_skips_the_check(chains):
-    assert run_health_check(Tilted(), _cfg(f"train.health_chains={chains}"), _bundle(), SETTINGS,
-                            "cpu", None) is None
+    assert _check(Tilted(), _cfg(f"train.health_chains={chains}"), _bundle()) is None

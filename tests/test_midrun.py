@@ -19,13 +19,14 @@ from ebmctl.training.midrun import (
     rejuvenation_probability,
     train_midrun,
 )
+from ebmctl.training.trainer import TrainConfig
 
 
 def test_rejuvenation_probability_is_k_over_kdef():
     cfg = resolve(None, ["train.mcmc_steps=100", "train.target_horizon=2000"])
-    assert rejuvenation_probability(cfg) == pytest.approx(0.05)
+    assert rejuvenation_probability(cfg.section(TrainConfig)) == pytest.approx(0.05)
     cfg = resolve(None, ["train.rejuv_prob=0.2"])
-    assert rejuvenation_probability(cfg) == pytest.approx(0.2)
+    assert rejuvenation_probability(cfg.section(TrainConfig)) == pytest.approx(0.2)
 
 
 def test_rejuvenation_probability_rejects_short_horizon():
@@ -33,7 +34,7 @@ def test_rejuvenation_probability_rejects_short_horizon():
 
     cfg = resolve(None, ["train.mcmc_steps=100", "train.target_horizon=50"])
     with pytest.raises(ConfigError, match="target_horizon"):
-        rejuvenation_probability(cfg)
+        rejuvenation_probability(cfg.section(TrainConfig))
 
 
 def test_rejuvenated_rows_come_from_data_at_rate_p():

@@ -32,9 +32,10 @@ def quick_ebm(tmp_path_factory):
 def test_the_profile_checks_health_at_k_def_and_five_times_it():
     from ebmctl.profiles import resolve
     from ebmctl.training.health import health_horizon
+    from ebmctl.training.trainer import TrainConfig
 
     cfg = resolve("quick", [])
-    assert health_horizon(cfg) == 5 * cfg["defense.steps"]
+    assert health_horizon(cfg.section(TrainConfig), cfg["defense.steps"]) == 5 * cfg["defense.steps"]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

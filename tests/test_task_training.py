@@ -12,13 +12,13 @@ from ebmctl.models import TaskModel
 from ebmctl.evaluate.report import evaluation_images
 from ebmctl.profiles import resolve
 from ebmctl.testing import run_cli
-from ebmctl.training.task_model import task_lr
+from ebmctl.training.task_model import ModelConfig, task_lr
 
 
 def test_onecycle_warms_up_then_decays_to_zero():
     cfg = resolve(None, ["model.lr_schedule=onecycle", "model.lr=0.2",
                          "model.warmup_fraction=0.25"])
-    lrs = [task_lr(cfg, it, 100, []) for it in range(100)]
+    lrs = [task_lr(cfg.section(ModelConfig), it, 100, []) for it in range(100)]
     assert lrs[0] > 0 and abs(lrs[24] - 0.2) < 1e-12 and max(lrs) == lrs[24]
     assert all(a < b for a, b in zip(lrs[:24], lrs[1:25]))  # linear warm-up
     assert lrs[25] == lrs[24]  # the decay starts from the peak
@@ -30,7 +30,7 @@ def test_onecycle_warms_up_then_decays_to_zero():
 
 def test_step_schedule_drops_tenfold_at_milestones():
     cfg = resolve(None, ["model.lr=0.1"])
-    assert [task_lr(cfg, it, 100, [50, 80]) for it in (0, 49, 50, 79, 80)] == pytest.approx(
+    assert [task_lr(cfg.section(ModelConfig), it, 100, [50, 80]) for it in (0, 49, 50, 79, 80)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001])
 
 

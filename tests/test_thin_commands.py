@@ -16,18 +16,25 @@ from ebmctl.testing import run_cli
 
 @pytest.fixture()
 def resolved(monkeypatch):
-    """The profile name and --set items each ``make_config`` resolved, with the Config."""
+    """The profile name and --set items each ``make_config`` resolved, with the Config it
+    finally returned (flags and --device/--seed on top)."""
     import ebmctl.commands.common as common
+    import ebmctl.context as context
 
     calls = []
-    real = common.resolve
+    real, real_task = common.resolve, context.with_task_defaults
 
     def spy(profile, items):
-        cfg = real(profile, items)
-        calls.append((profile, list(items), cfg))
+        calls.append([profile, list(items), None])
+        return real(profile, items)
+
+    def final(cfg):
+        cfg = real_task(cfg)
+        calls[-1][2] = cfg
         return cfg
 
     monkeypatch.setattr(common, "resolve", spy)
+    monkeypatch.setattr(context, "with_task_defaults", final)
     return calls
 
 
@@ -39,11 +46,15 @@ def test_global_options_before_and_after_the_command_are_layered_in_order(resolv
     assert r.exit_code != 0 and "--ebm" in r.stderr  # refused after the config was built
     (profile, items, cfg), = resolved
     # the command's --profile wins; --set items root first, then the command's; then the
-    # command's own flags; then --device and --seed (the command's --seed wins)
+    # command's own flags, typed (never written back as "key=value" text); then --device and
+    # --seed (the command's --seed wins)
     assert profile == "quick"
-    assert items == ["attack.steps=3", "attack.steps=4", "attack.restarts=2", "attack.norm=l2",
-                     "run.device=cpu", "run.seed=2"]
+    assert items == ["attack.steps=3", "attack.steps=4", "attack.restarts=2"]
     assert (cfg["attack.steps"], cfg["attack.norm"], cfg["run.seed"]) == (4, "l2", 2)
+    assert cfg["run.device"] == "cpu"
+    assert all(cfg.chosen(k) for k in ("attack.steps", "attack.restarts", "attack.norm",
+                                       "run.device", "run.seed"))
+    assert not cfg.chosen("attack.eps") and not cfg.chosen("data.dataset")
 
 
 def test_root_global_options_alone_reach_the_command(resolved, tmp_path):
@@ -51,7 +62,8 @@ def test_root_global_options_alone_reach_the_command(resolved, tmp_path):
                  tmp_path / "missing.safetensors"])
     assert r.exit_code != 0
     (profile, items, cfg), = resolved
-    assert profile == "quick" and items == ["attack.steps=5", "run.seed=9"]
+    assert profile == "quick" and items == ["attack.steps=5"]
+    assert cfg["run.seed"] == 9 and cfg.chosen("run.seed")
 
 
 def test_a_command_without_a_profile_refuses_global_options_after_its_name(tmp_path):

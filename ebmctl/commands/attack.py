@@ -131,12 +131,12 @@ def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],
     cfg = make_config(ctx, {"attack.norm": norm or None, "attack.n_images": n_images,
                             "attack.seeds": seeds or None, "task.name": task or None})
     if purifier:  # a value may hold commas (key=value,...), which --set would split
-        cfg = cfg.with_overrides({"defense.purifier": purifier}, "--purifier")
+        cfg = cfg.with_overrides({"defense.purifier": purifier}, "--purifier", chosen=True)
     if eps:
         from ebmctl.attacks.base import AttackConfig
 
         key = "attack.eps_l2" if cfg.section(AttackConfig).norm == "l2" else "attack.eps"
-        cfg = cfg.with_overrides({key: eps}, "--eps")
+        cfg = cfg.with_overrides({key: eps}, "--eps", chosen=True)
     return cfg
 
 

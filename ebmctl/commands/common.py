@@ -190,20 +190,10 @@ def _new_spellings(cmd: Command, ctx: Any, args: list[str]) -> list[str]:
     return out
 
 
-def overrides(flags: Mapping[str, Any]) -> list[str]:
-    """``--set`` items for the profile keys that command-line flags set: ``{"attack.norm":
-    norm, ...}`` -> ``["attack.norm=linf", ...]``, dropping flags not given (None). Booleans are
-    written ``true``/``false``, lists comma-separated, paths as given."""
-    items = []
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        items.append(f"{key}={value}")
-    return items
+def given(flags: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The flags a command was given: ``{"attack.norm": norm, ...}`` without those left at None
+    (not given). The values stay typed; :meth:`Config.with_overrides` checks them."""
+    return {k: v for k, v in (flags or {}).items() if v is not None}
 
 
 def make_config(ctx: Any, flags: Mapping[str, Any] | None = None, *,
@@ -215,10 +205,12 @@ def make_config(ctx: Any, flags: Mapping[str, Any] | None = None, *,
     2. the profile named by ``--profile`` (root or command; else ``default_profile``);
     3. ``implied``: values a flag implies but an explicit ``--set`` may still change;
     4. every ``--set`` in order (root first, then the command's);
-    5. the command's ``flags`` (profile key -> value, None for a flag not given; see
-       :func:`overrides`), then ``--device`` and ``--seed``;
+    5. the command's ``flags`` (profile key -> typed value, None for a flag not given), then
+       ``--device`` and ``--seed``;
 
-    then the task's defaults for the keys still at their schema default.
+    then the task's defaults for the keys still at their schema default. Flags and ``--set``
+    items count as the user's choice (:meth:`Config.chosen`); flag values reach the profile
+    typed (provenance ``--set``, as report headers list them with the ``--set`` items).
 
     Raises:
         ConfigError: an unknown profile, key or bad value, naming it.
@@ -226,11 +218,14 @@ def make_config(ctx: Any, flags: Mapping[str, Any] | None = None, *,
     from ebmctl.context import with_task_defaults
 
     opts = ctx.find_object(GlobalOptions) or GlobalOptions()
-    items = [*overrides(implied or {}), *opts.sets, *overrides(flags or {}),
-             *overrides({"run.device": opts.device or None, "run.seed": opts.seed})]
-    cfg = resolve(opts.profile or default_profile, items)
-    changed = {k: v for k, v in (defaults or {}).items() if cfg.provenance.get(k) == "default"}
-    if changed:  # still "default": a profile or --set would have replaced them
+    cfg = resolve(opts.profile or default_profile, list(opts.sets))
+    implied_here = {k: v for k, v in given(implied).items() if not cfg.chosen(k)}
+    if implied_here:
+        cfg = cfg.with_overrides(implied_here, "implied by a flag")
+    typed = {**given(flags), **given({"run.device": opts.device or None, "run.seed": opts.seed})}
+    if typed:
+        cfg = cfg.with_overrides(typed, "--set", chosen=True)
+    changed = {k: v for k, v in (defaults or {}).items() if cfg.is_default(k)}
+    if changed:  # still at the schema default: a profile or --set would have replaced them
         cfg = cfg.with_overrides(changed, "default")
     return with_task_defaults(cfg)
-

@@ -45,20 +45,21 @@ def fix_train_cmd(
     """Train a fixer with the EBM frozen: MSE stage, then perceptual stage with early stopping."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
-    from ebmctl.context import get_task, load_dataset, setup_device
+    from ebmctl.commands.train import default_out
+    from ebmctl.context import RunConfig, get_task, load_dataset, setup_device
     from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.training.fixer import FixerRun, train_fixer
 
     cfg = make_config(ctx, {"fix.stage1_epochs": stage1_epochs,
                             "fix.stage2_epochs": stage2_epochs})
-    out = claim_output(out or Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-fixer.safetensors",
-                       force=force, resume=resume)
+    out_dir = cfg.section(RunConfig).out_dir
+    out = claim_output(out or default_out(cfg, "fixer"), force=force, resume=resume)
     dev = setup_device(cfg)
     from ebmctl.commands.model_argument import resolve_model_argument
 
     # SOURCE[@WEIGHTS] as `ebmctl import-model` takes (e.g. torchvision:resnet18@rn.pt)
-    ebm = resolve_model_argument(ebm, cfg["run.out_dir"])
-    model = resolve_model_argument(model, cfg["run.out_dir"]) if model else None
+    ebm = resolve_model_argument(ebm, out_dir)
+    model = resolve_model_argument(model, out_dir) if model else None
     energy = EnergyModel.load(ebm, dev)
     task = get_task(cfg)
     task_model = TaskModel.load(model, dev) if model else None

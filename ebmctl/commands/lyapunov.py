@@ -41,13 +41,14 @@ def lyapunov_cmd(
     (--checks) how purification forgets an adversarial start. Writes JSON + PNG + HTML."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console, progress_bar
-    from ebmctl.context import load_dataset, setup_device
+    from ebmctl.context import RunConfig, load_dataset, setup_device
     from ebmctl.dynamics import report as ly
     from ebmctl.evaluate.tables import exponent_summary, exponent_table, memory_table
 
     cfg = make_config(ctx, {"lyapunov.etas": etas or None, "lyapunov.n_images": n_images})
     _check_request(exponent, checks, model, out)
-    out = out or Path(cfg["run.out_dir"]) / "lyapunov.json"
+    out_dir = cfg.section(RunConfig).out_dir
+    out = out or Path(out_dir) / "lyapunov.json"
     for path in ly.planned_outputs(out, exponent, checks):
         claim_output(path, force=force)
     ly.exponent_settings(cfg).validate()
@@ -91,13 +92,14 @@ def _load_models(cfg, ebm: Optional[Path], model: Optional[Path], checks: bool, 
     """(EBM, task, task model, model path): the EBM (default: shipped) and, for --checks, the
     task and its checked model. SOURCE[@WEIGHTS] arguments, as `ebmctl import-model` takes, are
     imported once."""
-    from ebmctl.context import get_task
+    from ebmctl.context import RunConfig, get_task
     from ebmctl.commands.model_argument import resolve_model_argument
     from ebmctl.models import EnergyModel, TaskModel
     from ebmctl.shipped import default_ebm
 
-    ebm = resolve_model_argument(ebm, cfg["run.out_dir"]) if ebm is not None else None
-    model = resolve_model_argument(model, cfg["run.out_dir"]) if model is not None else None
+    out_dir = cfg.section(RunConfig).out_dir
+    ebm = resolve_model_argument(ebm, out_dir) if ebm is not None else None
+    model = resolve_model_argument(model, out_dir) if model is not None else None
     energy = EnergyModel.load(ebm or default_ebm(), dev)
     task = get_task(cfg) if checks else None
     task_model = TaskModel.load(model, dev) if checks else None

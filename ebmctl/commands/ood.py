@@ -35,18 +35,19 @@ def ood_cmd(
     files are replaced only with --force)."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console
-    from ebmctl.context import setup_device
+    from ebmctl.context import RunConfig, setup_device
     from ebmctl.evaluate.tables import ood_table
     from ebmctl.ood import run_ood
 
     cfg = make_config(ctx, {"ood.n_images": n_images})
     dev = setup_device(cfg)
-    out = out or Path(cfg["run.out_dir"]) / f"ood-{ebm.stem}.json"
+    out_dir = cfg.section(RunConfig).out_dir
+    out = out or Path(out_dir) / f"ood-{ebm.stem}.json"
     for path in (out, out.with_suffix(".png"), out.with_suffix(".html")):
         claim_output(path, force=force)
     from ebmctl.commands.model_argument import resolve_model_argument
 
-    ebm = resolve_model_argument(ebm, cfg["run.out_dir"])  # ebm-defense:ebm@FILE
+    ebm = resolve_model_argument(ebm, out_dir)  # ebm-defense:ebm@FILE
     report = run_ood(cfg, ebm, dev, out, ood_sets)
     out_console().print(ood_table(report))
     from ebmctl.evaluate.html import write_html

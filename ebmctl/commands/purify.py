@@ -89,6 +89,7 @@ def _purifier(cfg, spec: Optional[str], ebm: Optional[Path], steps: Optional[int
         ConfigError: --ebm or --langevin-steps with another purifier; an unknown purifier or
             setting.
     """
+    from ebmctl.context import RunConfig
     from ebmctl.defense import DefenseConfig, PurifierContext
     from ebmctl.errors import ConfigError
     from ebmctl.models import EnergyModel
@@ -97,14 +98,14 @@ def _purifier(cfg, spec: Optional[str], ebm: Optional[Path], steps: Optional[int
     from ebmctl.sampling.langevin import LangevinConfig
     from ebmctl.shipped import default_ebm, ebm_path
 
-    spec = (spec or cfg["defense.purifier"] or "ebm").strip()
+    spec = (spec or cfg.section(DefenseConfig).purifier or "ebm").strip()
     name = parse_purifier_spec(spec)[0]
     energy = None
     if name == "ebm":
         if ebm is not None:  # ebm-defense:ebm@FILE as `ebmctl import-model` takes
             from ebmctl.commands.model_argument import resolve_model_argument
 
-            ebm = resolve_model_argument(ebm_path(ebm), cfg["run.out_dir"])
+            ebm = resolve_model_argument(ebm_path(ebm), cfg.section(RunConfig).out_dir)
         energy = EnergyModel.load(ebm or default_ebm(), dev)
     elif ebm is not None or steps is not None:
         raise ConfigError(f"--ebm and --langevin-steps belong to the EBM's purifier, not to "

@@ -46,7 +46,7 @@ def synthesize_cmd(
     with --force."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
-    from ebmctl.context import setup_device
+    from ebmctl.context import RunConfig, setup_device
     from ebmctl.errors import ConfigError
     from ebmctl.synthesis import run_synthesis
 
@@ -57,7 +57,7 @@ def synthesize_cmd(
     cfg = make_config(ctx, {"synth.n": n, "synth.steps": steps, "synth.init": init,
                             "quality.fid_features": fid_features})
     dev = setup_device(cfg)
-    out_dir = out_dir or Path(cfg["run.out_dir"]) / f"synthesize-{ebm.stem}"
+    out_dir = out_dir or Path(cfg.section(RunConfig).out_dir) / f"synthesize-{ebm.stem}"
     earlier = sorted((out_dir / "images").glob("*.png"))[:1]
     for path in [out_dir / "report.json", out_dir / "grid.png", *earlier]:
         claim_output(path, force=force, option="--out-dir")

@@ -38,7 +38,11 @@ def _out(what: str) -> Any:
 
 
 def default_out(cfg, what: str) -> Path:
-    return Path(cfg["run.out_dir"]) / f"{cfg['data.dataset']}-{what}.safetensors"
+    """``run.out_dir/<data.dataset>-<what>.safetensors``."""
+    from ebmctl.context import DataConfig, RunConfig
+
+    return (Path(cfg.section(RunConfig).out_dir)
+            / f"{cfg.section(DataConfig).dataset}-{what}.safetensors")
 
 
 def claimed_out(out: Path | None, cfg, what: str, force: bool, resume: bool = False) -> Path:
@@ -61,25 +65,24 @@ def train_ebm_cmd(ctx: typer.Context, out: Optional[Path] = _out("ebm"),
     docs/algorithms.md#mid-run-training) per train.recipe. Convergent training runs data-parallel
     under ``torchrun -m ebmctl.distributed`` (train.shards)."""
     from ebmctl.context import load_dataset, setup_device
+    from ebmctl.distributed import current, train_shards
     from ebmctl.errors import ConfigError
-    from ebmctl.training.convergent import train_ebm
-    from ebmctl.training.midrun import RECIPES, train_midrun
+    from ebmctl.training import RECIPES
+    from ebmctl.training.trainer import EnergyTrainer, TrainConfig
 
     cfg = make_config(ctx, {"train.steps": updates, "train.recipe": recipe})
-    trainers = {"convergent": train_ebm, "midrun": train_midrun}
-    if cfg["train.recipe"] not in trainers:
-        raise ConfigError(f"unknown train.recipe {cfg['train.recipe']!r}; choose from "
-                          f"{', '.join(RECIPES)}")
-    from ebmctl.distributed import current
-
-    if cfg["train.recipe"] != "convergent" and (cfg["train.shards"] > 1 or current().active):
+    train, launch = cfg.section(TrainConfig), current()
+    recipe_cls = RECIPES[train.recipe]  # the schema's choices are RECIPES' names
+    if not recipe_cls.data_parallel and (train.shards > 1 or launch.active):
         raise ConfigError("train.shards and torchrun launches apply to the convergent recipe "
-                          f"only, not {cfg['train.recipe']!r}")
+                          f"only, not {train.recipe!r}")
+    shards = train_shards(train.shards, launch)
+    if shards != train.shards:  # train.shards = 1 under torchrun: one shard per process
+        cfg = cfg.with_overrides({"train.shards": shards}, "torchrun world size")
     out = claimed_out(out, cfg, "ebm", force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = trainers[cfg["train.recipe"]](cfg, bundle, out, dev, resume,
-                                         force_resume=force_resume)
+    path = EnergyTrainer(recipe_cls(cfg, bundle, dev), out).run(resume, force_resume)
     info(f"wrote {path}")
 
 

@@ -98,7 +98,7 @@ def check_threat_settings(cfg: Config) -> None:
     """
     norm = cfg.section(AttackConfig).norm
     for key, instead in _OTHER_NORM[norm]:
-        if cfg.given_on_command_line(key) or cfg.given_together(key, "attack.norm"):
+        if cfg.chosen(key) or cfg.given_together(key, "attack.norm"):
             raise ConfigError(f"{key} does not apply under attack.norm = {norm!r} and would be "
                               f"ignored; set {instead} instead")
 

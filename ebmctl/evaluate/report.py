@@ -201,7 +201,7 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
     label = "undefended" if undefended else "defended"
     rows, out = [], Path(out)
     for v in values:
-        sub = cfg.with_overrides({key: v}, "--sweep")
+        sub = cfg.with_overrides({key: v}, "--sweep", chosen=True)
         rep = run_evaluation(sub, model_path, ebm_path, device,
                              out.with_name(f"{out.stem}.{key}={v}.json"),
                              undefended=undefended, defended=not undefended, method=method,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar, Mapping
 
 from torch import nn
 import torch
 
 from ebmctl.config import setting
+from ebmctl.nn.hat import HatConfig
 
 ACTIVATIONS = ("leaky_relu", "smooth_leaky", "silu", "softplus", "elu", "relu")
 
@@ -76,13 +77,13 @@ class SmoothLeakyReLU(nn.Module):
                 f"kink width {math.sqrt(self.eps):.3g})")
 
 
-def smooth_leaky_args(cfg: Mapping[str, Any] | Any) -> dict:
-    """``{"smooth_leaky": {...}}`` from the profile's ``ebm.smooth_*`` keys when
+def smooth_leaky_args(ebm: EbmConfig) -> dict:
+    """``{"smooth_leaky": {...}}`` from the section's ``ebm.smooth_*`` keys when
     ``ebm.activation = "smooth_leaky"``, else ``{}`` (other activations' arch args stay as they
     were, so their artifacts and checkpoints are unchanged)."""
-    if cfg["ebm.activation"] != "smooth_leaky":
+    if ebm.activation != "smooth_leaky":
         return {}
-    return {"smooth_leaky": {k: float(cfg[f"ebm.smooth_{k}"]) for k in MEFA_SMOOTH_LEAKY}}
+    return {"smooth_leaky": {k: float(getattr(ebm, f"smooth_{k}")) for k in MEFA_SMOOTH_LEAKY}}
 
 
 def make_activation(name: str, leak: float = 0.05,
@@ -150,14 +151,16 @@ def lightweight_args(profile, bundle) -> dict:
     """Arguments of an EBM in the ``ebm`` role: ``ebm.channels``, ``ebm.activation``,
     ``ebm.leak`` (and the ``ebm.smooth_*`` coefficients for ``smooth_leaky``) at the data's
     channels and size. Also the arguments of any registered EBM that declares none."""
+    ebm = profile.section(EbmConfig)
     return {"in_channels": bundle.channels, "image_size": bundle.image_size,
-            "channels": profile["ebm.channels"], "activation": profile["ebm.activation"],
-            "leak": profile["ebm.leak"], **smooth_leaky_args(profile)}
+            "channels": ebm.channels, "activation": ebm.activation, "leak": ebm.leak,
+            **smooth_leaky_args(ebm)}
 
 
 def lightweight_hat_args(profile, bundle) -> dict:
     """As the hat network H of a Hat EBM (role ``hat``): width ``hat.width``, the activation of
     the ``ebm`` section."""
+    ebm = profile.section(EbmConfig)
     return {"in_channels": bundle.channels, "image_size": bundle.image_size,
-            "channels": profile["hat.width"], "activation": profile["ebm.activation"],
-            "leak": profile["ebm.leak"], **smooth_leaky_args(profile)}
+            "channels": profile.section(HatConfig).width, "activation": ebm.activation,
+            "leak": ebm.leak, **smooth_leaky_args(ebm)}

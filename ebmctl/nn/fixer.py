@@ -8,9 +8,27 @@ Constructors take JSON-able keyword arguments only, so artifacts rebuild the net
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ebmctl.config import setting
+
+
+@dataclass(frozen=True)
+class FixerNetConfig:
+    """``[fix]`` keys of the fixer network: its architecture and the arguments of
+    ``fixer-resnet`` (:func:`fixer_args` reads them); the training keys are
+    :class:`ebmctl.training.fixer.FixConfig`'s."""
+
+    section: ClassVar[str] = "fix"
+
+    arch: str = setting("fixer-resnet", "fixer architecture (a 'fixer' model)")
+    width: int = setting(64, "fixer width", minimum=1)
+    blocks: int = setting(4, "fixer ResBlocks", minimum=0)
 
 
 class ResBlock(nn.Module):
@@ -49,5 +67,5 @@ def fixer_resnet(**kw) -> ImageToImageResNet:
 
 def fixer_args(profile, bundle) -> dict:
     """A fixer (role ``fixer``): ``fix.width`` and ``fix.blocks`` at the data's channels."""
-    return {"channels": bundle.channels, "width": profile["fix.width"],
-            "n_blocks": profile["fix.blocks"]}
+    net = profile.section(FixerNetConfig)
+    return {"channels": bundle.channels, "width": net.width, "n_blocks": net.blocks}

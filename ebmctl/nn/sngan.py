@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from ebmctl.nn.ebm import ACTIVATIONS, make_activation, smooth_leaky_args
+from ebmctl.nn.ebm import ACTIVATIONS, EbmConfig, make_activation, smooth_leaky_args
+from ebmctl.nn.hat import HatConfig
 
 SNGAN_ACTIVATIONS = ACTIVATIONS
 
@@ -223,8 +224,9 @@ def sngan_generator(**kw) -> SNGANGenerator:
 def generator_args(profile, bundle) -> dict:
     """A Hat EBM's generator G (role ``generator``): ``hat.latent_dim`` and
     ``hat.generator_width`` at the data's size and channels."""
-    return {"latent_dim": profile["hat.latent_dim"], "image_size": bundle.image_size,
-            "channels": bundle.channels, "width": profile["hat.generator_width"]}
+    hat = profile.section(HatConfig)
+    return {"latent_dim": hat.latent_dim, "image_size": bundle.image_size,
+            "channels": bundle.channels, "width": hat.generator_width}
 
 
 def sngan_generator_args(profile, bundle) -> dict:
@@ -239,17 +241,17 @@ def sngan_ebm(**kw) -> SNGANDiscriminatorEBM:
 def sngan_ebm_args(profile, bundle) -> dict:
     """The SNGAN EBM in the ``ebm`` role: width ``ebm.channels``, ``ebm.spectral_norm``,
     ``ebm.activation`` (with ``ebm.smooth_*``) and ``ebm.pool``."""
+    ebm = profile.section(EbmConfig)
     return {"in_channels": bundle.channels, "image_size": bundle.image_size,
-            "width": profile["ebm.channels"], "spectral_norm": profile["ebm.spectral_norm"],
-            "activation": profile["ebm.activation"], "pool": profile["ebm.pool"],
-            **smooth_leaky_args(profile)}
+            "width": ebm.channels, "spectral_norm": ebm.spectral_norm,
+            "activation": ebm.activation, "pool": ebm.pool, **smooth_leaky_args(ebm)}
 
 
 def sngan_hat_args(profile, bundle) -> dict:
     """As the hat network H (role ``hat``): width ``hat.width`` and no spectral norm (thesis
     §6.5.1, §6.5.3); the architecture's own activation and pooling."""
     return {"in_channels": bundle.channels, "image_size": bundle.image_size,
-            "width": profile["hat.width"], "spectral_norm": False}
+            "width": profile.section(HatConfig).width, "spectral_norm": False}
 
 
 def encoder(**kw) -> Encoder:

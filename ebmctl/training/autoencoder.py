@@ -76,19 +76,24 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
         ConfigError: the networks cannot be built for the data's image size.
         NumericalError: the loss became NaN/Inf.
     """
+    from ebmctl.context import DataConfig, RunConfig
+    from ebmctl.training.trainer import TrainConfig
+
     out = Path(out)
-    enc, dec, enc_args, dec_args = _build(cfg, bundle, device)
+    ae, seed = cfg.section(AutoencoderConfig), cfg.section(RunConfig).seed
+    enc, dec, enc_args, dec_args = _build(ae, seed, bundle, device)
     held_split = bundle.val if len(bundle.val) else bundle.test
     held = to_internal(pick_subset(held_split, HELD_OUT_IMAGES).x).to(device)
     t0 = time.time()
-    history = _fit(cfg, enc, dec, to_internal(bundle.train.x).to(device), out, device, t0)
+    history = _fit(ae, seed, cfg.section(TrainConfig).log_every, enc, dec,
+                   to_internal(bundle.train.x).to(device), out, device, t0)
     val_mse = reconstruction_mse(enc, dec, held)
-    _save_grids(cfg, enc, dec, held, out, device)
+    _save_grids(ae.latent_dim, seed, enc, dec, held, out, device)
     extra = {"latent_prior": "sphere", "val_mse": val_mse, "history": history,
              "encoder": encoder_path(out).name, "seconds": round(time.time() - t0, 1)}
     data_meta = {"range": "[-1,1]", "image_size": bundle.image_size,
-                 "channels": bundle.channels, "dataset": cfg["data.dataset"]}
-    steps = cfg.section(AutoencoderConfig).steps
+                 "channels": bundle.channels, "dataset": cfg.section(DataConfig).dataset}
+    steps = ae.steps
     save_artifact(encoder_path(out), model_tensors(enc), kind="encoder", arch="encoder",
                   arch_args=enc_args, data=data_meta, config=cfg, step=steps,
                   extra={"latent_prior": "sphere", "val_mse": val_mse})
@@ -107,16 +112,15 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
     return out
 
 
-def _build(cfg: Config, bundle: DatasetBundle, device) -> tuple[Encoder, SNGANGenerator,
-                                                                 dict, dict]:
-    """(encoder, decoder, their constructor arguments), initial weights from the seed only."""
-    ae = cfg.section(AutoencoderConfig)
+def _build(ae: AutoencoderConfig, seed: int, bundle: DatasetBundle,
+           device) -> tuple[Encoder, SNGANGenerator, dict, dict]:
+    """(encoder, decoder, their constructor arguments), initial weights from ``seed`` only."""
     size, ch, m = bundle.image_size, bundle.channels, ae.latent_dim
     dec_args = {"latent_dim": m, "image_size": size, "channels": ch, "width": ae.width,
                 "bn_fixed": False}
     enc_args = {"in_channels": ch, "image_size": size, "latent_dim": m,
                 "width": ae.encoder_width, "sphere": True}
-    seed_global_rng(cfg["run.seed"], "autoencoder-init")
+    seed_global_rng(seed, "autoencoder-init")
     try:
         dec, enc = SNGANGenerator(**dec_args).to(device), Encoder(**enc_args).to(device)
     except ValueError as exc:
@@ -124,15 +128,15 @@ def _build(cfg: Config, bundle: DatasetBundle, device) -> tuple[Encoder, SNGANGe
     return enc, dec, enc_args, dec_args
 
 
-def _fit(cfg: Config, enc: Encoder, dec: SNGANGenerator, data: torch.Tensor, out: Path,
-         device, t0: float) -> list[dict]:
+def _fit(ae: AutoencoderConfig, seed: int, log_every: int, enc: Encoder, dec: SNGANGenerator,
+         data: torch.Tensor, out: Path, device, t0: float) -> list[dict]:
     """The Adam updates on batches of ``data`` (internal units) drawn with replacement, keyed
-    by (seed, update). Returns the history logged every ``train.log_every`` updates."""
-    ae = cfg.section(AutoencoderConfig)
+    by (seed, update). Returns the history logged every ``log_every`` (``train.log_every``)
+    updates."""
     steps, batch, scale = ae.steps, ae.batch_size, ae.mse_scale
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=ae.lr, betas=(0.5, 0.999))
-    seed, history = cfg["run.seed"], []
-    every = max(1, cfg["train.log_every"])
+    history: list[dict] = []
+    every = max(1, log_every)
     with progress_bar(steps, f"train autoencoder ({out.name})") as bar:
         for step in range(steps):
             gen = make_generator(device, seed, "autoencoder", step)
@@ -153,13 +157,12 @@ def _fit(cfg: Config, enc: Encoder, dec: SNGANGenerator, data: torch.Tensor, out
     return history
 
 
-def _save_grids(cfg: Config, enc: Encoder, dec: SNGANGenerator, held: torch.Tensor, out: Path,
-                device) -> None:
-    """64 decoded samples from latents on the sphere, and 32 held-out images over their
-    reconstructions."""
-    m = cfg.section(AutoencoderConfig).latent_dim
+def _save_grids(m: int, seed: int, enc: Encoder, dec: SNGANGenerator, held: torch.Tensor,
+                out: Path, device) -> None:
+    """64 decoded samples from latents on the sphere of dimension ``m``, and 32 held-out images
+    over their reconstructions."""
     with torch.no_grad():
-        gen = make_generator(device, cfg["run.seed"], "ae-sample")
+        gen = make_generator(device, seed, "ae-sample")
         z = project_to_sphere(torch.randn((64, m), generator=gen, device=device))
         samples = dec(z)
         recon = dec(enc(held[:32]))

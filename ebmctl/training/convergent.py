@@ -49,40 +49,41 @@ class Convergent(EnergyRecipe):
     turn and reaches the same weights."""
 
     target, label, title = "ebm", "train ebm", "EBM training"
+    data_parallel = True
 
     def __init__(self, cfg: Config, bundle: DatasetBundle, device):
         ctx = D.current()
-        shards = D.train_shards(cfg["train.shards"], ctx)
-        if shards != cfg["train.shards"]:
-            cfg = cfg.with_overrides({"train.shards": shards}, "torchrun world size")
         super().__init__(cfg, bundle, D.rank_device(ctx, torch.device(device)))
-        self.ctx, self.shards = ctx, shards
+        # the shard count this launch runs (train.shards = 1 under torchrun: one per process);
+        # the command records it in the profile before the run (see ebmctl train ebm)
+        self.ctx, self.shards = ctx, D.train_shards(self.train.shards, ctx)
 
     def setup(self) -> None:
-        cfg, shards = self.cfg, self.shards
-        net, self.arch, self.arch_args = build_model("ebm", cfg, self.bundle, (self.seed, "ebm-init"))
+        train, shards = self.train, self.shards
+        net, self.arch, self.arch_args = build_model("ebm", self.cfg, self.bundle,
+                                                     (self.seed, "ebm-init"))
         self.net = net.to(self.device)
         self.load_data()
-        self.bank_size = cfg["train.bank_size"] or len(self.data)
-        batch = cfg["train.batch_size"]
+        self.bank_size = train.bank_size or len(self.data)
+        batch = train.batch_size
         self.part = batch // shards
         if shards > 1 and (batch % shards or self.bank_size // shards < self.part):
             raise ConfigError(f"train.shards = {shards} needs train.batch_size divisible by it and "
                               f"at least batch_size/shards = {self.part} bank rows per shard "
                               f"(batch_size {batch}, bank {self.bank_size})")
         self.mine = [self.ctx.rank] if self.ctx.active else list(range(shards))  # shards run here
-        self.settings = langevin_settings(cfg, self.device)
-        self.bank = init_bank(cfg["train.bank_init"], self.bank_size, self.shape, self.data.cpu(),
+        self.settings = langevin_settings(self.langevin, self.device)
+        self.bank = init_bank(train.bank_init, self.bank_size, self.shape, self.data.cpu(),
                               make_generator("cpu", self.seed, "bank-init"))
         self.opt = self._optimizer(0)
 
     def _optimizer(self, step: int) -> torch.optim.Optimizer:
         """Adam before ``train.sgd_switch_step`` (0: never switch), plain SGD from it on."""
-        cfg, switch = self.cfg, self.cfg["train.sgd_switch_step"]
+        train, switch = self.train, self.train.sgd_switch_step
         if switch and step >= switch:
-            return torch.optim.SGD(self.net.parameters(), lr=cfg["train.lr_sgd"])
-        return torch.optim.Adam(self.net.parameters(), lr=cfg["train.lr_adam"],
-                                betas=(cfg["train.adam_beta1"], cfg["train.adam_beta2"]))
+            return torch.optim.SGD(self.net.parameters(), lr=train.lr_sgd)
+        return torch.optim.Adam(self.net.parameters(), lr=train.lr_adam,
+                                betas=(train.adam_beta1, train.adam_beta2))
 
     def restore(self, ck: dict) -> None:
         self.opt = self._optimizer(ck["step"])
@@ -103,7 +104,7 @@ class Convergent(EnergyRecipe):
         self.model = D.data_parallel(self.net, self.ctx, self.device)  # the loss runs through it
 
     def schedule(self, step: int) -> None:
-        switch = self.cfg["train.sgd_switch_step"]
+        switch = self.train.sgd_switch_step
         if switch and step == switch:
             self.opt = self._optimizer(step)
 
@@ -127,7 +128,7 @@ class Convergent(EnergyRecipe):
         bank = self.banks[s]
         bank_idx = torch.randperm(len(bank), generator=gen, device=self.device)[:self.part]
         try:
-            neg, failed = langevin(self.net, bank[bank_idx], self.cfg["train.mcmc_steps"],
+            neg, failed = langevin(self.net, bank[bank_idx], self.train.mcmc_steps,
                                    self.settings, gen), ""
         except NumericalError as exc:
             neg, failed = None, exc.message

@@ -25,7 +25,7 @@ from ebmctl.architectures import build_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.contracts import DatasetBundle, Task
-from ebmctl.context import RunConfig
+from ebmctl.context import DataConfig, RunConfig, TaskConfig
 from ebmctl.data_utils import pick_subset
 from ebmctl.defense import DefenseConfig
 from ebmctl.errors import ConfigError, NumericalError
@@ -49,14 +49,12 @@ from ebmctl.training.perceptual import build_feature_net, mse_loss, perceptual_l
 
 @dataclass(frozen=True)
 class FixConfig:
-    """The profile section ``[fix]``: the fixer network, its two training stages and the
-    purified inputs they learn from (docs/algorithms.md#fixer)."""
+    """The profile section ``[fix]``: the fixer's two training stages and the purified inputs
+    they learn from (docs/algorithms.md#fixer); the network's own keys are
+    :class:`ebmctl.nn.fixer.FixerNetConfig`'s."""
 
     section: ClassVar[str] = "fix"
 
-    arch: str = setting("fixer-resnet", "fixer architecture (a 'fixer' model)")
-    width: int = setting(64, "fixer width", minimum=1)
-    blocks: int = setting(4, "fixer ResBlocks", minimum=0)
     stage1_epochs: int = setting(40, "stage 1 (MSE) epochs", minimum=0)
     stage2_epochs: int = setting(100, "stage 2 (perceptual) epochs, early-stopped", minimum=0)
     stage1_input: str = setting("purified", "stage 1 inputs: purified (Eq. 5.3) | natural",
@@ -356,9 +354,9 @@ class _FixerTraining:
                  **self.guard.artifact_extra()}
         bundle = self.run.bundle
         data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
-                "dataset": cfg["data.dataset"]}
+                "dataset": cfg.section(DataConfig).dataset}
         save_artifact(out, model_tensors(self.fixer.net), kind="fixer", arch=self.arch,
-                      arch_args=self.args, task=cfg["task.name"], data=data, config=cfg,
+                      arch_args=self.args, task=cfg.section(TaskConfig).name, data=data, config=cfg,
                       step=len(history) - 1, extra={**extra, "history": history})
         atomic_write_json(out.with_suffix(".log.json"),
                           {"history": history, **extra, "config": cfg.to_dict(),

@@ -21,69 +21,41 @@ generator step of 3. The loop, resume, checkpoints and numerical stops are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ebmctl.architectures import instantiate, model_args
 from ebmctl.artifacts import load_model, optimizer_from_tensors, optimizer_to_tensors
-from ebmctl.config import Config, setting
+from ebmctl.config import Config
 from ebmctl.console import info
+from ebmctl.context import RunConfig
 from ebmctl.contracts import DatasetBundle
 from ebmctl.errors import ArtifactError, ConfigError
-from ebmctl.nn.hat import HatEBM
+from ebmctl.nn.hat import HatConfig, HatEBM
 from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state
+from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import make_generator
 from ebmctl.training.checkpoint import restore_optimizer
 from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer
 
 
-@dataclass(frozen=True)
-class HatConfig:
-    """The profile section ``[hat]``: the Hat EBM of thesis Ch. 6 (docs/algorithms.md#hat-ebm):
-    its hat network H and generator G, the Langevin step sizes of Y and Z, the historical bank and
-    the generator's training."""
-
-    section: ClassVar[str] = "hat"
-
-    mode: str = setting("conditional", "conditional (Z fixed, Y sampled) | joint (Y and Z)",
-                        choices=("conditional", "joint"))
-    arch: str = setting("sngan-ebm", "hat network H (an EBM architecture; no spectral norm)")
-    width: int = setting(128, "width of the hat network", minimum=1)
-    generator_arch: str = setting("sngan-generator", "generator G architecture")
-    generator_width: int = setting(256, "width of the generator", minimum=1)
-    latent_dim: int = setting(128, "latent size m of G", minimum=1)
-    generator: str = setting("", "pretrained generator artifact (refinement/retrofit); empty = "
-                             "train G from scratch in tandem")
-    train_generator: bool = setting(True, "train G from the historical bank (Alg. 5)")
-    eps_y: float = setting(0.0001, "Langevin ε of the residual image Y", minimum=0)
-    eps_z: float = setting(0.005, "Langevin ε of the latent Z (joint mode)", minimum=0)
-    bank_size: int = setting(10000, "historical (X, Z) bank size", minimum=1)
-    lr_generator: float = setting(0.0001, "generator Adam learning rate", minimum=0)
-    grad_clip: float = setting(0.0, "hat gradient-norm clip (0 = off)", minimum=0)
-    lr_decay_step: int = setting(0, "divide both learning rates by 10 from this update (0 = "
-                                 "never)", minimum=0)
-    gen_loss_scale: float = setting(1000.0, "generator loss = scale · MSE (the 1/(2η²))",
-                                    minimum=0)
-    residual: bool = setting(True, "sample the residual Y (false: the thesis' §6.7.1 ablation)")
-    residual_prior: float = setting(0.0, "τ_res of the optional prior τ_res·‖Y‖²", minimum=0)
-
-
 def build_hat(cfg: Config, bundle: DatasetBundle, device) -> tuple[HatEBM, dict]:
-    """Fresh H; G fresh (synthesis) or loaded from ``hat.generator`` (refinement/retrofit)."""
+    """Fresh H; G fresh (synthesis) or loaded from ``hat.generator`` (refinement/retrofit).
+    ``cfg`` is the profile the model builders read their architecture arguments from."""
     hat_arch, hat_args = model_args("hat", cfg, bundle)
-    if cfg["hat.generator"]:
-        gen_net, art = load_model(cfg["hat.generator"], ("generator",))
+    generator = cfg.section(HatConfig).generator
+    if generator:
+        gen_net, art = load_model(generator, ("generator",))
         gen_arch, gen_args = art.arch, art.arch_args
     else:
         gen_net = None
         gen_arch, gen_args = model_args("generator", cfg, bundle)
     arch_args = {"hat_arch": hat_arch, "hat_args": hat_args, "generator_arch": gen_arch,
                  "generator_args": gen_args}
-    net = instantiate("hat-ebm", arch_args, (cfg["run.seed"], "hat-init"), "the Hat EBM")
+    net = instantiate("hat-ebm", arch_args, (cfg.section(RunConfig).seed, "hat-init"),
+                      "the Hat EBM")
     if gen_net is not None:
         net.generator.load_state_dict(gen_net.state_dict())
     with torch.no_grad():
@@ -94,9 +66,10 @@ def build_hat(cfg: Config, bundle: DatasetBundle, device) -> tuple[HatEBM, dict]
     return net.to(device), arch_args
 
 
-def settings_from(cfg: Config) -> HatSettings:
-    hat = cfg.section(HatConfig)
-    return HatSettings(hat.eps_y, hat.eps_z, cfg["langevin.temperature"], hat.mode, hat.residual,
+def settings_from(hat: HatConfig, langevin: LangevinConfig) -> HatSettings:
+    """The Hat EBM's sampler settings: ε_Y, ε_Z, mode and residual prior of ``hat``, the
+    temperature of ``langevin``."""
+    return HatSettings(hat.eps_y, hat.eps_z, langevin.temperature, hat.mode, hat.residual,
                        hat.residual_prior)
 
 
@@ -112,8 +85,8 @@ def generator_update(net: HatEBM, opt_g, zbank: torch.Tensor, xbank: torch.Tenso
     return loss.item()
 
 
-def _lr(cfg: Config, base: float, step: int) -> float:
-    decay = cfg["hat.lr_decay_step"]
+def _lr(decay: int, base: float, step: int) -> float:
+    """``base``, divided by 10 from update ``decay`` (``hat.lr_decay_step``; 0 = never) on."""
     return base * (0.1 if decay and step >= decay else 1.0)
 
 
@@ -124,32 +97,36 @@ class HatRecipe(EnergyRecipe):
     target, kind, label, title = "hat-ebm", "hat-ebm", "train hat ebm", "Hat EBM training"
     energy_symbol, noun, health_check = "H", "Hat EBM", False
 
+    def __init__(self, cfg: Config, bundle: DatasetBundle, device):
+        super().__init__(cfg, bundle, device)
+        self.hat = cfg.section(HatConfig)
+
     @property
     def trained(self) -> torch.nn.Module:
         return self.net.hat
 
     def guard_files(self) -> dict:
-        return {"hat.generator": self.cfg["hat.generator"]}
+        return {"hat.generator": self.hat.generator}
 
     def setup(self) -> None:
-        cfg = self.cfg
-        self.settings = settings_from(cfg)
-        self.net, self.arch_args = build_hat(cfg, self.bundle, self.device)
+        hat, train = self.hat, self.train
+        self.settings = settings_from(hat, self.langevin)
+        self.net, self.arch_args = build_hat(self.cfg, self.bundle, self.device)
         self.arch = "hat-ebm"
-        self.train_gen = cfg["hat.train_generator"]
-        if self.train_gen and cfg["hat.generator"] and cfg["hat.mode"] == "joint":
+        self.train_gen = hat.train_generator
+        if self.train_gen and hat.generator and hat.mode == "joint":
             info("note: training a pretrained generator in joint mode; refinement (thesis "
                  "§6.5.1) keeps it frozen (hat.train_generator = false)")
-        self.batch = cfg["train.batch_size"]
+        self.batch = train.batch_size
         self.load_data()
         if len(self.data) == 0:
             raise ConfigError("the training split is empty")
-        betas = (cfg["train.adam_beta1"], cfg["train.adam_beta2"])
-        self.opt_h = torch.optim.Adam(self.net.hat.parameters(), lr=cfg["train.lr_adam"],
+        betas = (train.adam_beta1, train.adam_beta2)
+        self.opt_h = torch.optim.Adam(self.net.hat.parameters(), lr=train.lr_adam,
                                       betas=betas)
         self.opt_g = torch.optim.Adam(self.net.generator.parameters(),
-                                      lr=cfg["hat.lr_generator"], betas=betas)
-        self.bank_size = cfg["hat.bank_size"]
+                                      lr=hat.lr_generator, betas=betas)
+        self.bank_size = hat.bank_size
         if self.train_gen and self.bank_size < self.batch:
             raise ConfigError(f"hat.bank_size ({self.bank_size}) must be at least "
                               f"train.batch_size ({self.batch})")
@@ -176,10 +153,9 @@ class HatRecipe(EnergyRecipe):
         self.net.generator.eval()
 
     def schedule(self, step: int) -> None:
-        for opt, base in ((self.opt_h, self.cfg["train.lr_adam"]),
-                          (self.opt_g, self.cfg["hat.lr_generator"])):
+        for opt, base in ((self.opt_h, self.train.lr_adam), (self.opt_g, self.hat.lr_generator)):
             for g in opt.param_groups:
-                g["lr"] = _lr(self.cfg, base, step)
+                g["lr"] = _lr(self.hat.lr_decay_step, base, step)
 
     def gradients(self, step: int) -> dict[str, float]:
         """Steps 1-2 up to the backward pass: X⁺, chains from fresh (Z, Y), X⁻ = G(Z) + Y."""
@@ -187,7 +163,7 @@ class HatRecipe(EnergyRecipe):
         self.gen = make_generator(self.device, self.seed, "hat-train", step)
         pos = self.positives(self.batch, self.gen)
         z0, y0 = initial_state(net, self.batch, self.gen, self.device)
-        self.z, self.y = hat_langevin(net, z0, y0, self.cfg["train.mcmc_steps"], self.settings,
+        self.z, self.y = hat_langevin(net, z0, y0, self.train.mcmc_steps, self.settings,
                                       self.gen)
         with torch.no_grad():
             self.neg = net.generate(self.z) + self.y
@@ -200,13 +176,13 @@ class HatRecipe(EnergyRecipe):
 
     def apply(self, step: int, terms: dict) -> None:
         """The hat's step (gradient clipped to ``hat.grad_clip`` when > 0), then step 3."""
-        if self.cfg["hat.grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(self.net.hat.parameters(), self.cfg["hat.grad_clip"])
+        if self.hat.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.hat.parameters(), self.hat.grad_clip)
         self.opt_h.step()
         if self.train_gen:
             idx = torch.randperm(self.bank_size, generator=self.gen, device=self.device)[:self.batch]
             terms["generator_loss"] = generator_update(self.net, self.opt_g, self.zbank,
-                                                       self.xbank, idx, self.cfg["hat.gen_loss_scale"])
+                                                       self.xbank, idx, self.hat.gen_loss_scale)
             self.zbank[idx], self.xbank[idx] = self.z, self.neg  # swap in the newest pairs
 
     def record(self, terms: dict) -> dict:
@@ -226,12 +202,12 @@ class HatRecipe(EnergyRecipe):
         return self.neg
 
     def artifact_extra(self) -> dict:
-        s, cfg = self.settings, self.cfg
+        s = self.settings
         return {"mode": s.mode, "eps_y": s.eps_y, "eps_z": s.eps_z, "temperature": s.temperature,
-                "mcmc_steps": cfg["train.mcmc_steps"], "residual": s.residual,
+                "mcmc_steps": self.train.mcmc_steps, "residual": s.residual,
                 "residual_prior": s.residual_prior, "latent_shape": list(self.net.latent_shape),
                 "generator_trained": bool(self.train_gen),
-                "generator_source": str(cfg["hat.generator"] or "trained from scratch")}
+                "generator_source": str(self.hat.generator or "trained from scratch")}
 
 
 def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,

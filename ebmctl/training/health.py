@@ -14,7 +14,9 @@ still the one of their start image); without one it says that label survival was
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +24,9 @@ from ebmctl.console import info
 from ebmctl.evaluate.plots import save_grid
 from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
 from ebmctl.units import to_internal, to_public
+
+if TYPE_CHECKING:  # the trainer imports this module
+    from ebmctl.training.trainer import TrainConfig
 
 # A chain is "oversaturated" when more than this share of its pixels leaves [-1, 1] by more than
 # OUTSIDE_MARGIN: sampler noise alone moves saturated data pixels (black digit backgrounds, white
@@ -42,25 +47,42 @@ def parameter_grad_norm(net: torch.nn.Module) -> float:
     return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
-def health_horizon(cfg) -> int:
+def health_horizon(train: TrainConfig, defense_steps: int, trained_horizon: int = 0) -> int:
     """The long-run horizon L in Langevin steps: ``train.health_horizon`` when set (else the
-    older ``train.longrun_steps``), otherwise the longest of 10·K, K_def = ``defense.steps`` and,
-    for the mid-run recipe, ``train.target_horizon`` (the K_def its chains were trained to
-    last)."""
-    explicit = cfg["train.health_horizon"] or cfg["train.longrun_steps"]
+    older ``train.longrun_steps``), otherwise the longest of 10·K, K_def = ``defense_steps`` and
+    ``trained_horizon``, the chain length the recipe trained its chains to last
+    (:attr:`ebmctl.training.trainer.EnergyRecipe.trained_horizon`; the mid-run recipe's
+    ``train.target_horizon``)."""
+    explicit = train.health_horizon or train.longrun_steps
     if explicit:
         return int(explicit)
-    horizon = max(LONG_RUN_FACTOR * cfg["train.mcmc_steps"], cfg["defense.steps"])
-    if cfg["train.recipe"] == "midrun":
-        horizon = max(horizon, cfg["train.target_horizon"])
-    return int(horizon)
+    return int(max(LONG_RUN_FACTOR * train.mcmc_steps, defense_steps, trained_horizon))
 
 
-def load_health_classifier(cfg, device):
-    """The classifier of ``train.health_classifier`` (a :class:`ebmctl.models.TaskModel` taking
-    [0,1] images), or None. Called when training starts, so a bad path fails before training
-    rather than after it."""
-    path = cfg["train.health_classifier"]
+@dataclass(frozen=True)
+class HealthHorizons:
+    """The three chain lengths (Langevin steps) the health check runs to: the training K, the
+    defense's K_def and the long-run horizon L (:func:`health_horizon`)."""
+
+    training: int
+    defense: int
+    long_run: int
+
+    @classmethod
+    def of(cls, train: TrainConfig, defense_steps: int,
+           trained_horizon: int = 0) -> "HealthHorizons":
+        return cls(train.mcmc_steps, defense_steps,
+                   health_horizon(train, defense_steps, trained_horizon))
+
+
+def load_health_classifier(path: str, device):
+    """The classifier artifact at ``path`` (``train.health_classifier``: a
+    :class:`ebmctl.models.TaskModel` taking [0,1] images), or None for an empty path. Called
+    when training starts, so a bad path fails before training rather than after it.
+
+    Raises:
+        ConfigError: the artifact is not a classifier.
+    """
     if not path:
         return None
     from ebmctl.models import TaskModel
@@ -180,28 +202,29 @@ def assess_convergence(report: dict) -> dict:
             "verdict": verdict}
 
 
-def run_health_check(net, cfg, bundle, settings: LangevinSettings, device, out: Path | None,
-                     classifier=None) -> dict | None:
-    """The end-of-run health check of both EBM trainers: ``train.health_chains`` held-out images
-    (validation split, else training; a seeded class-mixed subset) run K, K_def and the long-run
-    horizon :func:`health_horizon`; the verdict is logged and returned (None when
-    ``train.health_chains`` = 0)."""
+def run_health_check(net, bundle, settings: LangevinSettings, device, out: Path | None,
+                     horizons: HealthHorizons, *, chains: int, seed: int, classifier=None,
+                     classifier_path: str = "") -> dict | None:
+    """The end-of-run health check of the EBM trainers: ``chains`` (``train.health_chains``)
+    held-out images (validation split, else training; a seeded class-mixed subset, chains
+    seeded from ``seed`` = ``run.seed``) run the ``horizons`` K, K_def and L; the verdict is
+    logged and returned (None when ``chains`` = 0). ``classifier_path`` names ``classifier``
+    in the report."""
     from ebmctl.data_utils import pick_subset
     from ebmctl.seeds import make_generator
 
-    n = cfg["train.health_chains"]
-    if n <= 0:
+    if chains <= 0:
         return None
     held_out = bundle.val if len(bundle.val) else bundle.train
-    held_out = pick_subset(held_out, n)
+    held_out = pick_subset(held_out, chains)
     starts = to_internal(held_out.x).to(device)
-    report = longrun_health(net, starts, cfg["train.mcmc_steps"], health_horizon(cfg), settings,
-                            make_generator(device, cfg["run.seed"], "health"), out,
-                            defense_steps=cfg["defense.steps"], classifier=classifier,
+    report = longrun_health(net, starts, horizons.training, horizons.long_run, settings,
+                            make_generator(device, seed, "health"), out,
+                            defense_steps=horizons.defense, classifier=classifier,
                             labels=held_out.y if held_out.y.dim() == 1 else None)
-    report["horizons"] = {"training_K": cfg["train.mcmc_steps"], "defense_K_def":
-                          cfg["defense.steps"], "long_run": health_horizon(cfg)}
+    report["horizons"] = {"training_K": horizons.training, "defense_K_def": horizons.defense,
+                          "long_run": horizons.long_run}
     if classifier is not None:
-        report["classifier"] = str(cfg["train.health_classifier"])
+        report["classifier"] = str(classifier_path)
     info(("" if report["convergent"] else "warning: ") + "training health: " + report["verdict"])
     return report

@@ -32,16 +32,17 @@ from ebmctl.sampling.langevin import energy_and_grad, langevin
 from ebmctl.seeds import make_generator
 from ebmctl.training.checkpoint import restore_optimizer
 from ebmctl.training.health import parameter_grad_norm
-from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer, langevin_settings
+from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer, TrainConfig, langevin_settings
 
-RECIPES = ("convergent", "midrun")
+def rejuvenation_probability(train: TrainConfig) -> float:
+    """train.rejuv_prob when set, else p = K / K_def (thesis §3.2.1).
 
-
-def rejuvenation_probability(cfg: Config) -> float:
-    """train.rejuv_prob when set, else p = K / K_def (thesis §3.2.1)."""
-    p = cfg["train.rejuv_prob"]
+    Raises:
+        ConfigError: p is not in (0, 1] (``train.target_horizon`` below ``train.mcmc_steps``).
+    """
+    p = train.rejuv_prob
     if p <= 0:
-        p = cfg["train.mcmc_steps"] / cfg["train.target_horizon"]
+        p = train.mcmc_steps / train.target_horizon
     if not 0 < p <= 1:
         raise ConfigError(f"rejuvenation probability K/K_def = {p:.4g} is not in (0, 1]; "
                           "train.target_horizon must be at least train.mcmc_steps")
@@ -97,11 +98,17 @@ def generator_source(path: str | Path, shape: tuple, device) -> RejuvenationSour
     return RejuvenationSource(f"generator:{Path(path).name}", draw)
 
 
-def make_source(cfg: Config, data: torch.Tensor, device) -> RejuvenationSource:
-    kind = cfg["train.rejuv_source"]
-    if kind == "data":
+def make_source(train: TrainConfig, data: torch.Tensor, device) -> RejuvenationSource:
+    """The rejuvenation source ``train.rejuv_source`` names: the training ``data`` [N, C, H, W]
+    (internal units) or the generator artifact ``train.rejuv_generator``.
+
+    Raises:
+        ConfigError: ``generator`` without ``train.rejuv_generator``, or a generator whose
+            images do not have the data's shape.
+    """
+    if train.rejuv_source == "data":
         return data_source(data)
-    path = cfg["train.rejuv_generator"]
+    path = train.rejuv_generator
     if not path:
         raise ConfigError("train.rejuv_source = 'generator' needs train.rejuv_generator (a "
                           "generator artifact, e.g. from `ebmctl train autoencoder`)")
@@ -126,26 +133,31 @@ class MidRun(EnergyRecipe):
 
     target, label, title = "ebm-midrun", "train ebm midrun", "mid-run EBM training"
 
+    @property
+    def trained_horizon(self) -> int:
+        """``train.target_horizon``: the K_def the mid-run chains are trained to last."""
+        return self.train.target_horizon
+
     def guard_files(self) -> dict:
-        cfg = self.cfg
+        train = self.train
         return {"train.rejuv_generator":
-                cfg["train.rejuv_source"] == "generator" and cfg["train.rejuv_generator"]}
+                train.rejuv_source == "generator" and train.rejuv_generator}
 
     def setup(self) -> None:
-        cfg = self.cfg
-        net, self.arch, self.arch_args = build_model("ebm", cfg, self.bundle,
+        train = self.train
+        net, self.arch, self.arch_args = build_model("ebm", self.cfg, self.bundle,
                                                      (self.seed, "midrun-init"))
         self.net = net.to(self.device)
         self.load_data()
-        self.batch, self.bank_size = cfg["train.batch_size"], cfg["train.bank_size"] or len(self.data)
+        self.batch, self.bank_size = train.batch_size, train.bank_size or len(self.data)
         if self.batch > self.bank_size:
             raise ConfigError(f"train.batch_size {self.batch} exceeds train.bank_size "
                               f"{self.bank_size}")
-        self.p = rejuvenation_probability(cfg)
-        self.source = make_source(cfg, self.data, self.device)
-        self.settings = langevin_settings(cfg, self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg["train.lr_adam"],
-                                    betas=(cfg["train.adam_beta1"], cfg["train.adam_beta2"]))
+        self.p = rejuvenation_probability(train)
+        self.source = make_source(train, self.data, self.device)
+        self.settings = langevin_settings(self.langevin, self.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=train.lr_adam,
+                                    betas=(train.adam_beta1, train.adam_beta2))
         # Alg. 4: the bank starts from the rejuvenation source.
         self.bank = self.source.draw(self.bank_size, make_generator(
             self.device, self.seed, "midrun-bank-init")).to(self.device)
@@ -158,8 +170,8 @@ class MidRun(EnergyRecipe):
         self.counts = ck["state"].get("counts", self.counts)
 
     def schedule(self, step: int) -> None:
-        self.lr = lr_at(step, self.cfg["train.lr_adam"], sorted(self.cfg["train.lr_drops"]),
-                        self.cfg["train.lr_drop_factor"])
+        self.lr = lr_at(step, self.train.lr_adam, sorted(self.train.lr_drops),
+                        self.train.lr_drop_factor)
         for g in self.opt.param_groups:
             g["lr"] = self.lr
 
@@ -169,7 +181,7 @@ class MidRun(EnergyRecipe):
         self.bank_idx = torch.randperm(self.bank_size, generator=self.gen,
                                        device=self.device)[:self.batch]
         self.net.eval()  # no batch-stat or power-iteration side effects while sampling
-        self.neg = langevin(self.net, self.bank[self.bank_idx], self.cfg["train.mcmc_steps"],
+        self.neg = langevin(self.net, self.bank[self.bank_idx], self.train.mcmc_steps,
                             self.settings, self.gen)
         self.net.train()
         e_pos, e_neg = self.net(pos).mean(), self.net(self.neg).mean()

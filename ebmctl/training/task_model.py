@@ -14,6 +14,7 @@ from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.models import TaskModel
 from ebmctl.config import Config, setting
+from ebmctl.context import DataConfig, RunConfig
 from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.units import to_internal
@@ -100,15 +101,15 @@ def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.
     return torch.cat(scores).mean().item() if scores else float("nan")
 
 
-def task_lr(cfg: Config, it: int, total: int, milestones: list[int]) -> float:
+def task_lr(model: ModelConfig, it: int, total: int, milestones: list[int]) -> float:
     """Learning rate at iteration ``it`` of ``total``: step drops, or a one-cycle triangle
     (linear warm-up over ``model.warmup_fraction`` of training from ``model.lr_start_factor``
     × peak, then linear decay towards ``model.lr_end_factor`` × peak; both 0 by default).
     airbench's triangle is start 0.2, peak at 23 %, end 0.07 (Jordan 2024)."""
-    peak = cfg["model.lr"]
-    if cfg["model.lr_schedule"] == "onecycle":
-        start, end = cfg["model.lr_start_factor"], cfg["model.lr_end_factor"]
-        warm = max(1, round(cfg["model.warmup_fraction"] * total))
+    peak = model.lr
+    if model.lr_schedule == "onecycle":
+        start, end = model.lr_start_factor, model.lr_end_factor
+        warm = max(1, round(model.warmup_fraction * total))
         if it < warm:
             return peak * (start + (1 - start) * (it + 1) / warm)
         return peak * (end + (1 - end) * max(0.0, (total - it) / max(1, total - warm)))
@@ -140,10 +141,9 @@ def param_groups(net: torch.nn.Module, lr: float, weight_decay: float,
     return groups
 
 
-def _optimizer(net: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def _optimizer(net: torch.nn.Module, model: ModelConfig) -> torch.optim.Optimizer:
     """``model.optimizer``: Nesterov SGD with momentum, or Adam; both with weight decay, the
     normalisation layers at ``model.norm_lr_scale`` × the learning rate."""
-    model = cfg.section(ModelConfig)
     groups = param_groups(net, model.lr, model.weight_decay, model.norm_lr_scale)
     if model.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=model.lr, momentum=model.momentum, nesterov=True)
@@ -240,7 +240,8 @@ class _TaskTraining:
     def __init__(self, cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
                  device: torch.device):
         self.cfg, self.bundle, self.task, self.out, self.device = cfg, bundle, task, out, device
-        self.seed = cfg["run.seed"]
+        self.seed = cfg.section(RunConfig).seed
+        self.settings = settings = cfg.section(ModelConfig)
         self.ckpt_file = checkpoint_path(out)
         net, self.arch, self.args = build_model("task", cfg, bundle, (self.seed, "task-init"),
                                                 task)
@@ -258,22 +259,22 @@ class _TaskTraining:
         self.net = net
         self.model = TaskModel(net, "[-1,1]", bundle.image_size, bundle.channels,
                                task.model_kind, task.name).to(device)
-        self.memory_format = (torch.channels_last if cfg["model.channels_last"]
+        self.memory_format = (torch.channels_last if settings.channels_last
                               else torch.contiguous_format)
         net.to(memory_format=self.memory_format)
-        self.epochs, self.batch = cfg["model.epochs"], cfg["model.batch_size"]
-        self.opt = _optimizer(net, cfg)
-        every = cfg["model.lookahead_every"]
-        self.lookahead = (Lookahead(net, every, cfg["model.lookahead_decay"],
-                                    cfg["model.lookahead_start_epoch"],
-                                    cfg["model.lookahead_epoch_sync"]) if every else None)
+        self.epochs, self.batch = settings.epochs, settings.batch_size
+        self.opt = _optimizer(net, settings)
+        every = settings.lookahead_every
+        self.lookahead = (Lookahead(net, every, settings.lookahead_decay,
+                                    settings.lookahead_start_epoch,
+                                    settings.lookahead_epoch_sync) if every else None)
         # airbench's alternating flip: each image's flip in the first epoch, drawn once
         self.first_flip = (torch.rand(len(bundle.train.x),
                                       generator=make_generator("cpu", self.seed, "task-flip"))
-                           < 0.5 if cfg["model.flip_mode"] == "alternating" else None)
+                           < 0.5 if settings.flip_mode == "alternating" else None)
         self.steps_per_epoch = max(1, (len(bundle.train.x) + self.batch - 1) // self.batch)
         self.total = self.epochs * self.steps_per_epoch
-        self.milestones = [int(f * self.total) for f in cfg["model.lr_milestones"]]
+        self.milestones = [int(f * self.total) for f in settings.lr_milestones]
         self.start_epoch, self.history = 0, []
         self.guard = ResumeGuard.for_run(cfg, task.model_kind)
         self.adv = adversarial_settings(cfg)
@@ -380,7 +381,8 @@ class _TaskTraining:
         self.model.train()
         losses = []
         for i in range(self.steps_per_epoch):
-            lr = task_lr(cfg, epoch * self.steps_per_epoch + i, self.total, self.milestones)
+            lr = task_lr(self.settings, epoch * self.steps_per_epoch + i, self.total,
+                         self.milestones)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             idx = perm[i * bs:(i + 1) * bs]
@@ -417,7 +419,7 @@ class _TaskTraining:
         test = evaluate_task_model(self.model, task, bundle.test.x, bundle.test.y, self.device)
         data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
                 "num_classes": bundle.num_classes, "class_names": bundle.class_names,
-                "dataset": cfg["data.dataset"]}
+                "dataset": cfg.section(DataConfig).dataset}
         extra = {"history": self.history, f"test_{task.metric_name}": test,
                  **self.guard.artifact_extra()}
         if getattr(self.net, "flip_tta", False):

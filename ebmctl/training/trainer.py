@@ -29,12 +29,14 @@ import torch
 from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.config import Config, setting
 from ebmctl.console import info, progress_bar
+from ebmctl.context import DataConfig, RunConfig, TaskConfig
 from ebmctl.contracts import DatasetBundle
+from ebmctl.defense import DefenseConfig
 from ebmctl.device import resolve_precision
 from ebmctl.distributed import DistContext, barrier
 from ebmctl.errors import NumericalError
 from ebmctl.evaluate.plots import save_grid
-from ebmctl.sampling.langevin import LangevinSettings
+from ebmctl.sampling.langevin import LangevinConfig, LangevinSettings
 from ebmctl.seeds import keeps_global_rng
 from ebmctl.training.checkpoint import (
     ResumeGuard,
@@ -45,7 +47,7 @@ from ebmctl.training.checkpoint import (
     numerical_stop,
     save_checkpoint,
 )
-from ebmctl.training.health import load_health_classifier, run_health_check
+from ebmctl.training.health import HealthHorizons, load_health_classifier, run_health_check
 from ebmctl.units import to_internal, to_public
 
 
@@ -81,6 +83,8 @@ class TrainConfig:
                           "parts, each with its own random stream and the loss averaged; under "
                           "torchrun one shard per process (1 = as many as processes); in one "
                           "process the shards run in turn", minimum=1)
+    # its choices are the names of ebmctl.training.RECIPES (given where the section is added:
+    # the recipes import this module)
     recipe: str = setting("convergent", "EBM training recipe: convergent (thesis Alg. 2) | midrun "
                           "(thesis Alg. 4)")
     target_horizon: int = setting(2000, "K_def the mid-run chains should stay realistic for",
@@ -122,11 +126,10 @@ def ebm_data_meta(bundle: DatasetBundle, dataset: str) -> dict:
             "dataset": dataset}
 
 
-def langevin_settings(cfg: Config, device) -> LangevinSettings:
+def langevin_settings(langevin: LangevinConfig, device) -> LangevinSettings:
     """The ``[langevin]`` settings training chains run with (precision resolved for ``device``)."""
-    return LangevinSettings(cfg["langevin.tau"], cfg["langevin.temperature"], 1.0,
-                            resolve_precision(cfg["langevin.precision"], device),
-                            cfg["langevin.channels_last"])
+    return LangevinSettings(langevin.tau, langevin.temperature, 1.0,
+                            resolve_precision(langevin.precision, device), langevin.channels_last)
 
 
 class EnergyRecipe:
@@ -138,16 +141,26 @@ class EnergyRecipe:
     :meth:`finish` and :meth:`artifact_extra`. ``net`` is the network saved in checkpoints and
     the artifact (``arch``/``arch_args`` recorded with it), ``trained`` the one whose gradients
     the numerical stop checks.
+
+    A recipe reads its settings from the typed sections built once here (``self.train``,
+    ``self.langevin``, ``self.run``; a recipe with a section of its own builds it in its
+    ``__init__``). ``self.cfg`` is the run's resolved profile as a record only: it is written
+    into checkpoints and the artifact, fingerprinted for resume, and handed to the model
+    builders.
     """
 
     #: checkpoint target, artifact kind, progress label, gap-plot title, energy symbol, noun
     target, kind, label, title, energy_symbol, noun = "ebm", "ebm", "train", "", "U", "EBM"
     #: run the end-of-run health check (Langevin chains of ``net`` from held-out data)
     health_check = True
+    #: can split its work into ``train.shards`` and run data-parallel under torchrun
+    data_parallel = False
 
     def __init__(self, cfg: Config, bundle: DatasetBundle, device):
         self.cfg, self.bundle, self.device = cfg, bundle, torch.device(device)
-        self.seed = cfg["run.seed"]
+        self.train, self.langevin = cfg.section(TrainConfig), cfg.section(LangevinConfig)
+        self.run, self.defense_steps = cfg.section(RunConfig), cfg.section(DefenseConfig).steps
+        self.seed = self.run.seed
         self.ctx = DistContext()  # one process unless a recipe runs under torchrun
         self.net: torch.nn.Module
         self.arch, self.arch_args = "", {}
@@ -157,6 +170,12 @@ class EnergyRecipe:
     def trained(self) -> torch.nn.Module:
         return self.net
 
+    @property
+    def trained_horizon(self) -> int:
+        """The chain length (Langevin steps) the recipe trains its chains to stay realistic
+        for, which the health check's long-run horizon must reach (0: only K)."""
+        return 0
+
     def load_data(self) -> None:
         """The training images in internal units [-1, 1] on the run's device."""
         self.data = to_internal(self.bundle.train.x).to(self.device)
@@ -165,7 +184,7 @@ class EnergyRecipe:
     def positives(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """X⁺: ``n`` training images drawn with replacement plus N(0, data_noise²) noise."""
         idx = torch.randint(0, len(self.data), (n,), generator=gen, device=self.device)
-        return self.data[idx] + self.cfg["train.data_noise"] * torch.randn(
+        return self.data[idx] + self.train.data_noise * torch.randn(
             (n, *self.shape), generator=gen, device=self.device)
 
     def guard_files(self) -> dict[str, Any]:
@@ -211,7 +230,7 @@ class EnergyRecipe:
 
     def artifact_extra(self) -> dict[str, Any]:
         """The artifact's ``extra`` besides ``training``, ``health`` and ``resumed``."""
-        return {"tau": self.cfg["langevin.tau"], "temperature": self.cfg["langevin.temperature"]}
+        return {"tau": self.langevin.tau, "temperature": self.langevin.temperature}
 
     def training_extra(self, history: list[dict]) -> dict[str, Any]:
         """More of ``extra.training`` besides updates, seconds and the final log record
@@ -227,8 +246,9 @@ class EnergyTrainer:
     def __init__(self, recipe: EnergyRecipe, out: Path):
         self.recipe, self.out = recipe, Path(out)
         self.ckpt_file = checkpoint_path(self.out)
-        self.cfg = recipe.cfg
-        self.steps = self.cfg["train.steps"]
+        self.cfg, self.train = recipe.cfg, recipe.train
+        self.steps = self.train.steps
+        self.grid_every = recipe.cfg.section(OutputConfig).grid_every or self.train.checkpoint_every
         self.history: list[dict] = []
         self.elapsed = 0.0  # training seconds of earlier (resumed-from) processes
 
@@ -236,7 +256,7 @@ class EnergyTrainer:
     def run(self, resume: bool = False, force_resume: bool = False) -> Path:
         r = self.recipe
         # a bad classifier path fails before training rather than after it
-        health_model = (load_health_classifier(self.cfg, r.device)
+        health_model = (load_health_classifier(self.train.health_classifier, r.device)
                         if r.health_check and r.ctx.is_main else None)
         r.setup()
         self.guard = ResumeGuard.for_run(self.cfg, r.target, r.guard_files())
@@ -288,10 +308,10 @@ class EnergyTrainer:
     def _after_update(self, step: int, terms: dict) -> None:
         """Logging, checkpoint and sample-grid cadence after update ``step``."""
         done, r = step + 1, self.recipe
-        if done % self.cfg["train.log_every"] == 0 or done == self.steps:
+        if done % self.train.log_every == 0 or done == self.steps:
             self.history.append({"step": done, **r.record(terms),
                                  "seconds": round(time.time() - self.t0, 2)})
-        if done % self.cfg["train.checkpoint_every"] == 0 and done < self.steps:
+        if done % self.train.checkpoint_every == 0 and done < self.steps:
             opt, tensors, state = r.checkpoint_state()  # collective under torchrun
             if r.ctx.is_main:
                 save_checkpoint(self.ckpt_file, target=r.target, step=done, model=r.net,
@@ -300,8 +320,7 @@ class EnergyTrainer:
                                        "seconds": time.time() - self.t0},
                                 config=self.cfg, arch=r.arch, arch_args=r.arch_args,
                                 guard=self.guard)
-        grid_every = self.cfg["output.grid_every"] or self.cfg["train.checkpoint_every"]
-        if r.ctx.is_main and (done % grid_every == 0 or done == self.steps):
+        if r.ctx.is_main and (done % self.grid_every == 0 or done == self.steps):
             save_grid(to_public(r.samples()[:64]),
                       self.out.with_name(self.out.stem + f".samples-{done:06d}.png"))
 
@@ -317,13 +336,16 @@ class EnergyTrainer:
         if not r.ctx.is_main:
             return
         if r.health_check:
-            health = run_health_check(r.net, cfg, self.recipe.bundle, r.settings, r.device,
-                                      self.out, health_model)
+            horizons = HealthHorizons.of(r.train, r.defense_steps, r.trained_horizon)
+            health = run_health_check(r.net, r.bundle, r.settings, r.device, self.out,
+                                      horizons, chains=r.train.health_chains, seed=r.seed,
+                                      classifier=health_model,
+                                      classifier_path=r.train.health_classifier)
             if health is not None:
                 extra["health"] = health
         save_artifact(self.out, model_tensors(r.net), kind=r.kind, arch=r.arch,
-                      arch_args=r.arch_args, task=cfg["task.name"],
-                      data=ebm_data_meta(r.bundle, cfg["data.dataset"]), config=cfg,
+                      arch_args=r.arch_args, task=cfg.section(TaskConfig).name,
+                      data=ebm_data_meta(r.bundle, cfg.section(DataConfig).dataset), config=cfg,
                       step=self.steps, extra=extra)
         finish_energy_run(self.out, self.ckpt_file, self.history, extra, cfg, r.device,
                           r.energy_symbol, r.title)

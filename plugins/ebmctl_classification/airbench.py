@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ebmctl_classification.sections import AirbenchConfig
+
 
 class WhiteningConv(nn.Conv2d):
     """``k×k`` patch whitening: ``2·C·k²`` output channels, the whitening filters and their
@@ -200,17 +202,18 @@ def airbench_args(profile, bundle) -> dict:
     """``model.airbench_widths``, ``model.whiten_kernel``, ``model.whiten_eps``,
     ``model.whiten_images``, ``model.bn_momentum``, ``model.flip_tta``, ``model.tta_translate``
     and ``model.whiten_bias_epochs`` at the data's channels and classes."""
+    air = profile.section(AirbenchConfig)
     return {
         "in_channels": bundle.channels,
         "num_classes": bundle.num_classes,
-        "widths": list(profile["model.airbench_widths"]),
-        "whiten_kernel": profile["model.whiten_kernel"],
-        "whiten_eps": profile["model.whiten_eps"],
-        "whiten_images": profile["model.whiten_images"],
-        "bn_momentum": profile["model.bn_momentum"],
-        "flip_tta": profile["model.flip_tta"],
-        "tta_translate": profile["model.tta_translate"],
-        "whiten_bias_epochs": profile["model.whiten_bias_epochs"],
+        "widths": list(air.airbench_widths),
+        "whiten_kernel": air.whiten_kernel,
+        "whiten_eps": air.whiten_eps,
+        "whiten_images": air.whiten_images,
+        "bn_momentum": air.bn_momentum,
+        "flip_tta": air.flip_tta,
+        "tta_translate": air.tta_translate,
+        "whiten_bias_epochs": air.whiten_bias_epochs,
     }
 
 

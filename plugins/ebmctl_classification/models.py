@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from ebmctl.api import ModelConfig
+from ebmctl_classification.sections import WideResNetConfig
+
 
 class SmallCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32,
@@ -120,19 +123,20 @@ def _classifier_io(bundle) -> dict:
 
 def small_cnn_args(profile, bundle) -> dict:
     """``model.width`` at the data's channels, classes and image size."""
-    return {**_classifier_io(bundle), "width": profile["model.width"],
+    return {**_classifier_io(bundle), "width": profile.section(ModelConfig).width,
             "image_size": bundle.image_size}
 
 
 def resnet9_args(profile, bundle) -> dict:
     """``model.width`` at the data's channels and classes."""
-    return {**_classifier_io(bundle), "width": profile["model.width"]}
+    return {**_classifier_io(bundle), "width": profile.section(ModelConfig).width}
 
 
 def wide_resnet_args(profile, bundle) -> dict:
     """``model.depth``, ``model.widen_factor`` and ``model.dropout`` (WRN-depth-k)."""
-    return {**_classifier_io(bundle), "depth": profile["model.depth"],
-            "widen_factor": profile["model.widen_factor"], "dropout": profile["model.dropout"]}
+    wrn = profile.section(WideResNetConfig)
+    return {**_classifier_io(bundle), "depth": wrn.depth, "widen_factor": wrn.widen_factor,
+            "dropout": wrn.dropout}
 
 
 def count_parameters(net: nn.Module) -> int:

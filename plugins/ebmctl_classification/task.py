@@ -7,7 +7,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ebmctl.api import ConfigError, Task
+from ebmctl.api import ConfigError, ModelConfig, Task
+from ebmctl_classification.sections import ClassificationLossConfig
 
 
 class ClassificationTask(Task):
@@ -23,7 +24,7 @@ class ClassificationTask(Task):
 
     def configured(self, config) -> "ClassificationTask":
         task = copy.copy(self)
-        task.label_smoothing = float(config["model.label_smoothing"])
+        task.label_smoothing = float(config.section(ClassificationLossConfig).label_smoothing)
         return task
 
     def train_loss(self, outputs, targets):
@@ -44,10 +45,11 @@ class ClassificationTask(Task):
         return adv_score > 0.5
 
     def augment(self, x, y, generator, config, flip=None):
-        if not config["model.augment"]:
+        model = config.section(ModelConfig)
+        if not model.augment:
             return x, y
         b, _, h, w = x.shape
-        t = config["model.translate"]  # random shift of up to t pixels, reflected borders
+        t = model.translate  # random shift of up to t pixels, reflected borders
         if t >= min(h, w):
             raise ConfigError(f"model.translate = {t} needs images larger than {t} pixels; "
                               f"these are {h}x{w}")
@@ -58,7 +60,7 @@ class ClassificationTask(Task):
         cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).to(x.device)
         out = padded[torch.arange(b).view(b, 1, 1), :, rows.view(b, h, 1), cols.view(b, 1, w)]
         out = out.permute(0, 3, 1, 2)
-        if config["model.flip"]:
+        if model.flip:
             # the training loop's plan (alternating flip), else a fresh draw per image
             flip = (torch.rand(b, generator=generator) < 0.5) if flip is None else flip
             out = torch.where(flip.to(x.device).view(b, 1, 1, 1), out.flip(3), out)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ebmctl.api import ConfigError, InputError
+from ebmctl.api import ConfigError, InputError, ModelConfig
+from ebmctl_segmentation.sections import SegmentationConfig
 
 #: ebmctl architecture name -> segmentation-models-pytorch architecture name.
 SMP_ARCHS = {
@@ -112,8 +113,8 @@ def _segmenter_io(bundle) -> dict:
 
 def unet_lite_args(profile, bundle) -> dict:
     """``model.width`` and ``segmentation.depth`` (poolings)."""
-    return {**_segmenter_io(bundle), "width": profile["model.width"],
-            "depth": profile["segmentation.depth"]}
+    return {**_segmenter_io(bundle), "width": profile.section(ModelConfig).width,
+            "depth": profile.section(SegmentationConfig).depth}
 
 
 def smp_args(arch: str):
@@ -122,10 +123,10 @@ def smp_args(arch: str):
     stage, U-Net-like decoders only)."""
 
     def read(profile, bundle) -> dict:
-        depth = profile["segmentation.encoder_depth"]
-        args = {**_segmenter_io(bundle), "encoder": profile["segmentation.encoder"],
-                "encoder_depth": depth}
-        dec = profile["segmentation.decoder_channels"]
+        seg = profile.section(SegmentationConfig)
+        depth = seg.encoder_depth
+        args = {**_segmenter_io(bundle), "encoder": seg.encoder, "encoder_depth": depth}
+        dec = seg.decoder_channels
         if dec:
             if arch not in _DECODER_CHANNELS:
                 raise ConfigError(f"segmentation.decoder_channels applies to "

@@ -14,10 +14,13 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ebmctl.api import Task
+from ebmctl.api import ModelConfig, Task
 from ebmctl_segmentation.metrics import dice_ratio_ok, dice_score
-
-ATTACK_LOSSES = ("ce", "dice", "ce+dice", "segpgd")
+from ebmctl_segmentation.sections import (
+    DiceRuleConfig,
+    SegmentationConfig,
+    SegmentationDataConfig,
+)
 
 
 def _valid(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -85,18 +88,19 @@ class SegmentationTask(Task):
 
     def configured(self, config) -> "SegmentationTask":
         task = copy.copy(self)  # the schema checked task.dice_mode against DICE_MODES
-        task.dice_mode = config["task.dice_mode"]
-        task.threshold = float(config["task.dice_ratio_threshold"])
-        task.attack_loss_name = config["segmentation.attack_loss"]
-        task.panels = config["segmentation.panels"]
-        task.ignore_index = config["data.ignore_index"]
+        dice, seg = config.section(DiceRuleConfig), config.section(SegmentationConfig)
+        task.dice_mode = dice.dice_mode
+        task.threshold = float(dice.dice_ratio_threshold)
+        task.attack_loss_name = seg.attack_loss
+        task.panels = seg.panels
+        task.ignore_index = config.section(SegmentationDataConfig).ignore_index
         return task
 
     # --- model -------------------------------------------------------------------------------
     def prepare_model(self, net, config) -> None:
         from ebmctl_segmentation.models import load_encoder_weights
 
-        load_encoder_weights(net, config["segmentation.encoder_weights"])
+        load_encoder_weights(net, config.section(SegmentationConfig).encoder_weights)
 
     # --- losses ------------------------------------------------------------------------------
     # Void pixels (data.ignore_index) are left out of every loss: the mean runs over the
@@ -138,7 +142,8 @@ class SegmentationTask(Task):
 
     def augment(self, x, y, generator, config, flip=None):
         # Only horizontal flips: crops and shifts would need the mask moved with the image.
-        if not (config["model.augment"] and config["model.flip"]):
+        model = config.section(ModelConfig)
+        if not (model.augment and model.flip):
             return x, y
         if flip is None:  # no plan from the training loop (model.flip_mode = random)
             flip = torch.rand(x.shape[0], generator=generator) < 0.5

@@ -13,6 +13,7 @@ from ebmctl.api import DatasetSpec, ModelSpec, hookimpl
 from ebmctl_example.attacks import RandomWalk
 from ebmctl_example.models import mosaic_cnn, mosaic_cnn_args
 from ebmctl_example.mosaic import load_digit_mosaic
+from ebmctl_example.sections import SECTIONS
 from ebmctl_example.task import MultiLabelTask
 
 __version__ = "0.1.0"
@@ -43,14 +44,8 @@ def ebmctl_register_attacks(register):
 
 @hookimpl
 def ebmctl_profile_schema(add):
-    add("multilabel.threshold", "float", 0.5, "probability above which a label is predicted",
-        minimum=0.01, maximum=0.99)
-    add("multilabel.min_f1", "float", 1.0,
-        "an example is handled correctly iff its F1 >= this (1.0: the exact label set)",
-        minimum=0.0, maximum=1.0)
-    add("data.mosaic_train", "int", 3000, "digit-mosaic: training mosaics", minimum=1)
-    add("data.mosaic_eval", "int", 500, "digit-mosaic: validation and test mosaics each",
-        minimum=1)
+    for section in SECTIONS:  # each key is a field of a dataclass section (sections.py)
+        add(section)
 
 
 @hookimpl

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ebmctl.api import ModelConfig
+
 
 class MosaicCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_labels: int = 10, width: int = 32):
@@ -30,4 +32,4 @@ def mosaic_cnn_args(profile, bundle) -> dict:
     """The architecture reads its own arguments (ModelSpec.args_from["task"]): one logit per
     label, width ``model.width``."""
     return {"in_channels": bundle.channels, "num_labels": bundle.num_classes,
-            "width": profile["model.width"]}
+            "width": profile.section(ModelConfig).width}

@@ -14,7 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ebmctl.api import ConfigError, Task
+from ebmctl.api import ConfigError, DefenseConfig, Task
+from ebmctl_example.sections import MultiLabelConfig
 
 
 def example_f1(logits: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -40,12 +41,12 @@ class MultiLabelTask(Task):
 
     def configured(self, config):
         # The registered instance is shared; return a copy carrying this run's profile values.
-        if config["defense.average"] != "logits":
+        if config.section(DefenseConfig).average != "logits":
             raise ConfigError("task 'multilabel' averages per-label logits over replicates; "
                               "set defense.average = logits (softmax mixes the labels)")
         task = copy.copy(self)
-        task.threshold = config["multilabel.threshold"]
-        task.min_f1 = config["multilabel.min_f1"]
+        rule = config.section(MultiLabelConfig)
+        task.threshold, task.min_f1 = rule.threshold, rule.min_f1
         return task
 
     def train_loss(self, outputs, targets):

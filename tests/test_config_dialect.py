@@ -1,0 +1,80 @@
+"""One configuration dialect: code reads profile keys through their typed sections
+(``cfg.section(TrainConfig).steps``), never by string subscript (``cfg["train.steps"]``).
+
+The check reads the source with ``ast``: a subscript whose key is a string literal naming a
+declared profile key, or an f-string starting with ``<section>.`` of a declared section, is a
+string lookup. It covers ``ebmctl/``, the bundled plugins and the example plugin.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from ebmctl.plugins import get_registries
+
+ROOT = Path(__file__).resolve().parents[1]
+TREES = [ROOT / "ebmctl", ROOT / "plugins", ROOT / "examples" / "ebmctl-plugin-example"]
+
+#: Files still reading keys by string while the evaluation engine moves to typed sections.
+#: This list must only shrink, and is to be empty: remove a file as soon as it is converted.
+NOT_YET_CONVERTED = {
+    "ebmctl/evaluate/",  # every module under it
+    "ebmctl/commands/attack.py",
+    "ebmctl/commands/quickstart.py",
+}
+
+
+def _exempt(rel: str) -> bool:
+    return any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in NOT_YET_CONVERTED)
+
+
+def _sections() -> tuple[set[str], set[str]]:
+    keys = set(get_registries().schema.keys)
+    return keys, {k.split(".", 1)[0] for k in keys}
+
+
+def string_lookups(source: str, keys: set[str], sections: set[str]) -> list[tuple[int, str]]:
+    """(line, key) of each subscript by a profile key written as a string in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Subscript):
+            continue
+        key = node.slice
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value in keys:
+            found.append((node.lineno, key.value))
+        elif isinstance(key, ast.JoinedStr) and key.values:
+            head = key.values[0]
+            if (isinstance(head, ast.Constant) and isinstance(head.value, str)
+                    and head.value.split(".", 1)[0] in sections and "." in head.value):
+                found.append((node.lineno, head.value + "{...}"))
+    return found
+
+
+def test_the_check_sees_both_spellings():
+    keys, sections = {"train.steps"}, {"train", "ebm"}
+    src = ('cfg["train.steps"]\nprofile[f"ebm.smooth_{k}"]\nmeta["ebmctl.kind"]\n'
+           'state["linear.weight"]\ncfg.section(T).steps\n')
+    assert string_lookups(src, keys, sections) == [(1, "train.steps"), (2, "ebm.smooth_{...}")]
+
+
+def test_no_profile_key_is_read_by_string_subscript():
+    keys, sections = _sections()
+    assert {"train.steps", "hat.width", "task.dice_mode", "model.depth"} <= keys
+    bad = []
+    for tree in TREES:
+        for path in sorted(tree.rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if _exempt(rel) or "/tests/" in rel:
+                continue
+            bad += [f"{rel}:{line}: [{key!r}]"
+                    for line, key in string_lookups(path.read_text(), keys, sections)]
+    assert not bad, ("read these keys through their section (cfg.section(XConfig).field), not "
+                     "by string:\n" + "\n".join(bad))
+
+
+@pytest.mark.parametrize("entry", sorted(NOT_YET_CONVERTED))
+def test_the_allow_list_names_files_that_exist(entry):
+    assert (ROOT / entry).exists(), f"{entry} is gone: drop it from NOT_YET_CONVERTED"
