@@ -11,25 +11,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 from ebmctl.plugins import get_registries
 
 ROOT = Path(__file__).resolve().parents[1]
 TREES = [ROOT / "ebmctl", ROOT / "plugins", ROOT / "examples" / "ebmctl-plugin-example"]
-
-#: Files still reading keys by string while the evaluation engine moves to typed sections.
-#: This list must only shrink, and is to be empty: remove a file as soon as it is converted.
-NOT_YET_CONVERTED = {
-    "ebmctl/evaluate/",  # every module under it
-    "ebmctl/commands/attack.py",
-    "ebmctl/commands/quickstart.py",
-}
-
-
-def _exempt(rel: str) -> bool:
-    return any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in NOT_YET_CONVERTED)
-
 
 def _sections() -> tuple[set[str], set[str]]:
     keys = set(get_registries().schema.keys)
@@ -67,14 +53,9 @@ def test_no_profile_key_is_read_by_string_subscript():
     for tree in TREES:
         for path in sorted(tree.rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            if _exempt(rel) or "/tests/" in rel:
+            if "/tests/" in rel:
                 continue
             bad += [f"{rel}:{line}: [{key!r}]"
                     for line, key in string_lookups(path.read_text(), keys, sections)]
     assert not bad, ("read these keys through their section (cfg.section(XConfig).field), not "
                      "by string:\n" + "\n".join(bad))
-
-
-@pytest.mark.parametrize("entry", sorted(NOT_YET_CONVERTED))
-def test_the_allow_list_names_files_that_exist(entry):
-    assert (ROOT / entry).exists(), f"{entry} is gone: drop it from NOT_YET_CONVERTED"
