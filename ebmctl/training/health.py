@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -25,8 +25,14 @@ from ebmctl.evaluate.plots import save_grid
 from ebmctl.sampling.langevin import LangevinSettings, energy_and_grad, langevin
 from ebmctl.units import to_internal, to_public
 
-if TYPE_CHECKING:  # the trainer imports this module
-    from ebmctl.training.trainer import TrainConfig
+
+class HorizonSettings(Protocol):
+    """The ``[train]`` fields the horizons read (:class:`~ebmctl.training.trainer.TrainConfig`
+    has them; declared here because the trainer imports this module)."""
+
+    mcmc_steps: int
+    health_horizon: int
+    longrun_steps: int
 
 # A chain is "oversaturated" when more than this share of its pixels leaves [-1, 1] by more than
 # OUTSIDE_MARGIN: sampler noise alone moves saturated data pixels (black digit backgrounds, white
@@ -47,7 +53,7 @@ def parameter_grad_norm(net: torch.nn.Module) -> float:
     return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
-def health_horizon(train: TrainConfig, defense_steps: int, trained_horizon: int = 0) -> int:
+def health_horizon(train: HorizonSettings, defense_steps: int, trained_horizon: int = 0) -> int:
     """The long-run horizon L in Langevin steps: ``train.health_horizon`` when set (else the
     older ``train.longrun_steps``), otherwise the longest of 10·K, K_def = ``defense_steps`` and
     ``trained_horizon``, the chain length the recipe trained its chains to last
@@ -69,7 +75,7 @@ class HealthHorizons:
     long_run: int
 
     @classmethod
-    def of(cls, train: TrainConfig, defense_steps: int,
+    def of(cls, train: HorizonSettings, defense_steps: int,
            trained_horizon: int = 0) -> "HealthHorizons":
         return cls(train.mcmc_steps, defense_steps,
                    health_horizon(train, defense_steps, trained_horizon))
