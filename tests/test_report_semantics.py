@@ -53,7 +53,10 @@ def test_other_norm_keys_are_refused_by_where_they_came_from_not_by_label(tmp_pa
 
     base = resolve("quick", ["attack.norm=l2"])
     with pytest.raises(ConfigError, match="attack.eps does not apply"):
-        EvaluationSettings.from_config(base.with_overrides({"attack.eps": 0.1}, "--eps"))
+        EvaluationSettings.from_config(base.with_overrides({"attack.eps": 0.1}, "--eps",
+                                                           chosen=True))
+    # the label alone decides nothing: a value the code set is not the user's
+    EvaluationSettings.from_config(base.with_overrides({"attack.eps": 0.1}, "--eps"))
     profile = tmp_path / "l2.toml"
     profile.write_text('[attack]\nnorm = "l2"\neps = 0.1\n')
     with pytest.raises(ConfigError, match="attack.eps does not apply"):

@@ -70,17 +70,12 @@ def bench_cmd(
     from ebmctl.console import info, progress_bar
     from ebmctl.context import setup_device
     from ebmctl.errors import ConfigError
-    from ebmctl.evaluate.plots import save_curves
 
-    for name, value in (("--langevin-steps", steps), ("--attack-langevin-steps", attack_steps),
-                        ("--train-langevin-steps", train_steps)):
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0")
-    for name, value in (("--repeats", repeats), ("--image-size", image_size),
-                        ("--channels", channels), ("--width", width),
-                        ("--train-batch", train_batch)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1")
+    _check_counts(nonnegative={"--langevin-steps": steps, "--attack-langevin-steps": attack_steps,
+                               "--train-langevin-steps": train_steps},
+                  positive={"--repeats": repeats, "--image-size": image_size,
+                            "--channels": channels, "--width": width,
+                            "--train-batch": train_batch})
     if image_size < 4:
         raise ConfigError("--image-size must be >= 4 for the lightweight EBM")
     if out is not None and out.suffix.lower() != ".json":
@@ -102,21 +97,41 @@ def bench_cmd(
         report = run_bench(plan, dev, progress=lambda: bar.advance(1))
     if out is not None:
         atomic_write_json(out, report)
-        rows = report["sampler"]
-        curves = {"naive": ([r["batch"] for r in rows], [r["naive_image_steps_per_s"] for r in rows])}
-        for name in rows[0]["variants"]:
-            curves[name] = ([r["batch"] for r in rows],
-                            [r["variants"][name]["image_steps_per_s"] for r in rows])
-        if any("naive_default_openmp_image_steps_per_s" in r for r in rows):
-            curves["naive, default OpenMP process"] = (
-                [r["batch"] for r in rows],
-                [r.get("naive_default_openmp_image_steps_per_s", 0) for r in rows])
-        save_curves(Path(out).with_suffix(".png"), curves, "batch", "image-steps/s",
-                    f"Langevin throughput on {dev} ({image_size}x{image_size}x{channels})",
-                    logx=True)
+        _save_throughput_plot(Path(out).with_suffix(".png"), report["sampler"],
+                              f"Langevin throughput on {dev} ({image_size}x{image_size}x{channels})")
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         print(format_table(report))
     if out is not None:
         info(f"wrote {out} and {Path(out).with_suffix('.png')}")
+
+
+def _check_counts(nonnegative: dict[str, int], positive: dict[str, int]) -> None:
+    """Refuse a negative step count or a non-positive size, naming the option.
+
+    Raises:
+        ConfigError: the first option out of range.
+    """
+    from ebmctl.errors import ConfigError
+
+    for name, value in nonnegative.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0")
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1")
+
+
+def _save_throughput_plot(path: Path, rows: list[dict], title: str) -> None:
+    """Image-steps/s against batch for the naive loop and every timed variant (log x)."""
+    from ebmctl.evaluate.plots import save_curves
+
+    batches = [r["batch"] for r in rows]
+    curves = {"naive": (batches, [r["naive_image_steps_per_s"] for r in rows])}
+    for name in rows[0]["variants"]:
+        curves[name] = (batches, [r["variants"][name]["image_steps_per_s"] for r in rows])
+    if any("naive_default_openmp_image_steps_per_s" in r for r in rows):
+        curves["naive, default OpenMP process"] = (
+            batches, [r.get("naive_default_openmp_image_steps_per_s", 0) for r in rows])
+    save_curves(path, curves, "batch", "image-steps/s", title, logx=True)
