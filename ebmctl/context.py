@@ -67,8 +67,8 @@ class DataConfig:
                                    minimum=0, maximum=0.9)
     split_seed: int = setting(0, "seed of the deterministic split", minimum=0)
     max_train: int = setting(0, "cap on training images (0 = all)", minimum=0)
-    allow_pickle: bool = setting(False, "opt in to reading CIFAR python batches (pickles can run "
-                                 "code)")
+    allow_pickle: bool = setting(False, "no longer supported: ebmctl never unpickles data (true "
+                                 "is refused; kept so older artifacts' records still load)")
 
 
 def setup_device(cfg: Config, *, honours_dtype: bool = False) -> torch.device:
@@ -132,11 +132,19 @@ def with_task_defaults(cfg: Config) -> Config:
 
 
 def data_request(cfg: Config) -> DataRequest:
+    """The dataset plugin's request from the ``[data]`` section.
+
+    Raises:
+        ConfigError: ``data.allow_pickle = true`` (pickled data is never read).
+    """
     data = cfg.section(DataConfig)
+    if data.allow_pickle:
+        raise ConfigError("data.allow_pickle = true is not supported: ebmctl never unpickles "
+                          "data (pickles can run code); use an ImageFolder copy of the images")
     return DataRequest(root=data.root, image_size=data.image_size, channels=data.channels,
                        val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                        split_seed=data.split_seed, max_train=data.max_train,
-                       allow_pickle=data.allow_pickle, options=cfg.section("data"))
+                       options=cfg.section("data"))
 
 
 _cache: dict[str, DatasetBundle] = {}

@@ -34,7 +34,6 @@ class DataRequest:
     test_fraction: float = 0.2
     split_seed: int = 0
     max_train: int = 0
-    allow_pickle: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -274,3 +274,27 @@ def test_void_mask_pixels_are_no_class_and_count_nowhere(tmp_path):
         assert torch.isfinite(loss), name
         assert grad.abs().sum() > 0, name
         assert torch.all(grad.permute(0, 2, 3, 1)[void] == 0), f"{name} loss sees void pixels"
+
+
+def test_pickled_data_is_never_read(tmp_path):
+    """A root of CIFAR python batches (pickles can run code when read) is refused with the way
+    out, before any file is opened; ``data.allow_pickle = true`` is refused too."""
+    batches = tmp_path / "cifar-10-batches-py"
+    batches.mkdir()
+    # a pickle that would leave a marker file if it were ever unpickled
+    marker = tmp_path / "unpickled"
+    import pickle
+
+    class _Trap:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (batches / "data_batch_1").write_bytes(pickle.dumps(_Trap()))
+    r = run_cli(["train", "classifier", "-p", "cifar10-classifier", "--set",
+                 f"data.root={tmp_path}", "--out", tmp_path / "c.safetensors"])
+    assert r.exit_code != 0 and "never unpickles data" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
+    r = run_cli(["train", "classifier", "-p", "cifar10-classifier", "--set",
+                 f"data.root={tmp_path}", "--set", "data.allow_pickle=true",
+                 "--out", tmp_path / "c.safetensors"])
+    assert r.exit_code != 0 and "data.allow_pickle = true is not supported" in r.stderr

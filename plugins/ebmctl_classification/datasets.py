@@ -1,7 +1,7 @@
 """Classification datasets: embedded digits, ImageFolder roots, CIFAR-10/100 and SVHN folders.
 
-Nothing here downloads. CIFAR's python batches are pickles and are read only with
-``data.allow_pickle = true``.
+Nothing here downloads, and nothing is unpickled: CIFAR's python batches are pickles (they can
+run code when read), so a root holding them is refused with the way out (an ImageFolder copy).
 """
 
 from __future__ import annotations
@@ -56,37 +56,13 @@ def load_imagefolder_bundle(req: DataRequest, name: str = "imagefolder"):
                        info={"root": str(root), "layout": "ImageFolder"})
 
 
-def _unpickle_cifar(path: Path):
-    import pickle  # only behind data.allow_pickle: CIFAR's python batches are pickles
-
-    with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="latin1")
-
-
 def load_cifar_bundle(req: DataRequest, name: str = "cifar10"):
     root = _require_root(req, name)
     batches = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
     if batches.is_dir():
-        if not req.allow_pickle:
-            raise InputError(f"{batches} holds CIFAR python batches, which are pickles and can run "
-                             "code; set data.allow_pickle = true to read them, or use an "
-                             "ImageFolder copy")
-        if name == "cifar10":
-            parts = [_unpickle_cifar(batches / f"data_batch_{i}") for i in range(1, 6)]
-            test_part = _unpickle_cifar(batches / "test_batch")
-            key, names = "labels", CIFAR10_CLASSES
-        else:
-            parts = [_unpickle_cifar(batches / "train")]
-            test_part = _unpickle_cifar(batches / "test")
-            key, names = "fine_labels", [str(i) for i in range(100)]
-
-        def arr(d):
-            x = torch.from_numpy(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            return x.float() / 255, torch.tensor(d[key], dtype=torch.long)
-
-        xs, ys = zip(*(arr(p) for p in parts))
-        return make_bundle(name, torch.cat(xs), torch.cat(ys), req, len(names), names,
-                           test=arr(test_part), info={"root": str(root), "layout": "python"})
+        raise InputError(f"{batches} holds CIFAR python batches, which are pickles and can run "
+                         "code when read; ebmctl never unpickles data: point data.root at an "
+                         "ImageFolder copy (one folder of PNG/JPEG files per class)")
     return load_imagefolder_bundle(req, name)
 
 
