@@ -1,5 +1,7 @@
-"""Issue 18 items 2–6: the MEFA final-iterate protocol, surrogate-chain gradients, fixed
-randomness, the defense-aware (energy) loss, and worst-of-N re-evaluation."""
+"""Attack options for stochastic defenses: the MEFA final-iterate protocol verifies only each
+restart's last iterate; a surrogate chain of K steps is the full chain gradient; fixed (common)
+randomness reproduces runs and is labelled a diagnostic kept out of the headline; the
+defense-aware loss adds exactly −λ·∇U; worst-of-N re-evaluation with Wilson intervals."""
 
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ class Scripted(SteppedAttack):
         return nxt
 
 
-# --- tiny real defenses -------------------------------------------------------------------
+# --- tiny real defenses ---------------------------------------------------------------------
 
 def linear_model(bundle, scale: float = 8.0) -> TaskModel:
     xs, ys = bundle.train.x, bundle.train.y
@@ -136,7 +138,7 @@ class Recorder(nn.Module):
         return self.net(x)
 
 
-# --- item 2: the MEFA final-iterate protocol ------------------------------------------------
+# --- the MEFA final-iterate protocol --------------------------------------------------------
 
 def test_final_iterate_only_verifies_only_each_restarts_last_iterate():
     x, y = images()
@@ -157,7 +159,7 @@ def test_final_iterate_only_verifies_only_each_restarts_last_iterate():
     assert out.ok_by_step[0, :steps].all() and attack.per_step_curve is False
 
 
-# --- item 3: surrogate chain ----------------------------------------------------------------
+# --- surrogate chain ------------------------------------------------------------------------
 
 def test_a_surrogate_chain_of_k_steps_is_the_full_gradient_and_a_shorter_one_is_not():
     defense, x, y = smooth_defense(steps=3)
@@ -194,7 +196,7 @@ def test_gradient_steps_beyond_k_or_without_a_chain_gradient_is_rejected_naming_
         check_options_used(cfg, [bpda])
 
 
-# --- item 4: fixed randomness --------------------------------------------------------------
+# --- fixed randomness -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [BPDAEOT, FullGradientEOT], ids=lambda c: c.name)
 @pytest.mark.parametrize("common", [False, True], ids=["fresh-noise", "common-noise"])
@@ -267,7 +269,7 @@ def test_a_diagnostic_run_is_labelled_and_kept_out_of_the_headline():
     assert only["diagnostic"] is True
 
 
-# --- item 5: the defense-aware (energy) loss ------------------------------------------------
+# --- the defense-aware (energy) loss --------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [BPDAEOT, FullGradientEOT], ids=lambda c: c.name)
 def test_energy_weight_changes_the_gradient_by_exactly_minus_lambda_grad_u(cls):
@@ -303,7 +305,7 @@ def test_new_options_default_off_and_defended_only_ones_are_rejected_on_undefend
     assert make_attack(cfg, "bpda-eot", True).energy_weight == 0.1
 
 
-# --- item 6: worst-of-N re-evaluation -----------------------------------------------------
+# --- worst-of-N re-evaluation ---------------------------------------------------------------
 
 def test_worst_of_n_is_at_most_the_mean_over_resubmissions_on_every_image():
     defense, x, y = smooth_defense(steps=2, tau=0.6)

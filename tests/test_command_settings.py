@@ -1,7 +1,7 @@
-"""Thin commands: global options reach a command through the click context object and are
-layered in one place (``make_config``); domain checks live with the models (the task a model
-was trained for, the K_def an EBM recorded); tables come from ``ebmctl.evaluate.tables`` and the
-quickstart's prints as before."""
+"""How a command gets its settings: global options reach a command through the click context
+object and are layered in one place (``make_config``); domain checks live with the models (the
+task a model was trained for, the K_def an EBM recorded); tables come from
+``ebmctl.evaluate.tables``, and the quickstart's table prints exactly as the text held here."""
 
 from __future__ import annotations
 
@@ -209,8 +209,8 @@ QUICKSTART_REPORT = {
     },
 }
 
-#: What `ebmctl quickstart` printed for QUICKSTART_REPORT before its table moved to
-#: ebmctl.evaluate.tables (rendered 160 columns wide); the table must not change.
+#: What `ebmctl quickstart` prints for QUICKSTART_REPORT, rendered 160 columns wide; its users
+#: compare runs by this table, so its text must not change.
 QUICKSTART_TABLE = """\
 digits: 200 test images, linf eps=32/255, K_def=200, H_def=8
 ┏━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━┓
@@ -225,7 +225,7 @@ digits: 200 test images, linf eps=32/255, K_def=200, H_def=8
 """
 
 
-def test_the_quickstart_table_prints_exactly_as_before():
+def test_the_quickstart_table_prints_exactly_as_recorded():
     from rich.console import Console
 
     from ebmctl.evaluate.tables import quickstart_table

@@ -1,4 +1,4 @@
-"""Smooth EBMs (issue 18 item 1): ``ebm.activation = smooth_leaky | silu | softplus``.
+"""Smooth EBMs: ``ebm.activation = smooth_leaky | silu | softplus``.
 
 The smooth leaky ReLU is MEFA's f(x) = 0.51x + 0.49·√(x² + 1e-4) − 0.0049 (Du, Hill & Cai
 2026). Unlike a LeakyReLU EBM, whose exact Langevin-chain gradient equals BPDA almost
