@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.attacks.apgd import APGD
 from ebmctl.attacks.bpda_eot import BPDAEOT
 from ebmctl.attacks.full_eot import FullGradientEOT
@@ -31,7 +30,6 @@ from ebmctl.evaluate.resubmit import resubmit_images, summarise_resubmissions
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve
 from ebmctl.testing import tiny_bundle
-from ebmctl_classification.models import SmallCNN
 from ebmctl_classification.task import ClassificationTask
 
 TASK = ClassificationTask()
@@ -349,25 +347,9 @@ def test_resubmission_figures_and_their_wilson_intervals_by_hand():
     assert fig["per_image_worst_of_n"][0] == 0 and fig["per_image_mean"][0] == 0
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("art")
-    torch.manual_seed(0)  # test-only weight init
-    clf_path = save_artifact(d / "clf.safetensors", model_tensors(SmallCNN(1, 10, 8, 8)),
-                             kind="classifier", arch="small-cnn", task="classification",
-                             arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
-                                        "image_size": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1})
-    ebm_path = save_artifact(d / "ebm.safetensors", model_tensors(LightweightEBM(1, 8, 8)),
-                             kind="ebm", arch="lightweight",
-                             arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1},
-                             extra={"tau": 0.01, "temperature": 5e-5})
-    return clf_path, ebm_path
-
-
-def test_the_report_carries_resubmission_figures_and_memory_per_attack(artifacts, tmp_path):
-    clf, ebm = artifacts
+def test_the_report_carries_resubmission_figures_and_memory_per_attack(digits_artifacts,
+                                                                       tmp_path):
+    clf, ebm = digits_artifacts
     sets = ["attack.n_images=6", "attack.batch_size=6", "attack.steps=2", "attack.eot_reps=2",
             "attack.restarts=1", "defense.steps=2", "defense.eot_reps=2", "attack.seeds=0",
             "run.device=cpu", "langevin.precision=fp32", "attack.sanity=false",

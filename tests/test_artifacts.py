@@ -9,6 +9,7 @@ import struct
 import pytest
 import torch
 
+from builders import random_ebm
 from ebmctl.artifacts import load_artifact, read_header, save_artifact
 from ebmctl.errors import ArtifactError
 from ebmctl.nn.ebm import LightweightEBM
@@ -40,9 +41,7 @@ def test_artifact_roundtrip_bit_identical(tmp_path):
 
 
 def test_corrupt_and_truncated_artifacts(tmp_path):
-    net = LightweightEBM(1, 8, 8)
-    good = tmp_path / "g.safetensors"
-    save_artifact(good, {f"model.{k}": v for k, v in net.state_dict().items()}, kind="ebm")
+    good = random_ebm(tmp_path / "g.safetensors")
     data = good.read_bytes()
     (tmp_path / "t.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ArtifactError, match="truncated"):

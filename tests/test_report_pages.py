@@ -147,18 +147,10 @@ def test_write_gallery_purifies_the_adversarials_of_a_defended_label(digits_arti
 # --- ood ----------------------------------------------------------------------------------------
 
 def _ood_ebm(tmp_path):
-    from ebmctl.artifacts import model_tensors, save_artifact
-    from ebmctl.plugins import get_registries
+    from builders import DIGITS, random_ebm
 
-    args = {"in_channels": 1, "image_size": 8, "channels": 4}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # test-only weight init
-        net = get_registries().models.get("lightweight").build(**args)
-    return save_artifact(tmp_path / "ebm.safetensors", model_tensors(net), kind="ebm",
-                         arch="lightweight", arch_args=args,
-                         data={"range": "[-1,1]", "image_size": 8, "channels": 1,
-                               "dataset": "digits"},
-                         extra={"tau": 0.01, "temperature": 0.5})
+    return random_ebm(tmp_path / "ebm.safetensors", data={**DIGITS, "dataset": "digits"},
+                      temperature=0.5)
 
 
 def test_roc_area_equals_the_reported_auroc():
