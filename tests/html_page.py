@@ -29,9 +29,12 @@ class Row:
 
 @dataclass
 class Table:
-    """One ``<table>``: its class attribute and its rows, header rows included."""
+    """One ``<table>``: its class attribute, the class attributes of the elements it sits in
+    (outermost first, e.g. ``("results",)`` for a table inside ``<div class="results">``), and
+    its rows, header rows included."""
 
     cls: str = ""
+    within: tuple[str, ...] = ()
     rows: list[Row] = field(default_factory=list)
 
     @property
@@ -55,16 +58,23 @@ class Page:
         return " ".join(self.texts)
 
     def table(self, cls: str) -> Table:
-        """The one table of class ``cls``; AssertionError unless there is exactly one."""
-        found = [t for t in self.tables if t.cls == cls]
+        """The one table of class ``cls`` or inside an element of that class; AssertionError
+        unless there is exactly one."""
+        found = [t for t in self.tables if cls == t.cls or cls in t.within]
         assert len(found) == 1, f"{len(found)} tables of class {cls!r}"
         return found[0]
+
+
+#: elements that have no end tag, so never enclose anything
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+         "track", "wbr"}
 
 
 class _Collector(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.page = Page()
+        self._open: list[tuple[str, str]] = []  # (tag, class) of the elements open here
         self._row: list[str] | None = None
         self._row_cls, self._row_header = "", True
         self._cell: list[str] | None = None
@@ -79,14 +89,20 @@ class _Collector(HTMLParser):
         if "href" in a:
             self.page.links.append(a["href"])
         if tag == "table":
-            self.page.tables.append(Table(a.get("class", "")))
+            within = tuple(c for _, c in self._open if c)
+            self.page.tables.append(Table(a.get("class", ""), within))
         elif tag == "tr" and self.page.tables:
             self._row, self._row_cls, self._row_header = [], a.get("class", ""), True
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
             self._row_header = self._row_header and tag == "th"
+        if tag not in _VOID:
+            self._open.append((tag, a.get("class", "")))
 
     def handle_endtag(self, tag: str) -> None:
+        if any(t == tag for t, _ in self._open):  # close it and whatever was left open in it
+            while self._open.pop()[0] != tag:
+                pass
         if tag in ("td", "th") and self._cell is not None and self._row is not None:
             self._row.append("".join(self._cell))
             self._cell = None
