@@ -45,27 +45,13 @@ def crash_on_call(monkeypatch):
 @pytest.fixture(scope="session")
 def digits_artifacts(tmp_path_factory):
     """An (untrained) 8x8 digits classifier and EBM saved as real artifacts: (clf, ebm) paths."""
-    import torch
-
-    from ebmctl.artifacts import model_tensors, save_artifact
-    from ebmctl.nn.ebm import LightweightEBM
-    from ebmctl_classification.models import SmallCNN
+    from builders import random_classifier, random_ebm
 
     d = tmp_path_factory.mktemp("art")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # test-only weight init
-        clf = SmallCNN(1, 10, 8, 8)
-        ebm = LightweightEBM(1, 8, 8)
-    clf_path = save_artifact(d / "clf.safetensors", model_tensors(clf), kind="classifier",
-                             arch="small-cnn", task="classification",
-                             arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
-                                        "image_size": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1})
-    ebm_path = save_artifact(d / "ebm.safetensors", model_tensors(ebm), kind="ebm",
-                             arch="lightweight",
-                             arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1},
-                             extra={"tau": 0.01, "temperature": 5e-5})
+        torch.manual_seed(0)  # one stream: the classifier's weights, then the EBM's
+        clf_path = random_classifier(d / "clf.safetensors", width=8, seed=None)
+        ebm_path = random_ebm(d / "ebm.safetensors", channels=8, seed=None)
     return clf_path, ebm_path
 
 

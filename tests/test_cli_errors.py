@@ -5,21 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ebmctl.artifacts import save_artifact
+from builders import random_classifier, random_ebm
 from ebmctl.evaluate.plots import save_image01
-from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.testing import run_cli
 
 
 @pytest.fixture()
 def tiny_ebm(tmp_path):
-    net = LightweightEBM(1, 8, 4)
-    path = tmp_path / "ebm.safetensors"
-    save_artifact(path, {f"model.{k}": v for k, v in net.state_dict().items()}, kind="ebm",
-                  arch="lightweight", arch_args={"in_channels": 1, "image_size": 8, "channels": 4},
-                  data={"image_size": 8, "channels": 1, "range": "[-1,1]"},
-                  extra={"tau": 0.01, "temperature": 5e-5})
-    return path
+    return random_ebm(tmp_path / "ebm.safetensors")
 
 
 @pytest.fixture()
@@ -83,9 +76,7 @@ def test_purify_corrupt_safetensors(tmp_path, png):
 
 
 def test_purify_wrong_kind_artifact(tmp_path, png):
-    net = torch.nn.Linear(2, 2)
-    clf = tmp_path / "clf.safetensors"
-    save_artifact(clf, {f"model.{k}": v for k, v in net.state_dict().items()}, kind="classifier")
+    clf = random_classifier(tmp_path / "clf.safetensors")
     assert_clean_error(run_cli(["purify", str(png), "--ebm", str(clf)]), "expected 'ebm'")
 
 

@@ -12,6 +12,7 @@ import pytest
 from ebmctl.errors import InputError
 from ebmctl.evaluate.compare import WORST, build_comparison
 from ebmctl.testing import run_cli
+from html_page import assert_self_contained
 
 FAST = ["--set", "attack.steps=5", "--set", "attack.n_images=20", "--set",
         "attack.batch_size=20", "--set", "attack.restarts=1", "--set", "attack.sanity=false"]
@@ -77,9 +78,12 @@ def test_compare_page_holds_every_reports_curve(sweeps, tmp_path):
         for q in ln["points"]:
             lo, hi = q["adversarial_ci"]
             assert lo <= q["adversarial"] <= hi and q["n_seeds"] == 2
-    html = page.read_text()
-    assert html.count("<tr>") == 1 + 8 and "data:image/png;base64," in html
-    assert "natural" in html and "fgsm-rs" in html
+    shown = assert_self_contained(page.read_text())
+    assert len(shown.images) == 1  # the curves
+    # the table: a header, then the 8 lines
+    (table,) = shown.tables
+    assert len(table.rows) == 1 + 8 and table.rows[0].header and len(table.body) == 8
+    assert "natural" in shown.text and "fgsm-rs" in shown.text
     assert page.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     # the terminal table too
     assert "fgsm-rs" in r.stdout and "eps=0.15" in r.stdout

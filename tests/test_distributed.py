@@ -57,7 +57,8 @@ CHILD_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "MPLBACKEND":
 
 
 def test_torchrun_two_gloo_processes_merge_to_the_single_process_report(tmp_path):
-    """The acceptance test of issue 10: 2 processes, gloo, CPU; same seeds → same report."""
+    """Sharded evaluation: 2 gloo processes on CPU with the same seeds write the report of one
+    process."""
     sys.path.insert(0, str(HERE))
     try:
         import distributed_worker as w
@@ -184,7 +185,7 @@ def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(
 
 
 def test_torchrun_two_gloo_processes_train_the_one_process_shard_emulation(tmp_path):
-    """The training half of issue 10: ``torchrun -m ebmctl.torchrun train ebm`` with 2 gloo
+    """Data-parallel training: ``torchrun -m ebmctl.torchrun train ebm`` with 2 gloo
     processes (DDP, one bank shard each, train.shards left at 1 = one per process) gives the
     weights and training log of ``ebmctl train ebm --set train.shards=2`` in one process."""
     from ebmctl.artifacts import load_artifact

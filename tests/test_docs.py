@@ -139,6 +139,17 @@ def test_no_issue_references():
                       + "\n".join(hits))
 
 
+def test_tests_state_behaviour_not_tracker_entries():
+    """A test file says what behaviour it specifies; a tracker entry's number and item mean
+    nothing to a reader without the tracker."""
+    item = re.compile(r"\bitems? \d+\b", re.I)
+    hits = [f"{rel(f)}:{i}: {line.strip()[:90]}"
+            for f in sorted((ROOT / "tests").glob("*.py"))
+            for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+            if ISSUE_WORD.search(line) or item.search(line)]
+    assert not hits, "name the behaviour instead:\n" + "\n".join(hits)
+
+
 def test_no_machine_load_asides():
     hits = [f"{rel(f)}:{i}: {line.strip()[:90]}" for f in doc_files()
             for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)

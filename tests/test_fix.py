@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ebmctl.artifacts import load_artifact, model_tensors, save_artifact
+from builders import random_ebm
+from ebmctl.artifacts import load_artifact
 from ebmctl.defense import Defense
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ArtifactError, ConfigError
@@ -77,10 +78,9 @@ def test_stage1_lowers_reconstruction_loss_and_round_trips(tmp_path, bundle):
     net.load_state_dict({k[6:]: v for k, v in art.tensors.items()})
     assert torch.allclose(Fixer(net.eval(), 1)(x), y)
     # A fixer of another kind of artifact is refused with a clear message.
+    ebm = random_ebm(tmp_path / "ebm.safetensors")
     with pytest.raises(ArtifactError, match="expected 'fixer'"):
-        save_artifact(tmp_path / "ebm.safetensors", model_tensors(LightweightEBM(1, 8, 4)),
-                      kind="ebm", arch="lightweight")
-        load_fixer(tmp_path / "ebm.safetensors", CPU)
+        load_fixer(ebm, CPU)
 
 
 def test_stage2_early_stopping_keeps_best(tmp_path, bundle):

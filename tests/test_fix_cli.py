@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from ebmctl.artifacts import model_tensors, save_artifact
-from ebmctl.nn.ebm import LightweightEBM
+from builders import random_classifier, random_ebm
 from ebmctl.testing import run_cli
 
 TINY = ["--set", "fix.width=8", "--set", "fix.blocks=1", "--set", "fix.purify_steps=2",
@@ -17,20 +16,8 @@ TINY = ["--set", "fix.width=8", "--set", "fix.blocks=1", "--set", "fix.purify_st
 
 
 def _artifacts(tmp_path):
-    torch.manual_seed(0)
-    ebm = tmp_path / "ebm.safetensors"
-    save_artifact(ebm, model_tensors(LightweightEBM(1, 8, 4)), kind="ebm", arch="lightweight",
-                  arch_args={"in_channels": 1, "image_size": 8, "channels": 4},
-                  data={"image_size": 8, "channels": 1, "range": "[-1,1]"},
-                  extra={"tau": 0.01, "temperature": 5e-5})
-    from ebmctl_classification.models import SmallCNN
-
-    clf = tmp_path / "clf.safetensors"
-    save_artifact(clf, model_tensors(SmallCNN(1, 10, 4, 8)), kind="classifier", arch="small-cnn",
-                  arch_args={"in_channels": 1, "num_classes": 10, "width": 4, "image_size": 8},
-                  task="classification",
-                  data={"range": "[-1,1]", "image_size": 8, "channels": 1, "num_classes": 10})
-    return ebm, clf
+    return (random_ebm(tmp_path / "ebm.safetensors"),
+            random_classifier(tmp_path / "clf.safetensors"))
 
 
 def test_fix_bad_input_is_one_line(tmp_path):

@@ -1,7 +1,7 @@
 """``run.dtype = float64``: models, images, Langevin chains and attacks in float64, so a report
 comes out the same on every CPU (float64 kernels agree to ~1e-12, far inside the margins of
 argmax, gradient signs and broken/robust decisions). Used as given or refused with an error
-naming it; float32 stays the default and runs as before."""
+naming it; float32 stays the default."""
 
 from __future__ import annotations
 

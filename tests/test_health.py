@@ -1,4 +1,4 @@
-"""The end-of-run health verdict (issue 19 item 9): decided at the horizon the defense uses
+"""The end-of-run health verdict: decided at the horizon the defense uses
 (K_def and the long-run horizon, not 10·K), named in the verdict, with label survival there
 when a classifier is given and "not measured" otherwise; one check for both trainers."""
 

@@ -31,7 +31,7 @@ def _animated_gif(path):
     return path
 
 
-# --- item 3: image reading ------------------------------------------------------------------
+# --- image reading ---------------------------------------------------------------------------
 
 
 def test_dark_16bit_png_is_scaled_by_its_mode_not_its_content(tmp_path):
@@ -85,7 +85,7 @@ def test_image_folder_reads_like_every_other_reader(tmp_path, capsys):
     assert "I;16 image converted to 8-bit RGB (dark16.png)" in err
 
 
-# --- item 4: purify keeps the input's size and mode ----------------------------------------
+# --- purify keeps the input's size and mode --------------------------------------------------
 
 
 def _shipped_ebm():
@@ -144,7 +144,7 @@ def test_purify_drift_per_pixel_does_not_grow_with_the_image(tmp_path):
     assert 0.85 < drift["four"] / drift["one"] < 1.15, drift
 
 
-# --- item 5: outputs never replace earlier work silently -----------------------------------
+# --- outputs never replace earlier work silently ---------------------------------------------
 
 
 def test_purify_same_stem_inputs_and_existing_outputs(tmp_path, tiny_artifacts):
@@ -221,7 +221,7 @@ def test_default_outputs_are_not_replaced_without_force(command, tmp_path, monke
     assert target.read_bytes() == b"earlier work"
 
 
-# --- item 3: void labels in segmentation masks ---------------------------------------------
+# --- void labels in segmentation masks -------------------------------------------------------
 
 
 def _voc_folder(root):

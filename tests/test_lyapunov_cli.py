@@ -110,22 +110,10 @@ def test_missing_or_wrong_artifact(tmp_path):
 @pytest.mark.slow
 def test_checks_with_a_lightweight_ebm_and_classifier(tmp_path):
     """Forgetting curves end to end on digits with untrained (random) networks."""
-    from ebmctl.nn.ebm import lightweight_ebm
-    from ebmctl.plugins import get_registries
+    from builders import random_classifier, random_ebm
 
-    torch.manual_seed(0)
-    ebm = tmp_path / "ebm.safetensors"
-    net = lightweight_ebm(in_channels=1, image_size=8, channels=8)
-    save_artifact(ebm, model_tensors(net), kind="ebm", arch="lightweight",
-                  arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
-                  data={"image_size": 8, "channels": 1}, extra={"tau": 0.01, "temperature": 5e-5})
-    spec = get_registries().models.get("small-cnn")
-    clf_net = spec.build(in_channels=1, num_classes=10, width=8)
-    clf = tmp_path / "clf.safetensors"
-    save_artifact(clf, model_tensors(clf_net), kind="classifier", arch="small-cnn",
-                  arch_args={"in_channels": 1, "num_classes": 10, "width": 8},
-                  task="classification",
-                  data={"range": "[-1,1]", "image_size": 8, "channels": 1, "num_classes": 10})
+    ebm = random_ebm(tmp_path / "ebm.safetensors", channels=8)
+    clf = random_classifier(tmp_path / "clf.safetensors", width=8)
     out = tmp_path / "ly.json"
     res = run_cli(["lyapunov", "--ebm", ebm, "--model", clf, "--checks", "--no-exponent",
                    "--set", "lyapunov.memory_images=8", "--set", "lyapunov.memory_steps=0,2,5",

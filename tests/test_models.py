@@ -6,11 +6,9 @@ import json
 import pytest
 import torch
 
-from ebmctl.artifacts import model_tensors, save_artifact
+from builders import random_artifact, random_classifier, random_ebm
 from ebmctl.errors import ArtifactError
 from ebmctl.models import EnergyModel, HatModel, load_energy_model
-from ebmctl.nn.hat import HatEBM
-from ebmctl.plugins import get_registries
 
 CPU = torch.device("cpu")
 DATA = {"range": "[-1,1]", "image_size": 8, "channels": 1, "dataset": "digits"}
@@ -19,12 +17,7 @@ DATA = {"range": "[-1,1]", "image_size": 8, "channels": 1, "dataset": "digits"}
 def _plain(tmp_path):
     args = {"in_channels": 1, "image_size": 8, "channels": 4, "activation": "leaky_relu",
             "leak": 0.05}
-    torch.manual_seed(0)
-    net = get_registries().models.get("lightweight").build(**args)
-    path = tmp_path / "ebm.safetensors"
-    save_artifact(path, model_tensors(net), kind="ebm", arch="lightweight", arch_args=args,
-                  data=DATA, extra={"tau": 0.01, "temperature": 0.5})
-    return path
+    return random_ebm(tmp_path / "ebm.safetensors", arch_args=args, data=DATA, temperature=0.5)
 
 
 def _hat(tmp_path):
@@ -32,13 +25,10 @@ def _hat(tmp_path):
             "hat_args": {"in_channels": 1, "image_size": 8, "width": 8, "spectral_norm": False},
             "generator_arch": "sngan-generator",
             "generator_args": {"latent_dim": 4, "image_size": 8, "channels": 1, "width": 8}}
-    torch.manual_seed(0)
-    net = HatEBM(**args)
-    path = tmp_path / "hat.safetensors"
-    save_artifact(path, model_tensors(net), kind="hat-ebm", arch="hat-ebm", arch_args=args,
-                  data=DATA, extra={"eps_y": 0.02, "eps_z": 0.02, "temperature": 0.25,
-                                    "mode": "conditional", "mcmc_steps": 3})
-    return path
+    return random_artifact(tmp_path / "hat.safetensors", kind="hat-ebm", arch="hat-ebm",
+                           arch_args=args, data=DATA,
+                           extra={"eps_y": 0.02, "eps_z": 0.02, "temperature": 0.25,
+                                  "mode": "conditional", "mcmc_steps": 3})
 
 
 @pytest.mark.parametrize("make,cls,kind,temperature", [
@@ -70,12 +60,7 @@ def test_an_image_of_another_size_is_adapted_first(tmp_path):
 
 
 def test_load_energy_model_rejects_other_artifacts(tmp_path):
-    net = get_registries().models.get("small-cnn").build(in_channels=1, num_classes=10, width=4,
-                                                          image_size=8)
-    path = tmp_path / "clf.safetensors"
-    save_artifact(path, model_tensors(net), kind="classifier", arch="small-cnn",
-                  arch_args={"in_channels": 1, "num_classes": 10, "width": 4, "image_size": 8},
-                  data=DATA)
+    path = random_classifier(tmp_path / "clf.safetensors", data=DATA)
     with pytest.raises(ArtifactError, match="'classifier' artifact"):
         load_energy_model(path, CPU)
 

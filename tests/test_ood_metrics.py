@@ -107,18 +107,12 @@ def test_noise_sets_follow_request_and_are_deterministic():
 
 def _tiny_ebm(tmp_path):
     """A small random lightweight EBM on 8x8 gray images (T = 0.5)."""
-    from ebmctl.artifacts import model_tensors, save_artifact
-    from ebmctl.plugins import get_registries
+    from builders import DIGITS, random_ebm
 
     args = {"in_channels": 1, "image_size": 8, "channels": 4, "activation": "leaky_relu",
             "leak": 0.05}
-    torch.manual_seed(0)
-    net = get_registries().models.get("lightweight").build(**args)
-    path = tmp_path / "ebm.safetensors"
-    save_artifact(path, model_tensors(net), kind="ebm", arch="lightweight", arch_args=args,
-                  data={"range": "[-1,1]", "image_size": 8, "channels": 1, "dataset": "digits"},
-                  extra={"tau": 0.01, "temperature": 0.5})
-    return path
+    return random_ebm(tmp_path / "ebm.safetensors", arch_args=args, temperature=0.5,
+                      data={**DIGITS, "dataset": "digits"})
 
 
 def test_ood_cli_writes_report_and_histogram(tmp_path):

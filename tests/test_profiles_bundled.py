@@ -74,24 +74,13 @@ def test_thesis_profile_trains_on_every_training_image_and_tests_on_the_test_spl
 
 
 def test_attack_runs_with_the_thesis_profile_on_an_image_folder(tmp_path):
-    from ebmctl.artifacts import save_artifact
-    from ebmctl.plugins import get_registries
+    from builders import random_classifier, random_ebm
 
     root = _image_folder(tmp_path / "cifar", {"train": 2, "test": 2})
-
-    def weights(arch, args):
-        net = get_registries().models.get(arch).build(**args)
-        return {f"model.{k}": v for k, v in net.state_dict().items()}
-
     data = {"range": "[-1,1]", "image_size": 32, "channels": 3, "dataset": "cifar10"}
-    ebm_args = {"in_channels": 3, "image_size": 32, "channels": 4}
-    clf_args = {"in_channels": 3, "num_classes": 10, "width": 4, "image_size": 32}
-    save_artifact(tmp_path / "ebm.safetensors", weights("lightweight", ebm_args), kind="ebm",
-                  arch="lightweight", arch_args=ebm_args, task="classification", data=data,
-                  extra={"tau": 0.01, "temperature": 5e-5})
-    save_artifact(tmp_path / "clf.safetensors", weights("small-cnn", clf_args), kind="classifier",
-                  arch="small-cnn", arch_args=clf_args, task="classification",
-                  data={**data, "num_classes": 10, "class_names": CIFAR10_CLASSES})
+    random_ebm(tmp_path / "ebm.safetensors", data=data, task="classification")
+    random_classifier(tmp_path / "clf.safetensors",
+                      data={**data, "num_classes": 10, "class_names": CIFAR10_CLASSES})
     # The thesis' data settings as they are; only the attack's and defense's effort is cut.
     cheap = ["defense.steps=1", "defense.eot_reps=1", "attack.steps=1", "attack.eot_reps=1",
              "attack.restarts=1", "attack.sanity=false", "run.threads=1"]

@@ -21,6 +21,7 @@ from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.plugins import get_registries
 from ebmctl.purifiers import build_purifier, parse_purifier_spec
 from ebmctl.testing import run_cli
+from html_page import read_page
 from tiny_attack import set_args
 
 CPU = torch.device("cpu")
@@ -218,7 +219,7 @@ def test_attack_with_a_purifier_uses_bpda_and_the_report_names_it(digits_artifac
     assert rep["config"]["defense"]["purifier"] == "bit-depth:bits=2"
     assert rep["results"]["defended"]["attacks"]["bpda-eot"]["gradient"] == "bpda"
     assert "purifier: bit-depth (bits=2)" in r.output
-    assert "bit-depth" in out.with_suffix(".html").read_text()
+    assert "bit-depth" in read_page(out.with_suffix(".html").read_text()).text
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,6 @@ curves, images and sanity checks, and no external URL."""
 from __future__ import annotations
 
 import json
-import re
-from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -16,23 +14,7 @@ from ebmctl.evaluate.plots import save_grid
 from ebmctl.evaluate.results import AttackReport
 from ebmctl.evaluate.tables import WORST_CASE, format_accuracy, result_rows
 from ebmctl.testing import run_cli
-
-
-class _Collect(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags, self.srcs, self.hrefs, self.text = [], [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        a = dict(attrs)
-        if "src" in a:
-            self.srcs.append(a["src"])
-        if "href" in a:
-            self.hrefs.append(a["href"])
-
-    def handle_data(self, data):
-        self.text.append(data)
+from html_page import assert_self_contained, read_page
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +39,16 @@ def test_report_page_is_self_contained_and_has_the_headline_numbers(run_json, tm
     r = run_cli(["report", str(path), "-o", str(out)])
     assert r.exit_code == 0, r.output
     page = out.read_text()
-    p = _Collect()
-    p.feed(page)
-    p.close()
+    p = assert_self_contained(page)
     assert {"html", "table", "img", "h1"} <= set(p.tags)
-    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.I)  # nothing fetched
-    assert p.srcs and all(s.startswith("data:image/png;base64,") for s in p.srcs)
-    assert len(p.srcs) == 2 and not p.hrefs  # the curves and the adversarial grid, inlined
+    assert len(p.images) == 2  # the curves and the adversarial grid, inlined
     r0 = rep["results"]["undefended"]
     assert format_accuracy(r0["adversarial"], r0["adversarial_std"], r0["adversarial_ci"]) in page
     for a in r0["attacks"].values():
         assert format_accuracy(a["adversarial_mean"], a["adversarial_std"],
                                a["adversarial_ci"]) in page
     assert "eps = 0 control" in page and "8/255" in page
-    text = " ".join(p.text)
-    assert all(c["check"] in text for c in rep["sanity"]["checks"])
+    assert all(c["check"] in p.text for c in rep["sanity"]["checks"])
 
 
 def test_report_defaults_beside_the_json_and_keeps_outputs(run_json):
@@ -113,13 +90,10 @@ def test_attack_page_shows_a_gallery_per_model_with_the_purified_copies(attack_p
     out, page_path = attack_page
     for label in ("undefended", "defended"):
         assert out.with_name(f"attack-report.{label}-gallery.png").stat().st_size > 1000
-    page = page_path.read_text()
-    p = _Collect()
-    p.feed(page)
-    assert len(p.srcs) == 3  # curves + one gallery per model, inlined
-    text = " ".join(p.text)
-    assert "undefended: clean / adversarial / perturbation magnified" in text
-    assert "defended: clean / adversarial / perturbation magnified / purified" in text
+    p = read_page(page_path.read_text())
+    assert len(p.images) == 3  # curves + one gallery per model, inlined
+    assert "undefended: clean / adversarial / perturbation magnified" in p.text
+    assert "defended: clean / adversarial / perturbation magnified / purified" in p.text
 
 
 @pytest.mark.slow
@@ -148,43 +122,11 @@ def test_headless_chromium_renders_the_attack_page(attack_page, tmp_path):
     assert (pixels < 100).mean(axis=1).max() > 0.2
 
 
-class _Rows(HTMLParser):
-    """The cells of the table in ``<div class="results">`` (the headline table), row by row,
-    and each row's class."""
-
-    def __init__(self):
-        super().__init__()
-        self.div, self.inside, self.rows, self.classes, self.cell = False, False, [], [], None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "div":
-            self.div = a.get("class") == "results"
-        elif tag == "table":
-            self.inside = self.div
-        elif self.inside and tag == "tr":
-            self.rows.append([])
-            self.classes.append(a.get("class") or "")
-        elif self.inside and tag == "td":
-            self.cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("table", "div"):
-            self.inside = self.div = False
-        elif tag == "td" and self.cell is not None:
-            self.rows[-1].append("".join(self.cell))
-            self.cell = None
-
-    def handle_data(self, data):
-        if self.cell is not None:
-            self.cell.append(data)
-
-
 def _page_rows(page: str) -> tuple[list[tuple], list[str]]:
-    p = _Rows()
-    p.feed(page)
-    body = [(tuple(r), c) for r, c in zip(p.rows, p.classes) if r]  # the header has no <td>
-    return [r for r, _ in body], [c for _, c in body]
+    """The body rows of the headline table (inside ``<div class="results">``) and each row's
+    class."""
+    rows = [r for r in read_page(page).table("results").rows if not r.header]
+    return [r.cells for r in rows], [r.cls for r in rows]
 
 
 def test_the_page_and_the_terminal_show_the_same_rows(run_json, tmp_path):
@@ -260,6 +202,6 @@ def test_headless_chromium_shows_the_headline_table_and_every_figure(attack_page
     assert "<table" in dom, r.stderr[-2000:]
     rows, _ = _page_rows(dom)
     assert rows == [tuple(x) for x in result_rows(json.loads(out.read_text()))]
-    figures = len(re.findall(r"<img ", page))
+    figures = len(read_page(page).images)
     assert figures == 3  # the curves and one gallery per model
     assert f'data-images="{figures}"' in dom and f'data-decoded="{figures}"' in dom, dom[-500:]

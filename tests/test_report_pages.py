@@ -5,8 +5,6 @@ HTML pages of `ebmctl ood` and `ebmctl lyapunov` (beside their JSON and via `ebm
 from __future__ import annotations
 
 import json
-import re
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -16,36 +14,12 @@ from ebmctl.evaluate import html as html_mod
 from ebmctl.evaluate.results import AttackReport
 from ebmctl.evaluate.plots import curve_axis_label, magnify_perturbation, save_gallery
 from ebmctl.testing import run_cli
+from html_page import assert_self_contained
 
 CPU = torch.device("cpu")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
-
-
-class _Collect(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.srcs, self.hrefs, self.text = [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if "src" in a:
-            self.srcs.append(a["src"])
-        if "href" in a:
-            self.hrefs.append(a["href"])
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def _parse(page: str) -> _Collect:
-    p = _Collect()
-    p.feed(page)
-    p.close()
-    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.I)  # nothing fetched
-    assert all(s.startswith("data:image/png;base64,") for s in p.srcs) and not p.hrefs
-    return p
 
 
 # --- segmentation panels ----------------------------------------------------------------------
@@ -165,18 +139,10 @@ def test_write_gallery_purifies_the_adversarials_of_a_defended_label(digits_arti
 # --- ood ----------------------------------------------------------------------------------------
 
 def _ood_ebm(tmp_path):
-    from ebmctl.artifacts import model_tensors, save_artifact
-    from ebmctl.plugins import get_registries
+    from builders import DIGITS, random_ebm
 
-    args = {"in_channels": 1, "image_size": 8, "channels": 4}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # test-only weight init
-        net = get_registries().models.get("lightweight").build(**args)
-    return save_artifact(tmp_path / "ebm.safetensors", model_tensors(net), kind="ebm",
-                         arch="lightweight", arch_args=args,
-                         data={"range": "[-1,1]", "image_size": 8, "channels": 1,
-                               "dataset": "digits"},
-                         extra={"tau": 0.01, "temperature": 0.5})
+    return random_ebm(tmp_path / "ebm.safetensors", data={**DIGITS, "dataset": "digits"},
+                      temperature=0.5)
 
 
 def test_roc_area_equals_the_reported_auroc():
@@ -199,10 +165,10 @@ def test_ood_writes_a_page_with_histograms_roc_and_the_auroc_table(tmp_path):
     row = rep["out_of_distribution"]["uniform-noise"]
     assert len(rep["in_distribution"]["energies"]) == 30 and len(row["energies"]) == 30
     page = out.with_suffix(".html").read_text()
-    p = _parse(page)
-    assert len(p.srcs) == 2  # histograms and ROC curves
+    p = assert_self_contained(page)
+    assert len(p.images) == 2  # histograms and ROC curves
     assert f"{row['auroc']:.4f}" in page and f"{row['fpr_at_95_tpr']:.4f}" in page
-    assert "ROC" in " ".join(p.text)
+    assert "ROC" in p.text
     again = tmp_path / "again.html"
     r = run_cli(["report", str(out), "-o", str(again)])
     assert r.exit_code == 0, r.output
@@ -221,10 +187,11 @@ def test_lyapunov_writes_a_page_with_the_exponent_plot_and_table(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     page = out.with_suffix(".html").read_text()
-    p = _parse(page)
-    assert len(p.srcs) == 1
-    for row in rep["per_eta"]:
-        assert f"<td>{row['eta']:.4g}</td><td>{row['mean']:.3e}</td>" in page
+    p = assert_self_contained(page)
+    assert len(p.images) == 1
+    # the table: eta, then the mean exponent, one row per eta
+    assert [cells[:2] for cells in p.tables[0].body] == [
+        (f"{row['eta']:.4g}", f"{row['mean']:.3e}") for row in rep["per_eta"]]
     r = run_cli(["lyapunov", "--ebm", ebm, "--etas", "0.1", "--out", out])
     assert r.exit_code != 0 and "--force" in r.output  # the page is not replaced silently
 
@@ -240,8 +207,11 @@ def test_report_renders_a_forgetting_curves_json(tmp_path):
                                 "energy_gap": {}, "ebm": "e.safetensors", "dataset": "digits"}))
     r = run_cli(["report", str(path)])
     assert r.exit_code == 0, r.output
-    page = path.with_suffix(".html").read_text()
-    assert len(_parse(page).srcs) == 1 and "<td>0.333</td>" in page
+    p = assert_self_contained(path.with_suffix(".html").read_text())
+    assert len(p.images) == 1
+    # the table: k, then dist_common = 1/(k+1), one row per curve point
+    assert [cells[:2] for cells in p.tables[0].body] == [("0", "1.000"), ("2", "0.333"),
+                                                         ("5", "0.167")]
 
 
 def test_report_rejects_a_json_of_another_command(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebmctl.api import DatasetSpec, hookimpl, make_bundle, save_artifact
+from ebmctl.api import DatasetSpec, hookimpl, make_bundle
 from ebmctl.testing import plugin_registered, run_cli
 from ebmctl_segmentation.datasets import make_shapes, trimap_to_mask
 from ebmctl_segmentation.metrics import (
@@ -265,17 +265,9 @@ def test_encoder_weights_must_be_safetensors(tmp_path):
 # --- end to end --------------------------------------------------------------------------------
 
 def _tiny_ebm(path: Path, size: int = 32, channels: int = 3):
-    from ebmctl_classification.models import count_parameters  # noqa: F401  (plugins load)
-    from ebmctl.plugins import get_registries
+    from builders import random_ebm
 
-    net = get_registries().models.get("lightweight").build(in_channels=channels, image_size=size,
-                                                            channels=4)
-    save_artifact(path, {f"model.{k}": v for k, v in net.state_dict().items()}, kind="ebm",
-                  arch="lightweight",
-                  arch_args={"in_channels": channels, "image_size": size, "channels": 4},
-                  data={"range": "[-1,1]", "image_size": size, "channels": channels},
-                  extra={"tau": 0.01, "temperature": 5e-5})
-    return path
+    return random_ebm(path, data={"range": "[-1,1]", "image_size": size, "channels": channels})
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Smooth EBMs (issue 18 item 1): ``ebm.activation = smooth_leaky | silu | softplus``.
+"""Smooth EBMs: ``ebm.activation = smooth_leaky | silu | softplus``.
 
 The smooth leaky ReLU is MEFA's f(x) = 0.51x + 0.49·√(x² + 1e-4) − 0.0049 (Du, Hill & Cai
 2026). Unlike a LeakyReLU EBM, whose exact Langevin-chain gradient equals BPDA almost
@@ -135,18 +135,16 @@ def test_purify_and_the_attacks_run_on_a_smooth_ebm_artifact(tmp_path):
     import sys
     from pathlib import Path
 
-    from ebmctl.artifacts import save_artifact
+    from builders import random_ebm
 
     sys.path.insert(0, str(Path(__file__).parent / "corpus"))
-    from make_corpus import DATA, EBM_ARGS, _weights, save_valid
+    from make_corpus import DATA, EBM_ARGS, save_valid
 
     valid = save_valid(tmp_path / "art")
     args = {**EBM_ARGS, "activation": "smooth_leaky",
             "smooth_leaky": {"linear": 0.51, "root": 0.49, "eps": 1e-4, "offset": 0.0049}}
-    ebm = tmp_path / "smooth.safetensors"
-    save_artifact(ebm, _weights("lightweight", args), kind="ebm", arch="lightweight",
-                  arch_args=args, task="classification", data=DATA,
-                  extra={"tau": 0.01, "temperature": 5e-5})
+    ebm = random_ebm(tmp_path / "smooth.safetensors", arch_args=args, data=DATA,
+                     task="classification")
     from ebmctl.evaluate.plots import save_image01
 
     img = tmp_path / "digit.png"

@@ -69,32 +69,18 @@ def test_inception_features_from_local_state_dict(tmp_path):
 
 
 def _plain_ebm(tmp_path):
-    from ebmctl.artifacts import model_tensors, save_artifact
-    from ebmctl.plugins import get_registries
+    from builders import DIGITS, random_ebm
 
     args = {"in_channels": 1, "image_size": 8, "channels": 4, "activation": "leaky_relu",
             "leak": 0.05}
-    torch.manual_seed(0)
-    net = get_registries().models.get("lightweight").build(**args)
-    path = tmp_path / "ebm.safetensors"
-    save_artifact(path, model_tensors(net), kind="ebm", arch="lightweight", arch_args=args,
-                  data={"range": "[-1,1]", "image_size": 8, "channels": 1, "dataset": "digits"},
-                  extra={"tau": 0.01, "temperature": 5e-5})
-    return path
+    return random_ebm(tmp_path / "ebm.safetensors", arch_args=args,
+                      data={**DIGITS, "dataset": "digits"})
 
 
 def _classifier(tmp_path):
-    from ebmctl.artifacts import model_tensors, save_artifact
-    from ebmctl.plugins import get_registries
+    from builders import random_classifier
 
-    args = {"in_channels": 1, "num_classes": 10, "width": 4, "image_size": 8}
-    torch.manual_seed(0)
-    net = get_registries().models.get("small-cnn").build(**args)
-    path = tmp_path / "clf.safetensors"
-    save_artifact(path, model_tensors(net), kind="classifier", arch="small-cnn", arch_args=args,
-                  task="classification",
-                  data={"range": "[-1,1]", "image_size": 8, "channels": 1, "num_classes": 10})
-    return path
+    return random_classifier(tmp_path / "clf.safetensors")
 
 
 def test_synthesize_plain_ebm_from_noise_and_data_with_proxy_score(tmp_path):

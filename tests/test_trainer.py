@@ -101,3 +101,24 @@ def test_nan_in_each_recipes_sampler_stops_with_the_last_good_checkpoint(
     assert "NaN" in msg and str(ckpt) in msg and "step 2" in msg and "--resume" in msg, msg
     assert "\n" not in msg and not out.exists()
     assert load_artifact(ckpt, "checkpoint").meta["ebmctl.step"] == "2"
+
+
+def test_a_run_killed_between_checkpoints_resumes_exactly(tmp_path, crash_on_call):
+    import ebmctl.training.convergent as tr
+
+    bundle = tiny_bundle(n=48)
+    cfg = resolve("quick", ["train.steps=4", "train.checkpoint_every=2", "train.mcmc_steps=3",
+                            "train.batch_size=8", "train.bank_size=16", "ebm.channels=4",
+                            "langevin.precision=fp32", "train.log_every=1"])
+    full = tr.train_ebm(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
+    restore = crash_on_call(tr, "langevin", 4)
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_ebm(cfg, bundle, out, torch.device("cpu"))
+    assert not out.exists() and (tmp_path / "resumed.ckpt.safetensors").exists()
+    restore()
+    tr.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
+    a, b = load_artifact(full), load_artifact(out)
+    assert a.tensors.keys() == b.tensors.keys()
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k

@@ -130,32 +130,21 @@ FIXER_ARGS = {"channels": 3, "width": 4, "n_blocks": 1}  # RGB: gray inputs get 
 DATA = {"range": "[-1,1]", "image_size": 8, "channels": 1, "dataset": "digits"}
 
 
-def _weights(arch: str, args: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    from ebmctl.plugins import get_registries
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = get_registries().models.get(arch).build(**args)
-    return {f"model.{k}": v.detach().clone() for k, v in net.state_dict().items()}
-
-
 def save_valid(root: Path) -> dict[str, Path]:
     """Valid tiny artifacts (EBM, classifier, fixer) that the bad ones are derived from and that
     commands taking several inputs get for their other inputs."""
-    from ebmctl.artifacts import save_artifact
+    from builders import random_classifier, random_ebm, random_fixer
 
     root.mkdir(parents=True, exist_ok=True)
-    paths = {"ebm": root / "ok-ebm.safetensors", "classifier": root / "ok-classifier.safetensors",
-             "fixer": root / "ok-fixer.safetensors"}
-    save_artifact(paths["ebm"], _weights("lightweight", EBM_ARGS), kind="ebm", arch="lightweight",
-                  arch_args=EBM_ARGS, task="classification", data=DATA,
-                  extra={"tau": 0.01, "temperature": 5e-5})
-    save_artifact(paths["classifier"], _weights("small-cnn", CLF_ARGS), kind="classifier",
-                  arch="small-cnn", arch_args=CLF_ARGS, task="classification",
-                  data={**DATA, "num_classes": 10, "class_names": [str(i) for i in range(10)]})
-    save_artifact(paths["fixer"], _weights("fixer-resnet", FIXER_ARGS), kind="fixer",
-                  arch="fixer-resnet", arch_args=FIXER_ARGS, data={**DATA, "channels": 3})
-    return paths
+    return {
+        "ebm": random_ebm(root / "ok-ebm.safetensors", arch_args=EBM_ARGS, data=DATA,
+                          task="classification"),
+        "classifier": random_classifier(
+            root / "ok-classifier.safetensors", arch_args=CLF_ARGS,
+            data={**DATA, "num_classes": 10, "class_names": [str(i) for i in range(10)]}),
+        "fixer": random_fixer(root / "ok-fixer.safetensors", width=FIXER_ARGS["width"],
+                              n_blocks=FIXER_ARGS["n_blocks"], data={**DATA, "channels": 3}),
+    }
 
 
 def _rewrite(src: Path, dst: Path, meta_patch: dict | None = None,
@@ -256,6 +245,7 @@ def build_corpus(root: str | Path) -> dict:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for builders
     if len(sys.argv) != 2:
         sys.exit("usage: python tests/corpus/make_corpus.py OUT_DIR")
     corpus = build_corpus(sys.argv[1])

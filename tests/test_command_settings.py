@@ -1,7 +1,7 @@
-"""Thin commands: global options reach a command through the click context object and are
-layered in one place (``make_config``); domain checks live with the models (the task a model
-was trained for, the K_def an EBM recorded); tables come from ``ebmctl.evaluate.tables`` and the
-quickstart's prints as before."""
+"""How a command gets its settings: global options reach a command through the click context
+object and are layered in one place (``make_config``); domain checks live with the models (the
+task a model was trained for, the K_def an EBM recorded); tables come from
+``ebmctl.evaluate.tables``, and the quickstart's table prints exactly as the text held here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import io
 import pytest
 import torch
 
-from ebmctl.artifacts import model_tensors, save_artifact
+from builders import random_classifier, random_ebm
 from ebmctl.testing import run_cli
 
 
@@ -121,35 +121,11 @@ def test_train_hat_generator_freezes_it_unless_set_says_otherwise(monkeypatch, t
 
 # --- domain checks live with the models ------------------------------------------------------
 
-def _classifier(path, task: str):
-    from ebmctl_classification.models import SmallCNN
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = SmallCNN(1, 10, 8, 8)
-    return save_artifact(path, model_tensors(net), kind="classifier", arch="small-cnn", task=task,
-                         arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
-                                    "image_size": 8},
-                         data={"range": "[-1,1]", "image_size": 8, "channels": 1})
-
-
-def _ebm(path, config: dict | None = None):
-    from ebmctl.nn.ebm import LightweightEBM
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = LightweightEBM(1, 8, 4)
-    return save_artifact(path, model_tensors(net), kind="ebm", arch="lightweight",
-                         arch_args={"in_channels": 1, "image_size": 8, "channels": 4},
-                         data={"range": "[-1,1]", "image_size": 8, "channels": 1},
-                         config=config, extra={"tau": 0.01, "temperature": 5e-5})
-
-
 def test_task_model_check_task_names_the_file_and_both_tasks(tmp_path):
     from ebmctl.errors import ConfigError
     from ebmctl.models import TaskModel
 
-    path = _classifier(tmp_path / "clf.safetensors", "parity")
+    path = random_classifier(tmp_path / "clf.safetensors", width=8, task="parity")
     model = TaskModel.load(path, torch.device("cpu"))
     model.check_task("parity")
     with pytest.raises(ConfigError, match=r"clf\.safetensors is a model for task 'parity', but "
@@ -164,8 +140,8 @@ def test_task_model_check_task_names_the_file_and_both_tasks(tmp_path):
     ["lyapunov", "--ebm", "{ebm}", "--checks", "-m", "{clf}", "--out", "{tmp}/l.json"],
 ])
 def test_commands_refuse_a_model_for_another_task(argv, tmp_path):
-    names = {"ebm": _ebm(tmp_path / "ebm.safetensors"),
-             "clf": _classifier(tmp_path / "clf.safetensors", "parity"), "tmp": tmp_path}
+    names = {"ebm": random_ebm(tmp_path / "ebm.safetensors"),
+             "clf": random_classifier(tmp_path / "clf.safetensors", width=8, task="parity"), "tmp": tmp_path}
     r = run_cli([a.format(**names) for a in argv])
     assert r.exit_code == 2, r.output
     assert "is a model for task 'parity'" in r.stderr and "Traceback" not in r.output
@@ -175,9 +151,9 @@ def test_purify_uses_the_k_def_the_ebm_recorded_unless_given(tmp_path):
     from ebmctl.evaluate.plots import save_image01
     from ebmctl.models import EnergyModel
 
-    ebm = _ebm(tmp_path / "ebm.safetensors", config={"defense": {"steps": 3}})
+    ebm = random_ebm(tmp_path / "ebm.safetensors", config={"defense": {"steps": 3}})
     assert EnergyModel.load(ebm, torch.device("cpu")).recorded_defense_steps() == 3
-    bare = _ebm(tmp_path / "bare.safetensors")
+    bare = random_ebm(tmp_path / "bare.safetensors")
     assert EnergyModel.load(bare, torch.device("cpu")).recorded_defense_steps() is None
     img = tmp_path / "x.png"
     save_image01(torch.rand(1, 8, 8), img)
@@ -221,8 +197,8 @@ QUICKSTART_REPORT = {
     },
 }
 
-#: What `ebmctl quickstart` printed for QUICKSTART_REPORT before its table moved to
-#: ebmctl.evaluate.tables (rendered 160 columns wide); the table must not change.
+#: What `ebmctl quickstart` prints for QUICKSTART_REPORT, rendered 160 columns wide; its users
+#: compare runs by this table, so its text must not change.
 QUICKSTART_TABLE = """\
 digits: 200 test images, linf eps=32/255, K_def=200, H_def=8
 ┏━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━┓
@@ -237,7 +213,7 @@ digits: 200 test images, linf eps=32/255, K_def=200, H_def=8
 """
 
 
-def test_the_quickstart_table_prints_exactly_as_before():
+def test_the_quickstart_table_prints_exactly_as_recorded():
     from rich.console import Console
 
     from ebmctl.evaluate.tables import quickstart_table

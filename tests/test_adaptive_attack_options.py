@@ -1,5 +1,7 @@
-"""Issue 18 items 2–6: the MEFA final-iterate protocol, surrogate-chain gradients, fixed
-randomness, the defense-aware (energy) loss, and worst-of-N re-evaluation."""
+"""Attack options for stochastic defenses: the MEFA final-iterate protocol verifies only each
+restart's last iterate; a surrogate chain of K steps is the full chain gradient; fixed (common)
+randomness reproduces runs and is labelled a diagnostic kept out of the headline; the
+defense-aware loss adds exactly −λ·∇U; worst-of-N re-evaluation with Wilson intervals."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from ebmctl.artifacts import model_tensors, save_artifact
 from ebmctl.attacks.apgd import APGD
 from ebmctl.attacks.bpda_eot import BPDAEOT
 from ebmctl.attacks.full_eot import FullGradientEOT
@@ -27,7 +28,6 @@ from ebmctl.evaluate.resubmit import resubmit_images, summarise_resubmissions
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve
 from ebmctl.testing import tiny_bundle
-from ebmctl_classification.models import SmallCNN
 from ebmctl_classification.task import ClassificationTask
 
 TASK = ClassificationTask()
@@ -96,7 +96,7 @@ class Scripted(SteppedAttack):
         return nxt
 
 
-# --- tiny real defenses -------------------------------------------------------------------
+# --- tiny real defenses ---------------------------------------------------------------------
 
 def linear_model(bundle, scale: float = 8.0) -> TaskModel:
     xs, ys = bundle.train.x, bundle.train.y
@@ -134,7 +134,7 @@ class Recorder(nn.Module):
         return self.net(x)
 
 
-# --- item 2: the MEFA final-iterate protocol ------------------------------------------------
+# --- the MEFA final-iterate protocol --------------------------------------------------------
 
 def test_final_iterate_only_verifies_only_each_restarts_last_iterate():
     x, y = images()
@@ -155,7 +155,7 @@ def test_final_iterate_only_verifies_only_each_restarts_last_iterate():
     assert out.ok_by_step[0, :steps].all() and attack.per_step_curve is False
 
 
-# --- item 3: surrogate chain ----------------------------------------------------------------
+# --- surrogate chain ------------------------------------------------------------------------
 
 def test_a_surrogate_chain_of_k_steps_is_the_full_gradient_and_a_shorter_one_is_not():
     defense, x, y = smooth_defense(steps=3)
@@ -192,7 +192,7 @@ def test_gradient_steps_beyond_k_or_without_a_chain_gradient_is_rejected_naming_
         check_options_used(cfg, [bpda])
 
 
-# --- item 4: fixed randomness --------------------------------------------------------------
+# --- fixed randomness -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [BPDAEOT, FullGradientEOT], ids=lambda c: c.name)
 @pytest.mark.parametrize("common", [False, True], ids=["fresh-noise", "common-noise"])
@@ -264,7 +264,7 @@ def test_a_diagnostic_run_is_labelled_and_kept_out_of_the_headline():
     assert only.diagnostic is True
 
 
-# --- item 5: the defense-aware (energy) loss ------------------------------------------------
+# --- the defense-aware (energy) loss --------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [BPDAEOT, FullGradientEOT], ids=lambda c: c.name)
 def test_energy_weight_changes_the_gradient_by_exactly_minus_lambda_grad_u(cls):
@@ -300,7 +300,7 @@ def test_new_options_default_off_and_defended_only_ones_are_rejected_on_undefend
     assert make_attack(cfg, "bpda-eot", True).energy_weight == 0.1
 
 
-# --- item 6: worst-of-N re-evaluation -----------------------------------------------------
+# --- worst-of-N re-evaluation ---------------------------------------------------------------
 
 def test_worst_of_n_is_at_most_the_mean_over_resubmissions_on_every_image():
     defense, x, y = smooth_defense(steps=2, tau=0.6)
@@ -344,25 +344,9 @@ def test_resubmission_figures_and_their_wilson_intervals_by_hand():
     assert fig["per_image_worst_of_n"][0] == 0 and fig["per_image_mean"][0] == 0
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("art")
-    torch.manual_seed(0)  # test-only weight init
-    clf_path = save_artifact(d / "clf.safetensors", model_tensors(SmallCNN(1, 10, 8, 8)),
-                             kind="classifier", arch="small-cnn", task="classification",
-                             arch_args={"in_channels": 1, "num_classes": 10, "width": 8,
-                                        "image_size": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1})
-    ebm_path = save_artifact(d / "ebm.safetensors", model_tensors(LightweightEBM(1, 8, 8)),
-                             kind="ebm", arch="lightweight",
-                             arch_args={"in_channels": 1, "image_size": 8, "channels": 8},
-                             data={"range": "[-1,1]", "image_size": 8, "channels": 1},
-                             extra={"tau": 0.01, "temperature": 5e-5})
-    return clf_path, ebm_path
-
-
-def test_the_report_carries_resubmission_figures_and_memory_per_attack(artifacts, tmp_path):
-    clf, ebm = artifacts
+def test_the_report_carries_resubmission_figures_and_memory_per_attack(digits_artifacts,
+                                                                       tmp_path):
+    clf, ebm = digits_artifacts
     sets = ["attack.n_images=6", "attack.batch_size=6", "attack.steps=2", "attack.eot_reps=2",
             "attack.restarts=1", "defense.steps=2", "defense.eot_reps=2", "attack.seeds=0",
             "run.device=cpu", "langevin.precision=fp32", "attack.sanity=false",

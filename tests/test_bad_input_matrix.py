@@ -239,7 +239,7 @@ def test_bad_input(command, category, entry, corpus, tmp_path, monkeypatch):
 
 
 def test_matrix_size():
-    """The issue asks for ≥40 cases; print the matrix (pytest -s shows it)."""
+    """The matrix holds at least 40 cases; it is printed (pytest -s shows it)."""
     from collections import Counter
 
     by = Counter((c, k.split(":")[0]) for c, k, _ in CASES)
