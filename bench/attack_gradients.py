@@ -4,7 +4,7 @@ chain, at K = 100 and K = 1500, on 32×32×3 images with H_adv = 8 by default.
 
 Each configuration runs in its own subprocess so that peak memory (CUDA: max allocated;
 CPU: peak RSS growth over the process's baseline) is its own. Prints a table, the full/BPDA
-ratios at each K against issue 18's targets (memory ≤ 2×, time per step ≤ 3×) and writes JSON.
+ratios at each K against the targets (memory ≤ 2×, time per step ≤ 3× the BPDA step) and writes JSON.
 
     .venv/bin/python bench/attack_gradients.py --out runs/bench-attack.json        # CPU
     .venv/bin/python bench/attack_gradients.py --device cuda --images 8 --out runs/b.json
