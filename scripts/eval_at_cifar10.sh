@@ -17,14 +17,24 @@ declare -A MODEL=([nat]=ebmctl/weights/cifar10-classifier.safetensors
                   [at]=$OUT/fgsm-rs-linf-8.safetensors)
 export EBMCTL_AUTOTUNE=${EBMCTL_AUTOTUNE:-on}
 
-run() { flock "$LOCK" "$EB" attack -p cifar10-attack "$@" --resume; }
+# a finished sweep (its JSON written) is skipped: --resume continues a sweep value's partial
+# results, but it re-runs a value whose report is already complete
+run() {
+    local out="${*: -1}"
+    if [ -f "$out" ]; then echo "done: $out"; return 0; fi
+    flock "$LOCK" "$EB" attack -p cifar10-attack "$@" --resume
+}
 
 for m in nat at; do
     [ -f "${MODEL[$m]}" ] || { echo "missing ${MODEL[$m]}" >&2; exit 1; }
+done
+for m in nat at; do
     run -m "${MODEL[$m]}" --undefended-only \
         --set attack.undefended_method=pgd,apgd-ce,apgd-dlr --set attack.steps=50 \
         --set attack.restarts=2 --sweep attack.eps=0,2/255,4/255,8/255 \
         --out "$OUT/linf-$m-undefended.json"
+done
+for m in nat at; do
     run -m "${MODEL[$m]}" --undefended-only --norm l2 \
         --set attack.undefended_method=pgd,apgd-ce,apgd-dlr --set attack.steps=50 \
         --set attack.restarts=2 --sweep attack.eps_l2=0,0.25,0.5,1.0 \
