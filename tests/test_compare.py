@@ -151,3 +151,41 @@ def test_sweeping_the_other_norms_radius_is_refused(sweeps):
                  "--out", str(sweeps["dir"] / "bad.json")])
     assert r.exit_code != 0
     assert "attack.eps" in r.stderr and "attack.eps_l2" in r.stderr
+
+
+def test_a_resumed_sweep_rebuilds_the_values_it_finished_without_attacking(sweeps, tmp_path,
+                                                                           monkeypatch):
+    """A sweep killed while its second value runs, started again with --resume, rebuilds the
+    first value from its parts (no attack runs for it, same figures) and attacks only the
+    second; once the sweep is written no parts folder is left."""
+    from ebmctl.evaluate import attack_eval
+    from ebmctl.evaluate import report as report_mod
+
+    out = tmp_path / "s.json"
+    args = ["attack", "--model", str(sweeps["dir"] / "nat.safetensors"), "--undefended-only",
+            *FAST, "--sweep", "attack.eps=0.05,0.15", "--out", str(out)]
+    saved = []
+    real_save, real_eval = attack_eval._save_part, report_mod.run_evaluation
+    monkeypatch.setattr(attack_eval, "_save_part",
+                        lambda *a, **k: (saved.append(a[0]), real_save(*a, **k)))
+
+    def killed_on_the_second_value(cfg, *a, **k):
+        if cfg.get("attack.eps") == 0.15:
+            raise KeyboardInterrupt
+        return real_eval(cfg, *a, **k)
+
+    monkeypatch.setattr(report_mod, "run_evaluation", killed_on_the_second_value)
+    assert run_cli(args).exit_code != 0 and not out.exists()
+    first = json.loads((tmp_path / "s.attack.eps=0.05.json").read_text())
+    per_value = len(saved)
+    assert per_value > 0 and (tmp_path / "s.attack.eps=0.05.parts").is_dir()
+    monkeypatch.setattr(report_mod, "run_evaluation", real_eval)
+    saved.clear()
+    r = run_cli([*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert len(saved) == per_value  # the second value's attacks only
+    assert all("eps=0.15" in str(p) for p in saved)
+    again = json.loads((tmp_path / "s.attack.eps=0.05.json").read_text())
+    assert again["results"]["undefended"]["adversarial"] == \
+        first["results"]["undefended"]["adversarial"]
+    assert not list(tmp_path.glob("*.parts"))

@@ -60,11 +60,14 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
                    out: Path, *, undefended: bool = True, defended: bool = True,
                    method: str | None = None, resume: bool = False,
                    save_adversarials: bool = False, sanity: bool | None = None,
-                   fixer_path: Path | None = None) -> AttackReport:
+                   fixer_path: Path | None = None, keep_parts: bool = False) -> AttackReport:
     """Attack the undefended and/or defended model under the profile ``cfg`` and write the
     report (JSON, curves PNG, adversarial grids and galleries). ``fixer_path`` adds a
     "defended+fixer" run (purification then the fixer, thesis Ch. 6) next to "defended", with
     the same attacks and seeds. ``sanity`` (default ``attack.sanity``) runs the sanity checks.
+``keep_parts`` keeps the per-attack parts folder after the report is written (a sweep keeps
+each value's until the whole sweep is written, so ``resume`` rebuilds a finished value from
+its parts instead of attacking again).
 
     Raises:
         ConfigError: a model for another task, no EBM for a defended run, settings that would
@@ -76,12 +79,13 @@ def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device:
                            PlanRequest(Path(model_path), ebm_path, fixer_path, undefended,
                                        defended, method, resume), device, Path(out))
     return evaluate_plan(settings, plan, device, Path(out), save_adversarials=save_adversarials,
-                         sanity=settings.attack.sanity if sanity is None else sanity)
+                         sanity=settings.attack.sanity if sanity is None else sanity,
+                         keep_parts=keep_parts)
 
 
 def evaluate_plan(settings: EvaluationSettings, plan: EvaluationPlan, device: torch.device,
                   out: Path, *, save_adversarials: bool = False,
-                  sanity: bool = True) -> AttackReport:
+                  sanity: bool = True, keep_parts: bool = False) -> AttackReport:
     """Run a planned evaluation: every attack on every seed per model (with the worst-of-N
     resubmissions of ``[evaluate]`` on stochastic defenses), then :func:`complete_report` and
     :func:`write_report` to ``out``."""
@@ -98,7 +102,7 @@ def evaluate_plan(settings: EvaluationSettings, plan: EvaluationPlan, device: to
         results[label] = row
     report = complete_report(settings, plan, results, device, out, sanity=sanity,
                              save_adversarials=save_adversarials)
-    write_report(plan, report, out)
+    write_report(plan, report, out, keep_parts=keep_parts)
     return report
 
 
@@ -143,9 +147,10 @@ def complete_report(settings: EvaluationSettings, plan: EvaluationPlan,
     return report
 
 
-def write_report(plan: EvaluationPlan, report: AttackReport, out: Path) -> None:
+def write_report(plan: EvaluationPlan, report: AttackReport, out: Path, *,
+                 keep_parts: bool = False) -> None:
     """The JSON, the accuracy-vs-step curves, each model's adversarial grid and gallery; then
-    the parts folder goes (the JSON holds every per-image result)."""
+    the parts folder goes (the JSON holds every per-image result) unless ``keep_parts``."""
     atomic_write_json(out, report.to_json())
     curves = {f"{label} ({name})": (list(range(len(a.accuracy_curve))), a.accuracy_curve)
               for label, r in report.results.items() for name, a in r.attacks.items()}
@@ -159,7 +164,8 @@ def write_report(plan: EvaluationPlan, report: AttackReport, out: Path) -> None:
         write_gallery(out.with_name(out.stem + f".{label}-gallery.png"), label, plan.x, x_adv,
                       defense, {"norm": attacks[0].norm, "eps": attacks[0].eps},
                       (plan.seeds[-1], "gallery", label), labels=plan.y)
-    shutil.rmtree(plan.parts["parts_dir"], ignore_errors=True)
+    if not keep_parts:
+        shutil.rmtree(plan.parts["parts_dir"], ignore_errors=True)
 
 
 def _save_adversarials(profile: dict, out: Path, report: AttackReport, x, y) -> str:
@@ -199,19 +205,23 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
         raise ConfigError(f"--sweep {key} does not apply under attack.norm = {norm!r} and "
                           f"would be ignored; sweep {instead[norm][key]}")
     label = "undefended" if undefended else "defended"
-    rows, out = [], Path(out)
+    rows, out, value_outs = [], Path(out), []
     for v in values:
         sub = cfg.with_overrides({key: v}, "--sweep", chosen=True)
-        rep = run_evaluation(sub, model_path, ebm_path, device,
-                             out.with_name(f"{out.stem}.{key}={v}.json"),
+        value_outs.append(out.with_name(f"{out.stem}.{key}={v}.json"))
+        # each value's parts stay until the sweep is written: a resumed sweep rebuilds the
+        # values it finished from them (fingerprint-checked) instead of attacking again
+        rep = run_evaluation(sub, model_path, ebm_path, device, value_outs[-1],
                              undefended=undefended, defended=not undefended, method=method,
-                             resume=resume, sanity=False)
+                             resume=resume, sanity=False, keep_parts=True)
         rows.append(SweepRow(sub.get(key), rep.results[label]))
     report = SweepReport(key=key, metric=rep.metric, n_images=rep.n_images, seeds=rep.seeds,
                          threat=rep.threat, rows=rows, config=cfg.to_dict(),
                          environment=environment(cfg, device), label=label, task=rep.task,
                          model=rep.model, defense=rep.defense if not undefended else None)
     atomic_write_json(out, report.to_json())
+    for value_out in value_outs:
+        shutil.rmtree(value_out.with_name(value_out.stem + ".parts"), ignore_errors=True)
     xs = [float(r.value) for r in rows]
     positive = all(v > 0 for v in xs)
     save_curves(out.with_suffix(".png"),
