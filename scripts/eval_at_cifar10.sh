@@ -17,8 +17,8 @@ declare -A MODEL=([nat]=ebmctl/weights/cifar10-classifier.safetensors
                   [at]=$OUT/fgsm-rs-linf-8.safetensors)
 export EBMCTL_AUTOTUNE=${EBMCTL_AUTOTUNE:-on}
 
-# a finished sweep (its JSON written) is skipped: --resume continues a sweep value's partial
-# results, but it re-runs a value whose report is already complete
+# a finished sweep (its JSON written) is skipped: --resume continues an interrupted sweep from
+# its values' parts, which are removed once the sweep is written
 run() {
     local out="${*: -1}"
     if [ -f "$out" ]; then echo "done: $out"; return 0; fi
