@@ -203,6 +203,11 @@ def method_list(attack: AttackConfig, method: str | None, defended: bool) -> lis
     return names
 
 
+def parts_dir_of(out: Path) -> Path:
+    """Where an evaluation writing the report ``out`` keeps its per-attack parts."""
+    return out.with_name(out.stem + ".parts")
+
+
 def fingerprint(profile: dict, model_path: Path, ebm_path: Path | None,
                 fixer_path: Path | None = None) -> str:
     """What a resumed evaluation must share with the one that wrote its parts: the profile
@@ -290,7 +295,7 @@ def plan_evaluation(settings: EvaluationSettings, task, load_data: Callable[[], 
     runs = plan_runs(settings, model, ebm, device, request, purifier)
     bundle = load_data()
     x, y = pick_images(bundle, settings.attack.n_images, settings.dtype)
-    parts_dir = out.with_name(out.stem + ".parts")
+    parts_dir = parts_dir_of(out)
     if request.resume and not parts_dir.exists():
         info(f"--resume: no partial results in {parts_dir}; starting from scratch")
     used = next((r.defense.purifier for r in runs if r.defense.purifier is not None), None)

@@ -221,7 +221,7 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
                          model=rep.model, defense=rep.defense if not undefended else None)
     atomic_write_json(out, report.to_json())
     for value_out in value_outs:
-        shutil.rmtree(value_out.with_name(value_out.stem + ".parts"), ignore_errors=True)
+        shutil.rmtree(planning.parts_dir_of(value_out), ignore_errors=True)
     xs = [float(r.value) for r in rows]
     positive = all(v > 0 for v in xs)
     save_curves(out.with_suffix(".png"),

@@ -281,12 +281,18 @@ def batch_bucket(rows: int) -> int:
     return max(16, 1 << max(0, int(rows) - 1).bit_length())
 
 
+def _family(net: nn.Module, x: torch.Tensor, request: Request) -> dict:
+    """What every batch bucket of one tuning problem shares: EBM structure, row shape, thread
+    count, input dtype and the fixed settings (cache entries record these fields)."""
+    return {"net": net_signature(net), "row_shape": list(x.shape[1:]),
+            "threads": torch.get_num_threads(), "dtype": str(x.dtype),
+            "request": asdict(request)}
+
+
 def cache_key(net: nn.Module, x: torch.Tensor, request: Request) -> str:
-    """The entry key: EBM structure, row shape, batch bucket, threads, input dtype and the
-    fixed settings (the machine and torch release name the file)."""
-    return _digest({"net": net_signature(net), "row_shape": list(x.shape[1:]),
-                    "batch": batch_bucket(x.shape[0]), "threads": torch.get_num_threads(),
-                    "dtype": str(x.dtype), "request": asdict(request)}, 24)
+    """The entry key: the problem's :func:`_family` and the batch bucket (the machine and
+    torch release name the file)."""
+    return _digest({**_family(net, x, request), "batch": batch_bucket(x.shape[0])}, 24)
 
 
 _WARNED: set[str] = set()
@@ -716,10 +722,9 @@ def resolve(net: nn.Module, x: torch.Tensor, settings, build: Builder, *,
         info(f"autotuning the Langevin step for rows of {tuple(x.shape[1:])} on {x.device} "
              f"(once per machine; cached in {cache_dir()})")
         v, report = tune(net, x, request, build, explicit_ok)
-        entry = {"variant": v.to_dict(), "name": v.name, "net": net_signature(net),
-                 "net_class": type(net).__qualname__, "row_shape": list(x.shape[1:]),
-                 "batch_bucket": batch_bucket(x.shape[0]), "threads": torch.get_num_threads(),
-                 "dtype": str(x.dtype), "request": asdict(request), "measured": report,
+        entry = {"variant": v.to_dict(), "name": v.name, **_family(net, x, request),
+                 "net_class": type(net).__qualname__, "batch_bucket": batch_bucket(x.shape[0]),
+                 "measured": report,
                  "tuned_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                      timespec="seconds")}
         try:
@@ -740,9 +745,7 @@ def neighbour_variant(entries: dict[str, dict], net: nn.Module, x: torch.Tensor,
     bucket (its per-row behaviour is the closer one for blocks). A "whole batch" choice made
     for a smaller bucket becomes blocks of that bucket's size: only calls of that many rows
     were measured. Entries that fail :func:`_entry_variant`'s checks are skipped."""
-    want = {"net": net_signature(net), "row_shape": list(x.shape[1:]),
-            "threads": torch.get_num_threads(), "dtype": str(x.dtype),
-            "request": asdict(request)}
+    want = _family(net, x, request)
     target = batch_bucket(x.shape[0])
     found = []
     for entry in entries.values():
