@@ -323,6 +323,10 @@ class Config:
             nested.setdefault(sec, {})[key] = copy.deepcopy(v)
         return nested
 
+    def record(self) -> "RunRecord":
+        """The run's written record of this profile (see :class:`RunRecord`)."""
+        return RunRecord(self.name, self.to_dict())
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
@@ -336,6 +340,27 @@ class Config:
             cfg.values[k] = schema.coerce(k, v) if k in schema.keys else v
             cfg.provenance[k] = "artifact"
         return cfg
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run writes beside its results: the resolved profile as nested plain values
+    (``section -> key -> value``), for an artifact's ``ebmctl.config``, a log's or report's
+    ``config`` and the fingerprint a resume compares.
+
+    It is a record, not a source of settings: it has no lookup by key. Recipes and workflows
+    take the typed sections they use (built once by the command, :meth:`Config.section`) and
+    this record only to write it down.
+    """
+
+    name: str
+    values: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.values, sort_keys=True)
 
 
 def replace_checked(section: S, **changes: Any) -> S:
