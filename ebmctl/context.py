@@ -4,6 +4,7 @@ the profile section ``[run]`` (:class:`RunConfig`) they start from."""
 from __future__ import annotations
 
 import platform
+import typing
 import sys
 from dataclasses import dataclass
 from typing import ClassVar
@@ -184,11 +185,12 @@ def runtime_environment(device: torch.device | str) -> dict:
     }
 
 
-def environment(cfg: Config, device: torch.device) -> dict:
-    """What a report needs to be reproduced: :func:`runtime_environment` and the seeds.
-    Reports store the resolved profile next to it under "config"."""
+def environment(device: torch.device, *, seed: int,
+                attack_seeds: typing.Sequence[int] = ()) -> dict:
+    """What a report needs to be reproduced: :func:`runtime_environment`, the run's ``seed``
+    and, for an attack evaluation, its ``attack_seeds``. Reports store the resolved profile
+    next to it under "config"."""
     env = runtime_environment(device)
     plugins = env.pop("plugins")  # listed last, after the seeds
-    run = cfg.section(RunConfig)
-    return {**env, "seed": run.seed, "attack_seeds": list(cfg.get("attack.seeds") or [run.seed]),
-            "plugins": plugins}
+    seeds = {"attack_seeds": list(attack_seeds)} if attack_seeds else {}
+    return {**env, "seed": seed, **seeds, "plugins": plugins}

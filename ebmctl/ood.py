@@ -123,7 +123,7 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
 
     from ebmctl.artifacts import atomic_write_json
     from ebmctl.console import progress_bar
-    from ebmctl.context import environment, load_dataset
+    from ebmctl.context import RunConfig, environment, load_dataset
     from ebmctl.data_utils import pick_subset
     from ebmctl.evaluate.plots import save_histograms
     from ebmctl.models import config_for_model, load_energy_model
@@ -167,7 +167,8 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
         # per-image energies: the HTML page's histograms and ROC curves are drawn from them
         "out_of_distribution": {k: {**ood_metrics(e_in, v), "energies": _rounded(v)}
                                 for k, v in e_out.items()},
-        "config": cfg.to_dict(), "environment": environment(cfg, device),
+        "config": cfg.to_dict(),
+        "environment": environment(device, seed=cfg.section(RunConfig).seed),
     }
     save_histograms(out.with_suffix(".png"),
                     {f"{in_bundle.name} (in)": e_in.numpy(),

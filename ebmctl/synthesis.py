@@ -123,7 +123,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
             "proxy_classifier_fd uses the penultimate features of "
             f"{classifier} and is comparable only across runs with that classifier.")
     report["config"] = cfg.to_dict()
-    report["environment"] = environment(cfg, device)
+    report["environment"] = environment(device, seed=seed)
     write_outputs(out_dir, samples, sets, report)
     return report
 

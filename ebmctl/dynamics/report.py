@@ -231,7 +231,7 @@ def report_header(cfg, energy, bundle: DatasetBundle, device) -> dict:
     from ebmctl.context import environment
 
     return {"command": "lyapunov", "ebm": energy.path, "dataset": bundle.name,
-            "split": cfg.section(LyapunovConfig).split, "environment": environment(cfg, device),
+            "split": cfg.section(LyapunovConfig).split, "environment": environment(device, seed=cfg.section(RunConfig).seed),
             "config": cfg.to_dict()}
 
 

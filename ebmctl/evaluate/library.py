@@ -231,7 +231,7 @@ def _report(settings, profile, task_name: str, defended, task, n_images: int, de
             results: dict, checks) -> AttackReport:
     """The :class:`AttackReport` of an ``ebmctl.evaluate`` call: the CLI's, with the wrapper's
     defense settings and the model's class name in place of artifact paths."""
-    from ebmctl.context import environment
+    from ebmctl.context import RunConfig, environment
     from ebmctl.evaluate.plan import threat_of
 
     defense, attack = defended.defense, settings.attack
@@ -250,5 +250,6 @@ def _report(settings, profile, task_name: str, defended, task, n_images: int, de
                  "input_range": list(defended.input_range),
                  "ebm": defended.ebm.path if defended.ebm is not None else None},
         model=type(defended.model).__name__, results=results,
-        environment={**environment(profile, device), "attack_seeds": list(attack.seeds)},
+        environment=environment(device, seed=profile.section(RunConfig).seed,
+                                attack_seeds=attack.seeds),
         config=config, sanity=checks)

@@ -31,7 +31,7 @@ from ebmctl.artifacts import atomic_write_bytes, atomic_write_json
 from ebmctl.attacks.base import Attack
 from ebmctl.config import Config
 from ebmctl.console import info
-from ebmctl.context import environment, get_task, load_dataset
+from ebmctl.context import RunConfig, environment, get_task, load_dataset
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate import plan as planning
 from ebmctl.evaluate.checks import sanity_checks
@@ -75,7 +75,8 @@ its parts instead of attacking again).
     """
     settings = EvaluationSettings.from_config(cfg)
     plan = plan_evaluation(settings, get_task(cfg), lambda: load_dataset(cfg),
-                           environment(cfg, device),
+                           environment(device, seed=cfg.section(RunConfig).seed,
+                                       attack_seeds=settings.seeds),
                            PlanRequest(Path(model_path), ebm_path, fixer_path, undefended,
                                        defended, method, resume), device, Path(out))
     return evaluate_plan(settings, plan, device, Path(out), save_adversarials=save_adversarials,
@@ -217,7 +218,7 @@ def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torc
         rows.append(SweepRow(sub.get(key), rep.results[label]))
     report = SweepReport(key=key, metric=rep.metric, n_images=rep.n_images, seeds=rep.seeds,
                          threat=rep.threat, rows=rows, config=cfg.to_dict(),
-                         environment=environment(cfg, device), label=label, task=rep.task,
+                         environment=rep.environment, label=label, task=rep.task,
                          model=rep.model, defense=rep.defense if not undefended else None)
     atomic_write_json(out, report.to_json())
     for value_out in value_outs:

@@ -103,7 +103,7 @@ def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: tor
 
     atomic_write_json(out.with_suffix(".log.json"), {"history": history, "extra": extra,
                                                      "config": cfg.to_dict(),
-                                                     "environment": environment(cfg, device)})
+                                                     "environment": environment(device, seed=seed)})
     if history:
         save_curves(out.with_suffix(".mse.png"),
                     {"train MSE": ([h["step"] for h in history], [h["train_mse"] for h in history])},

@@ -218,7 +218,7 @@ def grads_finite(model: torch.nn.Module) -> bool:
 
 
 def finish_energy_run(out: Path, ckpt_file: Path, history: list[dict], extra: dict, config,
-                      device, energy_label: str, title: str) -> None:
+                      seed: int, device, energy_label: str, title: str) -> None:
     """End of an energy-model run: JSON log (with environment), energy-gap curve, and the
     checkpoint removed now that the artifact is written."""
     from ebmctl.artifacts import atomic_write_json
@@ -227,7 +227,7 @@ def finish_energy_run(out: Path, ckpt_file: Path, history: list[dict], extra: di
 
     atomic_write_json(out.with_suffix(".log.json"),
                       {"history": history, "extra": extra, "config": config.to_dict(),
-                       "environment": environment(config, device)})
+                       "environment": environment(device, seed=seed)})
     if history:
         save_curves(out.with_suffix(".gap.png"),
                     {"energy gap": ([h["step"] for h in history],

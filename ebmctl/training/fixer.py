@@ -360,7 +360,7 @@ class _FixerTraining:
                       step=len(history) - 1, extra={**extra, "history": history})
         atomic_write_json(out.with_suffix(".log.json"),
                           {"history": history, **extra, "config": cfg.to_dict(),
-                           "environment": environment(cfg, self.device)})
+                           "environment": environment(self.device, seed=self.seed)})
         _write_plots(out, history, self.fixer, self.val_x, self.val_hat, self.device)
         self.ckpt_file.unlink(missing_ok=True)
         if acc:

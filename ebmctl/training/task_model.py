@@ -438,7 +438,7 @@ class _TaskTraining:
                           {"history": self.history, "test": test,
                            **{k: v for k, v in extra.items() if k.endswith("_single_view")},
                            "config": cfg.to_dict(),
-                           "environment": environment(cfg, self.device),
+                           "environment": environment(self.device, seed=self.seed),
                            **({"adversarial": extra["adversarial"]} if self.adv.active
                               else {})})
         self.ckpt_file.unlink(missing_ok=True)

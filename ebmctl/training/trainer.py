@@ -347,5 +347,5 @@ class EnergyTrainer:
                       arch_args=r.arch_args, task=cfg.section(TaskConfig).name,
                       data=ebm_data_meta(r.bundle, cfg.section(DataConfig).dataset), config=cfg,
                       step=self.steps, extra=extra)
-        finish_energy_run(self.out, self.ckpt_file, self.history, extra, cfg, r.device,
+        finish_energy_run(self.out, self.ckpt_file, self.history, extra, cfg, r.seed, r.device,
                           r.energy_symbol, r.title)
