@@ -140,6 +140,8 @@ class SeedResult(JsonRecord):
     chunks_reused: int
     x_adv: torch.Tensor | None = field(repr=False)
     world_size: int | None = None
+    #: the re-verification of the curve's tail losses (a stochastic defense only)
+    tail_check: TailCheck | None = None
 
     @classmethod
     def from_json(cls, d: dict) -> "SeedResult":
@@ -150,7 +152,8 @@ class SeedResult(JsonRecord):
                    natural_ok=d.get("natural_ok", []), robust_ok=d.get("robust_ok", []),
                    per_image=d.get("per_image", []), seconds=d.get("seconds", 0.0),
                    image_steps=d.get("image_steps", 0), chunks_reused=d.get("chunks_reused", 0),
-                   x_adv=None, world_size=d.get("world_size"))
+                   x_adv=None, world_size=d.get("world_size"),
+                   tail_check=TailCheck.from_json(d.get("tail_check")))
 
     @property
     def n_images(self) -> int:
@@ -165,7 +168,33 @@ class SeedResult(JsonRecord):
                "chunks_reused": self.chunks_reused}
         if self.world_size is not None:
             out["world_size"] = self.world_size
+        if self.tail_check is not None:
+            out["tail_check"] = self.tail_check.to_json()
         return out
+
+
+@dataclass(frozen=True)
+class TailCheck:
+    """The re-verification of one seed's tail losses against a stochastic defense
+    (:func:`ebmctl.evaluate.convergence.check_tail`).
+
+    ``steps``: evaluation points in the tail (the last ``ceil(0.2 N)`` of N, at least one);
+    ``lost``: images first broken there; ``confirmed``: those misread in a majority of
+    ``reverifications`` fresh H_def verifications of their breaking point.
+    """
+
+    steps: int
+    lost: int
+    confirmed: int
+    reverifications: int
+
+    def to_json(self) -> dict:
+        return {"steps": self.steps, "lost": self.lost, "confirmed": self.confirmed,
+                "reverifications": self.reverifications}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "TailCheck | None":
+        return None if d is None else cls(**d)
 
 
 @dataclass(frozen=True, eq=False)

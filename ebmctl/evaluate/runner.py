@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ebmctl.attacks.base import Attack
 from ebmctl.console import progress_bar
 from ebmctl.defense import Defense
 from ebmctl.evaluate.attack_eval import evaluate_attack
+from ebmctl.evaluate.convergence import check_tail
 from ebmctl.evaluate.memory import MemoryProbe
 from ebmctl.evaluate.results import AttackRow, Estimate, ModelResult, SeedResult
 from ebmctl.evaluate.worst_case import masking_verdict, summarise_attack, worst_case
@@ -30,6 +33,12 @@ def attack_seeds(attack: Attack, defense: Defense, task, x, y, device, seeds: li
         per_seed = [evaluate_attack(attack, defense, task, x, y, seed=s, batch_size=batch_size,
                                     device=device, label=label, progress=bar.advance, **parts)
                     for s in seeds]
+    if defense.stochastic and attack.per_step_curve:
+        # tell the verification's chance losses from attack progress (converged flag only)
+        per_seed = [replace(r, tail_check=check_tail(
+            defense, task, r.x_adv, x, y, r.per_image, len(r.accuracy_curve),
+            key=(r.seed, label, attack.name), batch_size=batch_size, device=device))
+            for r in per_seed]
     return summarise_attack(attack, per_seed, len(x), memory=probe.read())
 
 

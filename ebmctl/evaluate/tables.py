@@ -104,6 +104,16 @@ def report_notes(report: AttackReport | Mapping[str, Any]) -> list[str]:
             bad = [n for n, a in r.attacks.items() if a.converged is False]
             notes.append(f"{label}: not converged ({', '.join(bad)}): the accuracy curve still "
                          "fell over the last 20% of steps; raise attack.steps")
+        for name, a in r.attacks.items():
+            checks = [s.tail_check for s in a.per_seed if s.tail_check is not None]
+            lost = sum(c.lost for c in checks)
+            if a.converged and lost:
+                notes.append(
+                    f"{label}: {name} converged: the {lost} image(s) lost over the last 20% of "
+                    f"steps were each misread in fewer than {checks[0].reverifications // 2 + 1}"
+                    f" of {checks[0].reverifications} fresh H_def verifications of the point "
+                    "that broke them (chance losses of the stochastic defense's repeated "
+                    "verification, not attack progress; they stay broken in the figure)")
         gm = r.gradient_masking
         if gm is not None and gm.suspected:
             notes.append(f"{label}: gradient masking suspected: {gm.attack} "

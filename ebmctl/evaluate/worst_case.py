@@ -28,7 +28,8 @@ def summarise_attack(attack: Attack, per_seed: list[SeedResult], n: int,
     step)."""
     curve = [sum(r.accuracy_curve[i] for r in per_seed) / len(per_seed)
              for i in range(len(per_seed[0].accuracy_curve))]
-    converged = (not still_falling(curve)) if attack.per_step_curve else None
+    converged = (not still_falling(curve) or only_chance_losses(per_seed)
+                 if attack.per_step_curve else None)
     return AttackRow(
         name=attack.name, description=attack.description,
         gradient=attack.gradient_mode(),
@@ -38,6 +39,13 @@ def summarise_attack(attack: Attack, per_seed: list[SeedResult], n: int,
         seconds=round(sum(r.seconds for r in per_seed), 2),
         image_steps=sum(r.image_steps for r in per_seed), per_seed=list(per_seed),
         memory=memory, diagnostic=bool(attack.diagnostic))
+
+
+def only_chance_losses(per_seed: list[SeedResult]) -> bool:
+    """True when every seed's tail losses were re-verified against the stochastic defense and
+    none was confirmed (:func:`ebmctl.evaluate.convergence.check_tail`): the curve fell over
+    its tail only by the verification's chance, so the attack has converged."""
+    return all(r.tail_check is not None and r.tail_check.confirmed == 0 for r in per_seed)
 
 
 def worst_case(per_attack: dict[str, list[SeedResult]]) -> list[WorstCase]:
