@@ -247,12 +247,16 @@ class Config:
 
     values: dict[str, Any]
     #: where each value came from, as text for people (``ebmctl profiles show --provenance``,
-    #: report headers); code asks :meth:`is_default` or :meth:`chosen` instead of comparing it
+    #: report headers); code asks :meth:`is_default`, :meth:`chosen` or :meth:`from_profile`
+    #: instead of comparing it
     provenance: dict[str, str] = field(default_factory=dict)
     name: str = "defaults"
     schema: Schema | None = None
     #: the keys the user set on the command line (``--set`` or a command's flag)
     chosen_keys: frozenset[str] = frozenset()
+    #: the keys the profile file set that no later layer (``--set``, a flag, an override)
+    #: replaced
+    profile_keys: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         try:
@@ -290,11 +294,10 @@ class Config:
         as opposed to a default, a profile file, an artifact or a value the code derived."""
         return key in self.chosen_keys
 
-    def given_together(self, key: str, other: str) -> bool:
-        """True when one profile file gave both ``key`` and ``other`` (neither is a default nor
-        from the command line)."""
-        source = self.provenance.get(key, "default")
-        return source.startswith("profile") and source == self.provenance.get(other)
+    def from_profile(self, key: str) -> bool:
+        """True when the profile file gave ``key`` and no later layer (``--set``, a command's
+        flag, an artifact or a value the code derived) replaced it."""
+        return key in self.profile_keys
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "override", *,
                        chosen: bool = False) -> "Config":
@@ -314,6 +317,7 @@ class Config:
             new.chosen_keys = self.chosen_keys | set(overrides)
         else:  # a later layer replaced what the user had chosen
             new.chosen_keys = self.chosen_keys - set(overrides)
+        new.profile_keys = self.profile_keys - set(overrides)
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -417,4 +421,5 @@ def build_config(schema: Schema, profile_values: dict[str, Any], set_items: list
     for k, v in sets.items():
         values[k] = schema.coerce(k, v)
         prov[k] = "--set"
-    return Config(values, prov, name, schema, frozenset(sets))
+    return Config(values, prov, name, schema, frozenset(sets),
+                  frozenset(profile_values) - frozenset(sets))

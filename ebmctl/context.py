@@ -18,6 +18,9 @@ from ebmctl.plugins import get_registries
 from ebmctl.config import Config, setting
 from ebmctl.contracts import DataRequest, DatasetBundle, Task
 
+if typing.TYPE_CHECKING:
+    from ebmctl.evaluate.plan import EvaluationSettings
+
 
 #: ``run.dtype`` -> the torch dtype of models, images and Langevin chains
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -146,6 +149,83 @@ def data_request(cfg: Config) -> DataRequest:
                        val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                        split_seed=data.split_seed, max_train=data.max_train,
                        options=cfg.section("data"))
+
+
+#: radius and step keys of each norm, and the key of the other norm that would be ignored
+_OTHER_NORM = {"l2": (("attack.eps", "attack.eps_l2"), ("attack.step_size", "attack.step_size_l2")),
+               "linf": (("attack.eps_l2", "attack.eps"),
+                        ("attack.step_size_l2", "attack.step_size"))}
+
+
+def check_threat_settings(cfg: Config) -> None:
+    """Reject a radius or step size given for the other norm (it would be ignored): given on
+    the command line, or by the profile file that chose the norm.
+
+    Raises:
+        ConfigError: naming the key and the one to use instead.
+    """
+    from ebmctl.attacks.base import AttackConfig
+
+    norm = cfg.section(AttackConfig).norm
+    for key, instead in _OTHER_NORM[norm]:
+        if cfg.chosen(key) or (cfg.from_profile(key) and cfg.from_profile("attack.norm")):
+            raise ConfigError(f"{key} does not apply under attack.norm = {norm!r} and would be "
+                              f"ignored; set {instead} instead")
+
+
+def evaluation_settings(cfg: Config, task: Task | None = None) -> "EvaluationSettings":
+    """The typed settings of an attack evaluation under the profile ``cfg``, built once: its
+    sections, float type, seeds, the optional attack settings given, the task (``task``, else
+    :func:`get_task`), the dataset (loaded on first use) and the profile's record.
+
+    Raises:
+        ConfigError: a radius or step of the other norm (:func:`check_threat_settings`),
+            float64 with a reduced Langevin precision (:func:`working_dtype`), or no task
+            plugin ``task.name``.
+    """
+    from ebmctl.attacks.base import OPTIONAL_SETTINGS, AttackConfig
+    from ebmctl.defense import DefenseConfig
+    from ebmctl.evaluate.plan import EvaluationSettings
+    from ebmctl.evaluate.resubmit import EvaluateConfig
+    from ebmctl.sampling.langevin import LangevinConfig
+
+    check_threat_settings(cfg)
+    attack, seed = cfg.section(AttackConfig), cfg.section(RunConfig).seed
+    return EvaluationSettings(
+        attack=attack, defense=cfg.section(DefenseConfig), langevin=cfg.section(LangevinConfig),
+        evaluate=cfg.section(EvaluateConfig), dtype=working_dtype(cfg),
+        seeds=tuple(attack.seeds or (seed,)),
+        given=frozenset(name for name in OPTIONAL_SETTINGS
+                        if not cfg.is_default(f"attack.{name}")),
+        resubmission_reps_given=not cfg.is_default("evaluate.eot_reps"),
+        task=task if task is not None else get_task(cfg),
+        load_data=lambda: load_dataset(cfg), seed=seed, record=cfg.record())
+
+
+def config_for_model(cfg: Config, path) -> Config:
+    """``cfg`` with the dataset the model artifact at ``path`` was trained on, unless the
+    profile or the command line chose one."""
+    from ebmctl.models import artifact_dataset
+
+    name = artifact_dataset(path)
+    if name and cfg.is_default("data.dataset") and cfg.section(DataConfig).dataset != name:
+        return cfg.with_overrides({"data.dataset": name}, "model artifact")
+    return cfg
+
+
+def dataset_loader(cfg: Config, source: str) -> typing.Callable[..., DatasetBundle]:
+    """``load(**changes)``: :func:`load_dataset` of ``cfg`` with ``[data]`` fields changed
+    (``image_size=32``, ``dataset="svhn"``, ...; their provenance ``source``), for a workflow
+    that loads several sets without holding the profile.
+
+    Raises (when called):
+        ConfigError: a field ``[data]`` does not have or a bad value.
+    """
+    def load(**changes) -> DatasetBundle:
+        over = {f"data.{name}": value for name, value in changes.items()}
+        return load_dataset(cfg.with_overrides(over, source) if over else cfg)
+
+    return load
 
 
 _cache: dict[str, DatasetBundle] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -29,9 +29,6 @@ from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state
 from ebmctl.sampling.langevin import LangevinSettings, langevin_chunked
 from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
-
-if TYPE_CHECKING:
-    from ebmctl.config import Config
 
 
 class EnergyFunction(Protocol):
@@ -348,10 +345,3 @@ def artifact_dataset(path: str | Path) -> str:
     except json.JSONDecodeError:
         return ""
 
-
-def config_for_model(cfg: Config, path: str | Path) -> Config:
-    """Use the model's training dataset unless the profile or --set chose one explicitly."""
-    name = artifact_dataset(path)
-    if name and cfg.is_default("data.dataset") and cfg.get("data.dataset") != name:
-        return cfg.with_overrides({"data.dataset": name}, "model artifact")
-    return cfg

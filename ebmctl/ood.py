@@ -16,7 +16,8 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from ebmctl.config import setting
+from ebmctl.config import RunRecord, setting
+from ebmctl.contracts import DatasetBundle
 from ebmctl.errors import InputError
 
 
@@ -30,6 +31,19 @@ class OODConfig:
     n_images: int = setting(1000, "images per dataset scored", minimum=1)
     sets: tuple[str, ...] = setting(("uniform-noise",), "out-of-distribution datasets "
                                     "(NAME or NAME=ROOT)")
+
+
+@dataclass(frozen=True)
+class OODSettings:
+    """What :func:`run_ood` reads, built once by the command: the ``[ood]`` section,
+    ``load_data(**changes)`` (the dataset bundle of the profile's ``[data]`` with fields
+    changed: ``image_size``, ``dataset``, ``root``, ...), the run's ``seed`` and the resolved
+    profile to write into the report."""
+
+    ood: OODConfig
+    load_data: Callable[..., DatasetBundle]
+    seed: int
+    record: RunRecord
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -115,37 +129,41 @@ def _rounded(e: torch.Tensor) -> list[float]:
     return [float(f"{v:.7g}") for v in e.tolist()]
 
 
-def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict:
+def run_ood(settings: OODSettings, model_path, device, out,
+            sets: list[str] | None = None) -> dict:
     """Energies of held-out in-distribution images (the profile's dataset, default: the model's
-    training set) and of each OOD set, resized to the model's input; AUROC, FPR@95%TPR, JSON
-    report and an energy histogram PNG."""
+    training set) and of each OOD set (``sets``, default ``ood.sets``), resized to the model's
+    input; AUROC, FPR@95%TPR, JSON report and an energy histogram PNG.
+
+    Raises:
+        InputError: no OOD set, a bad set spec, a set without held-out images, or NaN/Inf
+            energies.
+    """
     from pathlib import Path
 
     from ebmctl.artifacts import atomic_write_json
     from ebmctl.console import progress_bar
-    from ebmctl.context import RunConfig, environment, load_dataset
+    from ebmctl.context import environment
     from ebmctl.data_utils import pick_subset
     from ebmctl.evaluate.plots import save_histograms
-    from ebmctl.models import config_for_model, load_energy_model
+    from ebmctl.models import load_energy_model
 
     out = Path(out)
-    cfg = config_for_model(cfg, model_path)
     model = load_energy_model(model_path, device)
-    ood = cfg.section(OODConfig)
+    ood = settings.ood
     n = ood.n_images
     specs = [parse_set(s) for s in (sets if sets is not None else ood.sets)]
     if not specs:
         raise InputError("no out-of-distribution sets given (--ood NAME or ood.sets)")
-    fit = {"data.image_size": model.image_size, "data.channels": model.channels}
+    fit = {"image_size": model.image_size, "channels": model.channels, "max_train": n}
     # Load everything before scoring so a bad set fails fast.
-    in_bundle = load_dataset(cfg.with_overrides({**fit, "data.max_train": n}, "ood"))
+    in_bundle = settings.load_data(**fit)
     in_x = pick_subset(evaluation_split(in_bundle), n).x
     ood_x = {}
     for name, root in specs:
-        over = {**fit, "data.dataset": name, "data.root": root, "data.max_train": n}
         label = name if name not in ood_x else f"{name}={root}"
-        ood_x[label] = pick_subset(evaluation_split(load_dataset(cfg.with_overrides(over, "ood"))),
-                                   n).x
+        bundle = settings.load_data(**fit, dataset=name, root=root)
+        ood_x[label] = pick_subset(evaluation_split(bundle), n).x
     with progress_bar(1 + len(ood_x), "ood energies") as bar:
         e_in = energies(model.energy01, in_x, device)
         bar.advance(1)
@@ -167,8 +185,8 @@ def run_ood(cfg, model_path, device, out, sets: list[str] | None = None) -> dict
         # per-image energies: the HTML page's histograms and ROC curves are drawn from them
         "out_of_distribution": {k: {**ood_metrics(e_in, v), "energies": _rounded(v)}
                                 for k, v in e_out.items()},
-        "config": cfg.to_dict(),
-        "environment": environment(device, seed=cfg.section(RunConfig).seed),
+        "config": settings.record.to_dict(),
+        "environment": environment(device, seed=settings.seed),
     }
     save_histograms(out.with_suffix(".png"),
                     {f"{in_bundle.name} (in)": e_in.numpy(),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
 from ebmctl.artifacts import atomic_write_json
 from ebmctl.console import info
-from ebmctl.context import RunConfig, environment, load_dataset
+from ebmctl.context import environment
+from ebmctl.contracts import DatasetBundle
 from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.plots import save_grid, save_image01
@@ -25,10 +26,9 @@ from ebmctl.evaluate.quality import (
     inception_features,
     quality_report,
 )
-from ebmctl.models import EnergyModel, TaskModel, config_for_model, load_energy_model
-from ebmctl.config import Config, setting
+from ebmctl.models import EnergyModel, TaskModel, load_energy_model
+from ebmctl.config import RunRecord, setting
 from ebmctl.sampling.langevin import LangevinConfig
-from ebmctl.training.trainer import TrainConfig
 from ebmctl.seeds import make_generator
 
 
@@ -43,6 +43,22 @@ class SynthConfig:
     steps: int = setting(0, "Langevin steps (0 = the model's training K)", minimum=0)
     init: str = setting("noise", "plain EBM chains start from noise | data",
                         choices=("noise", "data"))
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """What :func:`run_synthesis` reads, built once by the command: the ``[synth]``,
+    ``[langevin]`` and ``[quality]`` sections, ``train_steps`` (``train.mcmc_steps``: a plain
+    EBM's K when ``synth.steps`` is 0), the run's ``seed``, ``load_data`` (gives the dataset
+    bundle of the EBM's training set) and the resolved profile to write into the report."""
+
+    synth: SynthConfig
+    langevin: LangevinConfig
+    quality: QualityConfig
+    train_steps: int
+    seed: int
+    load_data: Callable[[], DatasetBundle]
+    record: RunRecord
 
 
 def sample_plain(model: EnergyModel, n: int, steps: int, init: str, data01: torch.Tensor | None,
@@ -63,21 +79,25 @@ def sample_plain(model: EnergyModel, n: int, steps: int, init: str, data01: torc
     return {"samples": x, "initial": x0.to(dev)}
 
 
-def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.device, *,
-                  mode: str | None = None, classifier: Path | None = None) -> dict:
+def run_synthesis(settings: SynthesisSettings, model_path: Path, out_dir: Path,
+                  device: torch.device, *, mode: str | None = None,
+                  classifier: Path | None = None) -> dict:
     """Sample ``synth.n`` images, score them if a feature network is available, write a grid PNG,
-    the single images and ``report.json`` into ``out_dir``."""
-    cfg = config_for_model(cfg, model_path)
+    the single images and ``report.json`` into ``out_dir``.
+
+    Raises:
+        ConfigError: ``mode`` for a plain EBM, or chains from data without data.
+    """
     model = load_energy_model(model_path, device)
-    synth = cfg.section(SynthConfig)
-    n, seed = synth.n, cfg.section(RunConfig).seed
-    langevin, quality = cfg.section(LangevinConfig), cfg.section(QualityConfig)
+    synth = settings.synth
+    n, seed = synth.n, settings.seed
+    langevin, quality = settings.langevin, settings.quality
     precision = langevin.precision_on(device)
     is_hat = model.kind == "hat-ebm"
     if mode and not is_hat:
         raise ConfigError("--mode applies to Hat EBMs only; this is a plain EBM")
     needs_data = (not is_hat and synth.init == "data") or classifier or quality.fid_features
-    bundle = load_dataset(cfg) if needs_data else None
+    bundle = settings.load_data() if needs_data else None
     key = (seed, "synthesize")
     report: dict = {"command": "synthesize", "model": str(model_path), "n": n}
     if is_hat:
@@ -93,7 +113,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
                                    for k, v in sets.items()})
         samples = out["samples"]
     else:
-        steps = synth.steps or cfg.section(TrainConfig).mcmc_steps
+        steps = synth.steps or settings.train_steps
         data01 = bundle.train.x if bundle is not None else None
         out = sample_plain(model, n, steps, synth.init, data01, key, precision,
                            langevin.chunk_size)
@@ -122,7 +142,7 @@ def run_synthesis(cfg: Config, model_path: Path, out_dir: Path, device: torch.de
             "real_images_floor: real validation images at the same sample size. "
             "proxy_classifier_fd uses the penultimate features of "
             f"{classifier} and is comparable only across runs with that classifier.")
-    report["config"] = cfg.to_dict()
+    report["config"] = settings.record.to_dict()
     report["environment"] = environment(device, seed=seed)
     write_outputs(out_dir, samples, sets, report)
     return report

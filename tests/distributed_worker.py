@@ -33,11 +33,12 @@ def build():
     return attack, defense, task, data.x[:N_IMAGES], data.y[:N_IMAGES]
 
 
-def comparable(res: dict) -> dict:
-    """The report fields that must not depend on how chunks were spread over processes."""
+def comparable(res) -> dict:
+    """The fields of a :class:`~ebmctl.evaluate.results.SeedResult` that must not depend on
+    how chunks were spread over processes."""
     keep = ("n_images", "natural", "adversarial", "robust_by_step", "accuracy_curve",
             "natural_ok", "robust_ok", "per_image", "image_steps")
-    out = {k: res[k] for k in keep}
+    out = {k: getattr(res, k) for k in keep}
     out["x_adv"] = res.x_adv.flatten().tolist()
     return out
 
@@ -59,6 +60,6 @@ if __name__ == "__main__":
         res = run(ctx)
         if ctx.is_main:
             with open(sys.argv[1], "w") as fh:
-                json.dump({"world_size": res["world_size"], **comparable(res)}, fh)
+                json.dump({"world_size": res.world_size, **comparable(res)}, fh)
     finally:
         distributed.shutdown()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from ebmctl.context import evaluation_settings
 from ebmctl.attacks.apgd import APGD
 from ebmctl.attacks.bpda_eot import BPDAEOT
 from ebmctl.attacks.full_eot import FullGradientEOT
@@ -20,7 +21,6 @@ from ebmctl.defense import Defense, average_outputs
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate import plan
-from ebmctl.evaluate.plan import EvaluationSettings
 from ebmctl.evaluate.report import make_attack, run_evaluation
 from ebmctl.evaluate.runner import run_label
 from ebmctl.evaluate.tables import result_rows
@@ -185,11 +185,11 @@ def test_gradient_steps_beyond_k_or_without_a_chain_gradient_is_rejected_naming_
     with pytest.raises(ConfigError, match="attack.gradient_steps"):
         APGD(gradient="bpda", gradient_steps=2)
     cfg = resolve("quick", ["attack.gradient_steps=2"])
-    assert make_attack(cfg, "full-eot", True).gradient_steps == 2
-    bpda = make_attack(cfg, "bpda-eot", True)
+    assert make_attack(evaluation_settings(cfg), "full-eot", True).gradient_steps == 2
+    bpda = make_attack(evaluation_settings(cfg), "bpda-eot", True)
     assert bpda.gradient_steps == 0
     with pytest.raises(ConfigError, match="attack.gradient_steps"):
-        check_options_used(cfg, [bpda])
+        plan.check_options_used(evaluation_settings(cfg), [bpda])
 
 
 # --- fixed randomness -----------------------------------------------------------------------
@@ -255,7 +255,8 @@ def test_a_diagnostic_run_is_labelled_and_kept_out_of_the_headline():
                     torch.device("cpu"), [0], {}, batch_size=4, tolerance=0.02)
     assert row.attacks["fixed"].adversarial.mean == 0.0
     assert row.attacks["fixed"].diagnostic is True
-    assert "diagnostic" not in row.attacks["honest"].to_json() and "diagnostic" not in row
+    assert "diagnostic" not in row.attacks["honest"].to_json()
+    assert "diagnostic" not in row.to_json()
     assert row.adversarial.mean == 1.0 and row.attack == "honest"
     table = result_rows({"results": {"defended": row.to_json()}})
     assert any("DIAGNOSTIC" in r[1] for r in table)
@@ -288,16 +289,17 @@ def test_energy_weight_changes_the_gradient_by_exactly_minus_lambda_grad_u(cls):
 
 def test_new_options_default_off_and_defended_only_ones_are_rejected_on_undefended_runs():
     quick = resolve("quick")
-    a = make_attack(quick, "bpda-eot", True)
+    a = make_attack(evaluation_settings(quick), "bpda-eot", True)
     assert (a.final_iterate_only, a.common_noise, a.common_noise_defender, a.energy_weight,
             a.gradient_steps) == (False, False, False, 0.0, 0)
     cfg = resolve("quick", ["attack.energy_weight=0.1", "attack.final_iterate_only=true"])
-    pgd = make_attack(cfg, "pgd", False)
+    pgd = make_attack(evaluation_settings(cfg), "pgd", False)
     assert pgd.energy_weight == 0.0 and pgd.final_iterate_only is True
     with pytest.raises(ConfigError, match="attack.energy_weight"):
-        check_options_used(cfg, [pgd])
-    check_options_used(cfg, [pgd, make_attack(cfg, "bpda-eot", True)])
-    assert make_attack(cfg, "bpda-eot", True).energy_weight == 0.1
+        plan.check_options_used(evaluation_settings(cfg), [pgd])
+    settings = evaluation_settings(cfg)
+    plan.check_options_used(settings, [pgd, make_attack(settings, "bpda-eot", True)])
+    assert make_attack(evaluation_settings(cfg), "bpda-eot", True).energy_weight == 0.1
 
 
 # --- worst-of-N re-evaluation ---------------------------------------------------------------
@@ -352,7 +354,7 @@ def test_the_report_carries_resubmission_figures_and_memory_per_attack(digits_ar
             "run.device=cpu", "langevin.precision=fp32", "attack.sanity=false",
             "evaluate.resubmissions=2", "evaluate.eot_reps=1,3"]
     out = tmp_path / "r.json"
-    run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"), out)
+    run_evaluation(evaluation_settings(resolve("quick", sets)), clf, ebm, torch.device("cpu"), out)
     rep = json.loads(out.read_text())
     d, u = rep["results"]["defended"], rep["results"]["undefended"]
     assert "resubmission" not in u  # a deterministic model: nothing to resubmit
@@ -367,13 +369,10 @@ def test_the_report_carries_resubmission_figures_and_memory_per_attack(digits_ar
     assert [r[3].split()[0] for r in printed] == [f"{fig['mean']:.3f}",
                                                  f"{fig['worst_of_n']:.3f}"]
     with pytest.raises(ConfigError, match="evaluate.eot_reps"):
-        run_evaluation(resolve("quick", sets[:-2] + ["evaluate.eot_reps=5"]), clf, ebm,
-                       torch.device("cpu"), tmp_path / "bad.json")
+        run_evaluation(evaluation_settings(resolve("quick", sets[:-2] + ["evaluate.eot_reps=5"])),
+                       clf, ebm, torch.device("cpu"), tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="evaluate.resubmissions"):
-        run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"),
+        run_evaluation(evaluation_settings(resolve("quick", sets)), clf, ebm, torch.device("cpu"),
                        tmp_path / "bad.json", defended=False)
 
 
-def check_options_used(cfg, attacks) -> None:
-    """:func:`ebmctl.evaluate.plan.check_options_used` under the profile ``cfg``."""
-    plan.check_options_used(EvaluationSettings.from_config(cfg), attacks)

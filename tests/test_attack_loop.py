@@ -132,9 +132,9 @@ def test_the_curve_is_non_increasing_and_ends_at_the_reported_accuracy():
     attack = _scripted(screen, steps=4, restarts=2)
     res = evaluate_attack(attack, ScriptedDefense(verify_wrong=verify), ClassificationTask(), x,
                           y, seed=0, batch_size=B, device=torch.device("cpu"), label="t")
-    curve = res["accuracy_curve"]
+    curve = res.accuracy_curve
     assert all(b <= a for a, b in zip(curve, curve[1:]))
-    assert curve[-1] == res["adversarial"] == 0.25  # only image 1 survives (its break rejected)
+    assert curve[-1] == res.adversarial == 0.25  # only image 1 survives (its break rejected)
 
 
 def test_verification_noise_is_independent_of_the_screening_replicates():
@@ -179,9 +179,9 @@ def test_the_headline_is_the_per_image_worst_case_over_attacks():
         row = run_label(label, defense, [first(steps=2), second(steps=2)],
                         ClassificationTask(), x, y, torch.device("cpu"), [0], {},
                         batch_size=4, tolerance=0.02)
-        assert row["attacks"]["first"]["adversarial_mean"] == 0.5
-        assert row["attacks"]["second"]["adversarial_mean"] == 0.5
-        assert row["adversarial"] == 0.0 and row["per_image_robust"] == [0, 0, 0, 0]
+        assert row.attacks["first"].adversarial.mean == 0.5
+        assert row.attacks["second"].adversarial.mean == 0.5
+        assert row.adversarial.mean == 0.0 and row.per_image_robust == [0, 0, 0, 0]
         # each image's saved adversarial comes from the attack that broke it
         torch.testing.assert_close(row.x_adv[:, 0], x[:, 0] + STEP)
 

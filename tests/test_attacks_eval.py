@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from ebmctl.context import evaluation_settings
 from ebmctl.api import Attack, AttackOutcome, hookimpl
 from ebmctl.evaluate import attack_eval
 from ebmctl.evaluate.attack_eval import worst_case_curve
@@ -38,21 +39,21 @@ def test_report_has_seeds_curves_per_image_outcomes_and_sanity(digits_artifacts,
     clf, ebm = digits_artifacts
     cfg = resolve("quick", SETS)
     out = tmp_path / "r.json"
-    rep = run_evaluation(cfg, clf, ebm, torch.device("cpu"), out, method="bpda-eot,transfer",
-                         save_adversarials=True)
+    rep = run_evaluation(evaluation_settings(cfg), clf, ebm, torch.device("cpu"), out,
+                         method="bpda-eot,transfer", save_adversarials=True)
     on_disk = json.loads(out.read_text())
     assert on_disk["results"]["defended"]["attack"] in ("bpda-eot", "transfer")
-    d = rep["results"]["defended"]
-    assert set(d["attacks"]) == {"bpda-eot", "transfer"}
+    d = rep.results["defended"]
+    assert set(d.attacks) == {"bpda-eot", "transfer"}
     # the headline is the per-image worst case over both attacks, mean over the two seeds
-    worst = [sum(all(v) for v in zip(*(a["per_seed"][s]["robust_ok"]
-                                       for a in d["attacks"].values()))) / 8 for s in range(2)]
-    assert d["adversarial"] == pytest.approx(sum(worst) / 2)
-    a = d["attacks"]["bpda-eot"]
-    assert len(a["per_seed"]) == 2 and len(a["accuracy_curve"]) == 3
-    assert a["image_steps"] > 0 and len(a["per_seed"][0]["per_image"]) == 8
-    assert a["accuracy_curve"][-1] == pytest.approx(a["adversarial_mean"])
-    names = [c["check"] for c in rep["sanity"]["checks"]]
+    worst = [sum(all(v) for v in zip(*(a.per_seed[s].robust_ok
+                                       for a in d.attacks.values()))) / 8 for s in range(2)]
+    assert d.adversarial.mean == pytest.approx(sum(worst) / 2)
+    a = d.attacks["bpda-eot"]
+    assert len(a.per_seed) == 2 and len(a.accuracy_curve) == 3
+    assert a.image_steps > 0 and len(a.per_seed[0].per_image) == 8
+    assert a.accuracy_curve[-1] == pytest.approx(a.adversarial.mean)
+    names = [c.check for c in rep.sanity.checks]
     assert any("transfer attack" in n for n in names) and any("eps = 0" in n for n in names)
     assert out.with_suffix(".png").exists()
     from safetensors.torch import load_file
@@ -67,7 +68,7 @@ def test_resume_after_an_interruption_gives_the_same_report(digits_artifacts, tm
     clf, ebm = digits_artifacts
     cfg = resolve("quick", SETS + ["attack.sanity=false"])
     dev = torch.device("cpu")
-    full = run_evaluation(cfg, clf, ebm, dev, tmp_path / "full.json")
+    full = run_evaluation(evaluation_settings(cfg), clf, ebm, dev, tmp_path / "full.json")
 
     real_save, saved = attack_eval._save_part, []
 
@@ -80,12 +81,12 @@ def test_resume_after_an_interruption_gives_the_same_report(digits_artifacts, tm
     monkeypatch.setattr(attack_eval, "_save_part", flaky_save)
     out = tmp_path / "cut.json"
     with pytest.raises(KeyboardInterrupt):
-        run_evaluation(cfg, clf, ebm, dev, out)
+        run_evaluation(evaluation_settings(cfg), clf, ebm, dev, out)
     assert not out.exists() and len(list(tmp_path.glob("cut.parts/*"))) == 3
     monkeypatch.setattr(attack_eval, "_save_part", real_save)
-    resumed = run_evaluation(cfg, clf, ebm, dev, out, resume=True)
-    reused = sum(s["chunks_reused"] for r in resumed["results"].values()
-                 for a in r["attacks"].values() for s in a["per_seed"])
+    resumed = run_evaluation(evaluation_settings(cfg), clf, ebm, dev, out, resume=True)
+    reused = sum(s.chunks_reused for r in resumed.results.values()
+                 for a in r.attacks.values() for s in a.per_seed)
     assert reused == 3
     assert _strip(resumed.to_json()) == _strip(full.to_json())
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebmctl.context import evaluation_settings
 from ebmctl.data_utils import make_bundle, pick_subset
 from ebmctl.api import hookimpl
 from ebmctl.contracts import DatasetSpec, Split
@@ -85,7 +86,7 @@ def test_attack_images_are_unchanged_by_the_shared_helper(cfg):
     from ebmctl.evaluate.report import evaluation_images
 
     cfg = cfg.with_overrides({"attack.n_images": N})
-    _, x, y = evaluation_images(cfg, None)
+    _, x, y = evaluation_images(evaluation_settings(cfg))
     test = load_dataset(cfg).test
     old = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:N].sort().values
     assert torch.equal(x, test.x[old]) and torch.equal(y, test.y[old])
@@ -103,8 +104,10 @@ def test_ood_scores_class_mixed_held_out_images(cfg, artifacts, monkeypatch, tmp
         return real(fn, x, device, *a, **k)
 
     monkeypatch.setattr(ood, "energies", recording)
-    ood.run_ood(cfg.with_overrides({"ood.n_images": N}, "--set"), artifacts["ebm"], CPU,
-                tmp_path / "ood.json", sets=["sorted-toy"])
+    from ebmctl.commands.ood import ood_settings
+
+    settings = ood_settings(cfg.with_overrides({"ood.n_images": N}, "--set"), artifacts["ebm"])
+    ood.run_ood(settings, artifacts["ebm"], CPU, tmp_path / "ood.json", sets=["sorted-toy"])
     assert len(seen) == 2
     for x in seen:  # in-distribution and the (same, sorted) OOD set
         assert len(x) == N and len(classes_of(x)) >= 3
@@ -122,8 +125,10 @@ def test_synthesize_quality_reference_and_floor_are_class_mixed(cfg, artifacts, 
 
     monkeypatch.setattr(synthesis, "quality_report", recording)
     cfg = cfg.with_overrides({"synth.n": 6, "synth.steps": 1, "quality.n_reference": N}, "--set")
-    synthesis.run_synthesis(cfg, artifacts["ebm"], tmp_path / "synth", CPU,
-                            classifier=artifacts["classifier"])
+    from ebmctl.commands.synthesize import synthesis_settings
+
+    synthesis.run_synthesis(synthesis_settings(cfg, artifacts["ebm"]), artifacts["ebm"],
+                            tmp_path / "synth", CPU, classifier=artifacts["classifier"])
     assert len(seen["ref"]) == N and len(classes_of(seen["ref"])) >= 3
     assert len(seen["floor"]) == 6 and len(classes_of(seen["floor"])) >= 3
 
@@ -138,11 +143,11 @@ def test_lyapunov_start_images_are_class_mixed(toy, artifacts, monkeypatch, tmp_
 
     seen = {}
 
-    def exponents(cfg, energy, x01, **k):
+    def exponents(run, energy, x01, **k):
         seen["exponent"] = x01.clone()
         raise ConfigError("captured")
 
-    def memory(cfg, energy, task, model, x01, y, *a, **k):
+    def memory(run, energy, task, model, x01, y, *a, **k):
         seen["memory"] = (x01.clone(), y.clone())
         raise ConfigError("captured")
 

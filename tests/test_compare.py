@@ -169,10 +169,10 @@ def test_a_resumed_sweep_rebuilds_the_values_it_finished_without_attacking(sweep
     monkeypatch.setattr(attack_eval, "_save_part",
                         lambda *a, **k: (saved.append(a[0]), real_save(*a, **k)))
 
-    def killed_on_the_second_value(cfg, *a, **k):
-        if cfg.get("attack.eps") == 0.15:
+    def killed_on_the_second_value(settings, *a, **k):
+        if settings.attack.eps == 0.15:
             raise KeyboardInterrupt
-        return real_eval(cfg, *a, **k)
+        return real_eval(settings, *a, **k)
 
     monkeypatch.setattr(report_mod, "run_evaluation", killed_on_the_second_value)
     assert run_cli(args).exit_code != 0 and not out.exists()

@@ -59,3 +59,90 @@ def test_no_profile_key_is_read_by_string_subscript():
                     for line, key in string_lookups(path.read_text(), keys, sections)]
     assert not bad, ("read these keys through their section (cfg.section(XConfig).field), not "
                      "by string:\n" + "\n".join(bad))
+
+
+def get_lookups(source: str, keys: set[str], sections: set[str]) -> list[tuple[int, str]]:
+    """(line, key) of each ``x.get("section.key", ...)`` call by a profile key written as a
+    string (or an f-string starting with ``<section>.``) in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get" and node.args):
+            continue
+        key = node.args[0]
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value in keys:
+            found.append((node.lineno, key.value))
+        elif isinstance(key, ast.JoinedStr) and key.values:
+            head = key.values[0]
+            if (isinstance(head, ast.Constant) and isinstance(head.value, str)
+                    and head.value.split(".", 1)[0] in sections and "." in head.value):
+                found.append((node.lineno, head.value + "{...}"))
+    return found
+
+
+def test_the_get_check_sees_both_spellings_and_leaves_other_keys():
+    keys, sections = {"data.dataset"}, {"data", "ebm"}
+    src = ('cfg.get("data.dataset")\ncfg.get(f"ebm.{k}", 0)\nmeta.get("ebmctl.kind", "")\n'
+           'd.get("dataset")\n')
+    assert get_lookups(src, keys, sections) == [(1, "data.dataset"), (2, "ebm.{...}")]
+
+
+def test_no_profile_key_is_read_by_string_get():
+    keys, sections = _sections()
+    bad = []
+    for tree in TREES:
+        for path in sorted(tree.rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if "/tests/" in rel:
+                continue
+            bad += [f"{rel}:{line}: .get({key!r})"
+                    for line, key in get_lookups(path.read_text(), keys, sections)]
+    assert not bad, ("read these keys through their section (cfg.section(XConfig).field), not "
+                     "by string:\n" + "\n".join(bad))
+
+
+#: workflows that take typed sections, plain fields and a RunRecord, never the whole Config
+#: (the command layer, ``ebmctl/context.py`` and ``ebmctl/commands/``, builds them)
+SECTION_TAKERS = [ROOT / "ebmctl" / "evaluate", ROOT / "ebmctl" / "dynamics",
+                  ROOT / "ebmctl" / "synthesis.py", ROOT / "ebmctl" / "ood.py"]
+
+
+def config_parameters(source: str) -> list[tuple[int, str]]:
+    """(line, name) of each function parameter in ``source`` annotated ``Config`` (also
+    ``config.Config``, ``"Config"`` or ``Config | None``) or named ``cfg``."""
+    def names_config(annotation) -> bool:
+        if annotation is None:
+            return False
+        if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+            annotation = ast.parse(annotation.value, mode="eval").body
+        return any((isinstance(n, ast.Name) and n.id == "Config")
+                   or (isinstance(n, ast.Attribute) and n.attr == "Config")
+                   for n in ast.walk(annotation))
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        a = node.args
+        for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+            if arg is not None and (arg.arg == "cfg" or names_config(arg.annotation)):
+                found.append((arg.lineno, arg.arg))
+    return found
+
+
+def test_the_parameter_check_sees_annotations_and_the_name():
+    src = ('def f(a: Config, b: "Config | None" = None, *, c: config.Config): ...\n'
+           'def g(cfg, x: AttackConfig, y: "EvaluationSettings"): ...\n')
+    assert config_parameters(src) == [(1, "a"), (1, "b"), (1, "c"), (2, "cfg")]
+
+
+def test_workflows_take_sections_not_the_whole_config():
+    bad = []
+    for place in SECTION_TAKERS:
+        for path in sorted([place] if place.is_file() else place.rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            bad += [f"{rel}:{line}: parameter {name!r}"
+                    for line, name in config_parameters(path.read_text())]
+    assert not bad, ("take the typed sections the command builds (an EvaluationSettings, "
+                     "cfg.section(XConfig), a RunRecord), not the whole Config:\n"
+                     + "\n".join(bad))

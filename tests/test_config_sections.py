@@ -203,7 +203,8 @@ def test_fixer_dynamics_synthesis_and_ood_sections_are_declared_by_the_code_that
                                                                 "purified")
     lyapunov = cfg.section(LyapunovConfig)
     assert (lyapunov.etas, lyapunov.seeds, lyapunov.attack_defended) == ((0.1, 1.0), (2, 3), True)
-    settings = exponent_settings(cfg)  # the Benettin settings come from the section
+    # the Benettin settings come from the section
+    settings = exponent_settings(lyapunov, cfg.section(LangevinConfig))
     assert (settings.etas, settings.seeds, settings.dtype) == ([0.1, 1.0], [2, 3], "float64")
     assert cfg.section(SynthConfig) == SynthConfig(n=64, steps=0, init="data")
     assert cfg.section(OODConfig).sets == ("gaussian-noise", "digits=/d")

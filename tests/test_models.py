@@ -66,10 +66,12 @@ def test_load_energy_model_rejects_other_artifacts(tmp_path):
 
 
 def test_ood_reports_a_hat_ebm_with_its_own_kind_and_temperature(tmp_path):
+    from ebmctl.commands.ood import ood_settings
     from ebmctl.ood import run_ood
     from ebmctl.profiles import resolve
 
     cfg = resolve(None, ["ood.n_images=20", "run.threads=1"])
-    rep = run_ood(cfg, _hat(tmp_path), CPU, tmp_path / "ood.json", sets=["uniform-noise"])
+    hat = _hat(tmp_path)
+    rep = run_ood(ood_settings(cfg, hat), hat, CPU, tmp_path / "ood.json", sets=["uniform-noise"])
     assert rep["model_kind"] == "hat-ebm" and rep["temperature"] == 0.25
     assert json.loads((tmp_path / "ood.json").read_text())["model_kind"] == "hat-ebm"

@@ -61,3 +61,15 @@ def test_registry_did_you_mean():
     reg.register("classification", object(), "core")
     with pytest.raises(ConfigError, match="did you mean 'classification'"):
         reg.get("clasification")
+
+
+def test_the_layer_that_set_a_key_is_a_set_of_keys_not_its_label(tmp_path):
+    """``from_profile``: the profile file set the key and no later layer replaced it, whatever
+    the provenance text says; ``chosen``: the command line set it."""
+    profile = tmp_path / "p.toml"
+    profile.write_text('[attack]\nnorm = "l2"\neps_l2 = 0.7\n')
+    cfg = resolve(str(profile), ["attack.norm=linf"])
+    assert cfg.from_profile("attack.eps_l2") and not cfg.from_profile("attack.norm")
+    assert cfg.chosen("attack.norm") and not cfg.from_profile("attack.steps")
+    derived = cfg.with_overrides({"attack.eps_l2": 0.5}, f"profile {cfg.name}")
+    assert not derived.from_profile("attack.eps_l2")  # replaced, though labelled alike

@@ -212,15 +212,15 @@ def test_evaluate_returns_the_cli_report(digits):
     model, x, y = digits
     rep = ebmctl.evaluate(model, x[:16], y[:16], attacks=["pgd", "fgsm"], eps=0.1, steps=5,
                           step_size=0.03, batch_size=8, seeds=[0, 1])
-    r = rep["results"]["undefended"]
-    assert set(r["attacks"]) == {"pgd", "fgsm"}
-    assert len(r["attacks"]["pgd"]["accuracy_curve"]) == 6 and len(r["adversarial_ci"]) == 2
-    assert r["adversarial"] <= min(a["adversarial_mean"] for a in r["attacks"].values())
-    assert rep["sanity"]["checks"] and "eps0_control" in r
-    assert rep["threat"]["eps"] == pytest.approx(0.1) and rep["seeds"] == [0, 1]
+    r = rep.results["undefended"]
+    assert set(r.attacks) == {"pgd", "fgsm"}
+    assert len(r.attacks["pgd"].accuracy_curve) == 6 and len(r.adversarial.ci) == 2
+    assert r.adversarial.mean <= min(a.adversarial.mean for a in r.attacks.values())
+    assert rep.sanity.checks and r.eps0_control is not None
+    assert rep.threat.eps == pytest.approx(0.1) and rep.seeds == [0, 1]
     # the CLI's report type; its JSON is what `ebmctl attack` writes, and it reads the same
     assert type(rep).__name__ == "AttackReport"
-    assert json.loads(json.dumps(rep.to_json())) == rep
+    assert type(rep).from_json(json.loads(json.dumps(rep.to_json()))) == rep
     assert any("worst case" in row[1] for row in format_table(rep))
     with pytest.raises(InputError):
         ebmctl.evaluate(model, x[:4] * 16, y[:4])
@@ -233,9 +233,9 @@ def test_evaluate_attacks_a_defended_model_with_bpda_eot(digits):
     d = ebmctl.defend(model, tiny_ebm(), steps=2, reps=2)
     rep = ebmctl.evaluate(d, x[:8], y[:8], eps=0.1, steps=3, step_size=0.03, eot_reps=2,
                           batch_size=8, sanity=False)
-    r = rep["results"]["defended"]
-    assert list(r["attacks"]) == ["bpda-eot"] and r["image_steps"] > 0
-    assert rep["defense"]["steps"] == 2 and rep["defense"]["eot_reps"] == 2
+    r = rep.results["defended"]
+    assert list(r.attacks) == ["bpda-eot"] and r.image_steps > 0
+    assert rep.defense["steps"] == 2 and rep.defense["eot_reps"] == 2
 
 
 # --- torchattacks (a test dependency only) ------------------------------------------------
@@ -254,8 +254,8 @@ def test_torchattacks_pgd_matches_ebmctl_pgd(digits):
         theirs = (d(adv).argmax(1) == y).float().mean().item()
     rep = ebmctl.evaluate(d, x, y, attacks=["pgd"], eps=eps, step_size=alpha, steps=steps,
                           random_start=False, batch_size=len(x), sanity=False)
-    ours = rep["results"]["undefended"]["adversarial"]
-    natural = rep["results"]["undefended"]["natural"]
+    ours = rep.results["undefended"].adversarial.mean
+    natural = rep.results["undefended"].natural.mean
     print(f"torchattacks PGD {theirs:.4f}, ebmctl PGD {ours:.4f}, natural {natural:.4f}, "
           f"n={len(x)}")
     assert theirs < natural - 0.2  # the attack does something

@@ -39,6 +39,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebmctl.context import evaluation_settings
+
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "report-golden.json"
 #: the stored models the golden copy was computed from (see :func:`_write_models`)
@@ -233,19 +235,20 @@ def _capture(clf, ebm, fixer, tmp_path: Path, monkeypatch) -> dict:
     monkeypatch.undo()
     # one seed, defended only, every attack a diagnostic, transfer not among the attacks run
     cfg = resolve(PROFILE, TINY + ["attack.seeds=0", "attack.common_noise_defender=true"])
-    rep = run_evaluation(cfg, clf, ebm, CPU, tmp_path / "b.json", undefended=False,
-                         method="bpda-eot")
+    rep = run_evaluation(evaluation_settings(cfg), clf, ebm, CPU, tmp_path / "b.json",
+                         undefended=False, method="bpda-eot")
     got["diagnostic"] = {"returned": rep, "json": json.loads((tmp_path / "b.json").read_text()),
                          "table": format_table(rep), "notes": report_notes(rep)}
     # the fixer run at a smaller radius, where its transfer attack beats the white-box one:
     # the row suspects gradient masking and its transfer sanity check fails
     cfg = resolve(PROFILE, TINY + ["attack.eps=0.04", "attack.step_size=0.02"])
-    rep = run_evaluation(cfg, clf, ebm, CPU, tmp_path / "c.json", undefended=False,
-                         method="bpda-eot,transfer", fixer_path=fixer)
+    rep = run_evaluation(evaluation_settings(cfg), clf, ebm, CPU, tmp_path / "c.json",
+                         undefended=False, method="bpda-eot,transfer", fixer_path=fixer)
     got["masking"] = {"returned": rep, "json": json.loads((tmp_path / "c.json").read_text()),
                       "table": format_table(rep), "notes": report_notes(rep)}
-    sweep = run_sweep(resolve(PROFILE, TINY + ["attack.sanity=false", "attack.seeds=0"]), clf,
-                      ebm, CPU, tmp_path / "s.json", "defense.steps", [1, 2])
+    cfg = resolve(PROFILE, TINY + ["attack.sanity=false", "attack.seeds=0"])
+    sweep = run_sweep(evaluation_settings(cfg), clf, ebm, CPU, tmp_path / "s.json",
+                      "defense.steps", [1, 2])
     got["sweep"] = {"returned": sweep, "json": json.loads((tmp_path / "s.json").read_text())}
     from ebmctl.models import TaskModel
 

@@ -42,13 +42,12 @@ def test_report_page_is_self_contained_and_has_the_headline_numbers(run_json, tm
     p = assert_self_contained(page)
     assert {"html", "table", "img", "h1"} <= set(p.tags)
     assert len(p.images) == 2  # the curves and the adversarial grid, inlined
-    r0 = rep["results"]["undefended"]
-    assert format_accuracy(r0["adversarial"], r0["adversarial_std"], r0["adversarial_ci"]) in page
-    for a in r0["attacks"].values():
-        assert format_accuracy(a["adversarial_mean"], a["adversarial_std"],
-                               a["adversarial_ci"]) in page
+    r0 = rep.results["undefended"]
+    assert format_accuracy(r0.adversarial.mean, r0.adversarial.std, r0.adversarial.ci) in page
+    for a in r0.attacks.values():
+        assert format_accuracy(a.adversarial.mean, a.adversarial.std, a.adversarial.ci) in page
     assert "eps = 0 control" in page and "8/255" in page
-    assert all(c["check"] in p.text for c in rep["sanity"]["checks"])
+    assert all(c.check in p.text for c in rep.sanity.checks)
 
 
 def test_report_defaults_beside_the_json_and_keeps_outputs(run_json):

@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 
+from ebmctl.context import evaluation_settings
+from ebmctl.defense import DefenseConfig
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.report import (
     format_table,
@@ -18,7 +20,7 @@ from ebmctl.evaluate.report import (
     run_evaluation,
     summarise_attack,
 )
-from ebmctl.evaluate.results import SeedResult
+from ebmctl.evaluate.results import AttackReport, SeedResult
 from ebmctl.evaluate.stats import still_falling, wilson_interval
 from ebmctl.profiles import resolve
 from ebmctl.testing import run_cli
@@ -35,38 +37,57 @@ def test_wilson_interval_matches_a_hand_computation():
 
 def test_l2_step_size_is_used_as_given_or_rejected():
     cfg = resolve("quick", ["attack.norm=l2", "attack.eps_l2=0.8", "attack.step_size_l2=0.3"])
-    assert make_attack(cfg, "bpda-eot", True).step_size == 0.3
+    assert make_attack(evaluation_settings(cfg), "bpda-eot", True).step_size == 0.3
     # the ℓ∞ step given for an ℓ2 attack is an error naming it, not a silent ε/4
     with pytest.raises(ConfigError, match="attack.step_size"):
-        make_attack(resolve("quick", ["attack.norm=l2", "attack.step_size=0.001"]), "pgd", False)
+        evaluation_settings(resolve("quick", ["attack.norm=l2", "attack.step_size=0.001"]))
     with pytest.raises(ConfigError, match="attack.eps_l2"):
-        make_attack(resolve("quick", ["attack.eps_l2=2.0"]), "pgd", False)
+        make_attack(evaluation_settings(resolve("quick", ["attack.eps_l2=2.0"])), "pgd", False)
     # nothing given: the documented default ε_l2/4
-    assert make_attack(resolve("quick", ["attack.norm=l2"]), "pgd", False).step_size == \
-        pytest.approx(0.5 / 4)
+    l2 = evaluation_settings(resolve("quick", ["attack.norm=l2"]))
+    assert make_attack(l2, "pgd", False).step_size == pytest.approx(0.5 / 4)
 
 
 def test_other_norm_keys_are_refused_by_where_they_came_from_not_by_label(tmp_path):
     """Given on the command line under any flag's name, or by the profile file that chose the
     norm: refused. Left by a profile while the command line changed the norm: ignored."""
-    from ebmctl.evaluate.plan import EvaluationSettings
-
     base = resolve("quick", ["attack.norm=l2"])
     with pytest.raises(ConfigError, match="attack.eps does not apply"):
-        EvaluationSettings.from_config(base.with_overrides({"attack.eps": 0.1}, "--eps",
-                                                           chosen=True))
+        evaluation_settings(base.with_overrides({"attack.eps": 0.1}, "--eps", chosen=True))
     # the label alone decides nothing: a value the code set is not the user's
-    EvaluationSettings.from_config(base.with_overrides({"attack.eps": 0.1}, "--eps"))
+    evaluation_settings(base.with_overrides({"attack.eps": 0.1}, "--eps"))
     profile = tmp_path / "l2.toml"
     profile.write_text('[attack]\nnorm = "l2"\neps = 0.1\n')
     with pytest.raises(ConfigError, match="attack.eps does not apply"):
-        EvaluationSettings.from_config(resolve(str(profile)))
+        evaluation_settings(resolve(str(profile)))
     moved = resolve(str(profile), ["attack.norm=linf"])  # eps now applies: no conflict
-    assert EvaluationSettings.from_config(moved).attack.radius == 0.1
+    assert evaluation_settings(moved).attack.radius == 0.1
     linf = tmp_path / "linf.toml"
     linf.write_text('[attack]\neps_l2 = 0.7\n')  # a profile's l2 radius, the norm from --set
-    assert EvaluationSettings.from_config(resolve(str(linf), ["attack.norm=linf"])).attack.norm \
+    assert evaluation_settings(resolve(str(linf), ["attack.norm=linf"])).attack.norm \
         == "linf"
+
+
+def test_a_swept_value_changes_the_settings_as_the_profile_key_would():
+    """``with_value`` (one sweep value) sets the section field, the record the report stores
+    and hashes for --resume, the seeds and the settings given, exactly as the profile with the
+    key given on the command line would; a key of another section or a bad value is refused
+    before any work."""
+    base = resolve("quick", ["attack.seeds=0"])
+    settings = evaluation_settings(base)
+    for key, value in [("attack.eps", "8/255"), ("defense.steps", 3), ("attack.seeds", "4,5"),
+                       ("attack.energy_weight", 0.1), ("evaluate.eot_reps", 3)]:
+        varied = settings.with_value(key, value)
+        direct = evaluation_settings(base.with_overrides({key: value}, "--sweep", chosen=True))
+        for name in ("attack", "defense", "langevin", "evaluate", "seeds", "given",
+                     "resubmission_reps_given", "dtype", "seed"):
+            assert getattr(varied, name) == getattr(direct, name), (key, name)
+        assert varied.record.to_dict() == direct.record.to_dict(), key
+    assert settings.record.to_dict()["defense"]["steps"] == base.section(DefenseConfig).steps
+    with pytest.raises(ConfigError, match="run.seed is not an"):
+        settings.with_value("run.seed", 3)
+    with pytest.raises(ConfigError, match="defense.steps"):
+        settings.with_value("defense.steps", -1)
 
 
 def test_the_library_refuses_what_a_profile_would():
@@ -122,11 +143,11 @@ def test_a_curve_still_falling_at_its_end_is_flagged_not_converged():
     assert not still_falling([1.0, 0.6, 0.5, 0.5, 0.5, 0.5])
     per_seed = [_seed_result(1.0, 0.4, [1.0, 0.8, 0.6, 0.5, 0.45, 0.4])]
     row = summarise_attack(_Attack("x", "bpda"), per_seed, 100)
-    assert row["converged"] is False and row["adversarial_std"] is None
-    assert row["adversarial_ci"] == [pytest.approx(0.3094, abs=1e-3),
-                                     pytest.approx(0.4980, abs=1e-3)]
-    report = {"results": {"defended": {"attacks": {"x": row}, "converged": False, "n_seeds": 1,
-                                       "n_images": 100}}}
+    assert row.converged is False and row.adversarial.std is None
+    assert row.adversarial.ci == [pytest.approx(0.3094, abs=1e-3),
+                                  pytest.approx(0.4980, abs=1e-3)]
+    report = {"results": {"defended": {"attacks": {"x": row.to_json()}, "converged": False,
+                                       "n_seeds": 1, "n_images": 100}}}
     assert format_table(report)[0][-1] == "NOT converged"
     notes = report_notes(report)
     assert any("not converged" in n for n in notes) and any("n = 1" in n for n in notes)
@@ -150,11 +171,11 @@ def test_gradient_masking_is_suspected_when_a_transfer_attack_wins():
                                              [_images_result(transfer)], 100)}
 
     verdict = masking_verdict(rows(0.4), 0.02)
-    assert verdict["suspected"] is True and verdict["attack"] == "transfer"
-    assert (verdict["white_box"], verdict["non_white_box"]) == (pytest.approx(0.6), 0.4)
-    assert masking_verdict(rows(0.7), 0.02)["suspected"] is False
+    assert verdict.suspected is True and verdict.attack == "transfer"
+    assert (verdict.white_box, verdict.non_white_box) == (pytest.approx(0.6), 0.4)
+    assert masking_verdict(rows(0.7), 0.02).suspected is False
     # within the tolerance is not suspected
-    assert masking_verdict(rows(0.59), 0.02)["suspected"] is False
+    assert masking_verdict(rows(0.59), 0.02).suspected is False
 
 
 def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(digits_artifacts, tmp_path):
@@ -162,25 +183,24 @@ def test_sanity_checks_can_fail_and_the_eps0_control_is_reported(digits_artifact
     sets = ["attack.n_images=8", "attack.batch_size=8", "attack.steps=2", "attack.eot_reps=2",
             "attack.restarts=1", "defense.steps=2", "defense.eot_reps=2", "attack.seeds=0",
             "attack.sanity_images=8", "run.device=cpu", "langevin.precision=fp32"]
-    rep = run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"),
+    rep = run_evaluation(evaluation_settings(resolve("quick", sets)), clf, ebm, torch.device("cpu"),
                          tmp_path / "r.json")
-    checks = {c["check"]: c for c in rep["sanity"]["checks"]}
+    checks = {c.check: c for c in rep.sanity.checks}
     assert not any("uses H_def" in name for name in checks)  # the check that could not fail
     zero = next(c for n, c in checks.items() if n.startswith("undefended: eps = 0"))
-    assert zero["pass"] and zero["adversarial"] == zero["natural"]
+    assert zero.passed and zero.figures["adversarial"] == zero.figures["natural"]
     mono = next(c for n, c in checks.items() if n.startswith("defended: accuracy does not rise"))
-    assert mono["eps"][0] == 0.0 and len(mono["adversarial"]) == 3
-    assert mono["pass"] == all(b <= a + 0.02 for a, b in zip(mono["adversarial"],
-                                                             mono["adversarial"][1:]))
+    rising = mono.figures["adversarial"]
+    assert mono.figures["eps"][0] == 0.0 and len(rising) == 3
+    assert mono.passed == all(b <= a + 0.02 for a, b in zip(rising, rising[1:]))
     assert any("transfer attack" in n for n in checks)
-    control = rep["results"]["defended"]["eps0_control"]
-    assert control["inflation"] == pytest.approx(control["natural"] - control["adversarial"])
-    d = rep["results"]["defended"]
-    assert d["per_image_robust"] == [int(v) for v in d["attacks"]["bpda-eot"]["per_seed"][0][
-        "robust_ok"]]
-    assert isinstance(d["converged"], bool) and d["n_images"] == 8
-    lo, hi = d["adversarial_ci"]
-    assert lo <= d["adversarial"] <= hi and not math.isnan(lo)
+    control = rep.results["defended"].eps0_control
+    assert control.inflation == pytest.approx(control.natural - control.adversarial)
+    d = rep.results["defended"]
+    assert d.per_image_robust == [int(v) for v in d.attacks["bpda-eot"].per_seed[0].robust_ok]
+    assert isinstance(d.converged, bool) and d.n_images == 8
+    lo, hi = d.adversarial.ci
+    assert lo <= d.adversarial.mean <= hi and not math.isnan(lo)
 
 
 def test_the_eps0_control_runs_on_the_first_control_images_and_says_so(digits_artifacts,
@@ -192,15 +212,15 @@ def test_the_eps0_control_runs_on_the_first_control_images_and_says_so(digits_ar
             "attack.restarts=1", "defense.steps=2", "defense.eot_reps=2", "attack.seeds=0",
             "attack.sanity_images=4", "attack.control_images=3", "run.device=cpu",
             "langevin.precision=fp32"]
-    rep = run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"),
+    rep = run_evaluation(evaluation_settings(resolve("quick", sets)), clf, ebm, torch.device("cpu"),
                          tmp_path / "r.json", undefended=False)
-    control = rep["results"]["defended"]["eps0_control"]
-    assert control["n_images"] == 3 and len(control["per_image_robust"]) == 3
-    assert rep["results"]["defended"]["n_images"] == 8  # the headline keeps every image
+    control = rep.results["defended"].eps0_control
+    assert control.n_images == 3 and len(control.per_image_robust) == 3
+    assert rep.results["defended"].n_images == 8  # the headline keeps every image
     row = next(r for r in format_table(rep) if "eps = 0 control" in r[1])
     assert "first 3 images" in row[1]
-    mono = next(c for c in rep["sanity"]["checks"] if "does not rise" in c["check"])
-    assert mono["adversarial"][0] == sum(control["per_image_robust"]) / 3
+    mono = next(c for c in rep.sanity.checks if "does not rise" in c.check)
+    assert mono.figures["adversarial"][0] == sum(control.per_image_robust) / 3
 
 
 def test_a_radius_of_whole_255ths_is_printed_as_such():
@@ -222,13 +242,14 @@ def test_the_returned_report_is_the_file_and_carries_the_images_apart(digits_art
             "attack.sanity=false", "run.device=cpu", "langevin.precision=fp32",
             "attack.undefended_method=pgd,fgsm"]
     out = tmp_path / "r.json"
-    rep = run_evaluation(resolve("quick", sets), clf, ebm, torch.device("cpu"), out,
-                         defended=False)
+    rep = run_evaluation(evaluation_settings(resolve("quick", sets)), clf, ebm,
+                         torch.device("cpu"), out, defended=False)
     on_disk = json.loads(out.read_text())
-    assert rep == on_disk and rep.to_json() == on_disk
+    assert rep.to_json() == on_disk and AttackReport.from_json(on_disk) == rep
     assert "x_adv" not in out.read_text()
     row = rep.results["undefended"]
-    assert row["adversarial"] == row.adversarial.mean and row.n_seeds == 2
+    assert on_disk["results"]["undefended"]["adversarial"] == row.adversarial.mean
+    assert row.n_seeds == 2
     pgd, fgsm = row.attacks["pgd"].per_seed[-1], row.attacks["fgsm"].per_seed[-1]
     for i in range(4):
         first = pgd if not pgd.robust_ok[i] else fgsm

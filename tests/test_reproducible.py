@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebmctl.context import evaluation_settings
 from ebmctl.artifacts import load_artifact
 from ebmctl.profiles import resolve
 from ebmctl.testing import tiny_bundle
@@ -117,10 +118,11 @@ def _setup(tmp_path):
     art = save_valid(tmp_path / "art")
     cfg = resolve(None, ATTACK)
     model, ebm = TaskModel.load(art["classifier"], CPU), EnergyModel.load(art["ebm"], CPU)
-    attack = make_attack(cfg, "bpda-eot", True)
+    settings = evaluation_settings(cfg)
+    attack = make_attack(settings, "bpda-eot", True)
     x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     y = torch.arange(6) % 10
-    return attack, (lambda: build_defense(cfg, model, ebm, CPU)), get_task(cfg), x, y
+    return attack, (lambda: build_defense(settings, model, ebm, CPU)), get_task(cfg), x, y
 
 
 def test_an_attack_with_the_same_seed_and_batch_size_reproduces_bit_identically(tmp_path):

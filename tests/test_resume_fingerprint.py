@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebmctl.context import evaluation_settings
 from ebmctl.artifacts import file_digest, load_artifact, save_artifact
 from ebmctl.errors import ConfigError
 from ebmctl.profiles import resolve
@@ -197,8 +198,8 @@ def _interrupted_attack(monkeypatch, tmp_path, paths, out, fixer=None):
 
     monkeypatch.setattr(attack_eval, "_save_part", save_one_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_evaluation(resolve("quick", ATTACK), paths["classifier"], paths["ebm"], CPU, out,
-                       undefended=False, fixer_path=fixer)
+        run_evaluation(evaluation_settings(resolve("quick", ATTACK)), paths["classifier"],
+                       paths["ebm"], CPU, out, undefended=False, fixer_path=fixer)
     monkeypatch.setattr(attack_eval, "_save_part", real)
     assert len(saved) == 1
 
@@ -220,8 +221,9 @@ def test_attack_resume_refuses_parts_of_a_model_rewritten_at_the_same_path(swapp
     _interrupted_attack(monkeypatch, tmp_path, paths, out, fixer=paths["fixer"])
     _rewrite_weights(paths[swapped])
     with pytest.raises(ConfigError, match="other settings"):
-        run_evaluation(resolve("quick", ATTACK), paths["classifier"], paths["ebm"], CPU, out,
-                       undefended=False, fixer_path=paths["fixer"], resume=True)
+        run_evaluation(evaluation_settings(resolve("quick", ATTACK)), paths["classifier"],
+                       paths["ebm"], CPU, out, undefended=False, fixer_path=paths["fixer"],
+                       resume=True)
 
 
 def test_attack_resume_reuses_parts_when_the_same_models_moved(tmp_path, monkeypatch):
@@ -234,9 +236,10 @@ def test_attack_resume_reuses_parts_when_the_same_models_moved(tmp_path, monkeyp
     _interrupted_attack(monkeypatch, tmp_path, paths, out)
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "art", moved)
-    rep = run_evaluation(resolve("quick", ATTACK), moved / paths["classifier"].name,
-                         moved / paths["ebm"].name, CPU, out, undefended=False, resume=True)
-    assert _reused(rep["results"]) == 1
+    rep = run_evaluation(evaluation_settings(resolve("quick", ATTACK)),
+                         moved / paths["classifier"].name, moved / paths["ebm"].name, CPU, out,
+                         undefended=False, resume=True)
+    assert _reused(rep.to_json()["results"]) == 1
 
 
 def _reused(obj) -> int:

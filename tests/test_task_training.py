@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ebmctl.context import evaluation_settings
 from ebmctl.artifacts import load_artifact
 from ebmctl.models import TaskModel
 from ebmctl.evaluate.report import evaluation_images
@@ -64,9 +65,10 @@ def test_evaluation_images_span_classes_of_a_class_sorted_split(tmp_path):
     sets = ["data.dataset=imagefolder", f"data.root={tmp_path}", "data.test_fraction=0.5",
             "data.val_fraction=0.0"]
     cfg = resolve(None, sets + ["attack.n_images=6"])
-    _, x, y = evaluation_images(cfg, None)
+    _, x, y = evaluation_images(evaluation_settings(cfg))
     assert len(y) == 6 and len(set(y.tolist())) >= 2  # a prefix would be class 0 only
-    _, x2, y2 = evaluation_images(cfg, None)
+    _, x2, y2 = evaluation_images(evaluation_settings(cfg))
     assert torch.equal(x, x2) and torch.equal(y, y2)  # seeded: the same images every run
-    _, _, y_all = evaluation_images(resolve(None, sets + ["attack.n_images=1000"]), None)
+    everything = resolve(None, sets + ["attack.n_images=1000"])
+    _, _, y_all = evaluation_images(evaluation_settings(everything))
     assert len(y_all) == 18 and torch.equal(y_all, y_all.sort().values)

@@ -64,7 +64,7 @@ def attack_cmd(
     a purifier without a backward pass is attacked with BPDA, a stochastic one with EOT."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info
-    from ebmctl.context import RunConfig, setup_device
+    from ebmctl.context import RunConfig, evaluation_settings, setup_device
     from ebmctl.evaluate.html import write_html
     from ebmctl.evaluate.report import run_evaluation
 
@@ -73,6 +73,7 @@ def attack_cmd(
     ebm = _defense_inputs(cfg, ebm, purifier, fixer, undefended_only, defended_only)
     defended = not undefended_only
     dev = setup_device(cfg, honours_dtype=True)  # run.dtype: models, images, chains
+    settings = evaluation_settings(cfg)  # the typed sections, built once
     from ebmctl.commands.model_argument import resolve_model_argument
     from ebmctl.shipped import ebm_path
 
@@ -81,13 +82,13 @@ def attack_cmd(
     if ebm is not None:
         ebm = resolve_model_argument(ebm_path(ebm), str(out_dir))
     if sweep:
-        _sweep(cfg, model, ebm, dev, sweep, out or out_dir / "attack-sweep.json", method,
+        _sweep(cfg, settings, model, ebm, dev, sweep, out or out_dir / "attack-sweep.json", method,
                undefended_only, resume, force)
         return
     out = out or out_dir / "attack-report.json"
     for path in (out, out.with_suffix(".png"), out.with_suffix(".html")):  # --resume: its own
         claim_output(path, force=force, resume=resume)
-    report = run_evaluation(cfg, model, ebm, dev, out, undefended=not defended_only,
+    report = run_evaluation(settings, model, ebm, dev, out, undefended=not defended_only,
                             defended=defended, method=method, resume=resume,
                             save_adversarials=save_adversarials, fixer_path=fixer)
     _print_report(report)
@@ -140,7 +141,7 @@ def _attack_config(ctx: typer.Context, norm: Optional[str], eps: Optional[str],
     return cfg
 
 
-def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Path,
+def _sweep(cfg, settings, model: Path, ebm: Optional[Path], dev, sweep: str, out: Path,
            method: Optional[str], undefended_only: bool, resume: bool, force: bool) -> None:
     """--sweep KEY=V1,V2,...: one defended (with --undefended-only: undefended) evaluation per
     value, a sweep report and table."""
@@ -159,7 +160,7 @@ def _sweep(cfg, model: Path, ebm: Optional[Path], dev, sweep: str, out: Path,
                           "evaluate")
     for path in (out, out.with_suffix(".png")):  # --resume continues its own report
         claim_output(path, force=force, resume=resume)
-    rep = run_sweep(cfg, model, ebm, dev, out, key, values, method=method, resume=resume,
+    rep = run_sweep(settings, model, ebm, dev, out, key, values, method=method, resume=resume,
                     undefended=undefended_only)
     out_console().print(sweep_table(rep))
     info(f"wrote {out} and {out.with_suffix('.png')}")

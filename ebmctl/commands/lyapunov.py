@@ -41,8 +41,9 @@ def lyapunov_cmd(
     (--checks) how purification forgets an adversarial start. Writes JSON + PNG + HTML."""
     from ebmctl.artifacts import claim_output
     from ebmctl.console import info, out_console, progress_bar
-    from ebmctl.context import RunConfig, load_dataset, setup_device
+    from ebmctl.context import RunConfig, evaluation_settings, load_dataset, setup_device
     from ebmctl.dynamics import report as ly
+    from ebmctl.sampling.langevin import LangevinConfig
     from ebmctl.evaluate.tables import exponent_summary, exponent_table, memory_table
 
     cfg = make_config(ctx, {"lyapunov.etas": etas or None, "lyapunov.n_images": n_images})
@@ -51,22 +52,25 @@ def lyapunov_cmd(
     out = out or Path(out_dir) / "lyapunov.json"
     for path in ly.planned_outputs(out, exponent, checks):
         claim_output(path, force=force)
-    ly.exponent_settings(cfg).validate()
+    ly.exponent_settings(cfg.section(ly.LyapunovConfig), cfg.section(LangevinConfig)).validate()
     dev = setup_device(cfg)
     energy, task, task_model, model = _load_models(cfg, ebm, model, checks, dev)
+    run = ly.LyapunovSettings(cfg.section(ly.LyapunovConfig), cfg.section(LangevinConfig),
+                              cfg.section(RunConfig).seed, cfg.record(),
+                              evaluation_settings(cfg, task) if checks else None)
     bundle = load_dataset(cfg)
-    data = ly.start_split(cfg, bundle)
+    data = ly.start_split(run.lyapunov, bundle)
     title = f"{Path(energy.path).name} on {bundle.name}"
-    header = ly.report_header(cfg, energy, bundle, dev)
+    header = ly.report_header(run, energy, bundle, dev)
     written = []
     if exponent:
-        report, files = ly.write_exponent_report(cfg, energy, data, out, header, title, dev,
+        report, files = ly.write_exponent_report(run, energy, data, out, header, title, dev,
                                                  progress_factory=progress_bar)
         written += files
         out_console().print(exponent_table(report))
         out_console().print(exponent_summary(report))
     if checks:
-        mem, files = ly.write_memory_report(cfg, energy, task, task_model, data,
+        mem, files = ly.write_memory_report(run, energy, task, task_model, data,
                                             ly.memory_path(out), {**header, "model": str(model)},
                                             title, dev, progress_factory=progress_bar)
         written += files

@@ -48,8 +48,19 @@ def ood_cmd(
     from ebmctl.commands.model_argument import resolve_model_argument
 
     ebm = resolve_model_argument(ebm, out_dir)  # ebm-defense:ebm@FILE
-    report = run_ood(cfg, ebm, dev, out, ood_sets)
+    report = run_ood(ood_settings(cfg, ebm), ebm, dev, out, ood_sets)
     out_console().print(ood_table(report))
     from ebmctl.evaluate.html import write_html
 
     info(f"wrote {out}, {out.with_suffix('.png')} and {write_html(out)}")
+
+
+def ood_settings(cfg, model_path: Path):
+    """The :class:`~ebmctl.ood.OODSettings` of the profile ``cfg`` for the EBM at
+    ``model_path`` (its training set unless the profile or the command line chose one)."""
+    from ebmctl.context import RunConfig, config_for_model, dataset_loader
+    from ebmctl.ood import OODConfig, OODSettings
+
+    cfg = config_for_model(cfg, model_path)
+    return OODSettings(ood=cfg.section(OODConfig), load_data=dataset_loader(cfg, "ood"),
+                       seed=cfg.section(RunConfig).seed, record=cfg.record())

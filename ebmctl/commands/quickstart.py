@@ -38,7 +38,13 @@ def quickstart_cmd(
     import time
 
     from ebmctl.console import info, out_console
-    from ebmctl.context import RunConfig, get_task, load_dataset, setup_device
+    from ebmctl.context import (
+        RunConfig,
+        evaluation_settings,
+        get_task,
+        load_dataset,
+        setup_device,
+    )
     from ebmctl.defense import DefenseConfig
     from ebmctl.evaluate.report import run_evaluation
     from ebmctl.evaluate.tables import quickstart_table, report_notes
@@ -69,7 +75,7 @@ def quickstart_cmd(
     else:
         info(f"using cached {ebm_path}")
     out = work / "report.json"
-    report = run_evaluation(cfg, clf_path, ebm_path, dev, out)
+    report = run_evaluation(evaluation_settings(cfg, task), clf_path, ebm_path, dev, out)
     total_seconds = round(time.time() - t0, 1)
     defense = cfg.section(DefenseConfig)
     out_console().print(quickstart_table(report, defense.steps, defense.eot_reps))

@@ -61,6 +61,24 @@ def synthesize_cmd(
     earlier = sorted((out_dir / "images").glob("*.png"))[:1]
     for path in [out_dir / "report.json", out_dir / "grid.png", *earlier]:
         claim_output(path, force=force, option="--out-dir")
-    report = run_synthesis(cfg, ebm, out_dir, dev, mode=mode, classifier=classifier)
+    report = run_synthesis(synthesis_settings(cfg, ebm), ebm, out_dir, dev, mode=mode,
+                           classifier=classifier)
     for name, row in report.get("quality", {}).items():
         info(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+
+
+def synthesis_settings(cfg, model_path: Path):
+    """The :class:`~ebmctl.synthesis.SynthesisSettings` of the profile ``cfg`` for the EBM at
+    ``model_path`` (its training set unless the profile or the command line chose one)."""
+    from ebmctl.context import RunConfig, config_for_model, dataset_loader
+    from ebmctl.evaluate.quality import QualityConfig
+    from ebmctl.sampling.langevin import LangevinConfig
+    from ebmctl.synthesis import SynthConfig, SynthesisSettings
+    from ebmctl.training.trainer import TrainConfig
+
+    cfg = config_for_model(cfg, model_path)
+    return SynthesisSettings(synth=cfg.section(SynthConfig), langevin=cfg.section(LangevinConfig),
+                             quality=cfg.section(QualityConfig),
+                             train_steps=cfg.section(TrainConfig).mcmc_steps,
+                             seed=cfg.section(RunConfig).seed,
+                             load_data=dataset_loader(cfg, "synthesize"), record=cfg.record())

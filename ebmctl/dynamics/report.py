@@ -1,6 +1,7 @@
-"""What `ebmctl lyapunov` computes from a profile (docs/algorithms.md#sampler-dynamics): the
-exponent curve over the η grid of :mod:`ebmctl.dynamics.benettin` and the forgetting curves of
+"""What `ebmctl lyapunov` computes (docs/algorithms.md#sampler-dynamics): the exponent curve
+over the η grid of :mod:`ebmctl.dynamics.benettin` and the forgetting curves of
 :mod:`ebmctl.dynamics.forgetting` for an EBM artifact, as report dicts, and their figures.
+Everything here takes :class:`LyapunovSettings`, the typed sections the command builds once.
 """
 
 from __future__ import annotations
@@ -8,14 +9,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from ebmctl.artifacts import atomic_write_json
-from ebmctl.config import setting
+from ebmctl.config import RunRecord, setting
 from ebmctl.console import progress_bar
-from ebmctl.context import RunConfig
 from ebmctl.contracts import DatasetBundle, Split
 from ebmctl.data_utils import pick_subset
 from ebmctl.units import adapt_images
@@ -37,6 +37,9 @@ from ebmctl.errors import ConfigError
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import make_generator
 from ebmctl.units import to_internal, to_public
+
+if TYPE_CHECKING:
+    from ebmctl.evaluate.plan import EvaluationSettings
 
 #: the progress bar when the caller passes none: counts nothing, prints nothing
 _quiet = functools.partial(progress_bar, quiet=True)
@@ -80,27 +83,44 @@ class LyapunovConfig:
                                            "instead of the bare task model")
 
 
-# --- reports: what `ebmctl lyapunov` computes from a config ----------------------------------
+@dataclass(frozen=True)
+class LyapunovSettings:
+    """What `ebmctl lyapunov` reads, built once by the command: the ``[lyapunov]`` and
+    ``[langevin]`` sections, the run's seed (``run.seed``), the resolved profile to write into
+    the reports, and for the forgetting curves the attack evaluation's settings
+    (``evaluation``: the attack ``lyapunov.attack`` and its defense; None without
+    ``--checks``)."""
 
-def exponent_settings(cfg) -> ExponentSettings:
-    ly = cfg.section(LyapunovConfig)
+    lyapunov: LyapunovConfig
+    langevin: LangevinConfig
+    seed: int
+    record: RunRecord
+    evaluation: "EvaluationSettings | None" = None
+
+
+# --- reports: what `ebmctl lyapunov` computes -------------------------------------------------
+
+def exponent_settings(ly: LyapunovConfig, langevin: LangevinConfig) -> ExponentSettings:
+    """The Benettin settings of the ``[lyapunov]`` section (chains in ``langevin.chunk_rows``
+    rows)."""
     return ExponentSettings(etas=[float(e) for e in ly.etas], burn_in=ly.burn_in, steps=ly.steps,
                             separation=ly.separation, renorm_every=ly.renorm_every,
                             seeds=list(ly.seeds), dtype=ly.precision, zero_tol=ly.zero_tol,
-                            chunk_rows=cfg.section(LangevinConfig).chunk_rows)
+                            chunk_rows=langevin.chunk_rows)
 
 
-def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) -> tuple[dict, torch.Tensor]:
+def exponent_report(run: LyapunovSettings, energy, x01: torch.Tensor, *,
+                    progress_factory=None) -> tuple[dict, torch.Tensor]:
     """Benettin exponents of ``energy`` (an :class:`ebmctl.models.EnergyModel`) over the η grid
     for start images ``x01`` ([0,1] units), at d_0 and at d_0 × each ``separation_factors``.
     Returns (report dict, steady-state samples [n_eta, n, ...] in [0,1] units at d_0)."""
-    settings = exponent_settings(cfg)
+    settings = exponent_settings(run.lyapunov, run.langevin)
     settings.validate()
     x0 = to_chain_space(x01, energy.image_size, energy.channels)
     dtype = DTYPES[settings.dtype]
     grad_fn = net_grad_fn(energy.net, dtype)
     drift, tau = energy.settings().drift, energy.tau
-    factors = [1.0] + [float(f) for f in cfg.section(LyapunovConfig).separation_factors
+    factors = [1.0] + [float(f) for f in run.lyapunov.separation_factors
                        if float(f) != 1.0]
     if any(not (f > 0) for f in factors):
         raise ConfigError("lyapunov.separation_factors must be > 0")
@@ -112,7 +132,7 @@ def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) ->
         for f in factors:
             sep = settings.separation * f
             lam, finals = exponent_grid(grad_fn, x0, drift=drift, tau=tau, settings=settings,
-                                        run_seed=cfg.section(RunConfig).seed, separation=sep,
+                                        run_seed=run.seed, separation=sep,
                                         progress=bar.advance)
             summary = summarise_exponents(settings.etas, lam, settings.zero_tol)
             runs.append({"separation": sep, **summary,
@@ -134,18 +154,24 @@ def exponent_report(cfg, energy, x01: torch.Tensor, *, progress_factory=None) ->
     return report, samples
 
 
-def make_adversarial(cfg, task, model, energy, x01: torch.Tensor, y: torch.Tensor,
-                     device) -> tuple[torch.Tensor, dict]:
+def make_adversarial(run: LyapunovSettings, task, model, energy, x01: torch.Tensor,
+                     y: torch.Tensor, device) -> tuple[torch.Tensor, dict]:
     """Adversarial versions of ``x01`` made on the spot with a registered attack
-    (``lyapunov.attack``; against the bare task model unless ``lyapunov.attack_defended``)."""
-    from ebmctl.evaluate.report import build_defense, make_attack
+    (``lyapunov.attack``; against the bare task model unless ``lyapunov.attack_defended``),
+    built from ``run.evaluation``.
 
-    ly = cfg.section(LyapunovConfig)
-    defended = ly.attack_defended
-    attack = make_attack(cfg, ly.attack, defended)
-    defense = build_defense(cfg, model, energy if defended else None, device)
+    Raises:
+        ConfigError: ``run`` has no evaluation settings, or an unknown attack.
+    """
+    from ebmctl.evaluate.plan import build_defense, make_attack
+
+    if run.evaluation is None:
+        raise ConfigError("the forgetting curves need the attack evaluation's settings")
+    defended = run.lyapunov.attack_defended
+    attack = make_attack(run.evaluation, run.lyapunov.attack, defended)
+    defense = build_defense(run.evaluation, model, energy if defended else None, device)
     outcome = attack.run(defense, task, x01.to(device), y.to(device),
-                         (cfg.section(RunConfig).seed, "lyapunov-attack"))
+                         (run.seed, "lyapunov-attack"))
     info = {"attack": attack.name, "target": "defended model" if defended else "task model",
             "norm": attack.norm, "eps": attack.eps, "step_size": attack.step_size,
             "steps": attack.steps, "natural": outcome.natural_ok.float().mean().item(),
@@ -153,30 +179,30 @@ def make_adversarial(cfg, task, model, energy, x01: torch.Tensor, y: torch.Tenso
     return outcome.x_adv.to(device), {**info, "_broken": outcome.natural_ok & ~outcome.robust_ok}
 
 
-def memory_report(cfg, energy, task, model, x01: torch.Tensor, y: torch.Tensor, device, *,
-                  progress_factory=None) -> dict:
+def memory_report(run: LyapunovSettings, energy, task, model, x01: torch.Tensor,
+                  y: torch.Tensor, device, *, progress_factory=None) -> dict:
     """Forgetting curves (docs/algorithms.md#memorylessness-checks): chains from clean and
     adversarial images with common and independent noise, distances and task-model agreement along
     the chain, and the energy gap. Statistics are over the images the attack broke (all images if it
     broke none)."""
-    x_adv01, attack_info = make_adversarial(cfg, task, model, energy, x01, y, device)
+    x_adv01, attack_info = make_adversarial(run, task, model, energy, x01, y, device)
     broken = attack_info.pop("_broken")
     use = broken.nonzero().flatten() if broken.any() else torch.arange(len(x01))
     x01, x_adv01, y = x01[use.to(x01.device)], x_adv01[use.to(x_adv01.device)], y[use.to(y.device)]
     with torch.no_grad():
         clean_labels = model(x01).argmax(1)
     z, z_adv = (to_chain_space(t, energy.image_size, energy.channels) for t in (x01, x_adv01))
-    gens = [make_generator(device, cfg.section(RunConfig).seed, "lyapunov-memory", name)
+    gens = [make_generator(device, run.seed, "lyapunov-memory", name)
             for name in ("common", "adv-independent", "clean-independent")]
     readout = chain_readout(model, task.score, y, clean_labels, tuple(x01.shape[-2:]),
                             x01.shape[1])
-    marks = sorted(set(cfg.section(LyapunovConfig).memory_steps))
+    marks = sorted(set(run.lyapunov.memory_steps))
     with (progress_factory or _quiet)(max(marks), "forgetting curves") as bar:
         raw = forgetting_curves(energy.net, energy.settings(), z, z_adv, marks, readout=readout,
                                 generators=gens, progress=bar.advance)
     start_gap = row_norms(to_public(z) - to_public(z_adv)).cpu()
-    noise01 = torch.rand(x01.shape, generator=make_generator(device, cfg.section(RunConfig).seed,
-                                                             "lyapunov-noise"), device=device)
+    noise01 = torch.rand(x01.shape, generator=make_generator(device, run.seed, "lyapunov-noise"),
+                         device=device)
     gap = energy_gap(energy.energy01, x01, x_adv01, noise01)
     return {
         "claim": "purified copies of a clean image and of its adversarial version become as far "
@@ -212,30 +238,30 @@ def planned_outputs(out: Path, exponent: bool, checks: bool) -> list[Path]:
                if checks else []))
 
 
-def start_split(cfg, bundle: DatasetBundle) -> Split:
+def start_split(ly: LyapunovConfig, bundle: DatasetBundle) -> Split:
     """The split ``lyapunov.split`` of ``bundle`` the chains start from.
 
     Raises:
         ConfigError: the split is empty.
     """
-    name = cfg.section(LyapunovConfig).split
+    name = ly.split
     data = bundle.split(name)
     if len(data) == 0:
         raise ConfigError(f"the {name} split of {bundle.name!r} is empty")
     return data
 
 
-def report_header(cfg, energy, bundle: DatasetBundle, device) -> dict:
+def report_header(run: LyapunovSettings, energy, bundle: DatasetBundle, device) -> dict:
     """What both reports start with: the command, the EBM, the data, the environment and the
     resolved profile."""
     from ebmctl.context import environment
 
     return {"command": "lyapunov", "ebm": energy.path, "dataset": bundle.name,
-            "split": cfg.section(LyapunovConfig).split, "environment": environment(device, seed=cfg.section(RunConfig).seed),
-            "config": cfg.to_dict()}
+            "split": run.lyapunov.split, "environment": environment(device, seed=run.seed),
+            "config": run.record.to_dict()}
 
 
-def write_exponent_report(cfg, energy, data: Split, out: Path, header: dict, title: str, device,
+def write_exponent_report(run: LyapunovSettings, energy, data: Split, out: Path, header: dict, title: str, device,
                           *, progress_factory=None) -> tuple[dict, list[Path]]:
     """:func:`exponent_report` from ``lyapunov.n_images`` images of ``data``, written as JSON at
     ``out`` (``header`` first), the exponent plot, the sample grid and the HTML page.
@@ -243,8 +269,8 @@ def write_exponent_report(cfg, energy, data: Split, out: Path, header: dict, tit
     from ebmctl.evaluate.html import write_html
     from ebmctl.evaluate.plots import save_grid
 
-    x01 = pick_subset(data, cfg.section(LyapunovConfig).n_images).x.to(device)
-    report, samples = exponent_report(cfg, energy, x01, progress_factory=progress_factory)
+    x01 = pick_subset(data, run.lyapunov.n_images).x.to(device)
+    report, samples = exponent_report(run, energy, x01, progress_factory=progress_factory)
     report = {**header, **report}
     atomic_write_json(out, report)
     plot_exponents(out.with_suffix(".png"), report, title)
@@ -253,15 +279,16 @@ def write_exponent_report(cfg, energy, data: Split, out: Path, header: dict, tit
     return report, [out, out.with_suffix(".png"), samples_path(out), write_html(out)]
 
 
-def write_memory_report(cfg, energy, task, model, data: Split, out: Path, header: dict,
-                        title: str, device, *, progress_factory=None) -> tuple[dict, list[Path]]:
+def write_memory_report(run: LyapunovSettings, energy, task, model, data: Split, out: Path,
+                        header: dict, title: str, device, *,
+                        progress_factory=None) -> tuple[dict, list[Path]]:
     """:func:`memory_report` from ``lyapunov.memory_images`` images of ``data`` attacked on
     ``model`` (a :class:`ebmctl.models.TaskModel`), written as JSON at ``out`` (``header``
     first), the curve plot and the HTML page. Returns (report, the files written)."""
     from ebmctl.evaluate.html import write_html
 
-    held = pick_subset(data, cfg.section(LyapunovConfig).memory_images)
-    mem = memory_report(cfg, energy, task, model, held.x.to(device), held.y.to(device), device,
+    held = pick_subset(data, run.lyapunov.memory_images)
+    mem = memory_report(run, energy, task, model, held.x.to(device), held.y.to(device), device,
                         progress_factory=progress_factory)
     mem = {**header, **mem}
     atomic_write_json(out, mem)

@@ -43,7 +43,7 @@ def sanity_checks(settings: EvaluationSettings, task, model: TaskModel, x: torch
     und = results.get("undefended")
     checks = [check_large_radius(settings, bare, task, x, y, device),
               check_iterative_beats_fgsm(settings, bare, task, x, y, device,
-                                         und.adversarial.mean if und else None)]
+                                         und.adversarial.mean if und is not None else None)]
     results = dict(results)
     for label, defense, attacks in runs:
         more, results[label] = _model_checks(settings, label, defense, attacks, task, x, y,
@@ -179,4 +179,5 @@ def check_transfer(settings: EvaluationSettings, label: str, defense: Defense, t
                         {"transfer": transfer, "white_box": white_acc})
     if verdict.suspected:
         return check, verdict
-    return check, row.gradient_masking or MaskingVerdict(False)
+    return check, (row.gradient_masking if row.gradient_masking is not None
+                   else MaskingVerdict(False))

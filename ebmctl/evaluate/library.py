@@ -3,8 +3,9 @@
 The same code path as ``ebmctl attack`` (:func:`ebmctl.evaluate.runner.run_label`, its
 attacks, sanity checks and table): per-attack rows with 95% intervals and accuracy-vs-step
 curves, the per-image worst case over attacks, the ε = 0 control and the sanity checks. It is
-called with typed settings, the default profile's sections with the arguments in place
-(:func:`ebmctl.config.replace_checked`).
+called with typed settings: the default profile's sections (the profile also gives the
+settings the arguments leave out, the task's own sections and the report's ``config``) with the
+arguments in place (:func:`ebmctl.config.replace_checked`).
 """
 
 from __future__ import annotations
@@ -86,8 +87,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         InputError: ``x`` not 4-d, outside [0,1], or ``len(x) != len(y)``.
         ConfigError: an unknown attack name or invalid threat settings.
     """
-    from ebmctl.plugins import get_registries
-
     defended = _as_defended(model)
     dtype = _model_dtype(defended)
     x = _checked_images(x, y, dtype)
@@ -96,18 +95,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     device = torch.device(device if device is not None else next(
         (p.device for p in defended.parameters()), torch.device("cpu")))
     purified = defended.defense.purifies
-    profile = _defaults()
-    settings = _settings(profile, defended, norm=norm, eps=eps, steps=steps,
+    settings = _settings(_defaults(task), defended, norm=norm, eps=eps, steps=steps,
                          step_size=step_size, restarts=restarts, eot_reps=eot_reps,
                          verify_reps=verify_reps, seeds=seeds, batch_size=batch_size,
                          random_start=random_start, dtype=dtype)
-    task_obj = get_registries().tasks.get(task).configured(profile)
     if attacks is None:
         attacks = [ATTACK_FOR_GRADIENT[defended.gradient] if purified else "pgd"]
     built = _built_attacks(settings, attacks, defended)
-    results, checks = _run(settings, defended, built, task_obj, x, y, device, sanity)
-    return _report(settings, profile, task, defended, task_obj, len(x), device, results,
-                   checks)
+    results, checks = _run(settings, defended, built, settings.task, x, y, device, sanity)
+    return _report(settings, task, defended, len(x), device, results, checks)
 
 
 def _run(settings, defended, attacks: list[Attack], task, x, y, device, sanity: bool):
@@ -176,29 +172,35 @@ def _checked_images(x: torch.Tensor, y: torch.Tensor,
     return x
 
 
-def _defaults():
-    """The default profile (schema defaults and the built-in profile): the values of every
-    setting :func:`evaluate` has no argument for."""
+def _defaults(task: str):
+    """The evaluation settings of the default profile (schema defaults and the built-in
+    profile) for the task plugin ``task``: the values of every setting :func:`evaluate` has no
+    argument for, and the report's ``config``.
+
+    Raises:
+        ConfigError: no task plugin ``task``.
+    """
+    from ebmctl.context import evaluation_settings
+    from ebmctl.plugins import get_registries
     from ebmctl.profiles import resolve
 
-    return resolve(None)
+    profile = resolve(None)
+    return evaluation_settings(profile, get_registries().tasks.get(task).configured(profile))
 
 
-def _settings(profile, defended, *, norm: str, eps: float, steps: int,
+def _settings(base, defended, *, norm: str, eps: float, steps: int,
               step_size: float | None, restarts: int, eot_reps: int | None,
               verify_reps: int | None, seeds: Sequence[int], batch_size: int,
               random_start: bool, dtype: torch.dtype):
-    """The evaluation settings of :func:`evaluate`: the default profile's sections with the
+    """The evaluation settings of :func:`evaluate`: the default profile's (``base``) with the
     arguments and the wrapper's defense settings in place, each checked as its profile key
-    would be.
+    would be; no dataset (the caller holds the images).
 
     Raises:
         ConfigError: a value the profile key would refuse (e.g. eps outside [0,1] for linf).
     """
-    from ebmctl.config import replace_checked
-    from ebmctl.evaluate.plan import EvaluationSettings
+    from ebmctl.config import RunRecord, replace_checked
 
-    base = EvaluationSettings.from_config(profile)
     radius, step = ("eps", "step_size") if norm == "linf" else ("eps_l2", "step_size_l2")
     changes: dict = {"norm": norm, "steps": int(steps), "restarts": int(restarts),
                      "batch_size": int(batch_size), "seeds": [int(s) for s in seeds],
@@ -212,8 +214,9 @@ def _settings(profile, defended, *, norm: str, eps: float, steps: int,
                               eot_reps=verify_reps or defended.reps,
                               average=defended.defense.average, clamp=defended.defense.clamp)
     return dataclasses.replace(base, attack=attack, defense=defense, dtype=dtype,
-                               seeds=attack.seeds,
-                               profile=_record(base.profile, attack, defense, dtype))
+                               seeds=attack.seeds, load_data=None,
+                               record=RunRecord(base.record.name, _record(
+                                   base.record.to_dict(), attack, defense, dtype)))
 
 
 def _record(profile: dict, attack: AttackConfig, defense, dtype: torch.dtype) -> dict:
@@ -227,15 +230,16 @@ def _record(profile: dict, attack: AttackConfig, defense, dtype: torch.dtype) ->
     return out
 
 
-def _report(settings, profile, task_name: str, defended, task, n_images: int, device,
-            results: dict, checks) -> AttackReport:
+def _report(settings, task_name: str, defended, n_images: int, device, results: dict,
+            checks) -> AttackReport:
     """The :class:`AttackReport` of an ``ebmctl.evaluate`` call: the CLI's, with the wrapper's
     defense settings and the model's class name in place of artifact paths."""
-    from ebmctl.context import RunConfig, environment
+    from ebmctl.context import environment
     from ebmctl.evaluate.plan import threat_of
 
-    defense, attack = defended.defense, settings.attack
-    config = {**settings.profile, "task": {**settings.profile.get("task", {}), "name": task_name}}
+    defense, attack, task = defended.defense, settings.attack, settings.task
+    profile = settings.record.to_dict()
+    config = {**profile, "task": {**profile.get("task", {}), "name": task_name}}
     return AttackReport(
         command="evaluate", task=task.name, metric=task.metric_name,
         dataset="tensors given to ebmctl.evaluate", split=None, n_images=n_images,
@@ -250,6 +254,5 @@ def _report(settings, profile, task_name: str, defended, task, n_images: int, de
                  "input_range": list(defended.input_range),
                  "ebm": defended.ebm.path if defended.ebm is not None else None},
         model=type(defended.model).__name__, results=results,
-        environment=environment(device, seed=profile.section(RunConfig).seed,
-                                attack_seeds=attack.seeds),
+        environment=environment(device, seed=settings.seed, attack_seeds=attack.seeds),
         config=config, sanity=checks)

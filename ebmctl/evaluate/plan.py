@@ -2,7 +2,7 @@
 every setting checked before any work is done.
 
 :class:`EvaluationSettings` holds the typed profile sections an evaluation reads, built once
-from the profile (:meth:`EvaluationSettings.from_config`) or from ``ebmctl.evaluate``'s
+by the command layer (:func:`ebmctl.context.evaluation_settings`) or from ``ebmctl.evaluate``'s
 arguments; everything below the command takes it (or the fields it needs), never the whole
 :class:`~ebmctl.config.Config`. :func:`plan_evaluation` loads the models, builds each
 :class:`PlannedRun` (label, defense, attacks) and picks the evaluation images.
@@ -25,9 +25,8 @@ from ebmctl.attacks.base import (
     AttackConfig,
     build_attack,
 )
-from ebmctl.config import Config
+from ebmctl.config import RunRecord, replace_checked
 from ebmctl.console import info
-from ebmctl.context import RunConfig, working_dtype
 from ebmctl.defense import Defense, DefenseConfig, LangevinPurifier, Purifier, PurifierContext
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate.resubmit import EvaluateConfig, check_resubmission_settings
@@ -37,22 +36,22 @@ from ebmctl.plugins import get_registries
 from ebmctl.purifiers import build_purifier, parse_purifier_spec
 from ebmctl.sampling.langevin import LangevinConfig
 
-#: radius and step keys of each norm, and the key of the other norm that would be ignored
-_OTHER_NORM = {"l2": (("attack.eps", "attack.eps_l2"), ("attack.step_size", "attack.step_size_l2")),
-               "linf": (("attack.eps_l2", "attack.eps"),
-                        ("attack.step_size_l2", "attack.step_size"))}
-
-
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """The typed sections an attack evaluation reads.
+    """The typed sections an attack evaluation reads, and what it runs on.
 
     ``dtype``: the float type of models, images and Langevin chains (``run.dtype``).
-    ``seeds``: the attack seeds (``attack.seeds``, else ``run.seed``). ``given``: the optional
+    ``seeds``: the attack seeds (``attack.seeds``, else ``seed``). ``given``: the optional
     attack settings (field names of :data:`~ebmctl.attacks.base.OPTIONAL_SETTINGS`) that a
     profile, ``--set`` or a flag gave, the only ones an attack receives.
-    ``resubmission_reps_given``: ``evaluate.eot_reps`` was given. ``profile``: the resolved
-    profile as nested dicts, stored in the report and hashed for ``--resume``.
+    ``resubmission_reps_given``: ``evaluate.eot_reps`` was given. ``task``: the configured
+    task plugin (:class:`~ebmctl.contracts.Task`). ``load_data``: gives the dataset bundle the
+    images come from (None where the caller holds the images). ``seed``: ``run.seed``, which
+    the report's environment records. ``record``: the resolved profile, stored in the report
+    and hashed for ``--resume``.
+
+    The command layer builds it once (:func:`ebmctl.context.evaluation_settings`);
+    :meth:`with_value` varies one setting (a sweep) without going back to the profile.
     """
 
     attack: AttackConfig
@@ -63,44 +62,48 @@ class EvaluationSettings:
     seeds: tuple[int, ...]
     given: frozenset[str] = frozenset()
     resubmission_reps_given: bool = False
-    profile: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "EvaluationSettings":
-        """The sections of a resolved profile, after :func:`check_threat_settings`.
-
-        Raises:
-            ConfigError: a radius or step of the other norm, or float64 with a reduced
-                Langevin precision (:func:`ebmctl.context.working_dtype`).
-        """
-        check_threat_settings(cfg)
-        attack = cfg.section(AttackConfig)
-        return cls(attack=attack, defense=cfg.section(DefenseConfig),
-                   langevin=cfg.section(LangevinConfig), evaluate=cfg.section(EvaluateConfig),
-                   dtype=working_dtype(cfg),
-                   seeds=tuple(attack.seeds or (cfg.section(RunConfig).seed,)),
-                   given=frozenset(name for name in OPTIONAL_SETTINGS
-                                   if not cfg.is_default(f"attack.{name}")),
-                   resubmission_reps_given=not cfg.is_default("evaluate.eot_reps"),
-                   profile=cfg.to_dict())
+    task: Any = None
+    load_data: Callable[[], Any] | None = None
+    seed: int = 0
+    record: RunRecord = field(default_factory=lambda: RunRecord("defaults", {}))
 
     def with_attack(self, **changes: Any) -> "EvaluationSettings":
         """These settings with ``attack`` fields replaced (e.g. ``eps=0.0``)."""
         return dataclasses.replace(self, attack=dataclasses.replace(self.attack, **changes))
 
+    def with_value(self, key: str, value: Any) -> "EvaluationSettings":
+        """These settings with the profile key ``key`` (``section.field`` of ``[attack]``,
+        ``[defense]``, ``[langevin]`` or ``[evaluate]``) set to ``value``, checked as the
+        profile would check it, as if the user had given it: the seeds, the settings given
+        and the record follow.
 
-def check_threat_settings(cfg: Config) -> None:
-    """Reject a radius or step size given for the other norm (it would be ignored): given on
-    the command line, or by the profile file that chose the norm.
+        Raises:
+            ConfigError: a key of another section, an unknown key or a bad value; a
+                ``langevin.precision`` the float type refuses.
+        """
+        name, _, fname = key.partition(".")
+        if name not in _VARIED:
+            raise ConfigError(f"{key} is not an [attack], [defense], [langevin] or [evaluate] "
+                              "setting, the ones one evaluation can vary")
+        section = replace_checked(getattr(self, name), **{fname: value})
+        if name == "langevin":
+            section.check_dtype(self.dtype)
+        typed = getattr(section, fname)
+        values = self.record.to_dict()
+        values.setdefault(name, {})[fname] = list(typed) if isinstance(typed, tuple) else typed
+        changed = dataclasses.replace(self, **{name: section},
+                                      record=RunRecord(self.record.name, values))
+        if name == "attack":
+            changed = dataclasses.replace(
+                changed, seeds=tuple(section.seeds or (self.seed,)),
+                given=self.given | ({fname} & set(OPTIONAL_SETTINGS)))
+        if key == "evaluate.eot_reps":
+            changed = dataclasses.replace(changed, resubmission_reps_given=True)
+        return changed
 
-    Raises:
-        ConfigError: naming the key and the one to use instead.
-    """
-    norm = cfg.section(AttackConfig).norm
-    for key, instead in _OTHER_NORM[norm]:
-        if cfg.chosen(key) or cfg.given_together(key, "attack.norm"):
-            raise ConfigError(f"{key} does not apply under attack.norm = {norm!r} and would be "
-                              f"ignored; set {instead} instead")
+
+#: the sections of :class:`EvaluationSettings` that :meth:`~EvaluationSettings.with_value` sets
+_VARIED = ("attack", "defense", "langevin", "evaluate")
 
 
 def make_attack(settings: EvaluationSettings, method: str, defended: bool, *,
@@ -208,15 +211,15 @@ def parts_dir_of(out: Path) -> Path:
     return out.with_name(out.stem + ".parts")
 
 
-def fingerprint(profile: dict, model_path: Path, ebm_path: Path | None,
+def fingerprint(record: RunRecord, model_path: Path, ebm_path: Path | None,
                 fixer_path: Path | None = None) -> str:
     """What a resumed evaluation must share with the one that wrote its parts: the profile
-    (``profile``: nested dicts, less where the run writes, its threads and device) and the
-    contents (not the paths) of every model that shapes the result, so a model rewritten in
-    place is noticed and one moved elsewhere is not."""
+    (``record``, less where the run writes, its threads and device) and the contents (not the
+    paths) of every model that shapes the result, so a model rewritten in place is noticed and
+    one moved elsewhere is not."""
     from ebmctl.artifacts import file_digest
 
-    d = json.loads(json.dumps(profile))
+    d = json.loads(record.to_json())
     for key in ("out_dir", "threads", "device"):
         d.get("run", {}).pop(key, None)
     models = {"model": model_path, "ebm": ebm_path, "fixer": fixer_path}
@@ -272,16 +275,17 @@ class PlanRequest(NamedTuple):
     resume: bool = False
 
 
-def plan_evaluation(settings: EvaluationSettings, task, load_data: Callable[[], Any],
-                    environment: dict, request: PlanRequest, device: torch.device,
-                    out: Path) -> EvaluationPlan:
-    """Load the models, build every defense and attack, pick the images (``load_data()``
-    gives the dataset bundle): every setting is checked before any work is done.
+def plan_evaluation(settings: EvaluationSettings, environment: dict, request: PlanRequest,
+                    device: torch.device, out: Path) -> EvaluationPlan:
+    """Load the models, build every defense and attack, pick the images (of the bundle
+    ``settings.load_data()`` gives) for ``settings.task``: every setting is checked before any
+    work is done.
 
     Raises:
         ConfigError: a model for another task, no purifier for a defended run, or settings
             that would be ignored.
     """
+    task = settings.task
     model = TaskModel.load(request.model_path, device, settings.dtype)
     model.check_task(task.name)
     defended = request.defended
@@ -293,7 +297,7 @@ def plan_evaluation(settings: EvaluationSettings, task, load_data: Callable[[], 
         raise ConfigError("a defended evaluation needs a purifier: --ebm FILE (the EBM's "
                           "Langevin purification) or --purifier NAME")
     runs = plan_runs(settings, model, ebm, device, request, purifier)
-    bundle = load_data()
+    bundle = settings.load_data()
     x, y = pick_images(bundle, settings.attack.n_images, settings.dtype)
     parts_dir = parts_dir_of(out)
     if request.resume and not parts_dir.exists():
@@ -304,12 +308,12 @@ def plan_evaluation(settings: EvaluationSettings, task, load_data: Callable[[], 
               "threat": threat_of(settings.attack),
               "defense": defense_record(settings, device, ebm_path, fixer_path, used),
               "model": str(request.model_path), "environment": environment,
-              "config": settings.profile}
+              "config": settings.record.to_dict()}
     return EvaluationPlan(
         task=task, model=model, dataset=bundle.name, x=x, y=y, seeds=list(settings.seeds),
         runs=runs, header=header,
         parts={"parts_dir": parts_dir, "resume": request.resume,
-               "fingerprint": fingerprint(settings.profile, request.model_path, ebm_path,
+               "fingerprint": fingerprint(settings.record, request.model_path, ebm_path,
                                           fixer_path)})
 
 

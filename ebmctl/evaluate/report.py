@@ -8,8 +8,8 @@ over seeds), and each attack keeps its own row. Every accuracy carries its sampl
 converged". The sanity checks that can fail (Athalye et al. 2018) are in
 :mod:`ebmctl.evaluate.checks`.
 
-:func:`run_evaluation` is the profile's front door: it builds the typed
-:class:`~ebmctl.evaluate.plan.EvaluationSettings` once and reads in four steps:
+:func:`run_evaluation` takes the typed :class:`~ebmctl.evaluate.plan.EvaluationSettings` the
+command built once (:func:`ebmctl.context.evaluation_settings`) and reads in four steps:
 :func:`~ebmctl.evaluate.plan.plan_evaluation` (what to attack, with what, on which images;
 every setting checked before any work), :func:`~ebmctl.evaluate.runner.run_label` per model
 (each attack on each seed, resumable per chunk), :func:`complete_report` (sanity checks, the
@@ -28,14 +28,20 @@ import torch
 from safetensors.torch import save as st_save
 
 from ebmctl.artifacts import atomic_write_bytes, atomic_write_json
-from ebmctl.attacks.base import Attack
-from ebmctl.config import Config
+from ebmctl.config import RunRecord
 from ebmctl.console import info
-from ebmctl.context import RunConfig, environment, get_task, load_dataset
+from ebmctl.context import environment
 from ebmctl.errors import ConfigError
 from ebmctl.evaluate import plan as planning
 from ebmctl.evaluate.checks import sanity_checks
-from ebmctl.evaluate.plan import EvaluationPlan, EvaluationSettings, PlanRequest, plan_evaluation
+from ebmctl.evaluate.plan import (
+    EvaluationPlan,
+    EvaluationSettings,
+    PlanRequest,
+    build_defense,
+    make_attack,
+    plan_evaluation,
+)
 from ebmctl.evaluate.plots import curve_axis_label, save_curves, save_grid, write_gallery
 from ebmctl.evaluate.results import AttackReport, ModelResult, SweepReport, SweepRow
 from ebmctl.evaluate.resubmit import resubmission_report
@@ -56,12 +62,12 @@ __all__ = ["NON_WHITE_BOX", "build_defense", "complete_report", "evaluate_plan",
            "run_sweep", "summarise_attack", "white_box_accuracy", "worst_case", "write_report"]
 
 
-def run_evaluation(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
-                   out: Path, *, undefended: bool = True, defended: bool = True,
-                   method: str | None = None, resume: bool = False,
+def run_evaluation(settings: EvaluationSettings, model_path: Path, ebm_path: Path | None,
+                   device: torch.device, out: Path, *, undefended: bool = True,
+                   defended: bool = True, method: str | None = None, resume: bool = False,
                    save_adversarials: bool = False, sanity: bool | None = None,
                    fixer_path: Path | None = None, keep_parts: bool = False) -> AttackReport:
-    """Attack the undefended and/or defended model under the profile ``cfg`` and write the
+    """Attack the undefended and/or defended model under ``settings`` and write the
     report (JSON, curves PNG, adversarial grids and galleries). ``fixer_path`` adds a
     "defended+fixer" run (purification then the fixer, thesis Ch. 6) next to "defended", with
     the same attacks and seeds. ``sanity`` (default ``attack.sanity``) runs the sanity checks.
@@ -73,10 +79,8 @@ its parts instead of attacking again).
         ConfigError: a model for another task, no EBM for a defended run, settings that would
             be ignored, or parts of another evaluation under ``resume``.
     """
-    settings = EvaluationSettings.from_config(cfg)
-    plan = plan_evaluation(settings, get_task(cfg), lambda: load_dataset(cfg),
-                           environment(device, seed=cfg.section(RunConfig).seed,
-                                       attack_seeds=settings.seeds),
+    plan = plan_evaluation(settings,
+                           environment(device, seed=settings.seed, attack_seeds=settings.seeds),
                            PlanRequest(Path(model_path), ebm_path, fixer_path, undefended,
                                        defended, method, resume), device, Path(out))
     return evaluate_plan(settings, plan, device, Path(out), save_adversarials=save_adversarials,
@@ -144,7 +148,7 @@ def complete_report(settings: EvaluationSettings, plan: EvaluationPlan,
                           task_report=extras or None)
     if save_adversarials:
         report = replace(report, adversarials_file=_save_adversarials(
-            settings.profile, out, report, plan.x, plan.y))
+            settings.record, out, report, plan.x, plan.y))
     return report
 
 
@@ -169,9 +173,7 @@ def write_report(plan: EvaluationPlan, report: AttackReport, out: Path, *,
         shutil.rmtree(plan.parts["parts_dir"], ignore_errors=True)
 
 
-def _save_adversarials(profile: dict, out: Path, report: AttackReport, x, y) -> str:
-    import json
-
+def _save_adversarials(record: RunRecord, out: Path, report: AttackReport, x, y) -> str:
     adv_path = out.with_suffix(".adv.safetensors")
     tensors = {}
     for label, r in report.results.items():
@@ -182,87 +184,78 @@ def _save_adversarials(profile: dict, out: Path, report: AttackReport, x, y) -> 
     # in run.dtype (float32, or float64 for a reference run), as evaluated
     tensors["x_natural"], tensors["y"] = x.contiguous(), y.contiguous()
     atomic_write_bytes(adv_path, st_save(tensors, metadata={
-        "ebmctl.kind": "adversarials", "ebmctl.config": json.dumps(profile, sort_keys=True)}))
+        "ebmctl.kind": "adversarials", "ebmctl.config": record.to_json()}))
     return str(adv_path)
 
 
-def run_sweep(cfg: Config, model_path: Path, ebm_path: Path | None, device: torch.device,
-              out: Path, key: str, values: list, *, method: str | None = None,
-              resume: bool = False, undefended: bool = False) -> SweepReport:
-    """Defended (``undefended``: undefended) evaluation for each value of one profile key
-    (e.g. defense.steps for the thesis' K study, attack.eot_reps for H_adv, attack.eps for a
-    robust-accuracy-against-ε curve that ``ebmctl compare`` overlays); writes per-value
-    reports, a sweep JSON and a plot of natural and adversarial figures against the value.
+def run_sweep(settings: EvaluationSettings, model_path: Path, ebm_path: Path | None,
+              device: torch.device, out: Path, key: str, values: list, *,
+              method: str | None = None, resume: bool = False,
+              undefended: bool = False) -> SweepReport:
+    """Defended (``undefended``: undefended) evaluation for each value of one setting ``key``
+    of ``settings`` (e.g. defense.steps for the thesis' K study, attack.eot_reps for H_adv,
+    attack.eps for a robust-accuracy-against-ε curve that ``ebmctl compare`` overlays), each
+    value's settings :meth:`~ebmctl.evaluate.plan.EvaluationSettings.with_value`; writes
+    per-value reports, a sweep JSON and a plot of natural and adversarial figures against the
+    value.
 
     Raises:
-        ConfigError: no values, or a radius/step key of the other norm (it would be ignored).
+        ConfigError: no values, a key outside [attack], [defense], [langevin] or [evaluate], a
+            bad value, or a radius/step key of the other norm (it would be ignored).
     """
     if not values:
         raise ConfigError("--sweep needs KEY=V1,V2,...")
-    norm = EvaluationSettings.from_config(cfg).attack.norm
+    norm = settings.attack.norm
     instead = {"linf": {"attack.eps_l2": "attack.eps", "attack.step_size_l2": "attack.step_size"},
                "l2": {"attack.eps": "attack.eps_l2", "attack.step_size": "attack.step_size_l2"}}
     if key in instead[norm]:
         raise ConfigError(f"--sweep {key} does not apply under attack.norm = {norm!r} and "
                           f"would be ignored; sweep {instead[norm][key]}")
+    section, _, name = key.partition(".")
+    varied = [settings.with_value(key, v) for v in values]  # every value checked before work
     label = "undefended" if undefended else "defended"
     rows, out, value_outs = [], Path(out), []
-    for v in values:
-        sub = cfg.with_overrides({key: v}, "--sweep", chosen=True)
+    for v, sub in zip(values, varied):
         value_outs.append(out.with_name(f"{out.stem}.{key}={v}.json"))
         # each value's parts stay until the sweep is written: a resumed sweep rebuilds the
         # values it finished from them (fingerprint-checked) instead of attacking again
         rep = run_evaluation(sub, model_path, ebm_path, device, value_outs[-1],
                              undefended=undefended, defended=not undefended, method=method,
                              resume=resume, sanity=False, keep_parts=True)
-        rows.append(SweepRow(sub.get(key), rep.results[label]))
+        value = getattr(getattr(sub, section), name)
+        rows.append(SweepRow(list(value) if isinstance(value, tuple) else value,
+                             rep.results[label]))
     report = SweepReport(key=key, metric=rep.metric, n_images=rep.n_images, seeds=rep.seeds,
-                         threat=rep.threat, rows=rows, config=cfg.to_dict(),
+                         threat=rep.threat, rows=rows, config=settings.record.to_dict(),
                          environment=rep.environment, label=label, task=rep.task,
                          model=rep.model, defense=rep.defense if not undefended else None)
     atomic_write_json(out, report.to_json())
     for value_out in value_outs:
         shutil.rmtree(planning.parts_dir_of(value_out), ignore_errors=True)
+    _plot_sweep(out, key, rep.metric, rows)
+    return report
+
+
+def _plot_sweep(out: Path, key: str, metric: str, rows: list[SweepRow]) -> None:
+    """Natural and adversarial figures against the swept value (log axis over a wide range)."""
     xs = [float(r.value) for r in rows]
     positive = all(v > 0 for v in xs)
     save_curves(out.with_suffix(".png"),
                 {"natural": (xs, [r.result.natural.mean for r in rows]),
                  "adversarial (per-image worst case)": (
                      xs, [r.result.adversarial.mean for r in rows])},
-                key, rep.metric, f"sweep over {key}",
+                key, metric, f"sweep over {key}",
                 logx=positive and max(xs) / min(xs) >= 20)
-    return report
 
 
-# --- the profile's front door for single pieces (dynamics/, tests) ---------------------------
-
-def make_attack(cfg: Config, method: str, defended: bool, *, eps: float | None = None,
-                cls: type | None = None) -> Attack:
-    """:func:`ebmctl.evaluate.plan.make_attack` with the settings of the profile ``cfg``.
-
-    Raises:
-        ConfigError: an unknown method, or a radius/step of the other norm
-            (:func:`~ebmctl.evaluate.plan.check_threat_settings`).
-    """
-    return planning.make_attack(EvaluationSettings.from_config(cfg), method, defended, eps=eps,
-                                cls=cls)
-
-
-def build_defense(cfg: Config, model, ebm, device, fixer: torch.nn.Module | None = None,
-                  purifier=None):
-    """:func:`ebmctl.evaluate.plan.build_defense` with the settings of the profile ``cfg``."""
-    return planning.build_defense(EvaluationSettings.from_config(cfg), model, ebm, device,
-                                  fixer, purifier)
-
-
-def evaluation_images(cfg: Config, model=None, split: str = "test"):
-    """``(bundle, x [M,C,H,W], y)``: the profile's dataset and ``attack.n_images`` of its
-    ``split`` (:func:`ebmctl.evaluate.plan.pick_images`) in ``run.dtype``.
+def evaluation_images(settings: EvaluationSettings, split: str = "test"):
+    """``(bundle, x [M,C,H,W], y)``: the dataset of ``settings.load_data()`` and
+    ``attack.n_images`` of its ``split`` (:func:`ebmctl.evaluate.plan.pick_images`) in the
+    settings' float type.
 
     Raises:
         ConfigError: the split is empty.
     """
-    settings = EvaluationSettings.from_config(cfg)
-    bundle = load_dataset(cfg)
+    bundle = settings.load_data()
     x, y = planning.pick_images(bundle, settings.attack.n_images, settings.dtype, split)
     return bundle, x, y

@@ -11,9 +11,8 @@ Every record's ``to_json()`` is exactly the JSON the report file holds, and
 ``from_json(d)`` reads it back (:meth:`AttackReport.from_json` loads a report file's dict,
 older reports with missing fields included), so code reads attributes
 (``report.results["defended"].adversarial.mean``) whether the report was just computed or
-loaded. For older callers a record still answers ``record[key]`` as
-``record.to_json()[key]`` (a read-only ``Mapping``). Records compare equal when their JSON
-does. Adversarial images travel as typed fields (:attr:`SeedResult.x_adv`,
+loaded; a record has no lookup by JSON key (read ``to_json()`` for that). Records compare
+equal when their JSON does. Adversarial images travel as typed fields (:attr:`SeedResult.x_adv`,
 :attr:`WorstCase.x_adv`) that are never serialised (None in a loaded report).
 
 Fractions of images are floats in [0, 1]; ``*_ci`` are 95% Wilson intervals over the
@@ -23,7 +22,6 @@ standard deviation over seeds (None for one seed).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,43 +46,17 @@ def plain(value: Any) -> Any:
     return value
 
 
-class JsonRecord(Mapping):
-    """Read access by JSON key: ``record[k] == record.to_json()[k]``; equality is JSON
-    equality (so a record also equals the dict loaded from its file)."""
+class JsonRecord:
+    """A typed record of a report: its fields are read as attributes and ``to_json()`` is the
+    JSON it writes. Records compare equal when their JSON does."""
 
     def to_json(self) -> dict:
         raise NotImplementedError
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_json()[key]
-
-    def __iter__(self):
-        return iter(self.to_json())
-
-    def __len__(self) -> int:
-        return len(self.to_json())
-
-    # one to_json() per call (Mapping's defaults would build it once per key)
-    def __contains__(self, key: object) -> bool:
-        return key in self.to_json()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_json().get(key, default)
-
-    def keys(self):
-        return self.to_json().keys()
-
-    def items(self):
-        return self.to_json().items()
-
-    def values(self):
-        return self.to_json().values()
-
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Mapping):
+        if not isinstance(other, JsonRecord):
             return NotImplemented
-        return self.to_json() == (other.to_json() if isinstance(other, JsonRecord)
-                                   else dict(other))
+        return self.to_json() == other.to_json()
 
     __hash__ = None  # records hold lists; equality is by value
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 from rich.table import Table
 
-from ebmctl.evaluate.results import AttackReport, Estimate
+from ebmctl.evaluate.results import AttackReport, Estimate, SweepReport
 from ebmctl.evaluate.resubmit import resubmission_rows
 from ebmctl.units import format_radius
 
@@ -181,18 +181,20 @@ def task_table(report: Mapping[str, Any] | AttackReport) -> Table | None:
     return _table(extra["title"], extra["columns"], extra["rows"]) if extra else None
 
 
-def sweep_table(report: Mapping[str, Any]) -> Table:
-    """``attack --sweep``: per value of the swept key, the strongest attack and the defended
+def sweep_table(report: SweepReport) -> Table:
+    """``attack --sweep``: per value of the swept key, the strongest attack and the evaluated
     model's natural and per-image worst-case adversarial metric."""
-    metric = report["metric"]
+    metric = report.metric
     return _table(
-        f"sweep over {report['key']}: {report['n_images']} test images, seeds {report['seeds']}",
-        (report["key"], "strongest attack", f"natural {metric}",
+        f"sweep over {report.key}: {report.n_images} test images, seeds {list(report.seeds)}",
+        (report.key, "strongest attack", f"natural {metric}",
          f"adversarial {metric} (worst case per image)", "converged"),
-        [(str(r["value"]), r["attack"],
-          format_accuracy(r["natural"], r["natural_std"], r["natural_ci"]),
-          format_accuracy(r["adversarial"], r["adversarial_std"], r["adversarial_ci"]),
-          "yes" if r["converged"] else "NOT converged") for r in report["rows"]])
+        [(str(row.value), row.result.attack,
+          format_accuracy(row.result.natural.mean, row.result.natural.std,
+                          row.result.natural.ci),
+          format_accuracy(row.result.adversarial.mean, row.result.adversarial.std,
+                          row.result.adversarial.ci),
+          "yes" if row.result.converged else "NOT converged") for row in report.rows])
 
 
 def ood_table(report: Mapping[str, Any]) -> Table:
