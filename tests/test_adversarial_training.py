@@ -22,15 +22,14 @@ from ebmctl.models import TaskModel
 from ebmctl.profiles import resolve
 from ebmctl.seeds import make_generator
 from ebmctl.testing import run_cli
+from profile_runs import adversarial_settings, train_task_model
 from ebmctl.training.adversarial import (
     AdversarialConfig,
     adversarial_loss,
-    adversarial_settings,
     robust_accuracy,
     trades_kl,
     training_attack,
 )
-from ebmctl.training.task_model import train_task_model
 
 CPU = torch.device("cpu")
 
