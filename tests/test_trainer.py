@@ -5,6 +5,8 @@ run ends, and NaN in the sampler stops the run with one line naming the last goo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -123,3 +125,22 @@ def test_a_run_killed_between_checkpoints_resumes_exactly(tmp_path, crash_on_cal
     assert a.tensors.keys() == b.tensors.keys()
     for k in a.tensors:
         assert torch.equal(a.tensors[k], b.tensors[k]), k
+
+
+def test_the_artifact_log_and_checkpoint_record_the_profile_as_it_resolved(tmp_path,
+                                                                          monkeypatch):
+    """The recipes write the run's RunRecord: the same nested profile ``Config.to_dict()``
+    gives, in the artifact, the JSON log and every checkpoint."""
+    cfg = resolve("quick", EBM)
+    checkpoints = []
+    real = loop.save_checkpoint
+
+    def keep(path, **kw):
+        real(path, **kw)
+        checkpoints.append(load_artifact(path, "checkpoint").config)
+
+    monkeypatch.setattr(loop, "save_checkpoint", keep)
+    out = runs.train_ebm(cfg, tiny_bundle(n=48), tmp_path / "e.safetensors", CPU)
+    expected = cfg.to_dict()
+    assert load_artifact(out).config == expected and checkpoints == [expected]
+    assert json.loads(out.with_suffix(".log.json").read_text())["config"] == expected
