@@ -63,10 +63,12 @@ def test_no_profile_key_is_read_by_string_subscript():
 
 # --- recipes and workflows take typed sections, never the whole Config ----------------------
 
-#: Modules whose functions take the typed sections they read and a ``RunRecord`` to write down,
-#: never the resolved ``Config``. The one place a module turns a ``Config`` into its sections is
-#: a classmethod named ``from_config``, which the command calls once.
-SECTIONS_ONLY = sorted((ROOT / "ebmctl" / "training").glob("*.py"))
+#: Folders whose functions take the typed sections they read and a ``RunRecord`` to write down,
+#: never the resolved ``Config`` (add a folder here to hold its modules to it too). The one
+#: place a module turns a ``Config`` into its sections is a classmethod named ``from_config``,
+#: which the command calls once.
+SECTIONS_ONLY_TREES = [ROOT / "ebmctl" / "training"]
+SECTIONS_ONLY = sorted(p for tree in SECTIONS_ONLY_TREES for p in tree.rglob("*.py"))
 BUILDS_SECTIONS = "from_config"
 
 

@@ -94,9 +94,11 @@ class ResumeGuard:
     @classmethod
     def for_run(cls, config: RunRecord, target: str,
                 files: dict[str, Any] | None = None) -> "ResumeGuard":
-        """The fingerprint of a run with the profile ``config`` training ``target``. ``files`` maps a name (a profile key or a CLI option such as ``--ebm``) to a path
-        (hashed here) or to a ready digest; a profile key named there is compared by content,
-        not by its path string."""
+        """The fingerprint of a run training ``target`` with the profile ``config`` (its
+        record; only the keys that shape ``target``'s training count). ``files`` maps a name
+        (a profile key or a CLI option such as ``--ebm``) to a path (hashed here) or to a
+        ready digest; a profile key named there is compared by content, not by its path
+        string."""
         digests = {name: (file_digest(v) if isinstance(v, (str, Path)) else v["sha256"])
                    for name, v in (files or {}).items() if v}
         settings = {k: v for k, v in sorted(_flat(config).items())

@@ -61,19 +61,19 @@ class HatSections:
                    None if hat.generator else choose_model("generator", cfg, bundle))
 
 
-def build_hat(models: HatSections, seed: int, bundle: DatasetBundle,
+def build_hat(hat: HatSections, seed: int, bundle: DatasetBundle,
               device) -> tuple[HatEBM, dict]:
     """Fresh H; G fresh (synthesis) or loaded from ``hat.generator`` (refinement/retrofit);
     initial weights keyed by (``seed``, "hat-init"). Returns the network on ``device`` and its
     ``arch_args``. Raises ConfigError when G's images do not match the data's shape."""
-    generator = models.hat.generator
+    generator = hat.hat.generator
     if generator:
         gen_net, art = load_model(generator, ("generator",))
         gen_arch, gen_args = art.arch, art.arch_args
     else:
         gen_net = None
-        gen_arch, gen_args = models.generator_model.arch, models.generator_model.args
-    arch_args = {"hat_arch": models.hat_model.arch, "hat_args": models.hat_model.args,
+        gen_arch, gen_args = hat.generator_model.arch, hat.generator_model.args
+    arch_args = {"hat_arch": hat.hat_model.arch, "hat_args": hat.hat_model.args,
                  "generator_arch": gen_arch, "generator_args": gen_args}
     net = instantiate("hat-ebm", arch_args, (seed, "hat-init"), "the Hat EBM")
     if gen_net is not None:
@@ -120,7 +120,7 @@ class HatRecipe(EnergyRecipe):
     def __init__(self, sections: EnergyTrainingSections, hat: HatSections, record: RunRecord,
                  bundle: DatasetBundle, device):
         super().__init__(sections, record, bundle, device)
-        self.models, self.hat = hat, hat.hat
+        self.hat_sections, self.hat = hat, hat.hat
 
     @property
     def trained(self) -> torch.nn.Module:
@@ -132,7 +132,7 @@ class HatRecipe(EnergyRecipe):
     def setup(self) -> None:
         hat, train = self.hat, self.train
         self.settings = settings_from(hat, self.langevin)
-        self.net, self.arch_args = build_hat(self.models, self.seed, self.bundle, self.device)
+        self.net, self.arch_args = build_hat(self.hat_sections, self.seed, self.bundle, self.device)
         self.arch = "hat-ebm"
         self.train_gen = hat.train_generator
         if self.train_gen and hat.generator and hat.mode == "joint":

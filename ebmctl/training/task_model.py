@@ -117,8 +117,8 @@ class TaskTrainingSections:
 
         Raises:
             ConfigError: ``model.arch`` is not a model of the task's kind, or invalid
-                ``[adversarial]`` settings (:func:`ebmctl.training.adversarial.
-                adversarial_settings`).
+                ``[adversarial]`` settings
+                (:func:`~ebmctl.training.adversarial.adversarial_settings`).
         """
         network = choose_model("task", cfg, bundle, task)
         return cls(cfg.section(ModelConfig), cfg.section(RunConfig).seed,
