@@ -106,10 +106,34 @@ def instantiate(arch: str, args: dict[str, Any], init: tuple, what: str) -> nn.M
             raise ConfigError(f"cannot build {what}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """The ``role`` model a run builds: the architecture name and its JSON-able constructor
+    arguments (what the artifact records as ``arch`` and ``arch_args``). The command reads it
+    from the profile once (:func:`choose_model`, where the architecture's own reader sees the
+    whole profile); a recipe builds the network from it with :meth:`build`."""
+
+    role: str
+    arch: str
+    args: dict[str, Any]
+
+    def build(self, init: tuple) -> nn.Module:
+        """The freshly initialised network (on the CPU), its weights keyed by ``init`` (e.g.
+        ``(seed, "ebm-init")``; see :func:`instantiate`)."""
+        return instantiate(self.arch, self.args, init, f"{ROLES[self.role].noun} {self.arch!r}")
+
+
+def choose_model(role: str, profile, bundle: DatasetBundle,
+                 task: Task | None = None) -> ModelChoice:
+    """The ``role`` model the resolved ``profile`` asks for at ``bundle``'s channels and size
+    (:func:`model_args`). Raises ConfigError naming the profile key."""
+    return ModelChoice(role, *model_args(role, profile, bundle, task))
+
+
 def build_model(role: str, profile, bundle: DatasetBundle, init: tuple,
                 task: Task | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
     """The freshly initialised ``role`` model of a run: (network on the CPU, architecture name,
     arguments to record as the artifact's ``arch_args``). ``init`` keys the initial weights
     (e.g. ``(seed, "ebm-init")``); ``task`` is the run's task for the ``task`` role."""
-    arch, args = model_args(role, profile, bundle, task)
-    return instantiate(arch, args, init, f"{ROLES[role].noun} {arch!r}"), arch, args
+    choice = choose_model(role, profile, bundle, task)
+    return choice.build(init), choice.arch, choice.args

@@ -555,6 +555,7 @@ def training_bench(device: torch.device, *, image_size: int = 32, channels: int 
     from ebmctl.contracts import DatasetBundle, Split
     from ebmctl.profiles import resolve
     from ebmctl.training.midrun import MidRun
+    from ebmctl.training.trainer import EnergyTrainingSections
 
     n = max(4 * batch, 256)
     g = torch.Generator().manual_seed(seed)
@@ -565,7 +566,7 @@ def training_bench(device: torch.device, *, image_size: int = 32, channels: int 
     cfg = resolve(None, [f"train.batch_size={batch}", f"train.mcmc_steps={mcmc_steps}",
                          f"train.bank_size={n}", f"ebm.channels={width}", f"run.seed={seed}",
                          f"run.device={device.type}"])
-    recipe = MidRun(cfg, bundle, device)
+    recipe = MidRun(EnergyTrainingSections.from_config(cfg, bundle), cfg.record(), bundle, device)
     recipe.setup()
     step = [0]
 

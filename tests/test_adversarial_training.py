@@ -22,15 +22,14 @@ from ebmctl.models import TaskModel
 from ebmctl.profiles import resolve
 from ebmctl.seeds import make_generator
 from ebmctl.testing import run_cli
+from profile_runs import adversarial_settings, train_task_model
 from ebmctl.training.adversarial import (
     AdversarialConfig,
     adversarial_loss,
-    adversarial_settings,
     robust_accuracy,
     trades_kl,
     training_attack,
 )
-from ebmctl.training.task_model import train_task_model
 
 CPU = torch.device("cpu")
 
@@ -276,3 +275,17 @@ def test_training_attack_needs_a_method():
     with pytest.raises(ConfigError, match="none"):
         training_attack(_Flat(), get_task(resolve(None, [])), torch.zeros(1, 1, 2, 2),
                         torch.zeros(1, dtype=torch.long), _settings(), make_generator(CPU, 0))
+
+
+def test_a_setting_the_method_ignores_is_refused_only_when_the_user_gave_it():
+    from ebmctl.attacks.base import AttackConfig
+    from ebmctl.training import adversarial
+
+    fgsm, attack = AdversarialConfig(method="fgsm-rs", steps=3), AttackConfig(eps=0.1)
+    resolved = adversarial.adversarial_settings(fgsm, attack)
+    assert (resolved.norm, resolved.eps) == (attack.norm, pytest.approx(0.1))
+    with pytest.raises(ConfigError, match=r"adversarial\.steps"):
+        adversarial.adversarial_settings(fgsm, attack, given={"steps"})
+    trades_beta = AdversarialConfig(method="pgd", beta=2.0)
+    with pytest.raises(ConfigError, match=r"adversarial\.beta"):
+        adversarial.adversarial_settings(trades_beta, attack, given={"beta"})

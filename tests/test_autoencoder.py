@@ -6,8 +6,9 @@ import torch
 
 from ebmctl.artifacts import build_model, load_artifact
 from ebmctl.profiles import resolve
+from profile_runs import train_autoencoder
 from ebmctl.testing import run_cli, tiny_bundle
-from ebmctl.training.autoencoder import encoder_path, reconstruction_mse, train_autoencoder
+from ebmctl.training.autoencoder import encoder_path, reconstruction_mse
 from ebmctl.training.midrun import generator_source, rejuvenate
 
 

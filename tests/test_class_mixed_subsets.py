@@ -22,6 +22,7 @@ from ebmctl.testing import plugin_registered, run_cli
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 from make_corpus import save_valid  # noqa: E402
+import profile_runs  # noqa: E402
 
 CLASSES, PER_CLASS, N = 5, 40, 8
 CPU = torch.device("cpu")
@@ -185,7 +186,7 @@ def test_fixer_training_and_validation_images_are_class_mixed(cfg, artifacts, mo
     run = fixing.FixerRun(EnergyModel.load(artifacts["ebm"], CPU), load_dataset(cfg), None,
                           TaskModel.load(artifacts["classifier"], CPU))
     with pytest.raises(_Seen):
-        fixing.train_fixer(cfg, run, tmp_path / "f.safetensors", CPU)
+        profile_runs.train_fixer(cfg, run, tmp_path / "f.safetensors", CPU)
     val, train = seen
     assert len(val) == 6 and len(classes_of(val)) >= 3
     assert len(train) == N and len(classes_of(train)) >= 3
@@ -207,5 +208,5 @@ def test_autoencoder_held_out_images_are_class_mixed(cfg, monkeypatch, tmp_path)
                               "autoencoder.encoder_width": 4, "autoencoder.latent_dim": 4})
     bundle = load_dataset(cfg.with_overrides({"data.image_size": 32}))
     with pytest.raises(_Seen):
-        ae.train_autoencoder(cfg, bundle, tmp_path / "g.safetensors", CPU)
+        profile_runs.train_autoencoder(cfg, bundle, tmp_path / "g.safetensors", CPU)
     assert len(seen[0]) == N and len(classes_of(ae.to_public(seen[0]))) >= 3

@@ -78,18 +78,6 @@ def test_profiles_show_takes_ebmctls_and_its_own_set():
     assert "steps = 7  # --set" in r.stdout and "restarts = 3  # --set" in r.stdout
 
 
-def _capture_training(monkeypatch, module: str, name: str) -> list:
-    import importlib
-
-    seen = []
-    mod = importlib.import_module(module)
-
-    def fake(cfg, bundle, out, *args, **kwargs):
-        seen.append(cfg)
-        return out
-
-    monkeypatch.setattr(mod, name, fake)
-    return seen
 
 
 def test_train_segmenter_defaults_the_task_but_a_profile_or_set_wins(monkeypatch, tmp_path):
@@ -107,16 +95,25 @@ def test_train_segmenter_defaults_the_task_but_a_profile_or_set_wins(monkeypatch
 
 
 def test_train_hat_generator_freezes_it_unless_set_says_otherwise(monkeypatch, tmp_path):
-    seen = _capture_training(monkeypatch, "ebmctl.training.hat", "train_hat")
+    import ebmctl.training.hat as hat_training
+
+    seen = []
+
+    def fake(sections, hat, record, bundle, out, *args, **kwargs):
+        seen.append((sections.train, hat.hat))  # the typed sections the command built
+        return out
+
+    monkeypatch.setattr(hat_training, "train_hat", fake)
     base = ["train", "hat", "--profile", "hat-quick", "--generator", tmp_path / "g.safetensors",
             "--updates", "3"]
     assert run_cli([*base, "--out", tmp_path / "a.safetensors"]).exit_code == 0
     assert run_cli([*base, "--out", tmp_path / "b.safetensors", "--set",
                     "hat.train_generator=true", "--set", "train.steps=9"]).exit_code == 0
-    assert seen[0]["hat.train_generator"] is False and seen[0]["train.steps"] == 3
-    assert seen[0]["hat.generator"] == str(tmp_path / "g.safetensors")
+    (train, hat), (train_set, hat_set) = seen
+    assert hat.train_generator is False and train.steps == 3
+    assert hat.generator == str(tmp_path / "g.safetensors")
     # an explicit --set beats what --generator implies; the --updates flag beats --set
-    assert seen[1]["hat.train_generator"] is True and seen[1]["train.steps"] == 3
+    assert hat_set.train_generator is True and train_set.steps == 3
 
 
 # --- domain checks live with the models ------------------------------------------------------

@@ -101,15 +101,20 @@ def test_no_profile_key_is_read_by_string_get():
                      "by string:\n" + "\n".join(bad))
 
 
-#: workflows that take typed sections, plain fields and a RunRecord, never the whole Config
-#: (the command layer, ``ebmctl/context.py`` and ``ebmctl/commands/``, builds them)
+#: workflows and recipes that take typed sections, plain fields and a RunRecord, never the whole
+#: Config (the command layer, ``ebmctl/context.py`` and ``ebmctl/commands/``, builds them; the
+#: one place such a module turns a Config into its sections is a ``from_config`` classmethod,
+#: which the command calls once)
 SECTION_TAKERS = [ROOT / "ebmctl" / "evaluate", ROOT / "ebmctl" / "dynamics",
-                  ROOT / "ebmctl" / "synthesis.py", ROOT / "ebmctl" / "ood.py"]
+                  ROOT / "ebmctl" / "training", ROOT / "ebmctl" / "synthesis.py",
+                  ROOT / "ebmctl" / "ood.py"]
+BUILDS_SECTIONS = "from_config"
 
 
 def config_parameters(source: str) -> list[tuple[int, str]]:
     """(line, name) of each function parameter in ``source`` annotated ``Config`` (also
-    ``config.Config``, ``"Config"`` or ``Config | None``) or named ``cfg``."""
+    ``config.Config``, ``"Config"`` or ``Config | None``) or named ``cfg``, outside a
+    ``from_config`` classmethod."""
     def names_config(annotation) -> bool:
         if annotation is None:
             return False
@@ -123,6 +128,8 @@ def config_parameters(source: str) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             continue
+        if getattr(node, "name", "") == BUILDS_SECTIONS:
+            continue
         a = node.args
         for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
             if arg is not None and (arg.arg == "cfg" or names_config(arg.annotation)):
@@ -132,8 +139,10 @@ def config_parameters(source: str) -> list[tuple[int, str]]:
 
 def test_the_parameter_check_sees_annotations_and_the_name():
     src = ('def f(a: Config, b: "Config | None" = None, *, c: config.Config): ...\n'
-           'def g(cfg, x: AttackConfig, y: "EvaluationSettings"): ...\n')
-    assert config_parameters(src) == [(1, "a"), (1, "b"), (1, "c"), (2, "cfg")]
+           'def g(cfg, x: AttackConfig, y: "EvaluationSettings"): ...\n'
+           'class R:\n    @classmethod\n    def from_config(cls, cfg: Config): ...\n'
+           '    def __init__(self, s: "RunRecord | Config"): ...\n')
+    assert config_parameters(src) == [(1, "a"), (1, "b"), (1, "c"), (2, "cfg"), (6, "s")]
 
 
 def test_workflows_take_sections_not_the_whole_config():

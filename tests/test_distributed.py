@@ -126,14 +126,14 @@ def test_train_shards_follow_the_launch():
 
 
 def test_shard_settings_that_cannot_work_are_one_line_errors(tmp_path):
-    import ebmctl.training.convergent as tr
+    import profile_runs as runs
     from ebmctl.errors import ConfigError
     from ebmctl.profiles import resolve
     from ebmctl.testing import run_cli, tiny_bundle
 
     with pytest.raises(ConfigError, match="divisible"):  # batch 8 does not split 3 ways
-        tr.train_ebm(resolve("quick", TINY_EBM + ["train.shards=3"]), tiny_bundle(n=48),
-                     tmp_path / "x.safetensors", torch.device("cpu"))
+        runs.train_ebm(resolve("quick", TINY_EBM + ["train.shards=3"]), tiny_bundle(n=48),
+                       tmp_path / "x.safetensors", torch.device("cpu"))
     r = run_cli(["train", "ebm", "--recipe", "midrun", "--set", "train.shards=2",
                  "--out", str(tmp_path / "m.safetensors")])
     assert r.exit_code == 2 and "convergent recipe only" in r.stderr
@@ -146,6 +146,7 @@ def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(
     reloads and records the shards, and a crash + --resume (checkpoint holds every shard) ends
     with the uninterrupted run's weights."""
     import ebmctl.training.convergent as tr
+    import profile_runs as runs
     from ebmctl.artifacts import load_artifact
     from ebmctl.profiles import resolve
     from ebmctl.seeds import make_generator
@@ -162,7 +163,7 @@ def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(
         return real(net, x, *a, **k)
 
     monkeypatch.setattr(tr, "langevin", recording)
-    full = tr.train_ebm(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
+    full = runs.train_ebm(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
     assert len(seen) == 4 * 2  # one Langevin call per shard and update
     bank0 = tr.init_bank("uniform", 16, (1, 8, 8), None, make_generator("cpu", 0, "bank-init"))
     for s, x in enumerate(seen[:2]):  # update 0: chains still at their initial rows
@@ -176,10 +177,10 @@ def test_sharded_training_in_one_process_uses_disjoint_bank_blocks_and_resumes(
     restore = crash_on_call(tr, "langevin", 6)  # update 2, shard 1: after the checkpoint at 2
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        tr.train_ebm(cfg, bundle, out, torch.device("cpu"))
+        runs.train_ebm(cfg, bundle, out, torch.device("cpu"))
     assert not out.exists() and (tmp_path / "resumed.ckpt.safetensors").exists()
     restore()
-    tr.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
+    runs.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
     a, b = art.tensors, load_artifact(out).tensors
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

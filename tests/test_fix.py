@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from builders import random_ebm
+from profile_runs import train_fixer
 from ebmctl.artifacts import load_artifact
 from ebmctl.defense import Defense
 from ebmctl.models import EnergyModel, TaskModel
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.models import Fixer, load_fixer
-from ebmctl.training.fixer import FixerRun, train_fixer
+from ebmctl.training.fixer import FixerRun
 from ebmctl.training.perceptual import ClassifierFeatures, VGGFeatures, perceptual_loss
 from ebmctl.nn.ebm import LightweightEBM
 from ebmctl.profiles import resolve

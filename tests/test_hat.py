@@ -109,7 +109,7 @@ def _gap(net, data, key):
 
 
 def test_training_lowers_data_energy_relative_to_samples(tmp_path):
-    from ebmctl.training.hat import build_hat, train_hat
+    from profile_runs import build_hat, train_hat
 
     bundle = tiny_bundle(n=60, channels=1, size=8)
     cfg = resolve(None, TINY + ["train.steps=8", "train.checkpoint_every=100"])
@@ -129,17 +129,18 @@ def test_training_lowers_data_energy_relative_to_samples(tmp_path):
 @pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(tmp_path, crash_on_call):
     import ebmctl.training.hat as th
+    from profile_runs import train_hat
 
     bundle = tiny_bundle(n=48, channels=1, size=8)
     cfg = resolve(None, TINY + ["train.steps=4", "train.checkpoint_every=2"])
-    full = th.train_hat(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
+    full = train_hat(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
     restore = crash_on_call(th, "generator_update", 3)
     with pytest.raises(KeyboardInterrupt):
-        th.train_hat(cfg, bundle, tmp_path / "part.safetensors", torch.device("cpu"))
+        train_hat(cfg, bundle, tmp_path / "part.safetensors", torch.device("cpu"))
     assert (tmp_path / "part.ckpt.safetensors").exists()
     restore()
-    part = th.train_hat(cfg, bundle, tmp_path / "part.safetensors", torch.device("cpu"),
-                        resume=True)
+    part = train_hat(cfg, bundle, tmp_path / "part.safetensors", torch.device("cpu"),
+                     resume=True)
     a = HatModel.load(full, torch.device("cpu")).net.state_dict()
     b = HatModel.load(part, torch.device("cpu")).net.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -90,15 +90,17 @@ def test_verdict_names_its_horizon_and_a_longer_horizon_withdraws_convergent():
 
 def test_horizon_defaults_cover_k_def_and_the_midrun_target():
     from ebmctl.training import RECIPES
+    from ebmctl.training.trainer import EnergyTrainingSections
 
     assert _horizon(_cfg("train.mcmc_steps=100", "defense.steps=200")) == 1000  # 10·K
     assert _horizon(_cfg("train.mcmc_steps=20", "defense.steps=100")) == 200
     midrun = _cfg("train.recipe=midrun", "train.mcmc_steps=20", "defense.steps=100",
                   "train.target_horizon=2000")
     # the shipped EBM's recipe: the K_def its chains were trained for, which the recipe names
-    trained = RECIPES["midrun"](midrun, _bundle(), "cpu").trained_horizon
+    sections, record = EnergyTrainingSections.from_config(midrun, _bundle()), midrun.record()
+    trained = RECIPES["midrun"](sections, record, _bundle(), "cpu").trained_horizon
     assert trained == 2000 and _horizon(midrun, trained) == 2000
-    assert RECIPES["convergent"](midrun, _bundle(), "cpu").trained_horizon == 0
+    assert RECIPES["convergent"](sections, record, _bundle(), "cpu").trained_horizon == 0
     assert _horizon(_cfg("train.health_horizon=1500", "defense.steps=100")) == 1500
     assert _horizon(_cfg("train.longrun_steps=300")) == 300  # the older key still works
 

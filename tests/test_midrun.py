@@ -9,6 +9,7 @@ import torch
 from ebmctl.artifacts import load_artifact, model_tensors, save_artifact
 from ebmctl.nn.sngan import SNGANGenerator
 from ebmctl.profiles import resolve
+from profile_runs import train_midrun
 from ebmctl.testing import run_cli, tiny_bundle
 from ebmctl.training.health import assess_convergence
 from ebmctl.training.midrun import (
@@ -17,7 +18,6 @@ from ebmctl.training.midrun import (
     lr_at,
     rejuvenate,
     rejuvenation_probability,
-    train_midrun,
 )
 from ebmctl.training.trainer import TrainConfig
 

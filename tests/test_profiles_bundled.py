@@ -99,7 +99,7 @@ def test_sgd_switch_happens_at_the_configured_update_without_momentum(tmp_path, 
                                                                        switch):
     """With train.sgd_switch_step = s the first s updates use Adam, and from update s+1 on
     plain SGD (no momentum) at train.lr_sgd; 0 (the quick profile) never switches."""
-    import ebmctl.training.convergent as ebm_training
+    import profile_runs
     from ebmctl.profiles import resolve
 
     seen = []
@@ -120,7 +120,7 @@ def test_sgd_switch_happens_at_the_configured_update_without_momentum(tmp_path, 
             "train.checkpoint_every=100", "train.log_every=1", "ebm.channels=4",
             "train.longrun_steps=0", "run.threads=1"]
     cfg = resolve("quick", sets)
-    ebm_training.train_ebm(cfg, bundle, tmp_path / "ebm.safetensors", torch.device("cpu"))
+    profile_runs.train_ebm(cfg, bundle, tmp_path / "ebm.safetensors", torch.device("cpu"))
     assert [s[0] for s in seen] == ["Adam"] * switch + ["SGD"] * (5 - switch), seen
     assert all(lr == 7e-4 and momentum == 0 for name, lr, momentum in seen if name == "SGD")
     assert resolve("quick")["train.sgd_switch_step"] == 0

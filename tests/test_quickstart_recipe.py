@@ -20,7 +20,7 @@ def quick_ebm(tmp_path_factory):
     """The quickstart EBM trained exactly as `ebmctl quickstart` trains it (fp32 here)."""
     from ebmctl.context import load_dataset
     from ebmctl.profiles import resolve
-    from ebmctl.training.convergent import train_ebm
+    from profile_runs import train_ebm
 
     cfg = resolve("quick", ["run.device=cpu", "langevin.precision=fp32"])
     bundle = load_dataset(cfg)

@@ -38,16 +38,16 @@ def _train(which: str, out: Path, seed: int):
     bundle = tiny_bundle()
     sets = [f"run.seed={seed}"]
     if which == "convergent":
-        from ebmctl.training.convergent import train_ebm
+        from profile_runs import train_ebm
 
         return train_ebm(resolve(None, EBM + sets), bundle, out, CPU)
     if which == "midrun":
-        from ebmctl.training.midrun import train_midrun
+        from profile_runs import train_midrun
 
         cfg = resolve(None, EBM + sets + ["train.recipe=midrun", "train.target_horizon=4"])
         return train_midrun(cfg, bundle, out, CPU)
     if which == "hat":
-        from ebmctl.training.hat import train_hat
+        from profile_runs import train_hat
 
         cfg = resolve(None, ["hat.width=8", "hat.generator_width=8", "hat.latent_dim=8",
                              "train.batch_size=8", "train.mcmc_steps=2", "hat.bank_size=16",
@@ -56,7 +56,7 @@ def _train(which: str, out: Path, seed: int):
         return train_hat(cfg, bundle, out, CPU)
     if which == "classifier":
         from ebmctl.context import get_task
-        from ebmctl.training.task_model import train_task_model
+        from profile_runs import train_task_model
 
         cfg = resolve(None, ["model.epochs=1", "model.arch=wrn", "model.depth=10",
                              "model.widen_factor=1", "model.batch_size=16", "model.dropout=0.5",
@@ -64,7 +64,8 @@ def _train(which: str, out: Path, seed: int):
         return train_task_model(cfg, bundle, get_task(cfg), out, CPU)
     if which == "fixer":
         from ebmctl.models import EnergyModel
-        from ebmctl.training.fixer import FixerRun, train_fixer
+        from ebmctl.training.fixer import FixerRun
+        from profile_runs import train_fixer
 
         art = save_valid(out.parent / "art")
         cfg = resolve(None, ["fix.stage1_epochs=1", "fix.stage2_epochs=0", "fix.width=4",
@@ -78,7 +79,7 @@ def _train(which: str, out: Path, seed: int):
             return train_fixer(cfg, FixerRun(EnergyModel.load(art["ebm"], CPU), bundle), out, CPU)
         finally:
             fixing.build_feature_net = real
-    from ebmctl.training.autoencoder import train_autoencoder
+    from profile_runs import train_autoencoder
 
     cfg = resolve(None, ["autoencoder.steps=2", "autoencoder.width=8", "autoencoder.batch_size=4",
                          "autoencoder.encoder_width=4", "autoencoder.latent_dim=4",

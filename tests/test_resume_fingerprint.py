@@ -21,6 +21,7 @@ from ebmctl.testing import run_cli, tiny_bundle
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 from make_corpus import save_valid  # noqa: E402
+import profile_runs as runs  # noqa: E402
 
 CPU = torch.device("cpu")
 TINY_EBM = ["train.steps=4", "train.checkpoint_every=2", "train.mcmc_steps=2",
@@ -55,37 +56,35 @@ def test_file_digest_is_the_sha256_of_the_bytes(tmp_path):
 
 
 def test_train_ebm_resume_with_other_tau_and_lr_is_an_error_naming_them(tmp_path, monkeypatch):
-    import ebmctl.training.convergent as tr
     import ebmctl.training.trainer as loop
 
     bundle, out = tiny_bundle(), tmp_path / "e.safetensors"
-    _interrupted(monkeypatch, loop, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
+    _interrupted(monkeypatch, loop, runs.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
     other = resolve("quick", TINY_EBM + ["langevin.tau=0.02", "train.lr_adam=0.001",
                                          "run.threads=2"])
     with pytest.raises(ConfigError) as err:
-        tr.train_ebm(other, bundle, out, CPU, resume=True)
+        runs.train_ebm(other, bundle, out, CPU, resume=True)
     msg = str(err.value)
     assert "langevin.tau" in msg and "train.lr_adam" in msg and "run.threads" not in msg
     assert "\n" not in msg and not out.exists()
     with pytest.raises(ConfigError, match="langevin.tau"):  # force cannot change them either
-        tr.train_ebm(other, bundle, out, CPU, force_resume=True)
+        runs.train_ebm(other, bundle, out, CPU, force_resume=True)
     # The checkpoint's own settings (the environment may differ) resume as before.
     same = resolve("quick", TINY_EBM + ["run.threads=2"])
-    tr.train_ebm(same, bundle, out, CPU, resume=True)
+    runs.train_ebm(same, bundle, out, CPU, resume=True)
     assert "resumed" not in load_artifact(out).extra
 
 
 def test_force_resume_may_change_safe_keys_only_and_the_artifact_records_them(tmp_path,
                                                                               monkeypatch):
-    import ebmctl.training.convergent as tr
     import ebmctl.training.trainer as loop
 
     bundle, out = tiny_bundle(), tmp_path / "e.safetensors"
-    _interrupted(monkeypatch, loop, tr.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
+    _interrupted(monkeypatch, loop, runs.train_ebm, resolve("quick", TINY_EBM), bundle, out, CPU)
     longer = resolve("quick", TINY_EBM + ["train.steps=6"])
     with pytest.raises(ConfigError, match="train.steps.*--force-resume"):
-        tr.train_ebm(longer, bundle, out, CPU, resume=True)
-    tr.train_ebm(longer, bundle, out, CPU, force_resume=True)
+        runs.train_ebm(longer, bundle, out, CPU, resume=True)
+    runs.train_ebm(longer, bundle, out, CPU, force_resume=True)
     art = load_artifact(out)
     assert art.extra["training"]["updates"] == 6
     assert art.extra["resumed"] == [{"at_step": 2, "changed": {
@@ -116,7 +115,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
         import ebmctl.training.midrun as mod
 
         def go(cfg, **kw):
-            return mod.train_midrun(cfg, bundle, out, CPU, **kw)
+            return runs.train_midrun(cfg, bundle, out, CPU, **kw)
 
         base = resolve("quick", TINY_EBM + ["train.recipe=midrun", "train.target_horizon=4"])
         changed, key = base.with_overrides({"train.rejuv_prob": 0.25}), "train.rejuv_prob"
@@ -124,7 +123,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
         import ebmctl.training.hat as mod
 
         def go(cfg, **kw):
-            return mod.train_hat(cfg, bundle, out, CPU, **kw)
+            return runs.train_hat(cfg, bundle, out, CPU, **kw)
 
         base = _hat_cfg()
         changed, key = base.with_overrides({"hat.eps_y": 1e-3}), "hat.eps_y"
@@ -132,7 +131,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
         import ebmctl.training.task_model as mod
 
         def go(cfg, **kw):
-            return mod.train_task_model(cfg, bundle, get_task(cfg), out, CPU, **kw)
+            return runs.train_task_model(cfg, bundle, get_task(cfg), out, CPU, **kw)
 
         base = resolve("quick", ["model.epochs=2", "model.width=4", "run.threads=1"])
         changed, key = base.with_overrides({"model.lr": 0.01}), "model.lr"
@@ -144,7 +143,7 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
 
         def go(cfg, **kw):
             run = mod.FixerRun(EnergyModel.load(art["ebm"], CPU), bundle)
-            return mod.train_fixer(cfg, run, out, CPU, **kw)
+            return runs.train_fixer(cfg, run, out, CPU, **kw)
 
         base = resolve("quick", ["fix.stage1_epochs=2", "fix.stage2_epochs=0", "fix.width=4",
                                  "fix.blocks=1", "fix.purify_steps=1", "run.threads=1",
@@ -164,17 +163,16 @@ def test_every_trainer_refuses_a_resume_with_other_settings(which, tmp_path, mon
 
 
 def test_an_old_checkpoint_without_a_fingerprint_is_checked_against_its_profile(tmp_path):
-    import ebmctl.training.convergent as tr
     from ebmctl.nn.ebm import LightweightEBM
     from ebmctl.training.checkpoint import checkpoint_path, save_checkpoint
 
     cfg = resolve("quick", TINY_EBM)
     out = tmp_path / "e.safetensors"
     save_checkpoint(checkpoint_path(out), target="ebm", step=2, model=LightweightEBM(1, 8, 4),
-                    tensors={"bank": torch.zeros(16, 1, 8, 8)}, config=cfg)
+                    tensors={"bank": torch.zeros(16, 1, 8, 8)}, config=cfg.record())
     with pytest.raises(ConfigError, match="train.bank_size"):
-        tr.train_ebm(cfg.with_overrides({"train.bank_size": 24}), tiny_bundle(), out, CPU,
-                     resume=True)
+        runs.train_ebm(cfg.with_overrides({"train.bank_size": 24}), tiny_bundle(), out, CPU,
+                       resume=True)
 
 
 # ---- attack --resume: contents, not paths, of every model -------------------------------

@@ -5,10 +5,13 @@ run ends, and NaN in the sampler stops the run with one line naming the last goo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import ebmctl.training.trainer as loop
+import profile_runs as runs
 from ebmctl.artifacts import load_artifact
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.profiles import resolve
@@ -30,15 +33,15 @@ def _recipe(name: str):
     if name == "convergent":
         import ebmctl.training.convergent as mod
 
-        return mod.train_ebm, resolve("quick", EBM), mod, "langevin", lambda out: out * float("nan")
+        return runs.train_ebm, resolve("quick", EBM), mod, "langevin", lambda out: out * float("nan")
     if name == "midrun":
         import ebmctl.training.midrun as mod
 
         cfg = resolve("quick", EBM + ["train.recipe=midrun", "train.target_horizon=4"])
-        return mod.train_midrun, cfg, mod, "langevin", lambda out: out * float("nan")
+        return runs.train_midrun, cfg, mod, "langevin", lambda out: out * float("nan")
     import ebmctl.training.hat as mod
 
-    return (mod.train_hat, resolve(None, HAT), mod, "hat_langevin",
+    return (runs.train_hat, resolve(None, HAT), mod, "hat_langevin",
             lambda out: (out[0] * float("nan"), out[1]))
 
 
@@ -110,15 +113,34 @@ def test_a_run_killed_between_checkpoints_resumes_exactly(tmp_path, crash_on_cal
     cfg = resolve("quick", ["train.steps=4", "train.checkpoint_every=2", "train.mcmc_steps=3",
                             "train.batch_size=8", "train.bank_size=16", "ebm.channels=4",
                             "langevin.precision=fp32", "train.log_every=1"])
-    full = tr.train_ebm(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
+    full = runs.train_ebm(cfg, bundle, tmp_path / "full.safetensors", torch.device("cpu"))
     restore = crash_on_call(tr, "langevin", 4)
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        tr.train_ebm(cfg, bundle, out, torch.device("cpu"))
+        runs.train_ebm(cfg, bundle, out, torch.device("cpu"))
     assert not out.exists() and (tmp_path / "resumed.ckpt.safetensors").exists()
     restore()
-    tr.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
+    runs.train_ebm(cfg, bundle, out, torch.device("cpu"), resume=True)
     a, b = load_artifact(full), load_artifact(out)
     assert a.tensors.keys() == b.tensors.keys()
     for k in a.tensors:
         assert torch.equal(a.tensors[k], b.tensors[k]), k
+
+
+def test_the_artifact_log_and_checkpoint_record_the_profile_as_it_resolved(tmp_path,
+                                                                          monkeypatch):
+    """The recipes write the run's RunRecord: the same nested profile ``Config.to_dict()``
+    gives, in the artifact, the JSON log and every checkpoint."""
+    cfg = resolve("quick", EBM)
+    checkpoints = []
+    real = loop.save_checkpoint
+
+    def keep(path, **kw):
+        real(path, **kw)
+        checkpoints.append(load_artifact(path, "checkpoint").config)
+
+    monkeypatch.setattr(loop, "save_checkpoint", keep)
+    out = runs.train_ebm(cfg, tiny_bundle(n=48), tmp_path / "e.safetensors", CPU)
+    expected = cfg.to_dict()
+    assert load_artifact(out).config == expected and checkpoints == [expected]
+    assert json.loads(out.with_suffix(".log.json").read_text())["config"] == expected

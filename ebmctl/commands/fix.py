@@ -48,7 +48,7 @@ def fix_train_cmd(
     from ebmctl.commands.train import default_out
     from ebmctl.context import RunConfig, get_task, load_dataset, setup_device
     from ebmctl.models import EnergyModel, TaskModel
-    from ebmctl.training.fixer import FixerRun, train_fixer
+    from ebmctl.training.fixer import FixerRun, FixerSections, train_fixer
 
     cfg = make_config(ctx, {"fix.stage1_epochs": stage1_epochs,
                             "fix.stage2_epochs": stage2_epochs})
@@ -66,7 +66,8 @@ def fix_train_cmd(
     if task_model is not None:
         task_model.check_task(task.name)
     bundle = load_dataset(cfg)
-    path = train_fixer(cfg, FixerRun(energy, bundle, task if task_model else None, task_model),
+    path = train_fixer(FixerSections.from_config(cfg, bundle), cfg.record(),
+                       FixerRun(energy, bundle, task if task_model else None, task_model),
                        out, dev, resume, force_resume=force_resume)
     info(f"wrote {path}")
 

@@ -48,9 +48,9 @@ def quickstart_cmd(
     from ebmctl.defense import DefenseConfig
     from ebmctl.evaluate.report import run_evaluation
     from ebmctl.evaluate.tables import quickstart_table, report_notes
+    from ebmctl.commands.train import train_energy, train_task
+    from ebmctl.training.convergent import Convergent
     from ebmctl.training.trainer import TrainConfig
-    from ebmctl.training.convergent import train_ebm
-    from ebmctl.training.task_model import train_task_model
 
     cfg = make_config(ctx, default_profile="quick")
     dev = setup_device(cfg)
@@ -62,7 +62,7 @@ def quickstart_cmd(
     clf_path = work / f"{task.model_kind}-{_settings_hash(cfg, ('data', 'model', 'task'))}.safetensors"
     if retrain or not clf_path.exists():
         info(f"training the {task.model_kind} -> {clf_path}")
-        train_task_model(cfg, bundle, task, clf_path, dev, resume=True)
+        train_task(cfg, bundle, task, clf_path, dev, resume=True)
     else:
         info(f"using cached {clf_path}")
     if retrain or not ebm_path.exists():
@@ -71,7 +71,7 @@ def quickstart_cmd(
         # reading, not a setting of the EBM: the cache key above is computed without it)
         health_cfg = cfg if cfg.section(TrainConfig).health_classifier else cfg.with_overrides(
             {"train.health_classifier": str(clf_path)}, "quickstart: the trained classifier")
-        train_ebm(health_cfg, bundle, ebm_path, dev, resume=True)
+        train_energy(Convergent, health_cfg, bundle, ebm_path, dev, resume=True)
     else:
         info(f"using cached {ebm_path}")
     out = work / "report.json"

@@ -45,6 +45,29 @@ def default_out(cfg, what: str) -> Path:
             / f"{cfg.section(DataConfig).dataset}-{what}.safetensors")
 
 
+def train_energy(recipe_cls, cfg, bundle, out: Path, device, resume: bool = False,
+                 force_resume: bool = False) -> Path:
+    """Run the energy recipe ``recipe_cls`` (an :class:`ebmctl.training.trainer.EnergyRecipe`
+    of :data:`ebmctl.training.RECIPES`) with the typed sections of the profile ``cfg`` (the
+    ``ebm`` model sized for ``bundle``), writing ``cfg``'s record beside the artifact ``out``."""
+    from ebmctl.training.trainer import EnergyTrainer, EnergyTrainingSections
+
+    recipe = recipe_cls(EnergyTrainingSections.from_config(cfg, bundle), cfg.record(), bundle,
+                        device)
+    return EnergyTrainer(recipe, out).run(resume, force_resume)
+
+
+def train_task(cfg, bundle, task, out: Path, device, resume: bool = False,
+               force_resume: bool = False, stop_after: int | None = None) -> Path | None:
+    """Train ``task``'s model (:func:`ebmctl.training.task_model.train_task_model`) with the
+    typed sections of the profile ``cfg``, writing its record beside the artifact ``out``."""
+    from ebmctl.training.task_model import TaskTrainingSections, train_task_model
+
+    return train_task_model(TaskTrainingSections.from_config(cfg, bundle, task), cfg.record(),
+                            bundle, task, out, device, resume, force_resume=force_resume,
+                            stop_after=stop_after)
+
+
 def claimed_out(out: Path | None, cfg, what: str, force: bool, resume: bool = False) -> Path:
     """The artifact path (--out or run.out_dir/<dataset>-<what>.safetensors), refused when it
     exists unless --force, or a resume that continues the run writing it."""
@@ -68,7 +91,7 @@ def train_ebm_cmd(ctx: typer.Context, out: Optional[Path] = _out("ebm"),
     from ebmctl.distributed import current, train_shards
     from ebmctl.errors import ConfigError
     from ebmctl.training import RECIPES
-    from ebmctl.training.trainer import EnergyTrainer, TrainConfig
+    from ebmctl.training.trainer import TrainConfig
 
     cfg = make_config(ctx, {"train.steps": updates, "train.recipe": recipe})
     train, launch = cfg.section(TrainConfig), current()
@@ -82,7 +105,7 @@ def train_ebm_cmd(ctx: typer.Context, out: Optional[Path] = _out("ebm"),
     out = claimed_out(out, cfg, "ebm", force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = EnergyTrainer(recipe_cls(cfg, bundle, dev), out).run(resume, force_resume)
+    path = train_energy(recipe_cls, cfg, bundle, out, dev, resume, force_resume)
     info(f"wrote {path}")
 
 
@@ -90,8 +113,6 @@ def _train_task(cfg, out, resume, kind_check: str | None, force_resume: bool = F
                 force: bool = False, stop_after: int | None = None):
     from ebmctl.context import get_task, load_dataset, setup_device
     from ebmctl.errors import ConfigError
-    from ebmctl.training.task_model import train_task_model
-
     task = get_task(cfg)
     if kind_check and task.model_kind != kind_check:
         raise ConfigError(f"task {task.name!r} trains a {task.model_kind!r}, not a {kind_check!r}; "
@@ -99,8 +120,8 @@ def _train_task(cfg, out, resume, kind_check: str | None, force_resume: bool = F
     out = claimed_out(out, cfg, task.model_kind, force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_task_model(cfg, bundle, task, out, dev, resume,
-                            force_resume=force_resume, stop_after=stop_after)
+    path = train_task(cfg, bundle, task, out, dev, resume, force_resume=force_resume,
+                      stop_after=stop_after)
     if path is None:
         info(f"not finished: continue with the same command and --resume (writes {out})")
     else:
@@ -136,14 +157,14 @@ def train_autoencoder_cmd(ctx: typer.Context, out: Optional[Path] = _out("genera
     the decoder is saved as a generator artifact for mid-run rejuvenation and the retrofit Hat
     EBM."""
     from ebmctl.context import load_dataset, setup_device
-    from ebmctl.training.autoencoder import encoder_path, train_autoencoder
+    from ebmctl.training.autoencoder import AutoencoderSections, encoder_path, train_autoencoder
 
     cfg = make_config(ctx, {"autoencoder.steps": updates})
     out = claimed_out(out, cfg, "generator", force)
     claimed_out(encoder_path(out), cfg, "encoder", force)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_autoencoder(cfg, bundle, out, dev)
+    path = train_autoencoder(AutoencoderSections.from_config(cfg), cfg.record(), bundle, out, dev)
     info(f"wrote {path}")
 
 
@@ -176,13 +197,14 @@ def train_hat_cmd(ctx: typer.Context, out: Optional[Path] = _out("hat-ebm"),
     training of G from a historical bank, or H alone around a pretrained G (refinement /
     retrofit)."""
     from ebmctl.context import load_dataset, setup_device
-    from ebmctl.training.hat import train_hat
+    from ebmctl.training.hat import HatSections, train_hat
+    from ebmctl.training.trainer import EnergyTrainingSections
 
     cfg = make_config(ctx, {"train.steps": updates, "hat.mode": mode, "hat.generator": generator},
                       implied={"hat.train_generator": False if generator is not None else None})
     out = claimed_out(out, cfg, "hat-ebm", force, resume or force_resume)
     dev = setup_device(cfg)
     bundle = load_dataset(cfg)
-    path = train_hat(cfg, bundle, out, dev, resume,
-                     force_resume=force_resume)
+    path = train_hat(EnergyTrainingSections.from_config(cfg), HatSections.from_config(cfg, bundle),
+                     cfg.record(), bundle, out, dev, resume, force_resume=force_resume)
     info(f"wrote {path}")

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, replace
-from typing import ClassVar, Iterator
+from typing import ClassVar, Collection, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -105,18 +105,31 @@ class AdversarialConfig:
         return {**asdict(self), "alpha": self.alpha if self.active else None,
                 "craft_mode": CRAFT_MODE}
 
+    @classmethod
+    def from_config(cls, cfg: Config) -> "AdversarialConfig":
+        """The profile's ``[adversarial]`` section resolved and checked against its
+        ``[attack]`` section (:func:`adversarial_settings`); ``steps`` and ``beta`` count as
+        given when a profile, ``--set`` or an artifact set them.
 
-def adversarial_settings(cfg: Config) -> AdversarialConfig:
-    """The profile's ``[adversarial]`` section, checked, with ``norm = "attack"`` and
-    ``eps = 0`` resolved to the threat model of the profile's ``[attack]`` section (the one the
-    model will be evaluated at).
+        Raises:
+            ConfigError: as :func:`adversarial_settings`.
+        """
+        given = {name for name in ("steps", "beta") if not cfg.is_default(f"adversarial.{name}")}
+        return adversarial_settings(cfg.section(cls), cfg.section(AttackConfig), given=given)
+
+
+def adversarial_settings(adv: AdversarialConfig, attack: AttackConfig, *,
+                         given: Collection[str] = ()) -> AdversarialConfig:
+    """The ``[adversarial]`` section ``adv``, checked, with ``norm = "attack"`` and ``eps = 0``
+    resolved to the threat model of the ``[attack]`` section ``attack`` (the one the model will
+    be evaluated at). ``given`` names the fields of ``adv`` the user set (not defaults): only
+    those are refused when the method would ignore them.
 
     Raises:
         ConfigError: naming the key: an ℓ∞ radius above 1, a held-out PGD no stronger than the
             training attack, or a setting the method would ignore (``adversarial.beta`` without
             trades, ``adversarial.steps`` with fgsm-rs).
     """
-    adv, attack = cfg.section(AdversarialConfig), cfg.section(AttackConfig)
     norm = attack.norm if adv.norm == "attack" else adv.norm
     eps = adv.eps or (attack.eps if norm == "linf" else attack.eps_l2)
     adv = replace(adv, norm=norm, eps=float(eps))
@@ -125,10 +138,10 @@ def adversarial_settings(cfg: Config) -> AdversarialConfig:
     if adv.norm == "linf" and adv.eps > 1:
         raise ConfigError(f"adversarial.eps = {adv.eps:g} exceeds 1, the whole [0,1] range, "
                           "under adversarial.norm = 'linf'")
-    if adv.method == "fgsm-rs" and not cfg.is_default("adversarial.steps"):
+    if adv.method == "fgsm-rs" and "steps" in given:
         raise ConfigError("adversarial.steps does not apply to adversarial.method = 'fgsm-rs' "
                           "(one step) and would be ignored")
-    if adv.method != "trades" and not cfg.is_default("adversarial.beta"):
+    if adv.method != "trades" and "beta" in given:
         raise ConfigError(f"adversarial.beta applies to adversarial.method = 'trades' only, "
                           f"not {adv.method!r}, and would be ignored")
     train_steps = 1 if adv.method == "fgsm-rs" else adv.steps

@@ -23,7 +23,7 @@ from ebmctl.data_utils import pick_subset
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.nn.sngan import Encoder, SNGANGenerator, project_to_sphere
-from ebmctl.config import Config, setting
+from ebmctl.config import Config, RunRecord, setting
 from ebmctl.contracts import DatasetBundle
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.units import to_internal, to_public
@@ -50,6 +50,26 @@ class AutoencoderConfig:
     mse_scale: float = setting(1000.0, "loss = scale · MSE (thesis §6.5.2)", minimum=0)
 
 
+@dataclass(frozen=True)
+class AutoencoderSections:
+    """What :func:`train_autoencoder` reads from the profile: its ``[autoencoder]`` section,
+    the run seed, the log cadence (``train.log_every``) and the dataset name the artifacts
+    record."""
+
+    autoencoder: AutoencoderConfig
+    seed: int
+    log_every: int
+    dataset: str
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "AutoencoderSections":
+        from ebmctl.context import DataConfig, RunConfig
+        from ebmctl.training.trainer import TrainConfig
+
+        return cls(cfg.section(AutoencoderConfig), cfg.section(RunConfig).seed,
+                   cfg.section(TrainConfig).log_every, cfg.section(DataConfig).dataset)
+
+
 def encoder_path(out: Path) -> Path:
     return out.with_name(out.name.replace(".safetensors", "") + ".encoder.safetensors")
 
@@ -66,43 +86,41 @@ def reconstruction_mse(enc, dec, x: torch.Tensor, batch: int = 256) -> float:
 
 
 @keeps_global_rng
-def train_autoencoder(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device) -> Path:
+def train_autoencoder(sections: AutoencoderSections, record: RunRecord, bundle: DatasetBundle,
+                      out: Path, device: torch.device) -> Path:
     """Train encoder I and decoder G for ``autoencoder.steps`` updates of scale·MSE on
     ``bundle``'s training images ([-1,1] internal units, batches keyed by (seed, update)); write
-    the decoder as a ``generator`` artifact at ``out``, the encoder beside it, a JSON log,
-    sample and reconstruction grids and the loss curve.
+    the decoder as a ``generator`` artifact at ``out``, the encoder beside it (both recording
+    ``record``), a JSON log, sample and reconstruction grids and the loss curve.
 
     Raises:
         ConfigError: the networks cannot be built for the data's image size.
         NumericalError: the loss became NaN/Inf.
     """
-    from ebmctl.context import DataConfig, RunConfig
-    from ebmctl.training.trainer import TrainConfig
-
     out = Path(out)
-    ae, seed = cfg.section(AutoencoderConfig), cfg.section(RunConfig).seed
+    ae, seed = sections.autoencoder, sections.seed
     enc, dec, enc_args, dec_args = _build(ae, seed, bundle, device)
     held_split = bundle.val if len(bundle.val) else bundle.test
     held = to_internal(pick_subset(held_split, HELD_OUT_IMAGES).x).to(device)
     t0 = time.time()
-    history = _fit(ae, seed, cfg.section(TrainConfig).log_every, enc, dec,
+    history = _fit(ae, seed, sections.log_every, enc, dec,
                    to_internal(bundle.train.x).to(device), out, device, t0)
     val_mse = reconstruction_mse(enc, dec, held)
     _save_grids(ae.latent_dim, seed, enc, dec, held, out, device)
     extra = {"latent_prior": "sphere", "val_mse": val_mse, "history": history,
              "encoder": encoder_path(out).name, "seconds": round(time.time() - t0, 1)}
     data_meta = {"range": "[-1,1]", "image_size": bundle.image_size,
-                 "channels": bundle.channels, "dataset": cfg.section(DataConfig).dataset}
+                 "channels": bundle.channels, "dataset": sections.dataset}
     steps = ae.steps
     save_artifact(encoder_path(out), model_tensors(enc), kind="encoder", arch="encoder",
-                  arch_args=enc_args, data=data_meta, config=cfg, step=steps,
+                  arch_args=enc_args, data=data_meta, config=record, step=steps,
                   extra={"latent_prior": "sphere", "val_mse": val_mse})
     save_artifact(out, model_tensors(dec), kind="generator", arch="sngan-generator",
-                  arch_args=dec_args, data=data_meta, config=cfg, step=steps, extra=extra)
+                  arch_args=dec_args, data=data_meta, config=record, step=steps, extra=extra)
     from ebmctl.context import environment
 
     atomic_write_json(out.with_suffix(".log.json"), {"history": history, "extra": extra,
-                                                     "config": cfg.to_dict(),
+                                                     "config": record.to_dict(),
                                                      "environment": environment(device, seed=seed)})
     if history:
         save_curves(out.with_suffix(".mse.png"),

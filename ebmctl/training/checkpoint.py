@@ -17,6 +17,7 @@ from ebmctl.artifacts import (
     read_header,
     save_artifact,
 )
+from ebmctl.config import RunRecord
 from ebmctl.errors import ArtifactError, ConfigError, EbmctlError, NumericalError
 
 # --- what a checkpoint was trained with -----------------------------------------------------
@@ -58,9 +59,10 @@ def _in_scope(key: str, target: str) -> bool:
     return any(key == s or key.startswith(s + ".") for s in scope)
 
 
-def _flat(config: Any) -> dict[str, Any]:
-    if not isinstance(config, dict) and config is not None:  # a resolved Config
-        return dict(config.values)
+def _flat(config: RunRecord | dict | None) -> dict[str, Any]:
+    """``section.key -> value`` of a run's record or of a checkpoint's nested ``config``."""
+    if isinstance(config, RunRecord):
+        config = config.values
     out: dict[str, Any] = {}
     for sec, keys in (config or {}).items():
         for k, v in (keys if isinstance(keys, dict) else {}).items():
@@ -90,10 +92,13 @@ class ResumeGuard:
     resumes: list[dict] = field(default_factory=list)
 
     @classmethod
-    def for_run(cls, config, target: str, files: dict[str, Any] | None = None) -> "ResumeGuard":
-        """``files`` maps a name (a profile key or a CLI option such as ``--ebm``) to a path
-        (hashed here) or to a ready digest; a profile key named there is compared by content,
-        not by its path string."""
+    def for_run(cls, config: RunRecord, target: str,
+                files: dict[str, Any] | None = None) -> "ResumeGuard":
+        """The fingerprint of a run training ``target`` with the profile ``config`` (its
+        record; only the keys that shape ``target``'s training count). ``files`` maps a name
+        (a profile key or a CLI option such as ``--ebm``) to a path (hashed here) or to a
+        ready digest; a profile key named there is compared by content, not by its path
+        string."""
         digests = {name: (file_digest(v) if isinstance(v, (str, Path)) else v["sha256"])
                    for name, v in (files or {}).items() if v}
         settings = {k: v for k, v in sorted(_flat(config).items())
@@ -154,7 +159,8 @@ def checkpoint_path(out: Path) -> Path:
 def save_checkpoint(path: Path, *, target: str, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     tensors: dict[str, torch.Tensor] | None = None, state: dict | None = None,
-                    config=None, arch: str = "", arch_args: dict | None = None,
+                    config: RunRecord | None = None, arch: str = "",
+                    arch_args: dict | None = None,
                     guard: ResumeGuard | None = None) -> None:
     all_t = {f"model.{k}": v for k, v in model.state_dict().items()}
     bad = [k for k, v in all_t.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -217,8 +223,9 @@ def grads_finite(model: torch.nn.Module) -> bool:
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
 
-def finish_energy_run(out: Path, ckpt_file: Path, history: list[dict], extra: dict, config,
-                      seed: int, device, energy_label: str, title: str) -> None:
+def finish_energy_run(out: Path, ckpt_file: Path, history: list[dict], extra: dict,
+                      config: RunRecord, seed: int, device, energy_label: str,
+                      title: str) -> None:
     """End of an energy-model run: JSON log (with environment), energy-gap curve, and the
     checkpoint removed now that the artifact is written."""
     from ebmctl.artifacts import atomic_write_json

@@ -18,15 +18,19 @@ from pathlib import Path
 import torch
 
 from ebmctl import distributed as D
-from ebmctl.architectures import build_model
-from ebmctl.config import Config
+from ebmctl.config import RunRecord
 from ebmctl.console import info
 from ebmctl.contracts import DatasetBundle
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.sampling.langevin import energy_and_grad, langevin
 from ebmctl.seeds import make_generator
 from ebmctl.training.checkpoint import restore_optimizer
-from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer, langevin_settings
+from ebmctl.training.trainer import (
+    EnergyRecipe,
+    EnergyTrainer,
+    EnergyTrainingSections,
+    langevin_settings,
+)
 
 
 def init_bank(kind: str, n: int, shape: tuple, data: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -51,17 +55,17 @@ class Convergent(EnergyRecipe):
     target, label, title = "ebm", "train ebm", "EBM training"
     data_parallel = True
 
-    def __init__(self, cfg: Config, bundle: DatasetBundle, device):
+    def __init__(self, sections: EnergyTrainingSections, record: RunRecord,
+                 bundle: DatasetBundle, device):
         ctx = D.current()
-        super().__init__(cfg, bundle, D.rank_device(ctx, torch.device(device)))
+        super().__init__(sections, record, bundle, D.rank_device(ctx, torch.device(device)))
         # the shard count this launch runs (train.shards = 1 under torchrun: one per process);
         # the command records it in the profile before the run (see ebmctl train ebm)
         self.ctx, self.shards = ctx, D.train_shards(self.train.shards, ctx)
 
     def setup(self) -> None:
         train, shards = self.train, self.shards
-        net, self.arch, self.arch_args = build_model("ebm", self.cfg, self.bundle,
-                                                     (self.seed, "ebm-init"))
+        net, self.arch, self.arch_args = self.build_model("ebm-init")
         self.net = net.to(self.device)
         self.load_data()
         self.bank_size = train.bank_size or len(self.data)
@@ -170,9 +174,13 @@ class Convergent(EnergyRecipe):
         return {"shards": self.shards, "world_size": self.ctx.world_size} if self.shards > 1 else {}
 
 
-def train_ebm(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
-              resume: bool = False, force_resume: bool = False) -> Path:
-    """Convergent EBM training (:class:`Convergent`) to the artifact ``out``; ``resume``
-    continues from ``out``'s checkpoint (a ConfigError if its settings differ; ``force_resume``
-    allows the safe ones). Raises NumericalError on NaN/Inf, keeping the last checkpoint."""
-    return EnergyTrainer(Convergent(cfg, bundle, device), out).run(resume, force_resume)
+def train_ebm(sections: EnergyTrainingSections, record: RunRecord, bundle: DatasetBundle,
+              out: Path, device: torch.device, resume: bool = False,
+              force_resume: bool = False) -> Path:
+    """Convergent EBM training (:class:`Convergent`) with the typed ``sections`` (built with
+    the bundle, so they name the ``ebm`` model) to the artifact ``out``, writing ``record``
+    beside it; ``resume`` continues from ``out``'s checkpoint (a ConfigError if its settings
+    differ; ``force_resume`` allows the safe ones). Raises NumericalError on NaN/Inf, keeping
+    the last checkpoint."""
+    return EnergyTrainer(Convergent(sections, record, bundle, device), out).run(resume,
+                                                                             force_resume)

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ebmctl.architectures import build_model
+from ebmctl.architectures import ModelChoice, choose_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.contracts import DatasetBundle, Task
@@ -31,7 +31,7 @@ from ebmctl.defense import DefenseConfig
 from ebmctl.errors import ConfigError, NumericalError
 from ebmctl.evaluate.plots import save_curves, save_grid
 from ebmctl.models import EnergyModel, Fixer, TaskModel
-from ebmctl.config import Config, setting
+from ebmctl.config import Config, RunRecord, setting
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import keeps_global_rng, make_generator
 from ebmctl.training.checkpoint import (
@@ -80,11 +80,35 @@ class FixConfig:
     val_images: int = setting(0, "cap on validation images (0 = all)", minimum=0)
 
 
+@dataclass(frozen=True)
+class FixerSections:
+    """What a fixer run reads from the profile, built once by the command
+    (:meth:`from_config`): its ``[fix]`` section, the run seed, the purification it learns to
+    undo (``[defense]``: K_def, clamp; ``[langevin]``: precision, chunk size), the dataset and
+    task names the artifact records, and the fixer network to build (``fix.arch``)."""
+
+    fix: FixConfig
+    seed: int
+    defense: DefenseConfig
+    langevin: LangevinConfig
+    dataset: str
+    task: str
+    network: ModelChoice
+
+    @classmethod
+    def from_config(cls, cfg: Config, bundle: DatasetBundle) -> "FixerSections":
+        """The sections of ``cfg``, the fixer built for ``bundle``'s channels and size.
+        Raises ConfigError when ``fix.arch`` is not a fixer architecture."""
+        return cls(cfg.section(FixConfig), cfg.section(RunConfig).seed, cfg.section(DefenseConfig),
+                   cfg.section(LangevinConfig), cfg.section(DataConfig).dataset,
+                   cfg.section(TaskConfig).name, choose_model("fixer", cfg, bundle))
+
+
 # --- training ---------------------------------------------------------------------------------
 
 @dataclass
 class FixerRun:
-    """What a training run needs besides the config: frozen networks and the data."""
+    """What a training run needs besides its settings: frozen networks and the data."""
 
     energy: EnergyModel
     bundle: DatasetBundle
@@ -149,11 +173,11 @@ def _optimizer(fixer: Fixer, fix: FixConfig) -> torch.optim.Optimizer:
 
 
 @keeps_global_rng
-def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
-                resume: bool = False, stop_after: int | None = None,
+def train_fixer(sections: FixerSections, record: RunRecord, run: FixerRun, out: Path,
+                device: torch.device, resume: bool = False, stop_after: int | None = None,
                 force_resume: bool = False) -> Path:
-    """Train a fixer for ``run.energy`` (frozen) in two stages; write the artifact, a JSON log,
-    loss-curve PNGs and a natural|purified|fixed grid. A checkpoint after every epoch makes
+    """Train a fixer for ``run.energy`` (frozen) in two stages; write the artifact (recording
+    ``record``), a JSON log, loss-curve PNGs and a natural|purified|fixed grid. A checkpoint after every epoch makes
     the run resumable; all randomness is keyed by (seed, epoch), so a resumed run equals an
     uninterrupted one. ``stop_after`` ends this call after that many epochs (checkpoint kept)
     and returns the checkpoint's path instead of the artifact's.
@@ -162,7 +186,7 @@ def train_fixer(cfg: Config, run: FixerRun, out: Path, device: torch.device,
         ConfigError: no training or validation images, no epochs, or a bad feature network.
         NumericalError: the loss became NaN/Inf (the last checkpoint is kept).
     """
-    job = _FixerTraining(cfg, run, Path(out), device)
+    job = _FixerTraining(sections, record, run, Path(out), device)
     if resume or force_resume:
         job.restore(force_resume)
     with progress_bar(job.work(), f"train fixer ({job.out.name})") as bar:
@@ -174,18 +198,21 @@ class _FixerTraining:
     """One fixer run: the networks, the data, the epoch schedule, and the progress a
     checkpoint keeps (epochs done, history, early-stopping state, best weights)."""
 
-    def __init__(self, cfg: Config, run: FixerRun, out: Path, device: torch.device):
+    def __init__(self, sections: FixerSections, record: RunRecord, run: FixerRun, out: Path,
+                 device: torch.device):
         from ebmctl.device import resolve_precision
 
-        self.cfg, self.run, self.out, self.device = cfg, run, out, device
-        self.fix = fix = cfg.section(FixConfig)
-        self.seed = cfg.section(RunConfig).seed
+        self.sections, self.record = sections, record
+        self.run, self.out, self.device = run, out, device
+        self.fix = fix = sections.fix
+        self.seed = sections.seed
         self.ckpt_file = checkpoint_path(out)
-        net, self.arch, self.args = build_model("fixer", cfg, run.bundle, (self.seed, "fix-init"))
+        net = sections.network.build((self.seed, "fix-init"))
+        self.arch, self.args = sections.network.arch, sections.network.args
         self.fixer = Fixer(net, run.bundle.channels).to(device)
         self.features = build_feature_net(fix.feature_net, fix.vgg_weights, fix.vgg_layers,
                                           fix.classifier_layers, run.task_model, device)
-        defense, langevin = cfg.section(DefenseConfig), cfg.section(LangevinConfig)
+        defense, langevin = sections.defense, sections.langevin
         self.steps = fix.purify_steps or defense.steps
         self.purify_kw = dict(batch=fix.purify_batch,
                               precision=resolve_precision(langevin.precision, device),
@@ -208,7 +235,7 @@ class _FixerTraining:
         self.t0 = time.time()
         energy = run.energy
         # The frozen networks shape every epoch: their contents are part of the fingerprint.
-        self.guard = ResumeGuard.for_run(cfg, "fixer", {
+        self.guard = ResumeGuard.for_run(record, "fixer", {
             "--ebm": (energy.path if energy.path and Path(energy.path).is_file() else
                       {"sha256": module_digest(energy.net) + f":{energy.tau}:{energy.temperature}"}),
             "--model": run.task_model is not None and {"sha256": module_digest(run.task_model)},
@@ -333,14 +360,14 @@ class _FixerTraining:
         save_checkpoint(self.ckpt_file, target="fixer", step=step, model=self.fixer.net,
                         optimizer=self.opt,
                         tensors={f"best.{k}": v for k, v in (self.best_state or {}).items()},
-                        state={"history": self.history, "best": self.best}, config=self.cfg,
+                        state={"history": self.history, "best": self.best}, config=self.record,
                         arch=self.arch, arch_args=self.args, guard=self.guard)
 
     def finish(self) -> Path:
         """Keep the best weights; write the artifact, its log and plots; drop the checkpoint."""
         from ebmctl.context import environment
 
-        cfg, fix, history, out = self.cfg, self.fix, self.history, self.out
+        fix, history, out = self.fix, self.history, self.out
         if self.best_state is not None:
             self.fixer.net.load_state_dict(self.best_state)
         final, acc = self.validate(), self.accuracies()
@@ -354,12 +381,13 @@ class _FixerTraining:
                  **self.guard.artifact_extra()}
         bundle = self.run.bundle
         data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
-                "dataset": cfg.section(DataConfig).dataset}
+                "dataset": self.sections.dataset}
         save_artifact(out, model_tensors(self.fixer.net), kind="fixer", arch=self.arch,
-                      arch_args=self.args, task=cfg.section(TaskConfig).name, data=data, config=cfg,
+                      arch_args=self.args, task=self.sections.task, data=data,
+                      config=self.record,
                       step=len(history) - 1, extra={**extra, "history": history})
         atomic_write_json(out.with_suffix(".log.json"),
-                          {"history": history, **extra, "config": cfg.to_dict(),
+                          {"history": history, **extra, "config": self.record.to_dict(),
                            "environment": environment(self.device, seed=self.seed)})
         _write_plots(out, history, self.fixer, self.val_x, self.val_hat, self.device)
         self.ckpt_file.unlink(missing_ok=True)

@@ -21,16 +21,16 @@ generator step of 3. The loop, resume, checkpoints and numerical stops are
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ebmctl.architectures import instantiate, model_args
+from ebmctl.architectures import ModelChoice, choose_model, instantiate
 from ebmctl.artifacts import load_model, optimizer_from_tensors, optimizer_to_tensors
-from ebmctl.config import Config
+from ebmctl.config import Config, RunRecord
 from ebmctl.console import info
-from ebmctl.context import RunConfig
 from ebmctl.contracts import DatasetBundle
 from ebmctl.errors import ArtifactError, ConfigError
 from ebmctl.nn.hat import HatConfig, HatEBM
@@ -38,24 +38,44 @@ from ebmctl.sampling.hat import HatSettings, hat_langevin, initial_state
 from ebmctl.sampling.langevin import LangevinConfig
 from ebmctl.seeds import make_generator
 from ebmctl.training.checkpoint import restore_optimizer
-from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer
+from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer, EnergyTrainingSections
 
 
-def build_hat(cfg: Config, bundle: DatasetBundle, device) -> tuple[HatEBM, dict]:
-    """Fresh H; G fresh (synthesis) or loaded from ``hat.generator`` (refinement/retrofit).
-    ``cfg`` is the profile the model builders read their architecture arguments from."""
-    hat_arch, hat_args = model_args("hat", cfg, bundle)
-    generator = cfg.section(HatConfig).generator
+@dataclass(frozen=True)
+class HatSections:
+    """What the Hat EBM recipe reads besides :class:`EnergyTrainingSections`: its ``[hat]``
+    section, the hat network H to build (``hat.arch``) and the generator G to build
+    (``hat.generator_arch``; None when G is loaded from the ``hat.generator`` artifact)."""
+
+    hat: HatConfig
+    hat_model: ModelChoice
+    generator_model: ModelChoice | None
+
+    @classmethod
+    def from_config(cls, cfg: Config, bundle: DatasetBundle) -> "HatSections":
+        """The ``[hat]`` section of ``cfg`` and the models it asks for at ``bundle``'s channels
+        and size (each architecture reads its own keys). Raises ConfigError naming the key of
+        an architecture that cannot play its role."""
+        hat = cfg.section(HatConfig)
+        return cls(hat, choose_model("hat", cfg, bundle),
+                   None if hat.generator else choose_model("generator", cfg, bundle))
+
+
+def build_hat(hat: HatSections, seed: int, bundle: DatasetBundle,
+              device) -> tuple[HatEBM, dict]:
+    """Fresh H; G fresh (synthesis) or loaded from ``hat.generator`` (refinement/retrofit);
+    initial weights keyed by (``seed``, "hat-init"). Returns the network on ``device`` and its
+    ``arch_args``. Raises ConfigError when G's images do not match the data's shape."""
+    generator = hat.hat.generator
     if generator:
         gen_net, art = load_model(generator, ("generator",))
         gen_arch, gen_args = art.arch, art.arch_args
     else:
         gen_net = None
-        gen_arch, gen_args = model_args("generator", cfg, bundle)
-    arch_args = {"hat_arch": hat_arch, "hat_args": hat_args, "generator_arch": gen_arch,
-                 "generator_args": gen_args}
-    net = instantiate("hat-ebm", arch_args, (cfg.section(RunConfig).seed, "hat-init"),
-                      "the Hat EBM")
+        gen_arch, gen_args = hat.generator_model.arch, hat.generator_model.args
+    arch_args = {"hat_arch": hat.hat_model.arch, "hat_args": hat.hat_model.args,
+                 "generator_arch": gen_arch, "generator_args": gen_args}
+    net = instantiate("hat-ebm", arch_args, (seed, "hat-init"), "the Hat EBM")
     if gen_net is not None:
         net.generator.load_state_dict(gen_net.state_dict())
     with torch.no_grad():
@@ -97,9 +117,10 @@ class HatRecipe(EnergyRecipe):
     target, kind, label, title = "hat-ebm", "hat-ebm", "train hat ebm", "Hat EBM training"
     energy_symbol, noun, health_check = "H", "Hat EBM", False
 
-    def __init__(self, cfg: Config, bundle: DatasetBundle, device):
-        super().__init__(cfg, bundle, device)
-        self.hat = cfg.section(HatConfig)
+    def __init__(self, sections: EnergyTrainingSections, hat: HatSections, record: RunRecord,
+                 bundle: DatasetBundle, device):
+        super().__init__(sections, record, bundle, device)
+        self.hat_sections, self.hat = hat, hat.hat
 
     @property
     def trained(self) -> torch.nn.Module:
@@ -111,7 +132,7 @@ class HatRecipe(EnergyRecipe):
     def setup(self) -> None:
         hat, train = self.hat, self.train
         self.settings = settings_from(hat, self.langevin)
-        self.net, self.arch_args = build_hat(self.cfg, self.bundle, self.device)
+        self.net, self.arch_args = build_hat(self.hat_sections, self.seed, self.bundle, self.device)
         self.arch = "hat-ebm"
         self.train_gen = hat.train_generator
         if self.train_gen and hat.generator and hat.mode == "joint":
@@ -210,9 +231,12 @@ class HatRecipe(EnergyRecipe):
                 "generator_source": str(self.hat.generator or "trained from scratch")}
 
 
-def train_hat(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
-              resume: bool = False, force_resume: bool = False) -> Path:
-    """Hat EBM training (:class:`HatRecipe`) to the artifact ``out``; ``resume`` continues
-    from ``out``'s checkpoint (a ConfigError if its settings differ; ``force_resume`` allows
-    the safe ones). Raises NumericalError on NaN/Inf, keeping the last checkpoint."""
-    return EnergyTrainer(HatRecipe(cfg, bundle, device), out).run(resume, force_resume)
+def train_hat(sections: EnergyTrainingSections, hat: HatSections, record: RunRecord,
+              bundle: DatasetBundle, out: Path, device: torch.device, resume: bool = False,
+              force_resume: bool = False) -> Path:
+    """Hat EBM training (:class:`HatRecipe`) with the typed ``sections`` and ``hat`` to the
+    artifact ``out``, writing ``record`` beside it; ``resume`` continues from ``out``'s
+    checkpoint (a ConfigError if its settings differ; ``force_resume`` allows the safe ones).
+    Raises NumericalError on NaN/Inf, keeping the last checkpoint."""
+    return EnergyTrainer(HatRecipe(sections, hat, record, bundle, device), out).run(
+        resume, force_resume)

@@ -22,9 +22,8 @@ from typing import Callable
 
 import torch
 
-from ebmctl.architectures import build_model
 from ebmctl.artifacts import load_model
-from ebmctl.config import Config
+from ebmctl.config import RunRecord
 from ebmctl.contracts import DatasetBundle
 from ebmctl.errors import ConfigError
 from ebmctl.nn.sngan import project_to_sphere
@@ -32,7 +31,14 @@ from ebmctl.sampling.langevin import energy_and_grad, langevin
 from ebmctl.seeds import make_generator
 from ebmctl.training.checkpoint import restore_optimizer
 from ebmctl.training.health import parameter_grad_norm
-from ebmctl.training.trainer import EnergyRecipe, EnergyTrainer, TrainConfig, langevin_settings
+from ebmctl.training.trainer import (
+    EnergyRecipe,
+    EnergyTrainer,
+    EnergyTrainingSections,
+    TrainConfig,
+    langevin_settings,
+)
+
 
 def rejuvenation_probability(train: TrainConfig) -> float:
     """train.rejuv_prob when set, else p = K / K_def (thesis §3.2.1).
@@ -145,8 +151,7 @@ class MidRun(EnergyRecipe):
 
     def setup(self) -> None:
         train = self.train
-        net, self.arch, self.arch_args = build_model("ebm", self.cfg, self.bundle,
-                                                     (self.seed, "midrun-init"))
+        net, self.arch, self.arch_args = self.build_model("midrun-init")
         self.net = net.to(self.device)
         self.load_data()
         self.batch, self.bank_size = train.batch_size, train.bank_size or len(self.data)
@@ -226,9 +231,13 @@ class MidRun(EnergyRecipe):
                 "history": history}
 
 
-def train_midrun(cfg: Config, bundle: DatasetBundle, out: Path, device: torch.device,
-                 resume: bool = False, force_resume: bool = False) -> Path:
-    """Mid-run EBM training (:class:`MidRun`) to the artifact ``out``; ``resume`` continues
-    from ``out``'s checkpoint (a ConfigError if its settings differ; ``force_resume`` allows
-    the safe ones). Raises NumericalError on NaN/Inf, keeping the last checkpoint."""
-    return EnergyTrainer(MidRun(cfg, bundle, device), out).run(resume, force_resume)
+def train_midrun(sections: EnergyTrainingSections, record: RunRecord, bundle: DatasetBundle,
+                 out: Path, device: torch.device, resume: bool = False,
+                 force_resume: bool = False) -> Path:
+    """Mid-run EBM training (:class:`MidRun`) with the typed ``sections`` (built with the
+    bundle, so they name the ``ebm`` model) to the artifact ``out``, writing ``record`` beside
+    it; ``resume`` continues from ``out``'s checkpoint (a ConfigError if its settings differ;
+    ``force_resume`` allows the safe ones). Raises NumericalError on NaN/Inf, keeping the last
+    checkpoint."""
+    return EnergyTrainer(MidRun(sections, record, bundle, device), out).run(resume,
+                                                                         force_resume)

@@ -5,20 +5,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
-from ebmctl.architectures import build_model
+from ebmctl.architectures import ModelChoice, choose_model
 from ebmctl.artifacts import atomic_write_json, model_tensors, save_artifact
 from ebmctl.console import info, progress_bar
 from ebmctl.models import TaskModel
-from ebmctl.config import Config, setting
+from ebmctl.config import Config, RunRecord, setting
 from ebmctl.context import DataConfig, RunConfig
 from ebmctl.contracts import DatasetBundle, Task
 from ebmctl.seeds import keeps_global_rng, make_generator, seed_global_rng
 from ebmctl.units import to_internal
-from ebmctl.training.adversarial import adversarial_loss, adversarial_settings, robust_accuracy
+from ebmctl.training.adversarial import AdversarialConfig, adversarial_loss, robust_accuracy
 from ebmctl.training.checkpoint import (
     ResumeGuard,
     checkpoint_path,
@@ -88,6 +88,43 @@ class ModelConfig:
     lookahead_epoch_sync: bool = setting(False, "once the lookahead average exists, every "
                                          "epoch ends with the network set to it, so each "
                                          "validation score is the average's (airbench)")
+
+
+@dataclass(frozen=True)
+class TaskTrainingSections:
+    """What a task-model run reads from the profile, built once by the command
+    (:meth:`from_config`): the ``[model]`` section, the run seed, the dataset name the artifact
+    records, the resolved ``[adversarial]`` settings, the task model to build, and the task
+    plugin's two training hooks bound to the run's profile.
+
+    The hooks' contract (:meth:`ebmctl.api.Task.prepare_model`, :meth:`ebmctl.api.Task.augment`)
+    hands a task the resolved profile so a plugin can read its own keys; the command binds it
+    here, so the training loop calls ``prepare_model(net)`` and ``augment(x, y, generator,
+    flip=...)`` without holding the profile."""
+
+    model: ModelConfig
+    seed: int
+    dataset: str
+    adversarial: AdversarialConfig
+    network: ModelChoice
+    prepare_model: Callable[[torch.nn.Module], None]
+    augment: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+    @classmethod
+    def from_config(cls, cfg: Config, bundle: DatasetBundle, task: Task
+                    ) -> "TaskTrainingSections":
+        """The sections of ``cfg`` for training ``task``'s model on ``bundle``.
+
+        Raises:
+            ConfigError: ``model.arch`` is not a model of the task's kind, or invalid
+                ``[adversarial]`` settings
+                (:func:`~ebmctl.training.adversarial.adversarial_settings`).
+        """
+        network = choose_model("task", cfg, bundle, task)
+        return cls(cfg.section(ModelConfig), cfg.section(RunConfig).seed,
+                   cfg.section(DataConfig).dataset, AdversarialConfig.from_config(cfg), network,
+                   lambda net: task.prepare_model(net, cfg),
+                   lambda x, y, generator, **plan: task.augment(x, y, generator, cfg, **plan))
 
 
 def evaluate_task_model(model: TaskModel, task: Task, x: torch.Tensor, y: torch.Tensor,
@@ -202,11 +239,12 @@ class Lookahead:
 
 
 @keeps_global_rng
-def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
-                     device: torch.device, resume: bool = False,
+def train_task_model(sections: TaskTrainingSections, record: RunRecord, bundle: DatasetBundle,
+                     task: Task, out: Path, device: torch.device, resume: bool = False,
                      force_resume: bool = False, stop_after: int | None = None) -> Path | None:
-    """Train the task model ``model.arch`` on ``bundle``'s training split with the task's own
-    loss and augmentation; write the artifact (with its test score) and a JSON log. A checkpoint
+    """Train the task model ``sections.network`` on ``bundle``'s training split with the task's
+    own loss and augmentation; write the artifact (with its test score, recording ``record``)
+    and a JSON log. A checkpoint
     after every epoch makes the run resumable, and all randomness is keyed by (seed, epoch), so
     a resumed run equals an uninterrupted one.
 
@@ -223,7 +261,7 @@ def train_task_model(cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
             validation split.
         NumericalError: the loss or a gradient became NaN/Inf (the last checkpoint is kept).
     """
-    job = _TaskTraining(cfg, bundle, task, Path(out), device)
+    job = _TaskTraining(sections, record, bundle, task, Path(out), device)
     if (resume or force_resume) and job.ckpt_file.exists():
         job.restore(force_resume)
     if not job.train(stop_after):
@@ -237,15 +275,16 @@ class _TaskTraining:
     """One task-model run: the network and its optimizer, the iteration schedule, and the
     history a checkpoint keeps."""
 
-    def __init__(self, cfg: Config, bundle: DatasetBundle, task: Task, out: Path,
-                 device: torch.device):
-        self.cfg, self.bundle, self.task, self.out, self.device = cfg, bundle, task, out, device
-        self.seed = cfg.section(RunConfig).seed
-        self.settings = settings = cfg.section(ModelConfig)
+    def __init__(self, sections: TaskTrainingSections, record: RunRecord, bundle: DatasetBundle,
+                 task: Task, out: Path, device: torch.device):
+        self.sections, self.record = sections, record
+        self.bundle, self.task, self.out, self.device = bundle, task, out, device
+        self.seed = sections.seed
+        self.settings = settings = sections.model
         self.ckpt_file = checkpoint_path(out)
-        net, self.arch, self.args = build_model("task", cfg, bundle, (self.seed, "task-init"),
-                                                task)
-        task.prepare_model(net, cfg)
+        net = sections.network.build((self.seed, "task-init"))
+        self.arch, self.args = sections.network.arch, sections.network.args
+        sections.prepare_model(net)
         init_from_data = getattr(net, "init_from_data", None)
         if callable(init_from_data):
             # Data-dependent initialisation (airbench's whitening layer): the network asks for
@@ -276,8 +315,8 @@ class _TaskTraining:
         self.total = self.epochs * self.steps_per_epoch
         self.milestones = [int(f * self.total) for f in settings.lr_milestones]
         self.start_epoch, self.history = 0, []
-        self.guard = ResumeGuard.for_run(cfg, task.model_kind)
-        self.adv = adversarial_settings(cfg)
+        self.guard = ResumeGuard.for_run(record, task.model_kind)
+        self.adv = sections.adversarial
         if self.adv.active and len(bundle.val.x) == 0:
             from ebmctl.errors import ConfigError
 
@@ -346,7 +385,7 @@ class _TaskTraining:
                                     state={"history": self.history,
                                            "best_epoch": self.best_epoch,
                                            "best_robust": self.best_robust},
-                                    config=self.cfg, arch=self.arch, arch_args=self.args,
+                                    config=self.record, arch=self.arch, arch_args=self.args,
                                     guard=self.guard)
         return True
 
@@ -367,7 +406,7 @@ class _TaskTraining:
     def train_epoch(self, epoch: int, bar) -> float:
         """One pass in an order keyed by (seed, epoch), the learning rate set per iteration by
         :func:`task_lr`. Returns the mean batch loss."""
-        cfg, task, opt, bs = self.cfg, self.task, self.opt, self.batch
+        task, opt, bs = self.task, self.opt, self.batch
         x, y = self.bundle.train.x, self.bundle.train.y
         gen = make_generator("cpu", self.seed, "task-train", epoch)
         # Dropout draws from the global RNG: keyed by epoch, so a resumed run matches too.
@@ -389,7 +428,7 @@ class _TaskTraining:
             # the alternating flip plan: the first epoch's flips, all reversed in odd epochs
             plan = ({} if self.first_flip is None
                     else {"flip": self.first_flip[idx] ^ bool(epoch % 2)})
-            xb, yb = task.augment(x[idx], y[idx], gen, cfg, **plan)
+            xb, yb = self.sections.augment(x[idx], y[idx], gen, **plan)
             xb = xb.to(self.device).contiguous(memory_format=self.memory_format)
             if self.adv.active:
                 loss = adversarial_loss(self.model, task, xb, yb.to(self.device), self.adv,
@@ -412,14 +451,14 @@ class _TaskTraining:
         """Score the test split; write the artifact and its log; drop the checkpoint."""
         from ebmctl.context import environment
 
-        cfg, task, bundle, out = self.cfg, self.task, self.bundle, self.out
+        task, bundle, out = self.task, self.bundle, self.out
         if self.best is not None:  # the best held-out robust epoch, not the last
             self.net.load_state_dict(self.best)
         self.net.to(memory_format=torch.contiguous_format)  # artifacts store contiguous tensors
         test = evaluate_task_model(self.model, task, bundle.test.x, bundle.test.y, self.device)
         data = {"range": "[-1,1]", "image_size": bundle.image_size, "channels": bundle.channels,
                 "num_classes": bundle.num_classes, "class_names": bundle.class_names,
-                "dataset": cfg.section(DataConfig).dataset}
+                "dataset": self.sections.dataset}
         extra = {"history": self.history, f"test_{task.metric_name}": test,
                  **self.guard.artifact_extra()}
         if getattr(self.net, "flip_tta", False):
@@ -432,12 +471,12 @@ class _TaskTraining:
         if self.adv.active:
             extra["adversarial"] = self.adversarial_record(test)
         save_artifact(out, model_tensors(self.net), kind=task.model_kind, arch=self.arch,
-                      arch_args=self.args, task=task.name, data=data, config=cfg,
+                      arch_args=self.args, task=task.name, data=data, config=self.record,
                       step=self.epochs, extra=extra)
         atomic_write_json(out.with_suffix(".log.json"),
                           {"history": self.history, "test": test,
                            **{k: v for k, v in extra.items() if k.endswith("_single_view")},
-                           "config": cfg.to_dict(),
+                           "config": self.record.to_dict(),
                            "environment": environment(self.device, seed=self.seed),
                            **({"adversarial": extra["adversarial"]} if self.adv.active
                               else {})})

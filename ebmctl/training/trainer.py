@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from ebmctl.architectures import ModelChoice, choose_model
 from ebmctl.artifacts import model_tensors, save_artifact
-from ebmctl.config import Config, setting
+from ebmctl.config import Config, RunRecord, setting
 from ebmctl.console import info, progress_bar
 from ebmctl.context import DataConfig, RunConfig, TaskConfig
 from ebmctl.contracts import DatasetBundle
@@ -132,6 +133,36 @@ def langevin_settings(langevin: LangevinConfig, device) -> LangevinSettings:
                             resolve_precision(langevin.precision, device), langevin.channels_last)
 
 
+@dataclass(frozen=True)
+class EnergyTrainingSections:
+    """What an energy recipe and :class:`EnergyTrainer` read from the profile, as typed
+    sections, built once by the command (:meth:`from_config`): the run (``[train]``), the
+    chains (``[langevin]``), the seed (``[run]``), the grid cadence (``[output]``), K_def
+    (``defense.steps``, a health-check horizon), the dataset and task names the artifact
+    records, and the ``ebm`` model to build (None for a recipe that builds its own, the Hat
+    EBM)."""
+
+    train: TrainConfig
+    langevin: LangevinConfig
+    run: RunConfig
+    output: OutputConfig
+    defense_steps: int
+    dataset: str
+    task: str
+    model: ModelChoice | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, bundle: DatasetBundle | None = None
+                    ) -> "EnergyTrainingSections":
+        """The sections of ``cfg``; with ``bundle``, the ``ebm`` model it asks for at the
+        data's channels and size (the architecture reads its own keys; ConfigError naming
+        ``ebm.arch`` when it is not an EBM)."""
+        return cls(cfg.section(TrainConfig), cfg.section(LangevinConfig), cfg.section(RunConfig),
+                   cfg.section(OutputConfig), cfg.section(DefenseConfig).steps,
+                   cfg.section(DataConfig).dataset, cfg.section(TaskConfig).name,
+                   choose_model("ebm", cfg, bundle) if bundle is not None else None)
+
+
 class EnergyRecipe:
     """What one training recipe adds to :class:`EnergyTrainer`'s loop.
 
@@ -142,11 +173,12 @@ class EnergyRecipe:
     the artifact (``arch``/``arch_args`` recorded with it), ``trained`` the one whose gradients
     the numerical stop checks.
 
-    A recipe reads its settings from the typed sections built once here (``self.train``,
-    ``self.langevin``, ``self.run``; a recipe with a section of its own builds it in its
-    ``__init__``). ``self.cfg`` is the run's resolved profile as a record only: it is written
-    into checkpoints and the artifact, fingerprinted for resume, and handed to the model
-    builders.
+    A recipe reads its settings from the typed sections the command built once
+    (``sections``: :class:`EnergyTrainingSections`, unpacked here as ``self.train``,
+    ``self.langevin``, ``self.run``; a recipe with a section of its own takes it as a further
+    argument) and builds its network from ``sections.model``. ``record`` is the run's profile
+    as a :class:`~ebmctl.config.RunRecord`, only written into checkpoints, the artifact and
+    the log and fingerprinted for resume (``self.run_record``).
     """
 
     #: checkpoint target, artifact kind, progress label, gap-plot title, energy symbol, noun
@@ -156,11 +188,12 @@ class EnergyRecipe:
     #: can split its work into ``train.shards`` and run data-parallel under torchrun
     data_parallel = False
 
-    def __init__(self, cfg: Config, bundle: DatasetBundle, device):
-        self.cfg, self.bundle, self.device = cfg, bundle, torch.device(device)
-        self.train, self.langevin = cfg.section(TrainConfig), cfg.section(LangevinConfig)
-        self.run, self.defense_steps = cfg.section(RunConfig), cfg.section(DefenseConfig).steps
-        self.seed = self.run.seed
+    def __init__(self, sections: EnergyTrainingSections, record: RunRecord,
+                 bundle: DatasetBundle, device):
+        self.sections, self.run_record = sections, record
+        self.bundle, self.device = bundle, torch.device(device)
+        self.train, self.langevin, self.run = sections.train, sections.langevin, sections.run
+        self.defense_steps, self.seed = sections.defense_steps, self.run.seed
         self.ctx = DistContext()  # one process unless a recipe runs under torchrun
         self.net: torch.nn.Module
         self.arch, self.arch_args = "", {}
@@ -169,6 +202,15 @@ class EnergyRecipe:
     @property
     def trained(self) -> torch.nn.Module:
         return self.net
+
+    def build_model(self, label: str) -> tuple[torch.nn.Module, str, dict[str, Any]]:
+        """(network on the CPU, arch, arch_args) of ``sections.model``, its initial weights
+        keyed by (seed, ``label``)."""
+        model = self.sections.model
+        if model is None:
+            raise TypeError(f"{type(self).__name__} builds the ebm model: give it "
+                            "EnergyTrainingSections.from_config(cfg, bundle)")
+        return model.build((self.seed, label)), model.arch, model.args
 
     @property
     def trained_horizon(self) -> int:
@@ -246,9 +288,10 @@ class EnergyTrainer:
     def __init__(self, recipe: EnergyRecipe, out: Path):
         self.recipe, self.out = recipe, Path(out)
         self.ckpt_file = checkpoint_path(self.out)
-        self.cfg, self.train = recipe.cfg, recipe.train
+        self.run_record, self.train = recipe.run_record, recipe.train
         self.steps = self.train.steps
-        self.grid_every = recipe.cfg.section(OutputConfig).grid_every or self.train.checkpoint_every
+        self.grid_every = (recipe.sections.output.grid_every
+                           or self.train.checkpoint_every)
         self.history: list[dict] = []
         self.elapsed = 0.0  # training seconds of earlier (resumed-from) processes
 
@@ -259,7 +302,7 @@ class EnergyTrainer:
         health_model = (load_health_classifier(self.train.health_classifier, r.device)
                         if r.health_check and r.ctx.is_main else None)
         r.setup()
-        self.guard = ResumeGuard.for_run(self.cfg, r.target, r.guard_files())
+        self.guard = ResumeGuard.for_run(self.run_record, r.target, r.guard_files())
         start = self._resume(resume, force_resume)
         r.begin()
         self.t0 = time.time() - self.elapsed
@@ -318,7 +361,7 @@ class EnergyTrainer:
                                 optimizer=opt, tensors=tensors,
                                 state={**state, "history": self.history,
                                        "seconds": time.time() - self.t0},
-                                config=self.cfg, arch=r.arch, arch_args=r.arch_args,
+                                config=self.run_record, arch=r.arch, arch_args=r.arch_args,
                                 guard=self.guard)
         if r.ctx.is_main and (done % self.grid_every == 0 or done == self.steps):
             save_grid(to_public(r.samples()[:64]),
@@ -327,7 +370,7 @@ class EnergyTrainer:
     def _finish(self, health_model) -> None:
         """The artifact (with the health verdict), the JSON log and the gap curve; the
         checkpoint is removed."""
-        r, cfg = self.recipe, self.cfg
+        r, run = self.recipe, self.recipe.sections
         r.finish()
         training = {"updates": self.steps, "seconds": round(time.time() - self.t0, 1),
                     "final": self.history[-1] if self.history else {},
@@ -344,8 +387,8 @@ class EnergyTrainer:
             if health is not None:
                 extra["health"] = health
         save_artifact(self.out, model_tensors(r.net), kind=r.kind, arch=r.arch,
-                      arch_args=r.arch_args, task=cfg.section(TaskConfig).name,
-                      data=ebm_data_meta(r.bundle, cfg.section(DataConfig).dataset), config=cfg,
+                      arch_args=r.arch_args, task=run.task,
+                      data=ebm_data_meta(r.bundle, run.dataset), config=self.run_record,
                       step=self.steps, extra=extra)
-        finish_energy_run(self.out, self.ckpt_file, self.history, extra, cfg, r.seed, r.device,
-                          r.energy_symbol, r.title)
+        finish_energy_run(self.out, self.ckpt_file, self.history, extra, self.run_record, r.seed,
+                          r.device, r.energy_symbol, r.title)
