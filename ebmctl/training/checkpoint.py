@@ -45,7 +45,8 @@ ENVIRONMENT_KEYS = frozenset({"run.device", "run.threads", "run.out_dir", "lange
 #: trainings in one artifact.
 FORCE_SAFE_KEYS = frozenset({
     "train.steps", "train.log_every", "train.checkpoint_every", "train.longrun_steps",
-    "train.health_chains", "train.health_horizon", "train.health_classifier", "train.shards", "fix.stage2_epochs", "fix.patience",
+    "train.health_chains", "train.health_horizon", "train.health_classifier",
+    "train.health_every", "train.shards", "fix.stage2_epochs", "fix.patience",
     "fix.purify_batch", "langevin.chunk_size", "data.root",
 })
 

@@ -109,6 +109,10 @@ class TrainConfig:
     health_classifier: str = setting("", "classifier artifact for label survival in the health "
                                      "check (share of chains keeping their start image's label at "
                                      "K, K_def and L); empty = not measured")
+    health_every: int = setting(0, "also run the health check every this many updates during "
+                                "training (0 = only at the end); each check is a row of the "
+                                "log's health_history and a point of <out>.health-history.png",
+                                minimum=0)
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,9 @@ class EnergyTrainer:
         self.grid_every = (recipe.sections.output.grid_every
                            or self.train.checkpoint_every)
         self.history: list[dict] = []
+        #: one row per periodic health check (``train.health_every``) and the final one
+        self.health_history: list[dict] = []
+        self.health_model = None
         self.elapsed = 0.0  # training seconds of earlier (resumed-from) processes
 
     @keeps_global_rng
@@ -301,6 +308,7 @@ class EnergyTrainer:
         # a bad classifier path fails before training rather than after it
         health_model = (load_health_classifier(self.train.health_classifier, r.device)
                         if r.health_check and r.ctx.is_main else None)
+        self.health_model = health_model
         r.setup()
         self.guard = ResumeGuard.for_run(self.run_record, r.target, r.guard_files())
         start = self._resume(resume, force_resume)
@@ -311,7 +319,7 @@ class EnergyTrainer:
                 terms = self._update(step)
                 self._after_update(step, terms)
                 bar.advance(1, f"gap {terms['energy_gap']:+.3g}")
-        self._finish(health_model)
+        self._finish()
         barrier(r.ctx)  # the other ranks return once rank 0 has written the artifact
         return self.out
 
@@ -328,6 +336,7 @@ class EnergyTrainer:
         self.recipe.net.load_state_dict(ck["model"])
         self.recipe.restore(ck)
         self.history = ck["state"].get("history", [])
+        self.health_history = ck["state"].get("health_history", [])
         self.elapsed = float(ck["state"].get("seconds", 0.0))
         info(f"resumed from {self.ckpt_file} at update {ck['step']}")
         return ck["step"]
@@ -354,12 +363,17 @@ class EnergyTrainer:
         if done % self.train.log_every == 0 or done == self.steps:
             self.history.append({"step": done, **r.record(terms),
                                  "seconds": round(time.time() - self.t0, 2)})
+        every = self.train.health_every
+        if every and done % every == 0 and done < self.steps and r.health_check and \
+                r.ctx.is_main:
+            self.health_history.append(self._health_row(done, self._health(None)))
         if done % self.train.checkpoint_every == 0 and done < self.steps:
             opt, tensors, state = r.checkpoint_state()  # collective under torchrun
             if r.ctx.is_main:
                 save_checkpoint(self.ckpt_file, target=r.target, step=done, model=r.net,
                                 optimizer=opt, tensors=tensors,
                                 state={**state, "history": self.history,
+                                       "health_history": self.health_history,
                                        "seconds": time.time() - self.t0},
                                 config=self.run_record, arch=r.arch, arch_args=r.arch_args,
                                 guard=self.guard)
@@ -367,7 +381,32 @@ class EnergyTrainer:
             save_grid(to_public(r.samples()[:64]),
                       self.out.with_name(self.out.stem + f".samples-{done:06d}.png"))
 
-    def _finish(self, health_model) -> None:
+    def _health(self, out: Path | None) -> dict | None:
+        """The health check of the network as it is now (:func:`run_health_check`; grids
+        beside ``out`` unless None). Its chains draw from their own seeded generator, so a
+        check during training leaves the training's random draws unchanged."""
+        r = self.recipe
+        horizons = HealthHorizons.of(r.train, r.defense_steps, r.trained_horizon)
+        return run_health_check(r.net, r.bundle, r.settings, r.device, out, horizons,
+                                chains=r.train.health_chains, seed=r.seed,
+                                classifier=self.health_model,
+                                classifier_path=r.train.health_classifier)
+
+    def _health_row(self, step: int, health: dict | None) -> dict:
+        """One row of the health history: per horizon (K, K_def, L) its Langevin steps, the
+        share of pixels out of range and, with a classifier, the label survival; the energy
+        gap of the last logged update; the verdict."""
+        row: dict[str, Any] = {"step": step, "convergent": bool(health and health["convergent"])}
+        for role in ("short", "defense", "long"):
+            h = (health or {}).get(role)
+            if h is not None:
+                row[role] = {k: h[k] for k in ("steps", "fraction_outside_range", "label_kept")
+                             if k in h}
+        if self.history:
+            row["energy_gap"] = self.history[-1].get("energy_gap")
+        return row
+
+    def _finish(self) -> None:
         """The artifact (with the health verdict), the JSON log and the gap curve; the
         checkpoint is removed."""
         r, run = self.recipe, self.recipe.sections
@@ -379,16 +418,35 @@ class EnergyTrainer:
         if not r.ctx.is_main:
             return
         if r.health_check:
-            horizons = HealthHorizons.of(r.train, r.defense_steps, r.trained_horizon)
-            health = run_health_check(r.net, r.bundle, r.settings, r.device, self.out,
-                                      horizons, chains=r.train.health_chains, seed=r.seed,
-                                      classifier=health_model,
-                                      classifier_path=r.train.health_classifier)
+            health = self._health(self.out)
             if health is not None:
                 extra["health"] = health
+                if self.health_history:
+                    self.health_history.append(self._health_row(self.steps, health))
+                    extra["health_history"] = self.health_history
+                    save_health_history(self.out, self.health_history)
         save_artifact(self.out, model_tensors(r.net), kind=r.kind, arch=r.arch,
                       arch_args=r.arch_args, task=run.task,
                       data=ebm_data_meta(r.bundle, run.dataset), config=self.run_record,
                       step=self.steps, extra=extra)
         finish_energy_run(self.out, self.ckpt_file, self.history, extra, self.run_record, r.seed,
                           r.device, r.energy_symbol, r.title)
+
+
+def save_health_history(out: Path, rows: list[dict]) -> None:
+    """``<out>.health-history.png``: label survival (else the share of pixels out of range)
+    at each health-check horizon against the training update."""
+    from ebmctl.evaluate.plots import save_curves
+
+    labelled = any("label_kept" in r.get("defense", r.get("long", {})) for r in rows)
+    metric = "label_kept" if labelled else "fraction_outside_range"
+    curves = {}
+    for role in ("short", "defense", "long"):
+        pts = [(r["step"], r[role][metric]) for r in rows if metric in r.get(role, {})]
+        if pts:
+            steps = rows[-1][role]["steps"]
+            curves[f"after {steps} Langevin steps"] = ([p[0] for p in pts], [p[1] for p in pts])
+    ylabel = ("share of chains keeping their label" if labelled
+              else "share of pixels outside [-1, 1]")
+    save_curves(out.with_name(out.stem + ".health-history.png"), curves, "update", ylabel,
+                "health during training", integer_x=True)
