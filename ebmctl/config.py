@@ -257,6 +257,8 @@ class Config:
     #: the keys the profile file set that no later layer (``--set``, a flag, an override)
     #: replaced
     profile_keys: frozenset[str] = frozenset()
+    #: the keys some layer set (a profile file, ``--set`` or a flag, an artifact, an override)
+    given_keys: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         try:
@@ -287,7 +289,7 @@ class Config:
     def is_default(self, key: str) -> bool:
         """True when ``key`` still holds its schema default (no profile, ``--set`` or artifact
         gave it)."""
-        return self.provenance.get(key, "default") == "default"
+        return key not in self.given_keys
 
     def chosen(self, key: str) -> bool:
         """True when the user set ``key`` on the command line (``--set`` or a command's flag),
@@ -318,6 +320,7 @@ class Config:
         else:  # a later layer replaced what the user had chosen
             new.chosen_keys = self.chosen_keys - set(overrides)
         new.profile_keys = self.profile_keys - set(overrides)
+        new.given_keys = self.given_keys | set(overrides)
         return new
 
     def to_dict(self) -> dict[str, Any]:
@@ -343,6 +346,7 @@ class Config:
         for k, v in flat.items():
             cfg.values[k] = schema.coerce(k, v) if k in schema.keys else v
             cfg.provenance[k] = "artifact"
+        cfg.given_keys = frozenset(flat)
         return cfg
 
 
@@ -422,4 +426,5 @@ def build_config(schema: Schema, profile_values: dict[str, Any], set_items: list
         values[k] = schema.coerce(k, v)
         prov[k] = "--set"
     return Config(values, prov, name, schema, frozenset(sets),
-                  frozenset(profile_values) - frozenset(sets))
+                  frozenset(profile_values) - frozenset(sets),
+                  frozenset(profile_values) | frozenset(sets))

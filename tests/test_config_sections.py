@@ -108,6 +108,21 @@ def test_a_bad_section_leaves_its_plugin_out_whole_and_names_the_key(cls, messag
         assert resolve(None).section(AttackConfig).eps == 8 / 255
 
 
+def test_is_default_reads_which_layers_set_a_key_not_the_provenance_text():
+    from ebmctl.config import Config
+    from ebmctl.plugins import get_registries
+
+    cfg = resolve("quick", ["attack.steps=3"]).with_overrides({"data.root": "x"}, "default")
+    # a layer named "default" in the text is still a layer that set the key
+    assert not cfg.is_default("data.root") and not cfg.is_default("attack.steps")
+    assert not cfg.is_default("defense.steps")  # the profile file set it
+    assert cfg.is_default("attack.loss")
+    cfg.provenance["attack.steps"] = "default"  # display text only
+    assert not cfg.is_default("attack.steps")
+    back = Config.from_json(json.dumps({"defense": {"steps": 7}}), get_registries().schema)
+    assert not back.is_default("defense.steps") and back.is_default("attack.loss")
+
+
 def test_core_sections_read_the_profile_and_keep_its_errors():
     cfg = resolve("quick", ["attack.norm=l2", "attack.eps_l2=1.0", "attack.seeds=3,4",
                             "defense.steps=7", "langevin.chunk_size=16",
