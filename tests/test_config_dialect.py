@@ -22,21 +22,24 @@ def _sections() -> tuple[set[str], set[str]]:
     return keys, {k.split(".", 1)[0] for k in keys}
 
 
+def profile_key(key: ast.expr, keys: set[str], sections: set[str]) -> str | None:
+    """The profile key an expression spells as a string (a literal naming a declared key, or an
+    f-string starting with ``<section>.``, shown as ``"<section>.…{...}"``), else None."""
+    if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value in keys:
+        return key.value
+    if isinstance(key, ast.JoinedStr) and key.values:
+        head = key.values[0]
+        if (isinstance(head, ast.Constant) and isinstance(head.value, str)
+                and head.value.split(".", 1)[0] in sections and "." in head.value):
+            return head.value + "{...}"
+    return None
+
+
 def string_lookups(source: str, keys: set[str], sections: set[str]) -> list[tuple[int, str]]:
     """(line, key) of each subscript by a profile key written as a string in ``source``."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Subscript):
-            continue
-        key = node.slice
-        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value in keys:
-            found.append((node.lineno, key.value))
-        elif isinstance(key, ast.JoinedStr) and key.values:
-            head = key.values[0]
-            if (isinstance(head, ast.Constant) and isinstance(head.value, str)
-                    and head.value.split(".", 1)[0] in sections and "." in head.value):
-                found.append((node.lineno, head.value + "{...}"))
-    return found
+    return [(node.lineno, key) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Subscript)
+            and (key := profile_key(node.slice, keys, sections)) is not None]
 
 
 def test_the_check_sees_both_spellings():
@@ -64,20 +67,10 @@ def test_no_profile_key_is_read_by_string_subscript():
 def get_lookups(source: str, keys: set[str], sections: set[str]) -> list[tuple[int, str]]:
     """(line, key) of each ``x.get("section.key", ...)`` call by a profile key written as a
     string (or an f-string starting with ``<section>.``) in ``source``."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "get" and node.args):
-            continue
-        key = node.args[0]
-        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value in keys:
-            found.append((node.lineno, key.value))
-        elif isinstance(key, ast.JoinedStr) and key.values:
-            head = key.values[0]
-            if (isinstance(head, ast.Constant) and isinstance(head.value, str)
-                    and head.value.split(".", 1)[0] in sections and "." in head.value):
-                found.append((node.lineno, head.value + "{...}"))
-    return found
+    return [(node.lineno, key) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get" and node.args
+            and (key := profile_key(node.args[0], keys, sections)) is not None]
 
 
 def test_the_get_check_sees_both_spellings_and_leaves_other_keys():

@@ -11,9 +11,9 @@ import zlib
 
 import torch
 
-from ebmctl.evaluate.convergence import TAIL_REVERIFICATIONS, check_tail, tail_losses, tail_steps
+from ebmctl.evaluate.convergence import TAIL_REVERIFICATIONS, check_tail, tail_losses
 from ebmctl.evaluate.results import SeedResult, TailCheck
-from ebmctl.evaluate.stats import still_falling
+from ebmctl.evaluate.stats import still_falling, tail_steps
 from ebmctl.evaluate.worst_case import only_chance_losses, summarise_attack
 
 

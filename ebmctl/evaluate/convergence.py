@@ -21,21 +21,14 @@ rule is the plain "still falling" one; it is only run for stochastic defenses.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ebmctl.evaluate.resubmit import resubmission_correct
 from ebmctl.evaluate.results import TailCheck
+from ebmctl.evaluate.stats import tail_steps
 
 #: fresh H_def verifications of each tail loss; odd, so that a majority is defined
 TAIL_REVERIFICATIONS = 5
-
-
-def tail_steps(points: int, tail: float = 0.2) -> int:
-    """Evaluation points in the tail of a curve with ``points`` entries (n = 0..N): the
-    window :func:`~ebmctl.evaluate.stats.still_falling` compares, ``max(1, ceil(tail·N))``."""
-    return max(1, math.ceil(tail * (points - 1)))
 
 
 def tail_losses(per_image: list[dict], points: int) -> list[int]:

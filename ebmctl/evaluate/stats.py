@@ -32,14 +32,19 @@ def accuracy_interval(fraction: float, n: int) -> list[float]:
     return [round(lo, 4), round(hi, 4)]
 
 
+def tail_steps(points: int, tail: float = 0.2) -> int:
+    """Evaluation points in the tail of a curve with ``points`` entries (n = 0..N) that
+    :func:`still_falling` judges: ``max(1, ceil(tail·N))``."""
+    return max(1, math.ceil(tail * (points - 1)))
+
+
 def still_falling(curve: list[float], tail: float = 0.2) -> bool:
     """True when an accuracy-vs-step curve (entries n = 0..N) fell over its last ``tail``
     share of steps (at least one step): more steps would likely lower it further."""
     n = len(curve) - 1
     if n < 1:
         return False
-    m = max(1, math.ceil(tail * n))
-    return curve[n] < curve[n - m] - 1e-12
+    return curve[n] < curve[n - tail_steps(len(curve), tail)] - 1e-12
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
